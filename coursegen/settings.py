@@ -1,0 +1,312 @@
+"""coursegen settings: everything comes from the environment, with defaults for the embedded demo.
+
+With nothing set, coursegen runs on a SQLite file, Celery runs tasks eagerly in-process and the
+offline provider generates content, so `make demo` needs no services. Production sets
+DATABASE_URL, CELERY_BROKER_URL, REDIS_URL and (for a real LLM) COURSEGEN_PROVIDER=openai.
+Every helper below fails loudly on a malformed value rather than falling back silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+
+def env_str(name: str, default: str) -> str:
+    return str(env.str(name, default=default)).strip()
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = env.str(name, default="").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use true/false)")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = env.str(name, default="").strip()
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from exc
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    raw = env.str(name, default="").strip()
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from exc
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env_str(name, default).lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = env.str(name, default="").strip()
+    if raw == "":
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_url(name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+    value = env.str(name, default="").strip() or default
+    if value is None:
+        return None
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in schemes:
+        raise ImproperlyConfigured(
+            f"{name} must be a URL with scheme {', '.join(schemes)}; got {value.split('@')[-1]!r}"
+        )
+    return value
+
+
+# --- Django core -----------------------------------------------------------------------------
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "accounts",
+    "generation",
+    "ratelimits",
+    "monitoring",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "coursegen.urls"
+WSGI_APPLICATION = "coursegen.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------------------------
+# The embedded default is a SQLite file beside manage.py; PostgreSQL is the production record.
+_db_url = env_url(
+    "DATABASE_URL",
+    f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+    ("sqlite", "postgres", "postgresql", "pgsql", "psql"),
+)
+_default_db: dict[str, Any] = environ.Env.db_url_config(_db_url)
+IS_POSTGRES = _default_db["ENGINE"] == "django.db.backends.postgresql"
+if IS_POSTGRES:
+    if env_bool("DATABASE_POOL", False):
+        # Celery closes Django's connection around every task (celery#4116); a pool makes it cheap.
+        _default_db["CONN_MAX_AGE"] = 0
+        _default_db.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
+            "max_size": env_int("DATABASE_POOL_MAX_SIZE", 40, minimum=1),
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0, minimum=0.1),
+        }
+    else:
+        _default_db["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
+        _default_db["CONN_HEALTH_CHECKS"] = True
+else:
+    # SQLite serialises writers: WAL lets the demo's progress bar read while tasks write, and
+    # IMMEDIATE transactions wait for the write lock instead of failing to upgrade to it.
+    _default_db.setdefault("OPTIONS", {}).update(
+        timeout=20, transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL;"
+    )
+DATABASES = {"default": _default_db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache (django-ratelimit and the circuit breaker need a shared one in production) ---------
+REDIS_URL = env_url("REDIS_URL", None, ("redis", "rediss", "unix"))
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "coursegen",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Auth, i18n, static -----------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "/admin/login/"
+
+# --- DRF and OpenAPI --------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "coursegen API",
+    "DESCRIPTION": "Submit course generation jobs and follow them to a finished course.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI served from our own static files: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Celery -----------------------------------------------------------------------------------
+# No broker configured: tasks run eagerly in-process (the embedded default used by `make demo`).
+CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", None, ("redis", "rediss", "amqp", "memory"))
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL is None)
+if CELERY_BROKER_URL is None:
+    CELERY_BROKER_URL = "memory://"
+CELERY_RESULT_BACKEND = env_url(
+    "CELERY_RESULT_BACKEND",
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "cache+memory://",
+    ("redis", "rediss", "cache+memory", "rpc", "db+postgresql", "db+sqlite"),
+)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_TASK_IGNORE_RESULT = True  # only chord headers keep a (tiny) result
+CELERY_RESULT_EXPIRES = 6 * 3600
+# A task is acknowledged after it ran, so a killed worker's task is delivered again; the rows in
+# PostgreSQL make the repeat harmless (claims with leases, succeeded rows return at once).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300, minimum=1)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
+CELERY_TASK_DEFAULT_PRIORITY = 5
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Must exceed the hard time limit, or Redis re-delivers tasks that are still running.
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
+    "priority_steps": list(range(10)),
+    "sep": ":",
+    "queue_order_strategy": "priority",
+    "max_connections": env_int("CELERY_BROKER_MAX_CONNECTIONS", 200, minimum=10),
+}
+CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "dispatch-queued-jobs": {
+        "task": "generation.tasks.dispatch_queue",
+        "schedule": env_float("COURSEGEN_DISPATCH_INTERVAL_S", 5.0, minimum=0.5),
+    },
+}
+if CELERY_TASK_SOFT_TIME_LIMIT >= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured("CELERY_TASK_SOFT_TIME_LIMIT must be below CELERY_TASK_TIME_LIMIT")
+if CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= CELERY_TASK_TIME_LIMIT:  # type: ignore[operator]
+    raise ImproperlyConfigured("CELERY_VISIBILITY_TIMEOUT must exceed CELERY_TASK_TIME_LIMIT")
+
+# --- coursegen --------------------------------------------------------------------------------
+COURSEGEN_PROVIDER = env_choice("COURSEGEN_PROVIDER", "offline", ("offline", "openai"))
+OPENAI_API_KEY = env_str("OPENAI_API_KEY", "")
+OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", None, ("http", "https"))
+OPENAI_TIMEOUT_S = env_float("OPENAI_TIMEOUT_S", 120.0, minimum=1.0)
+# One retry policy: ours (generation/retry.py). The SDK's own retries stay off.
+OPENAI_MAX_RETRIES = env_int("OPENAI_MAX_RETRIES", 0, minimum=0)
+if COURSEGEN_PROVIDER == "openai" and not OPENAI_API_KEY and OPENAI_BASE_URL is None:
+    raise ImproperlyConfigured(
+        "COURSEGEN_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL)"
+    )
+
+COURSEGEN_MODEL_COMPLEX = env_str("COURSEGEN_MODEL_COMPLEX", "gpt-4.1-mini")
+COURSEGEN_MODEL_SIMPLE = env_str("COURSEGEN_MODEL_SIMPLE", "gpt-4.1-nano")
+
+# Offline provider: latency scale 0 is instant; 1 is the full latency model.
+COURSEGEN_OFFLINE_LATENCY_SCALE = env_float("COURSEGEN_OFFLINE_LATENCY_SCALE", 0.0, minimum=0.0)
+# Fault rates, e.g. "rate_limit=0.05,server_error=0.02,timeout=0.01,malformed=0.02,invalid=0.1".
+COURSEGEN_OFFLINE_FAULTS = env_str("COURSEGEN_OFFLINE_FAULTS", "")
+COURSEGEN_OFFLINE_SEED = env_int("COURSEGEN_OFFLINE_SEED", 0)
+# Optional file that gets one line per offline provider call (fault tests count calls with it).
+COURSEGEN_OFFLINE_CALL_LOG = env_str("COURSEGEN_OFFLINE_CALL_LOG", "")
+
+COURSEGEN_GLOBAL_MAX_RUNNING_JOBS = env_int("COURSEGEN_GLOBAL_MAX_RUNNING_JOBS", 100, minimum=1)
+COURSEGEN_TASK_LEASE_S = env_int("COURSEGEN_TASK_LEASE_S", CELERY_TASK_TIME_LIMIT + 60, minimum=10)
+COURSEGEN_MAX_VALIDATION_ATTEMPTS = env_int("COURSEGEN_MAX_VALIDATION_ATTEMPTS", 3, minimum=1)
+COURSEGEN_TRANSIENT_MAX_ATTEMPTS = env_int("COURSEGEN_TRANSIENT_MAX_ATTEMPTS", 5, minimum=1)
+COURSEGEN_TRANSIENT_MAX_WAIT_S = env_float("COURSEGEN_TRANSIENT_MAX_WAIT_S", 30.0, minimum=0.0)
+COURSEGEN_TRANSIENT_BASE_WAIT_S = env_float("COURSEGEN_TRANSIENT_BASE_WAIT_S", 1.0, minimum=0.0)
+# tiktoken reads its encodings from here; generation/tokens.py fills it from bpe-openai offline.
+TIKTOKEN_CACHE_DIR = env_str("TIKTOKEN_CACHE_DIR", str(BASE_DIR / ".cache" / "tiktoken"))
+
+# --- Logging ----------------------------------------------------------------------------------
+LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "coursegen": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+    },
+}

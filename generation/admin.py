@@ -1,0 +1,207 @@
+"""Admin screens for jobs, tasks, attempts and the queue (the dashboard is monitoring's)."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from generation import services
+from generation.models import (
+    CourseGenerationJob,
+    GenerationAttempt,
+    GenerationTask,
+    QueueEntry,
+)
+
+TASK_INLINE_FIELDS: tuple[str, ...] = (
+    "kind",
+    "key",
+    "status",
+    "model",
+    "attempts",
+    "output_tokens",
+    "cost_usd",
+    "duration_ms",
+    "error",
+)
+
+
+class TaskInline(admin.TabularInline):
+    model = GenerationTask
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = TASK_INLINE_FIELDS
+    readonly_fields = TASK_INLINE_FIELDS
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(CourseGenerationJob)
+class JobAdmin(admin.ModelAdmin):
+    list_display = [
+        "topic",
+        "status",
+        "progress_bar",
+        "priority",
+        "owner",
+        "organisation",
+        "cost_usd",
+        "output_tokens",
+        "created_at",
+        "finished_at",
+    ]
+    list_filter = ["status", "priority", "organisation", "created_at"]
+    search_fields = ["id", "correlation_id", "owner__username", "request__topic"]
+    list_select_related = ["owner", "organisation"]
+    date_hierarchy = "created_at"
+    readonly_fields = [
+        "id",
+        "owner",
+        "organisation",
+        "base_class",
+        "request",
+        "status",
+        "progress",
+        "outline",
+        "course",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "cost_usd",
+        "correlation_id",
+        "error",
+        "chord_dispatched_at",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
+    ]
+    fields = ["priority", *readonly_fields]
+    inlines = [TaskInline]
+    actions = ["cancel_jobs"]
+
+    def save_model(
+        self, request: HttpRequest, obj: CourseGenerationJob, form: object, change: bool
+    ) -> None:
+        # Only the priority is editable; it must move the queue entry too.
+        services.job_set_priority(job_id=obj.id, priority=obj.priority)
+
+    @admin.display(description="progress", ordering="progress")
+    def progress_bar(self, job: CourseGenerationJob) -> str:
+        return format_html(
+            '<progress value="{}" max="100"></progress> {}%', job.progress, job.progress
+        )
+
+    @admin.action(description="Cancel the selected jobs")
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[CourseGenerationJob]) -> None:
+        cancelled = 0
+        for job in queryset:
+            try:
+                services.job_cancel(job_id=job.id, reason=f"cancelled by staff {request.user}")
+                cancelled += 1
+            except services.GenerationError as exc:
+                self.message_user(request, f"{job}: {exc}", level=messages.WARNING)
+        self.message_user(request, f"Cancelled {cancelled} job(s).")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # jobs are submitted through the API or generate_course
+
+
+ATTEMPT_INLINE_FIELDS: tuple[str, ...] = (
+    "number",
+    "kind",
+    "outcome",
+    "model",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "cost_usd",
+    "latency_ms",
+    "errors",
+    "created_at",
+)
+
+
+class AttemptInline(admin.TabularInline):
+    model = GenerationAttempt
+    extra = 0
+    can_delete = False
+    fields = ATTEMPT_INLINE_FIELDS
+    readonly_fields = ATTEMPT_INLINE_FIELDS
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(GenerationTask)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = [
+        "kind",
+        "key",
+        "status",
+        "job",
+        "model",
+        "attempts",
+        "runs",
+        "output_tokens",
+        "cost_usd",
+        "duration_ms",
+        "worker",
+        "finished_at",
+    ]
+    list_filter = ["status", "kind", "model", "tier"]
+    search_fields = ["job__id", "key", "worker", "error"]
+    list_select_related = ["job"]
+    readonly_fields = [f.name for f in GenerationTask._meta.fields]
+    inlines = [AttemptInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(GenerationAttempt)
+class AttemptAdmin(admin.ModelAdmin):
+    list_display = [
+        "task",
+        "number",
+        "kind",
+        "outcome",
+        "model",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "cost_usd",
+        "latency_ms",
+        "created_at",
+    ]
+    list_filter = ["outcome", "kind", "model"]
+    search_fields = ["task__job__id"]
+    list_select_related = ["task"]
+    readonly_fields = [f.name for f in GenerationAttempt._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(QueueEntry)
+class QueueEntryAdmin(admin.ModelAdmin):
+    list_display = [
+        "job",
+        "state",
+        "priority",
+        "enqueued_at",
+        "claimed_at",
+        "claimed_by",
+        "finished_at",
+    ]
+    list_filter = ["state", "priority"]
+    search_fields = ["job__id", "claimed_by"]
+    list_select_related = ["job"]
+    readonly_fields = ["job", "state", "enqueued_at", "claimed_at", "claimed_by", "finished_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,0 +1,116 @@
+"""The generation API: one view per operation, each a thin layer over selectors and services."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.http import Http404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from generation import services
+from generation.models import CourseGenerationJob, JobStatus
+from generation.selectors import job_get_visible, jobs_visible_to
+from generation.serializers import (
+    JobDetailOutputSerializer,
+    JobOutputSerializer,
+    JobSubmitInputSerializer,
+)
+
+
+def _visible_job(request: Request, job_id: UUID) -> CourseGenerationJob:
+    job = job_get_visible(user=request.user, job_id=job_id)
+    if job is None:
+        raise Http404("No such job.")
+    return job
+
+
+class JobCollectionApi(APIView):
+    """GET lists the jobs the caller may see; POST submits a new course request."""
+
+    @extend_schema(responses=JobOutputSerializer(many=True), operation_id="jobs_list")
+    def get(self, request: Request) -> Response:
+        paginator = LimitOffsetPagination()
+        jobs = jobs_visible_to(user=request.user).order_by("-created_at")
+        status_filter = request.query_params.get("status")
+        if status_filter:
+            if status_filter not in JobStatus.values:
+                return Response({"status": [f"must be one of {', '.join(JobStatus.values)}"]}, 400)
+            jobs = jobs.filter(status=status_filter)
+        page = paginator.paginate_queryset(jobs, request, view=self)
+        return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=JobSubmitInputSerializer,
+        responses={
+            201: JobDetailOutputSerializer,
+            400: OpenApiResponse(description="Field errors"),
+        },
+        operation_id="jobs_submit",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = JobSubmitInputSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = serializer.validated_data
+        try:
+            job = services.job_submit(
+                user=request.user,  # type: ignore[arg-type]  # IsAuthenticated ran
+                base_class=data["base_class"],
+                request=data["course_request"],
+            )
+        except services.GenerationError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        job.refresh_from_db()
+        headers = {"Location": f"/api/jobs/{job.id}/"}
+        return Response(JobDetailOutputSerializer(job).data, status=201, headers=headers)
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses=JobDetailOutputSerializer, operation_id="jobs_detail")
+    def get(self, request: Request, job_id: UUID) -> Response:
+        job = _visible_job(request, job_id)
+        return Response(JobDetailOutputSerializer(job).data)
+
+
+class JobCourseApi(APIView):
+    @extend_schema(
+        responses={
+            200: OpenApiResponse(description="The assembled course"),
+            409: OpenApiResponse(description="The course is not ready"),
+        },
+        operation_id="jobs_course",
+    )
+    def get(self, request: Request, job_id: UUID) -> Response:
+        job = _visible_job(request, job_id)
+        if job.course is None:
+            return Response(
+                {
+                    "detail": f"The course is not ready: the job is {job.status}.",
+                    "status": job.status,
+                },
+                status=status.HTTP_409_CONFLICT,
+            )
+        return Response(job.course)
+
+
+class JobCancelApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={
+            200: JobDetailOutputSerializer,
+            409: OpenApiResponse(description="Already ended"),
+        },
+        operation_id="jobs_cancel",
+    )
+    def post(self, request: Request, job_id: UUID) -> Response:
+        job = _visible_job(request, job_id)
+        try:
+            job = services.job_cancel(job_id=job.id, reason=f"cancelled by {request.user}")
+        except services.GenerationError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(JobDetailOutputSerializer(job).data)

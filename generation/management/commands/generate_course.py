@@ -1,0 +1,160 @@
+"""Generate one course from the command line, with a progress bar and a summary.
+
+Exits non-zero when the course fails. With no broker configured the tasks run in-process (eager);
+with one, they run on the Celery workers and this command follows the job's rows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import close_old_connections
+from django.utils import timezone
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from accounts.models import BaseClass
+from generation import services
+from generation.models import CourseGenerationJob, GenerationAttempt, GenerationTask, JobStatus
+from generation.schemas import CourseRequest, Level
+
+
+class Command(BaseCommand):
+    help = "Generate a course end to end and print its summary."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--user", required=True, help="username of a member of the class's organisation"
+        )
+        parser.add_argument("--topic", required=True)
+        parser.add_argument(
+            "--class", dest="base_class", help="class id or name (default: the user's first)"
+        )
+        parser.add_argument("--audience", default="general learners")
+        parser.add_argument("--level", default="beginner", choices=[lv.value for lv in Level])
+        parser.add_argument("--modules", type=int, default=4)
+        parser.add_argument("--lessons", type=int, default=3)
+        parser.add_argument("--questions", type=int, default=4)
+        parser.add_argument("--language", default="en")
+        parser.add_argument("--instructions", default="")
+        parser.add_argument(
+            "--timeout", type=float, default=1800, help="seconds to wait for the job"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        user = get_user_model().objects.filter(username=options["user"]).first()
+        if user is None:
+            raise CommandError(f"no user {options['user']!r} (run `manage.py seed_demo` first?)")
+        base_class = self._base_class(user, options["base_class"])
+        request = self._request(options)
+        started = time.monotonic()
+        job = self._submit_and_follow(user, base_class, request, options["timeout"])
+        self._summary(job, time.monotonic() - started)
+        if job.status != JobStatus.SUCCEEDED:
+            raise CommandError(f"job {job.id} {job.status}: {job.error}")
+
+    def _base_class(self, user: Any, wanted: str | None) -> BaseClass:
+        classes = BaseClass.objects.filter(organisation__memberships__user=user)
+        if wanted:
+            classes = classes.filter(pk=wanted) if _is_uuid(wanted) else classes.filter(name=wanted)
+        base_class = classes.order_by("name").first()
+        if base_class is None:
+            raise CommandError("no such class in the user's organisations")
+        return base_class
+
+    def _request(self, options: dict[str, Any]) -> CourseRequest:
+        try:
+            return CourseRequest(
+                topic=options["topic"],
+                audience=options["audience"],
+                level=Level(options["level"]),
+                num_modules=options["modules"],
+                lessons_per_module=options["lessons"],
+                questions_per_lesson=options["questions"],
+                language=options["language"],
+                instructions=options["instructions"],
+            )
+        except ValidationError as exc:
+            raise CommandError(f"invalid course request:\n{exc}") from exc
+
+    def _submit_and_follow(
+        self, user: Any, base_class: BaseClass, request: CourseRequest, timeout: float
+    ) -> CourseGenerationJob:
+        submitted: dict[str, Any] = {}
+
+        def submit() -> None:
+            try:
+                submitted["job"] = services.job_submit(
+                    user=user, base_class=base_class, request=request
+                )
+            except Exception as exc:  # reported by the main thread
+                submitted["error"] = exc
+            finally:
+                close_old_connections()
+
+        # Eager mode runs the whole course inside job_submit: do it on a thread so the bar moves.
+        since = timezone.now()
+        thread = threading.Thread(target=submit, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout
+        with tqdm(total=100, unit="%", desc=request.topic[:40], disable=None) as bar:
+            while time.monotonic() < deadline:
+                job = self._latest_job(submitted, user, since)
+                if job is not None:
+                    bar.update(job.progress - bar.n)
+                    if job.is_terminal and not thread.is_alive():
+                        return job
+                if "error" in submitted:
+                    raise CommandError(f"submit failed: {submitted['error']}")
+                time.sleep(0.2)
+        raise CommandError(f"timed out after {timeout:.0f}s")
+
+    def _latest_job(
+        self, submitted: dict[str, Any], user: Any, since: datetime
+    ) -> CourseGenerationJob | None:
+        if "job" in submitted:
+            return CourseGenerationJob.objects.get(pk=submitted["job"].pk)
+        # In eager mode job_submit returns only when the course is done; find its row meanwhile.
+        return CourseGenerationJob.objects.filter(owner=user, created_at__gte=since).first()
+
+    def _summary(self, job: CourseGenerationJob, wall_s: float) -> None:
+        course = job.course or {}
+        tasks = GenerationTask.objects.filter(job=job).count()
+        calls = GenerationAttempt.objects.filter(task__job=job).count()
+        provider = settings.COURSEGEN_PROVIDER
+        label = "offline simulator (no real LLM was called)" if provider == "offline" else provider
+        out = self.stdout.write
+        out("")
+        out(f"Course:    {course.get('title') or job.topic}")
+        out(f"Status:    {job.status} in {wall_s:.1f}s   provider: {label}")
+        for module in course.get("modules", []):
+            out(f"  Module {module['position']}: {module['title']}")
+            for lesson in module["lessons"]:
+                out(f"    {lesson['key']}: {lesson['title']}")
+        out(f"Tasks:     {tasks}   LLM calls: {calls}")
+        out(
+            f"Tokens:    {job.input_tokens} in ({job.cached_tokens} cached), "
+            f"{job.output_tokens} out"
+        )
+        out(f"Cost:      ${job.cost_usd:.4f} at list prices")
+        out(f"Job id:    {job.id}")
+        out(
+            f"Admin:     run `make web`, then open "
+            f"http://127.0.0.1:8000/admin/generation/coursegenerationjob/{job.id}/change/"
+        )
+
+
+def _is_uuid(value: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

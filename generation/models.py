@@ -1,0 +1,227 @@
+"""The record of truth for course generation: jobs, their tasks, every provider attempt, the queue.
+
+Celery only delivers messages; these rows say what has happened. Table names follow the
+specification so its SQL runs as written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+from accounts.models import BaseClass, Organisation
+from generation.schemas import CourseRequest, TaskKind, Tier
+
+
+class Priority(models.IntegerChoices):
+    # Celery's Redis transport consumes 0 first, so lower numbers run sooner everywhere.
+    URGENT = 0, "Urgent"
+    HIGH = 2, "High"
+    NORMAL = 5, "Normal"
+    LOW = 8, "Low"
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+JOB_TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class CourseGenerationJob(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="generation_jobs"
+    )
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="jobs")
+    base_class = models.ForeignKey(BaseClass, on_delete=models.PROTECT, related_name="jobs")
+    request = models.JSONField(help_text="The validated CourseRequest.")
+    status = models.CharField(
+        max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True
+    )
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    progress = models.PositiveSmallIntegerField(default=0, help_text="Percent of tasks succeeded.")
+    outline = models.JSONField(null=True, blank=True, help_text="Copied from the outline task.")
+    course = models.JSONField(null=True, blank=True, help_text="The assembled course.")
+    input_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    correlation_id = models.UUIDField(default=uuid.uuid4, editable=False, db_index=True)
+    error = models.TextField(blank=True)
+    chord_dispatched_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "course_generation_jobs"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["organisation", "-created_at"]),
+            models.Index(fields=["owner", "status"]),
+            models.Index(fields=["status", "created_at"]),
+        ]
+        verbose_name = "job"
+
+    def __str__(self) -> str:
+        return f"{self.topic} [{self.status}]"
+
+    @property
+    def topic(self) -> str:
+        return str(self.request.get("topic", ""))
+
+    @property
+    def course_request(self) -> CourseRequest:
+        return CourseRequest.model_validate(self.request)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in JOB_TERMINAL
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+class TaskStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TASK_TERMINAL = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class GenerationTask(models.Model):
+    """One unit of generation inside a job, e.g. the lesson section of module 2, lesson 3."""
+
+    job = models.ForeignKey(CourseGenerationJob, on_delete=models.CASCADE, related_name="tasks")
+    kind = models.CharField(max_length=32, choices=[(k.value, k.value) for k in TaskKind])
+    key = models.CharField(max_length=32, help_text="course, m2 or m2.l3")
+    position = models.PositiveIntegerField(default=0)
+    status = models.CharField(
+        max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING, db_index=True
+    )
+    tier = models.CharField(max_length=16, choices=[(t.value, t.value) for t in Tier])
+    model = models.CharField(max_length=100, blank=True)
+    prompt_version = models.CharField(max_length=32, blank=True)
+    runs = models.PositiveIntegerField(default=0, help_text="Times a worker claimed this task.")
+    attempts = models.PositiveIntegerField(default=0, help_text="Provider calls made.")
+    output = models.JSONField(null=True, blank=True)
+    validation_errors = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    input_tokens = models.IntegerField(default=0)
+    cached_tokens = models.IntegerField(default=0)
+    output_tokens = models.IntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=8, default=Decimal(0))
+    duration_ms = models.IntegerField(default=0, help_text="Wall time of the last run.")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "course_generation_tasks"
+        ordering = ["job", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "kind", "key"], name="uniq_task_per_job")
+        ]
+        indexes = [models.Index(fields=["status", "lease_expires_at"])]
+        verbose_name = "task"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key} [{self.status}]"
+
+    @property
+    def task_kind(self) -> TaskKind:
+        return TaskKind(self.kind)
+
+
+class AttemptKind(models.TextChoices):
+    FIRST = "first", "First"
+    REASK = "reask", "Re-ask after invalid output"
+    TRANSPORT_RETRY = "transport_retry", "Retry after a transport error"
+
+
+class AttemptOutcome(models.TextChoices):
+    OK = "ok", "Valid output"
+    INVALID = "invalid", "Invalid output"
+    TRANSIENT = "transient", "Transient error"
+    PERMANENT = "permanent", "Permanent error"
+
+
+class GenerationAttempt(models.Model):
+    """The ledger: one row per provider call, with what it cost and what went wrong."""
+
+    task = models.ForeignKey(GenerationTask, on_delete=models.CASCADE, related_name="attempt_rows")
+    number = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=AttemptKind.choices)
+    outcome = models.CharField(max_length=16, choices=AttemptOutcome.choices)
+    model = models.CharField(max_length=100)
+    input_tokens = models.IntegerField(default=0)
+    cached_tokens = models.IntegerField(default=0)
+    output_tokens = models.IntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=8, default=Decimal(0))
+    latency_ms = models.IntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "course_generation_attempts"
+        ordering = ["task", "number"]
+        verbose_name = "attempt"
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.task_id}: {self.outcome}"
+
+
+class QueueState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    CLAIMED = "claimed", "Claimed"
+    DONE = "done", "Done"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class QueueEntry(models.Model):
+    job = models.OneToOneField(
+        CourseGenerationJob, on_delete=models.CASCADE, related_name="queue_entry"
+    )
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    state = models.CharField(max_length=16, choices=QueueState.choices, default=QueueState.QUEUED)
+    enqueued_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "course_generation_queue"
+        ordering = ["priority", "enqueued_at"]
+        indexes = [models.Index(fields=["state", "priority", "enqueued_at"])]
+        verbose_name = "queue entry"
+        verbose_name_plural = "queue"
+
+    def __str__(self) -> str:
+        return f"{self.job_id} [{self.state}, priority {self.priority}]"
+
+
+def json_safe(value: Any) -> Any:
+    """Decimals and UUIDs inside JSON fields would fail to serialise; store strings."""
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    return value

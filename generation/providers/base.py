@@ -1,0 +1,118 @@
+"""The one provider seam: a request in, a completion out, errors classified.
+
+Every vendor module (offline.py, openai.py) implements `Provider.complete`. Callers never see a
+vendor exception: transport trouble is `TransientProviderError` (retry with backoff) or
+`PermanentProviderError` (fail fast), and output that is not JSON is `InvalidOutputError` (re-ask).
+Schema validation happens above this seam, in generation/validation.py.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from generation.schemas import TaskKind, Tier
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    messages: tuple[Message, ...]
+    schema: type[BaseModel]
+    model: str
+    tier: Tier
+    task_kind: TaskKind
+    # Structured facts about the task (topic, module/lesson index, outline titles ...). Real
+    # providers ignore it; the offline simulator builds its content from it.
+    context: Mapping[str, Any] = field(default_factory=dict)
+    max_output_tokens: int | None = None
+
+    @property
+    def schema_name(self) -> str:
+        return self.schema.__name__
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    cached_tokens: int = 0  # part of input_tokens served from the provider's prompt cache
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class Completion:
+    data: dict[str, Any]  # parsed JSON object; not yet validated against the schema
+    raw_text: str
+    usage: Usage
+    latency_s: float
+    model: str
+    provider: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class ProviderError(Exception):
+    """Base for every error a provider raises; `usage` is what the failed call still cost."""
+
+    def __init__(self, message: str, *, usage: Usage | None = None, latency_s: float = 0.0):
+        super().__init__(message)
+        self.usage = usage or Usage()
+        self.latency_s = latency_s
+
+
+class TransientProviderError(ProviderError):
+    """429, 5xx, timeouts, connection errors: worth retrying after a wait."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status_code: int | None = None,
+        usage: Usage | None = None,
+        latency_s: float = 0.0,
+    ):
+        super().__init__(message, usage=usage, latency_s=latency_s)
+        self.retry_after = retry_after
+        self.status_code = status_code
+
+
+class PermanentProviderError(ProviderError):
+    """400, 401, 403, 404: retrying cannot help; the task fails with this message."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, usage: Usage | None = None):
+        super().__init__(message, usage=usage)
+        self.status_code = status_code
+
+
+class InvalidOutputError(ProviderError):
+    """The call succeeded but its text is not a JSON object; the pipeline re-asks."""
+
+    def __init__(
+        self, message: str, *, raw_text: str, usage: Usage | None = None, latency_s: float = 0.0
+    ):
+        super().__init__(message, usage=usage, latency_s=latency_s)
+        self.raw_text = raw_text
+
+
+class Provider(abc.ABC):
+    name: str = "base"
+
+    @abc.abstractmethod
+    def complete(self, request: CompletionRequest) -> Completion:
+        """Run one call. Raises only the ProviderError subclasses above."""

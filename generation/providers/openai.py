@@ -1,0 +1,392 @@
+"""OpenAI (and OpenAI-compatible servers) behind the provider seam.
+
+One chat completion per call, asking for Structured Outputs (`json_schema`, strict) built from the
+task's pydantic model. Servers that refuse `json_schema` (llama.cpp answers 500, others 400) are
+asked once more with `json_object` and the schema in the system prompt, and remembered per base URL
+so later calls skip the doomed first attempt. The SDK never retries: our retry policy sits above
+this seam and needs every failure classified, not hidden.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.utils
+import functools
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import openai
+from openai.types.chat import ChatCompletion
+from pydantic import BaseModel
+
+from generation.providers.base import (
+    Completion,
+    CompletionRequest,
+    InvalidOutputError,
+    PermanentProviderError,
+    Provider,
+    ProviderError,
+    TransientProviderError,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from openai._legacy_response import LegacyAPIResponse
+
+    RawChatResponse = LegacyAPIResponse[ChatCompletion]
+
+logger = logging.getLogger("coursegen.providers.openai")
+
+OFFICIAL_BASE_URL = "https://api.openai.com/v1"
+# OpenAI-compatible local servers ignore the key, but the SDK refuses to start without one.
+PLACEHOLDER_API_KEY = "not-needed"
+_MAX_MESSAGE_CHARS = 500
+
+# --- strict JSON schema -------------------------------------------------------------------------
+# Keywords OpenAI strict mode accepts. Anything else (title, default, minLength, maxLength,
+# uniqueItems, examples ...) is rejected or ignored there; local pydantic validation still
+# enforces every constraint, so dropping them only loosens the server-side grammar.
+_STRICT_KEYWORDS = frozenset(
+    {
+        "type", "properties", "required", "additionalProperties", "items", "enum", "const",
+        "anyOf", "$ref", "$defs", "description", "pattern", "format", "minimum", "maximum",
+        "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minItems", "maxItems",
+    }
+)  # fmt: skip
+_STRICT_FORMATS = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}
+)
+_SCHEMA_MAPS = ("properties", "$defs")  # values map names to sub-schemas
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")  # values are lists of sub-schemas
+
+
+SchemaFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _map_subschemas(node: dict[str, Any], fn: SchemaFn) -> dict[str, Any]:
+    """A copy of `node` with `fn` applied to each direct sub-schema (never to property names)."""
+    out = dict(node)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: fn(sub) for name, sub in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [fn(sub) for sub in out[key]]
+    if isinstance(out.get("items"), dict):
+        out["items"] = fn(out["items"])
+    return out
+
+
+def _strict_node(node: dict[str, Any]) -> dict[str, Any]:
+    all_of = node.get("allOf")
+    if isinstance(all_of, list) and len(all_of) == 1:
+        # Older pydantic wraps a lone $ref in allOf to attach a default; unwrap it.
+        node = {**{k: v for k, v in node.items() if k != "allOf"}, **all_of[0]}
+    if "$ref" in node:
+        # Strict mode rejects siblings of $ref; the referenced definition carries the meaning.
+        return {"$ref": node["$ref"]}
+    out = {k: v for k, v in _map_subschemas(node, _strict_node).items() if k in _STRICT_KEYWORDS}
+    if out.get("format") not in _STRICT_FORMATS:
+        out.pop("format", None)
+    if out.get("type") == "object" or "properties" in out:
+        # Strict mode: no extra keys and every property required (defaults cannot be expressed).
+        out["properties"] = out.get("properties", {})
+        out["required"] = list(out["properties"])
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.cache
+def _strict_schema_cached(model: type[BaseModel]) -> dict[str, Any]:
+    return _strict_node(model.model_json_schema())
+
+
+def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema in the subset OpenAI Structured Outputs accepts with strict=True."""
+    return copy.deepcopy(_strict_schema_cached(model))
+
+
+def _drop_titles(node: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in _map_subschemas(node, _drop_titles).items() if k != "title"}
+
+
+@functools.cache
+def prompt_schema_text(model: type[BaseModel]) -> str:
+    """The full schema as compact JSON for the prompt; keeps minLength etc. as hints."""
+    return json.dumps(_drop_titles(model.model_json_schema()), separators=(",", ":"))
+
+
+def _schema_name(model: type[BaseModel]) -> str:
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", model.__name__)[:64]
+
+
+# --- request building ---------------------------------------------------------------------------
+def _messages(request: CompletionRequest, *, json_object: bool) -> list[dict[str, str]]:
+    messages = [m.as_dict() for m in request.messages]
+    if not json_object:
+        return messages
+    schema = prompt_schema_text(request.schema)
+    instruction = f"Reply with one JSON object that matches this JSON schema: {schema}"
+    system = next((m for m in messages if m["role"] == "system"), None)
+    if system is None:
+        return [{"role": "system", "content": instruction}, *messages]
+    system["content"] = f"{system['content']}\n\n{instruction}"
+    return messages
+
+
+def _response_format(request: CompletionRequest, *, json_object: bool) -> dict[str, Any]:
+    if json_object:
+        return {"type": "json_object"}
+    json_schema = {
+        "name": _schema_name(request.schema),
+        "strict": True,
+        "schema": strict_schema(request.schema),
+    }
+    return {"type": "json_schema", "json_schema": json_schema}
+
+
+# --- error classification -----------------------------------------------------------------------
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or HTTP date), or None."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            seconds = float(headers.get(name) or "nan") * scale
+        except ValueError:
+            continue
+        if math.isfinite(seconds):
+            return max(seconds, 0.0)
+    parsed = email.utils.parsedate_tz(headers.get("retry-after") or "")
+    if parsed is None:
+        return None
+    return max(email.utils.mktime_tz(parsed) - time.time(), 0.0)
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    """The server's own explanation (the SDK already unwrapped the `error` envelope)."""
+    body = exc.body
+    if isinstance(body, dict):
+        message = body.get("message")
+        return message if isinstance(message, str) and message else json.dumps(body)
+    if isinstance(body, str) and body:
+        return body
+    return exc.message
+
+
+def _refuses_json_schema(exc: openai.APIStatusError) -> bool:
+    """True when the server does not support `json_schema` (not when our schema is invalid)."""
+    message = _server_message(exc)
+    if exc.status_code >= 500:
+        return "Input should be 'text' or 'json_object'" in message
+    lowered = message.lower()
+    mentions_format = "response_format" in lowered or "json_schema" in lowered
+    # OpenAI rejects a bad schema with 400 "Invalid schema for response_format ..."; falling back
+    # would hide our own bug behind a weaker mode, so that stays a permanent error.
+    return exc.status_code in (400, 422) and mentions_format and "invalid schema" not in lowered
+
+
+def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Only what the rate limiter and retry policy use; the rest is noise in the job log."""
+    kept = {k.lower(): v for k, v in headers.items()}
+    return {k: v for k, v in kept.items() if k.startswith(("x-ratelimit-", "retry-after"))}
+
+
+# --- the provider -------------------------------------------------------------------------------
+class OpenAIProvider(Provider):
+    name = "openai"
+
+    # Base URLs known to refuse `json_schema`; shared by every instance in the process.
+    _json_object_servers: ClassVar[set[str]] = set()
+    _servers_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self, *, api_key: str, base_url: str | None, timeout_s: float, max_retries: int = 0
+    ) -> None:
+        if not api_key and not base_url:
+            raise ValueError("OpenAIProvider needs an API key or a base URL")
+        self._api_key = api_key
+        self._base_url = (base_url or OFFICIAL_BASE_URL).rstrip("/")
+        self._timeout_s = timeout_s
+        self._client = openai.OpenAI(
+            api_key=api_key or PLACEHOLDER_API_KEY,
+            base_url=self._base_url,
+            timeout=timeout_s,
+            max_retries=max_retries,
+        )
+
+    @classmethod
+    def from_settings(cls) -> OpenAIProvider:
+        from django.conf import settings
+
+        return cls(
+            api_key=settings.OPENAI_API_KEY,
+            base_url=settings.OPENAI_BASE_URL,
+            timeout_s=settings.OPENAI_TIMEOUT_S,
+            max_retries=settings.OPENAI_MAX_RETRIES,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        started = time.monotonic()
+        try:
+            raw = self._create_with_fallback(request)
+            completion, headers = raw.parse(), _kept_headers(raw.headers)
+        except openai.OpenAIError as exc:
+            raise self._classify(exc, time.monotonic() - started) from exc
+        return self._to_completion(request, completion, headers, time.monotonic() - started)
+
+    # --- calling --------------------------------------------------------------------------------
+    def _create_with_fallback(self, request: CompletionRequest) -> RawChatResponse:
+        if self.needs_json_object():
+            return self._create(request, json_object=True)
+        try:
+            return self._create(request, json_object=False)
+        except openai.APIStatusError as exc:
+            if not _refuses_json_schema(exc):
+                raise
+        self._remember_json_object()
+        return self._create(request, json_object=True)
+
+    def _create(self, request: CompletionRequest, *, json_object: bool) -> RawChatResponse:
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "messages": _messages(request, json_object=json_object),
+            "response_format": _response_format(request, json_object=json_object),
+        }
+        if request.max_output_tokens is not None:
+            kwargs[self._token_limit_param()] = request.max_output_tokens
+        return self._client.chat.completions.with_raw_response.create(**kwargs)
+
+    def _token_limit_param(self) -> str:
+        # OpenAI deprecated max_tokens (reasoning models reject it); compatible servers such as
+        # llama.cpp and Ollama only reliably understand max_tokens.
+        return "max_completion_tokens" if self._base_url == OFFICIAL_BASE_URL else "max_tokens"
+
+    def needs_json_object(self) -> bool:
+        """Whether this server is known to refuse `json_schema`."""
+        with self._servers_lock:
+            return self._base_url in self._json_object_servers
+
+    def _remember_json_object(self) -> None:
+        with self._servers_lock:
+            first_time = self._base_url not in self._json_object_servers
+            self._json_object_servers.add(self._base_url)
+        if first_time:
+            logger.warning(
+                "%s refuses response_format json_schema; using json_object with the schema in "
+                "the prompt for this server from now on",
+                self._base_url,
+            )
+
+    # --- results --------------------------------------------------------------------------------
+    def _to_completion(
+        self,
+        request: CompletionRequest,
+        completion: ChatCompletion,
+        headers: dict[str, str],
+        latency_s: float,
+    ) -> Completion:
+        usage = _usage(completion)
+        raw_text = self._message_text(completion, usage, latency_s)
+        data = _parse_object(raw_text, usage, latency_s)
+        return Completion(
+            data=data,
+            raw_text=raw_text,
+            usage=usage,
+            latency_s=latency_s,
+            model=completion.model or request.model,
+            provider=self.name,
+            headers=headers,
+        )
+
+    @staticmethod
+    def _message_text(completion: ChatCompletion, usage: Usage, latency_s: float) -> str:
+        if not completion.choices:
+            raise InvalidOutputError(
+                "the reply has no choices", raw_text="", usage=usage, latency_s=latency_s
+            )
+        choice = completion.choices[0]
+        if choice.message.refusal:
+            raise InvalidOutputError(
+                f"the model refused: {choice.message.refusal}",
+                raw_text=choice.message.refusal,
+                usage=usage,
+                latency_s=latency_s,
+            )
+        text = choice.message.content or ""
+        if choice.finish_reason == "length":
+            raise InvalidOutputError(
+                "the reply was cut off at the output token limit",
+                raw_text=text,
+                usage=usage,
+                latency_s=latency_s,
+            )
+        return text
+
+    # --- errors ---------------------------------------------------------------------------------
+    def _classify(self, exc: openai.OpenAIError, latency_s: float) -> ProviderError:
+        if isinstance(exc, openai.APITimeoutError):
+            message = f"OpenAI request timed out after {self._timeout_s:g}s"
+            return TransientProviderError(message, latency_s=latency_s)
+        if isinstance(exc, openai.APIConnectionError):
+            message = f"cannot reach {self._base_url}: {exc}"
+            return TransientProviderError(self._redact(message), latency_s=latency_s)
+        if isinstance(exc, openai.APIStatusError):
+            return self._classify_status(exc, latency_s)
+        return TransientProviderError(self._redact(f"OpenAI error: {exc}"), latency_s=latency_s)
+
+    def _classify_status(self, exc: openai.APIStatusError, latency_s: float) -> ProviderError:
+        status = exc.status_code
+        message = self._redact(f"OpenAI {status}: {_server_message(exc)}")
+        if status in (400, 401, 403, 404, 422):
+            return PermanentProviderError(message, status_code=status)
+        return TransientProviderError(
+            message,
+            retry_after=_retry_after(exc.response.headers),
+            status_code=status,
+            latency_s=latency_s,
+        )
+
+    def _redact(self, message: str) -> str:
+        """Bound the message and make sure the API key never reaches logs or the job record."""
+        if self._api_key:
+            message = message.replace(self._api_key, "[redacted]")
+        return message[:_MAX_MESSAGE_CHARS]
+
+
+def _usage(completion: ChatCompletion) -> Usage:
+    usage = completion.usage
+    if usage is None:  # some compatible servers omit it
+        return Usage()
+    details = usage.prompt_tokens_details
+    cached = details.cached_tokens if details and details.cached_tokens else 0
+    return Usage(
+        input_tokens=usage.prompt_tokens,
+        cached_tokens=cached,
+        output_tokens=usage.completion_tokens,
+    )
+
+
+def _parse_object(raw_text: str, usage: Usage, latency_s: float) -> dict[str, Any]:
+    try:
+        data = json.loads(raw_text)
+    except json.JSONDecodeError as exc:
+        raise InvalidOutputError(
+            f"the reply is not JSON: {exc}", raw_text=raw_text, usage=usage, latency_s=latency_s
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidOutputError(
+            f"the reply is JSON but not an object (got {type(data).__name__})",
+            raw_text=raw_text,
+            usage=usage,
+            latency_s=latency_s,
+        )
+    return data

@@ -1,0 +1,120 @@
+"""Input and output serializers for the generation API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
+from rest_framework import serializers
+
+from accounts.models import BaseClass
+from generation.models import CourseGenerationJob, GenerationTask
+from generation.schemas import CourseRequest, Level
+
+
+class JobSubmitInputSerializer(serializers.Serializer):
+    base_class = serializers.UUIDField(help_text="The class the course is for.")
+    topic = serializers.CharField(min_length=3, max_length=200)
+    audience = serializers.CharField(min_length=3, max_length=200, required=False)
+    level = serializers.ChoiceField(choices=[lv.value for lv in Level], required=False)
+    num_modules = serializers.IntegerField(min_value=1, max_value=12, required=False)
+    lessons_per_module = serializers.IntegerField(min_value=1, max_value=10, required=False)
+    questions_per_lesson = serializers.IntegerField(min_value=1, max_value=15, required=False)
+    language = serializers.RegexField(r"^[a-z]{2}(-[A-Z]{2})?$", required=False)
+    instructions = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+
+    def validate_base_class(self, value: Any) -> BaseClass:
+        user = self.context["request"].user
+        base_class = BaseClass.objects.filter(
+            pk=value, organisation__memberships__user=user
+        ).first()
+        if base_class is None:
+            raise serializers.ValidationError("No such class in your organisations.")
+        return base_class
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        fields = {k: v for k, v in attrs.items() if k != "base_class"}
+        try:
+            attrs["course_request"] = CourseRequest.model_validate(fields)
+        except PydanticValidationError as exc:
+            raise serializers.ValidationError(
+                {
+                    ".".join(map(str, e["loc"])) or "non_field_errors": [e["msg"]]
+                    for e in exc.errors()
+                }
+            ) from exc
+        return attrs
+
+
+class TaskOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GenerationTask
+        fields = [
+            "id",
+            "kind",
+            "key",
+            "status",
+            "tier",
+            "model",
+            "prompt_version",
+            "runs",
+            "attempts",
+            "input_tokens",
+            "cached_tokens",
+            "output_tokens",
+            "cost_usd",
+            "duration_ms",
+            "validation_errors",
+            "error",
+            "started_at",
+            "finished_at",
+        ]
+
+
+class JobOutputSerializer(serializers.ModelSerializer):
+    topic = serializers.CharField(read_only=True)
+    owner = serializers.CharField(source="owner.get_username", read_only=True)
+    base_class = serializers.UUIDField(source="base_class_id", read_only=True)
+    organisation = serializers.UUIDField(source="organisation_id", read_only=True)
+
+    class Meta:
+        model = CourseGenerationJob
+        fields = [
+            "id",
+            "topic",
+            "status",
+            "priority",
+            "progress",
+            "owner",
+            "organisation",
+            "base_class",
+            "request",
+            "input_tokens",
+            "cached_tokens",
+            "output_tokens",
+            "cost_usd",
+            "correlation_id",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+
+class JobDetailOutputSerializer(JobOutputSerializer):
+    tasks = TaskOutputSerializer(many=True, read_only=True)
+    queue_position = serializers.SerializerMethodField()
+    course_url = serializers.SerializerMethodField()
+
+    class Meta(JobOutputSerializer.Meta):
+        fields = [*JobOutputSerializer.Meta.fields, "queue_position", "course_url", "tasks"]
+
+    def get_queue_position(self, job: CourseGenerationJob) -> int | None:
+        from generation.selectors import queue_position
+
+        return queue_position(job=job)
+
+    def get_course_url(self, job: CourseGenerationJob) -> str | None:
+        if job.course is None:
+            return None
+        return f"/api/jobs/{job.id}/course/"

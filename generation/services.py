@@ -1,0 +1,446 @@
+"""Writes for course generation. Views, commands and Celery tasks call these and nothing else.
+
+The life of a job: `job_submit` creates the job, its outline task and its queue entry;
+`queue_dispatch` starts queued jobs in priority order under the global cap; `job_run_outline`
+writes the outline and plans one task row per unit; a Celery chord runs `task_run` for every row
+and then `job_finalize`. Each step is safe to repeat: claims are conditional updates with leases,
+succeeded rows are never sent to the provider again, and terminal jobs are left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from accounts.models import BaseClass, Membership, Role
+from generation import assembly
+from generation.llm import GenerationResult, TaskSpec, generate
+from generation.models import (
+    CourseGenerationJob,
+    GenerationAttempt,
+    GenerationTask,
+    JobStatus,
+    Priority,
+    QueueEntry,
+    QueueState,
+    TaskStatus,
+)
+from generation.prompts import PROMPT_VERSIONS
+from generation.providers import Provider, get_provider
+from generation.schemas import TASK_TIERS, CourseOutline, CourseRequest, TaskKind, Tier
+
+logger = logging.getLogger("coursegen.generation")
+
+DISPATCH_LOCK_KEY = 7_202_611  # any constant unique to this lock among advisory locks
+ROLE_PRIORITY = {
+    Role.ADMIN: Priority.HIGH,
+    Role.TEACHER: Priority.NORMAL,
+    Role.STUDENT: Priority.LOW,
+}
+
+
+class GenerationError(Exception):
+    """A request that cannot be carried out; the message is safe to show to the caller."""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def model_for(tier: Tier) -> str:
+    return (
+        settings.COURSEGEN_MODEL_COMPLEX
+        if tier is Tier.COMPLEX
+        else settings.COURSEGEN_MODEL_SIMPLE
+    )
+
+
+# --- Submit ---------------------------------------------------------------------------------------
+@transaction.atomic
+def job_submit(*, user: User, base_class: BaseClass, request: CourseRequest) -> CourseGenerationJob:
+    membership = Membership.objects.filter(
+        user=user, organisation_id=base_class.organisation_id
+    ).first()
+    if membership is None:
+        raise GenerationError("you are not a member of this class's organisation")
+    priority = ROLE_PRIORITY[Role(membership.role)]
+    job = CourseGenerationJob.objects.create(
+        owner=user,
+        organisation_id=base_class.organisation_id,
+        base_class=base_class,
+        request=request.model_dump(mode="json"),
+        priority=priority,
+    )
+    _task_create(job=job, kind=TaskKind.OUTLINE, key="course", position=0)
+    QueueEntry.objects.create(job=job, priority=priority)
+    logger.info("job %s submitted by %s: %s", job.id, user.pk, request.topic)
+    transaction.on_commit(_send_dispatch)
+    return job
+
+
+def _task_create(
+    *, job: CourseGenerationJob, kind: TaskKind, key: str, position: int
+) -> GenerationTask:
+    tier = TASK_TIERS[kind]
+    return GenerationTask.objects.create(
+        job=job,
+        kind=kind,
+        key=key,
+        position=position,
+        tier=tier,
+        model=model_for(tier),
+        prompt_version=PROMPT_VERSIONS[kind],
+    )
+
+
+def _send_dispatch() -> None:
+    from generation.tasks import dispatch_queue
+
+    dispatch_queue.delay()
+
+
+# --- Queue ----------------------------------------------------------------------------------------
+def running_job_count() -> int:
+    return QueueEntry.objects.filter(state=QueueState.CLAIMED).count()
+
+
+def queue_dispatch(*, worker: str | None = None, limit: int | None = None) -> list[UUID]:
+    """Start queued jobs in priority order while fewer than the global cap are running."""
+    started: list[UUID] = []
+    with transaction.atomic():
+        _dispatch_lock()
+        free = settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS - running_job_count()
+        if free <= 0:
+            return started
+        batch = limit if limit is not None else free
+        entries = list(
+            QueueEntry.objects.select_for_update(skip_locked=True)
+            .filter(state=QueueState.QUEUED)
+            .order_by("priority", "enqueued_at")[: min(free, batch)]
+        )
+        now = timezone.now()
+        for entry in entries:
+            entry.state, entry.claimed_at, entry.claimed_by = (
+                QueueState.CLAIMED,
+                now,
+                worker or worker_name(),
+            )
+            started.append(entry.job_id)
+        QueueEntry.objects.bulk_update(entries, ["state", "claimed_at", "claimed_by"])
+        CourseGenerationJob.objects.filter(pk__in=started, status=JobStatus.QUEUED).update(
+            status=JobStatus.RUNNING, started_at=now
+        )
+        transaction.on_commit(lambda: _send_outlines(started))
+    return started
+
+
+def _dispatch_lock() -> None:
+    """One dispatcher decides at a time, so two can never both fill the last free slot."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [DISPATCH_LOCK_KEY])
+    # SQLite (the embedded demo) already serialises writing transactions.
+
+
+def _send_outlines(job_ids: list[UUID]) -> None:
+    from generation.tasks import run_outline
+
+    for job_id in job_ids:
+        run_outline.apply_async(args=(str(job_id),))
+
+
+# --- Claims ---------------------------------------------------------------------------------------
+def task_claim(*, task_id: int, worker: str) -> bool:
+    """Take the task's lease; False when it already succeeded or another worker holds a lease."""
+    now = timezone.now()
+    claimable = Q(status=TaskStatus.PENDING) | Q(
+        status=TaskStatus.RUNNING, lease_expires_at__lt=now
+    )
+    updated = GenerationTask.objects.filter(claimable, pk=task_id).update(
+        status=TaskStatus.RUNNING,
+        lease_expires_at=now + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S),
+        worker=worker,
+        runs=F("runs") + 1,
+        started_at=now,
+    )
+    return updated == 1
+
+
+# --- Running one task -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskRunResult:
+    task_id: int
+    status: str
+    ran: bool  # False when the message was a repeat and nothing was done
+
+
+def task_run(
+    *, task_id: int, worker: str | None = None, provider: Provider | None = None
+) -> TaskRunResult:
+    worker = worker or worker_name()
+    if not task_claim(task_id=task_id, worker=worker):
+        status = GenerationTask.objects.filter(pk=task_id).values_list("status", flat=True).first()
+        return TaskRunResult(task_id, str(status), ran=False)
+    task = GenerationTask.objects.select_related("job").get(pk=task_id)
+    if task.job.status == JobStatus.CANCELLED:
+        _task_finish(task=task, worker=worker, status=TaskStatus.CANCELLED, error="job cancelled")
+        return TaskRunResult(task_id, TaskStatus.CANCELLED, ran=False)
+    started = time.monotonic()
+    try:
+        result = generate(_spec_for(task), provider or get_provider())
+    except Exception as exc:  # a bug must fail this task, not hang the chord waiting on it
+        logger.exception("task %s crashed", task_id)
+        result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
+    status = _record_result(
+        task=task, worker=worker, result=result, wall_s=time.monotonic() - started
+    )
+    return TaskRunResult(task_id, status, ran=True)
+
+
+def _spec_for(task: GenerationTask) -> TaskSpec:
+    from generation.prompts import task_context
+
+    request = task.job.course_request
+    outline = CourseOutline.model_validate(task.job.outline) if task.job.outline else None
+    return TaskSpec(
+        kind=task.task_kind,
+        tier=Tier(task.tier),
+        model=task.model or model_for(Tier(task.tier)),
+        request=request,
+        outline=outline,
+        context={
+            **task_context(task.task_kind, task.key, request=request, outline=outline),
+            "job_id": str(task.job_id),
+        },
+    )
+
+
+@transaction.atomic
+def _record_result(
+    *, task: GenerationTask, worker: str, result: GenerationResult, wall_s: float
+) -> str:
+    GenerationAttempt.objects.bulk_create(
+        GenerationAttempt(
+            task=task,
+            number=task.attempts + a.number,
+            kind=a.kind,
+            outcome=a.outcome,
+            model=a.model,
+            input_tokens=a.usage.input_tokens,
+            cached_tokens=a.usage.cached_tokens,
+            output_tokens=a.usage.output_tokens,
+            cost_usd=a.cost_usd,
+            latency_ms=a.latency_ms,
+            errors=a.errors,
+        )
+        for a in result.attempts
+    )
+    status = TaskStatus.SUCCEEDED if result.ok else TaskStatus.FAILED
+    updated = GenerationTask.objects.filter(
+        pk=task.pk, status=TaskStatus.RUNNING, worker=worker
+    ).update(
+        status=status,
+        output=result.data,
+        validation_errors=result.validation_errors,
+        error=result.error,
+        attempts=F("attempts") + len(result.attempts),
+        input_tokens=F("input_tokens") + result.total("input_tokens"),
+        cached_tokens=F("cached_tokens") + result.total("cached_tokens"),
+        output_tokens=F("output_tokens") + result.total("output_tokens"),
+        cost_usd=F("cost_usd") + result.cost_usd,
+        duration_ms=round(wall_s * 1000),
+        lease_expires_at=None,
+        finished_at=timezone.now(),
+    )
+    if not updated:
+        # Our lease expired and another worker took the task over; its result stands.
+        logger.warning("task %s: lease lost by %s, result discarded", task.pk, worker)
+        return str(GenerationTask.objects.values_list("status", flat=True).get(pk=task.pk))
+    job_refresh_progress(job_id=task.job_id)
+    return status
+
+
+def _task_finish(*, task: GenerationTask, worker: str, status: TaskStatus, error: str) -> None:
+    GenerationTask.objects.filter(pk=task.pk, worker=worker).update(
+        status=status, error=error, lease_expires_at=None, finished_at=timezone.now()
+    )
+
+
+def job_refresh_progress(*, job_id: UUID) -> None:
+    counts = GenerationTask.objects.filter(job_id=job_id).aggregate(
+        total=Count("pk"), done=Count("pk", filter=Q(status=TaskStatus.SUCCEEDED))
+    )
+    # The outline alone is not the whole job: until tasks are planned, progress stays small.
+    progress = 100 * counts["done"] // max(counts["total"], 1)
+    CourseGenerationJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        progress=progress
+    )
+
+
+# --- Outline, planning and the chord --------------------------------------------------------------
+def job_run_outline(
+    *, job_id: UUID, worker: str | None = None, provider: Provider | None = None
+) -> None:
+    job = CourseGenerationJob.objects.get(pk=job_id)
+    if job.status != JobStatus.RUNNING:
+        return
+    outline_task = job.tasks.get(kind=TaskKind.OUTLINE)
+    result = task_run(task_id=outline_task.pk, worker=worker, provider=provider)
+    outline_task.refresh_from_db()
+    if outline_task.status == TaskStatus.FAILED:
+        job_finalize(job_id=job_id)
+        return
+    if outline_task.status != TaskStatus.SUCCEEDED:
+        logger.info("job %s: outline %s elsewhere (%s)", job_id, outline_task.status, result)
+        return
+    job_plan_tasks(job_id=job_id, outline=outline_task.output or {})
+    job_dispatch_chord(job_id=job_id)
+
+
+@transaction.atomic
+def job_plan_tasks(*, job_id: UUID, outline: dict[str, Any]) -> None:
+    job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
+    if job.outline is not None:
+        return  # planned already (a repeated message)
+    parsed = CourseOutline.model_validate(outline)
+    job.outline = outline
+    job.save(update_fields=["outline", "updated_at"])
+    rows = [
+        GenerationTask(
+            job=job,
+            kind=kind,
+            key=key,
+            position=position,
+            tier=TASK_TIERS[kind],
+            model=model_for(TASK_TIERS[kind]),
+            prompt_version=PROMPT_VERSIONS[kind],
+        )
+        for position, (kind, key) in enumerate(plan_units(parsed), start=1)
+    ]
+    GenerationTask.objects.bulk_create(rows, ignore_conflicts=True)
+    job_refresh_progress(job_id=job_id)
+
+
+def plan_units(outline: CourseOutline) -> list[tuple[TaskKind, str]]:
+    """Every unit of a course after its outline, in reading order."""
+    units: list[tuple[TaskKind, str]] = []
+    for m, module in enumerate(outline.modules, start=1):
+        for n in range(1, len(module.lessons) + 1):
+            key = f"m{m}.l{n}"
+            units += [
+                (TaskKind.LESSON_SECTION, key),
+                (TaskKind.ASSESSMENT, key),
+                (TaskKind.BRAIN_BYTES, key),
+            ]
+        units.append((TaskKind.MODULE_SUMMARY, f"m{m}"))
+    units += [(TaskKind.MIND_MAP, "course"), (TaskKind.METADATA, "course")]
+    return units
+
+
+def job_dispatch_chord(*, job_id: UUID) -> bool:
+    """Send the chord once per job: only the caller that sets chord_dispatched_at sends it."""
+    won = CourseGenerationJob.objects.filter(
+        pk=job_id, status=JobStatus.RUNNING, chord_dispatched_at__isnull=True
+    ).update(chord_dispatched_at=timezone.now())
+    if not won:
+        return False
+    job = CourseGenerationJob.objects.only("priority").get(pk=job_id)
+    pending = list(
+        GenerationTask.objects.filter(job_id=job_id, status=TaskStatus.PENDING)
+        .exclude(kind=TaskKind.OUTLINE)
+        .values_list("pk", flat=True)
+    )
+    transaction.on_commit(lambda: _send_chord(job_id, pending, job.priority))
+    return True
+
+
+def _send_chord(job_id: UUID, task_ids: list[int], priority: int) -> None:
+    from celery import chord
+
+    from generation.tasks import finalize_job, run_task
+
+    header = [run_task.si(task_id).set(priority=priority) for task_id in task_ids]
+    chord(header, finalize_job.si(str(job_id)).set(priority=priority)).apply_async()
+
+
+# --- Finalize -------------------------------------------------------------------------------------
+def job_finalize(*, job_id: UUID) -> CourseGenerationJob:
+    """Assemble the course and close the job, once every task has ended. Safe to repeat."""
+    with transaction.atomic():
+        job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
+        if job.is_terminal:
+            return job
+        tasks = list(job.tasks.all())
+        if any(
+            t.status not in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+            for t in tasks
+        ):
+            logger.info("job %s: finalize called with tasks still open; leaving it running", job_id)
+            return job
+        _apply_totals(job, tasks)
+        failed = [t for t in tasks if t.status != TaskStatus.SUCCEEDED]
+        if failed:
+            job.status = JobStatus.FAILED
+            job.error = "; ".join(f"{t.kind} {t.key}: {t.error or t.status}" for t in failed[:10])
+        else:
+            job.status, job.progress = JobStatus.SUCCEEDED, 100
+            job.course = assembly.assemble_course(job=job, tasks=tasks)
+        job.finished_at = timezone.now()
+        job.save()
+        _queue_entry_close(job=job, state=QueueState.DONE)
+        transaction.on_commit(_send_dispatch)
+    logger.info("job %s finished: %s, cost $%s", job.id, job.status, job.cost_usd)
+    return job
+
+
+def _apply_totals(job: CourseGenerationJob, tasks: list[GenerationTask]) -> None:
+    job.input_tokens = sum(t.input_tokens for t in tasks)
+    job.cached_tokens = sum(t.cached_tokens for t in tasks)
+    job.output_tokens = sum(t.output_tokens for t in tasks)
+    job.cost_usd = sum((t.cost_usd for t in tasks), Decimal(0))
+
+
+def _queue_entry_close(*, job: CourseGenerationJob, state: QueueState) -> None:
+    QueueEntry.objects.filter(job=job).exclude(
+        state__in=[QueueState.DONE, QueueState.CANCELLED]
+    ).update(state=state, finished_at=timezone.now())
+
+
+# --- Staff controls -------------------------------------------------------------------------------
+@transaction.atomic
+def job_set_priority(*, job_id: UUID, priority: int) -> None:
+    if priority not in Priority.values:
+        raise GenerationError(f"priority must be one of {Priority.values}")
+    CourseGenerationJob.objects.filter(pk=job_id).update(priority=priority)
+    QueueEntry.objects.filter(job_id=job_id, state=QueueState.QUEUED).update(priority=priority)
+
+
+# --- Cancel ---------------------------------------------------------------------------------------
+def job_cancel(*, job_id: UUID, reason: str = "cancelled by user") -> CourseGenerationJob:
+    with transaction.atomic():
+        job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
+        if job.is_terminal:
+            raise GenerationError(f"the job has already {job.status}")
+        job.tasks.filter(status=TaskStatus.PENDING).update(
+            status=TaskStatus.CANCELLED, error=reason
+        )
+        job.status, job.error, job.finished_at = JobStatus.CANCELLED, reason, timezone.now()
+        job.save(update_fields=["status", "error", "finished_at", "updated_at"])
+        _queue_entry_close(job=job, state=QueueState.CANCELLED)
+        transaction.on_commit(_send_dispatch)
+    logger.info("job %s cancelled: %s", job.id, reason)
+    return job

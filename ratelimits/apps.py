@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class RatelimitsConfig(AppConfig):
+    verbose_name = "Rate limits"
+    name = "ratelimits"

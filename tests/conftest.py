@@ -1,0 +1,78 @@
+"""Shared fixtures. Tests run against real PostgreSQL and Redis (see the Makefile's test target).
+
+Celery runs eagerly in-process unless a test is marked `worker`, in which case it starts a real
+worker process (tests/worker.py) and messages go through Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import AbstractUser
+from rest_framework.test import APIClient
+
+from accounts.models import BaseClass, Organisation, Role
+from coursegen.celery import app as celery_app
+from generation.providers import get_provider
+from tests.factories import BaseClassFactory, MembershipFactory, OrganisationFactory, UserFactory
+
+
+@pytest.fixture(autouse=True)
+def celery_eager(request: pytest.FixtureRequest) -> Iterator[None]:
+    eager = request.node.get_closest_marker("worker") is None
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = eager
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture(autouse=True)
+def fresh_provider() -> Iterator[None]:
+    # Providers are cached per process; tests that change settings need a new one.
+    get_provider.cache_clear()
+    yield
+    get_provider.cache_clear()
+
+
+@pytest.fixture
+def organisation(db: None) -> Organisation:
+    return OrganisationFactory.create()
+
+
+@pytest.fixture
+def base_class(organisation: Organisation) -> BaseClass:
+    return BaseClassFactory.create(organisation=organisation)
+
+
+@pytest.fixture
+def make_member(organisation: Organisation) -> Callable[..., AbstractUser]:
+    def make(
+        role: Role = Role.TEACHER, org: Organisation | None = None, **kwargs: Any
+    ) -> AbstractUser:
+        user: AbstractUser = UserFactory.create(**kwargs)
+        MembershipFactory.create(user=user, organisation=org or organisation, role=role)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def teacher(make_member: Callable[..., AbstractUser]) -> AbstractUser:
+    return make_member(Role.TEACHER)
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def client_for() -> Callable[[AbstractUser], APIClient]:
+    def make(user: AbstractUser) -> APIClient:
+        client = APIClient()
+        client.force_authenticate(user=user)
+        return client
+
+    return make

@@ -1,0 +1,196 @@
+"""A tiny OpenAI-compatible chat-completions server for tests, on 127.0.0.1 only.
+
+    with running_openai_server(mode="json_schema") as server:
+        server.replies["CourseOutline"] = {...}          # reply per json_schema name
+        server.script(status=429, headers={"retry-after": "7"}, body={...})  # served first
+        provider = OpenAIProvider(api_key="k", base_url=server.base_url, timeout_s=5)
+
+Modes: "json_schema" accepts Structured Outputs (and json_object); "llamacpp" answers HTTP 500
+to `json_schema` the way llama.cpp's server does and accepts `json_object`. Scripted responses
+are served first, in order, whatever the mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+Mode = Literal["json_schema", "llamacpp"]
+HOST = "127.0.0.1"  # never anything else: the fake must not be reachable from the network
+
+LLAMACPP_REFUSAL = {
+    "error": {
+        "code": 500,
+        "message": "Input should be 'text' or 'json_object'",
+        "type": "server_error",
+    }
+}
+RATE_LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": "500",
+    "x-ratelimit-remaining-requests": "499",
+    "x-ratelimit-remaining-tokens": "199000",
+    "x-request-id": "req_test",
+}
+
+
+@dataclass(frozen=True)
+class ScriptedResponse:
+    status: int = 200
+    body: Any = None  # dict/list -> JSON; str -> sent as is
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0  # sleep before answering (timeouts)
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: dict[str, Any]
+
+    @property
+    def response_format_type(self) -> str | None:
+        fmt = self.body.get("response_format") or {}
+        return fmt.get("type") if isinstance(fmt, dict) else None
+
+
+def chat_completion_body(
+    content: str | None,
+    *,
+    model: str = "test-model",
+    refusal: str | None = None,
+    prompt_tokens: int = 120,
+    cached_tokens: int = 0,
+    completion_tokens: int = 40,
+    finish_reason: str = "stop",
+) -> dict[str, Any]:
+    """A chat.completion object as OpenAI returns it."""
+    message = {"role": "assistant", "content": content, "refusal": refusal}
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        },
+    }
+
+
+class FakeOpenAIServer:
+    def __init__(self, mode: Mode) -> None:
+        self.mode = mode
+        self.replies: dict[str, Any] = {}  # json_schema name -> reply (dict, or raw str content)
+        self.default_reply: Any = {"ok": True}  # json_object calls and unknown schema names
+        self.cached_tokens = 0
+        self.requests: list[ReceivedRequest] = []
+        self._script: deque[ScriptedResponse] = deque()
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+        self._httpd = ThreadingHTTPServer((HOST, 0), _handler_for(self))
+        self._httpd.daemon_threads = True
+        # A short poll interval keeps shutdown (and so every test) fast.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self._httpd.server_address[1]}/v1"
+
+    def script(
+        self,
+        *,
+        status: int = 200,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        """Queue one response to serve before the mode's normal behaviour."""
+        with self._lock:
+            self._script.append(ScriptedResponse(status, body, headers or {}, delay_s))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()  # wakes handlers sleeping on a scripted delay
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    # --- called from handler threads ------------------------------------------------------------
+    def respond(self, request: ReceivedRequest) -> ScriptedResponse:
+        with self._lock:
+            self.requests.append(request)
+            if self._script:
+                return self._script.popleft()
+        if request.path != "/v1/chat/completions":
+            return ScriptedResponse(404, {"error": {"message": f"no route {request.path}"}})
+        if self.mode == "llamacpp" and request.response_format_type == "json_schema":
+            return ScriptedResponse(500, LLAMACPP_REFUSAL)
+        return ScriptedResponse(200, self._completion(request), dict(RATE_LIMIT_HEADERS))
+
+    def _completion(self, request: ReceivedRequest) -> dict[str, Any]:
+        reply = self.replies.get(_schema_name(request.body), self.default_reply)
+        content = reply if isinstance(reply, str) else json.dumps(reply)
+        model = str(request.body.get("model", "test-model"))
+        return chat_completion_body(content, model=model, cached_tokens=self.cached_tokens)
+
+
+def _schema_name(body: dict[str, Any]) -> str:
+    """The json_schema name the client asked for; "" for json_object and plain text."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") != "json_schema":
+        return ""
+    return str((fmt.get("json_schema") or {}).get("name", ""))
+
+
+def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b"{}"
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            received = ReceivedRequest(self.path, headers, json.loads(raw or b"{}"))
+            self._send(server.respond(received))
+
+        def _send(self, response: ScriptedResponse) -> None:
+            if response.delay_s and server.stopping.wait(response.delay_s):
+                return
+            body = response.body if isinstance(response.body, str) else json.dumps(response.body)
+            payload = body.encode()
+            try:
+                self.send_response(response.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                for name, value in response.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout tests); nothing to tell it
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep pytest output clean
+
+    return Handler
+
+
+@contextlib.contextmanager
+def running_openai_server(mode: Mode = "json_schema") -> Iterator[FakeOpenAIServer]:
+    server = FakeOpenAIServer(mode)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
