@@ -9,13 +9,16 @@ Every provider call becomes an AttemptRecord, whether it succeeded or not.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import redis
 from django.conf import settings
+from django.db import DatabaseError, InterfaceError
 
 from generation.breaker import CircuitBreaker, CircuitOpenError
 from generation.pricing import cost_of
@@ -33,6 +36,10 @@ from generation.providers.base import (
 from generation.retry import transport_retrying
 from generation.schemas import OUTPUT_SCHEMAS, CourseOutline, CourseRequest, TaskKind, Tier
 from generation.validation import FieldError, validate_output
+
+logger = logging.getLogger("coursegen.generation")
+INFRASTRUCTURE_ERRORS = (redis.RedisError, DatabaseError, InterfaceError, ConnectionError)
+INFRASTRUCTURE_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,13 @@ def generate(spec: TaskSpec, provider: Provider) -> GenerationResult:
     except LeaseLostError as exc:
         convo.result.lease_lost = True
         convo.result.error = str(exc)
+    except INFRASTRUCTURE_ERRORS as exc:  # our database or Redis blinked: try again later
+        logger.warning("task deferred after an infrastructure error: %r", exc)
+        convo.result.defer_s = INFRASTRUCTURE_RETRY_S
+        convo.result.error = f"infrastructure error: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # a bug: fail the task, but keep the ledger of the calls made
+        logger.exception("task crashed")
+        convo.result.error = f"internal error: {type(exc).__name__}: {exc}"
     return convo.result
 
 
