@@ -12,11 +12,14 @@ from uuid import UUID
 from celery import shared_task
 
 from generation import services
+from monitoring.services import capacity_check
 
 
 @shared_task(name="generation.tasks.dispatch_queue", ignore_result=True)
 def dispatch_queue() -> int:
-    return len(services.queue_dispatch())
+    started = services.queue_dispatch()
+    capacity_check()  # beat runs this every few seconds: the capacity alert's heartbeat
+    return len(started)
 
 
 @shared_task(name="generation.tasks.run_outline", ignore_result=True)
