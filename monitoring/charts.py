@@ -12,7 +12,7 @@ from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
 WIDTH, HEIGHT = 480, 220
-LEFT, RIGHT, TOP, BOTTOM = 44, 10, 28, 36
+LEFT, RIGHT, TOP, BOTTOM = 44, 10, 28, 40
 STATUS_COLOURS = {
     "queued": "#9aa5b1",
     "running": "#3b82f6",
@@ -103,10 +103,10 @@ def stacked_bars(
                 f' fill="{colours.get(name, "#888")}">'
                 f"<title>{escape(label)} {escape(name)}: {values[i]}</title></rect>"
             )
-    legend = "".join(
-        f'<rect x="{LEFT + 200 + 56 * n}" y="6" width="10" height="10"'
+    legend = "".join(  # under the axis labels, one slot per series
+        f'<rect x="{LEFT + 80 * n}" y="{HEIGHT - 14}" width="10" height="10"'
         f' fill="{colours.get(name, "#888")}"/>'
-        f'<text x="{LEFT + 213 + 56 * n}" y="15">{escape(name)}</text>'
+        f'<text x="{LEFT + 13 + 80 * n}" y="{HEIGHT - 5}">{escape(name)}</text>'
         for n, name in enumerate(series)
     )
     body = _axes(top, "{:.0f}") + "".join(bars) + _x_labels(labels, slot)

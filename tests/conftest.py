@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 from accounts.models import BaseClass, Organisation, Role
 from coursegen.celery import app as celery_app
 from generation.providers import get_provider
+from monitoring.correlation import reset_correlation_id, set_correlation_id
 from tests.factories import BaseClassFactory, MembershipFactory, OrganisationFactory, UserFactory
 
 
@@ -34,6 +35,14 @@ def fresh_provider() -> Iterator[None]:
     get_provider.cache_clear()
     yield
     get_provider.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def fresh_correlation_id() -> Iterator[None]:
+    # job_submit leaves the job's correlation id in force for the rest of its "request".
+    token = set_correlation_id(None)
+    yield
+    reset_correlation_id(token)
 
 
 @pytest.fixture
