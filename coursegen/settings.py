@@ -330,7 +330,10 @@ LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"correlation": {"()": "monitoring.logs.CorrelationIdFilter"}},
+    "filters": {
+        "correlation": {"()": "monitoring.logs.CorrelationIdFilter"},
+        "quiet_events": {"()": "monitoring.logs.QuietEventsFilter"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"}
     },
@@ -339,7 +342,7 @@ LOGGING = {
             "class": "logging.StreamHandler",
             "level": LOG_LEVEL,
             "formatter": "plain",
-            "filters": ["correlation"],
+            "filters": ["correlation", "quiet_events"],
         },
         "database": {
             "class": "monitoring.logs.DatabaseLogHandler",

@@ -112,6 +112,18 @@ class CorrelationIdFilter(logging.Filter):
         return True
 
 
+class QuietEventsFilter(logging.Filter):
+    """Keeps per-task info events (dozens per course) off the console; the database has them."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("task.", "celery.task")) -> None:
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = str((getattr(record, "coursegen", None) or {}).get("event", ""))
+        return record.levelno > logging.INFO or not event.startswith(self.prefixes)
+
+
 class DatabaseLogHandler(logging.Handler):
     def __init__(
         self,
