@@ -149,6 +149,8 @@ class DatabaseLogHandler(logging.Handler):
 
     # --- the caller's side: cheap and never raising -----------------------------------------
     def emit(self, record: logging.LogRecord) -> None:
+        if self._closed:
+            return
         try:
             self._buffer.append(record_to_row(record))
             self._ensure_thread()

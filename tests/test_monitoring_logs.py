@@ -169,6 +169,10 @@ def test_it_answers_each_request_with_the_correlation_id_it_logged_under(
     assert response.status_code == 201
     job = CourseGenerationJob.objects.get(pk=response.data["id"])
     assert response["X-Correlation-ID"] == str(job.correlation_id)
+    flush_all()
+    assert CourseGenerationLog.objects.get(event="job.submitted", job=job).correlation_id == (
+        job.correlation_id
+    )
     listing = client_for(teacher).get("/api/jobs/", HTTP_X_CORRELATION_ID=str(job.correlation_id))
     assert UUID(listing["X-Correlation-ID"]) == job.correlation_id  # a valid caller id is kept
 
