@@ -55,7 +55,9 @@ def clear_correlation_id(task_id: str, task: Any, state: str | None = None, **kw
         return
     token, started = entry
     try:
-        if settings.MONITORING_LOG_CELERY_TASKS:
+        # Periodic housekeeping (beat's dispatch every few seconds) has no story to join: only
+        # its failures are worth a row.
+        if settings.MONITORING_LOG_CELERY_TASKS and (get_correlation_id() or state == "FAILURE"):
             elapsed_ms = (time.monotonic() - started) * 1000
             log_event(
                 "celery.task",
