@@ -17,6 +17,8 @@ from rest_framework.test import APIClient
 from accounts.models import BaseClass, Organisation, Role
 from coursegen.celery import app as celery_app
 from generation.providers import get_provider
+from monitoring.correlation import reset_correlation_id, set_correlation_id
+from monitoring.logs import installed_handlers
 from tests.factories import BaseClassFactory, MembershipFactory, OrganisationFactory, UserFactory
 
 
@@ -42,6 +44,25 @@ def fresh_provider() -> Iterator[None]:
     get_provider.cache_clear()
     yield
     get_provider.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def log_writers_closed_before_the_test_database_goes(
+    django_db_setup: None, django_db_blocker: Any
+) -> Iterator[None]:
+    # Otherwise the last buffered rows would be written at exit, into the non-test database.
+    yield
+    with django_db_blocker.unblock():
+        for handler in installed_handlers():
+            handler.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_correlation_id() -> Iterator[None]:
+    # job_submit leaves the job's correlation id in force for the rest of its "request".
+    token = set_correlation_id(None)
+    yield
+    reset_correlation_id(token)
 
 
 @pytest.fixture
