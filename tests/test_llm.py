@@ -38,16 +38,23 @@ class ScriptedProvider(Provider):
         if isinstance(reply, Exception):
             raise reply
         return Completion(
-            data=reply, raw_text=str(reply), usage=Usage(100, 0, 50), latency_s=0.01,
-            model=request.model, provider=self.name,
+            data=reply,
+            raw_text=str(reply),
+            usage=Usage(100, 0, 50),
+            latency_s=0.01,
+            model=request.model,
+            provider=self.name,
         )
 
 
 def _spec() -> TaskSpec:
     return TaskSpec(
-        kind=TaskKind.MODULE_SUMMARY, tier=Tier.SIMPLE, model="gpt-4.1-nano",
-        request=CourseRequest(topic="Rivers"), outline=None, context={"module_index": 1,
-                                                                      "module_title": "Rivers"},
+        kind=TaskKind.MODULE_SUMMARY,
+        tier=Tier.SIMPLE,
+        model="gpt-4.1-nano",
+        request=CourseRequest(topic="Rivers"),
+        outline=None,
+        context={"module_index": 1, "module_title": "Rivers"},
     )
 
 
@@ -111,12 +118,15 @@ def test_it_retries_transient_errors_and_records_them() -> None:
 
     assert result.ok
     assert [(a.kind, a.outcome) for a in result.attempts] == [
-        ("first", "transient"), ("transport_retry", "ok")
+        ("first", "transient"),
+        ("transport_retry", "ok"),
     ]
 
 
 def test_it_fails_fast_on_permanent_errors() -> None:
-    provider = ScriptedProvider([PermanentProviderError("401 bad key", status_code=401), GOOD_SUMMARY])
+    provider = ScriptedProvider(
+        [PermanentProviderError("401 bad key", status_code=401), GOOD_SUMMARY]
+    )
 
     result = generate(_spec(), provider)
 
