@@ -12,7 +12,7 @@ TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	CELERY_BROKER_URL=$(TEST_REDIS_URL) CELERY_RESULT_BACKEND=$(TEST_REDIS_URL) \
 	COURSEGEN_PROVIDER=offline DJANGO_DEBUG=false
 
-.PHONY: venv demo test lint typecheck check migrations-check worker beat flower web clean
+.PHONY: venv demo test lint typecheck check migrations-check worker beat flower web clean bench-admission
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -32,6 +32,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+
+# Prints the median and p99 time of one admission check, on its own PostgreSQL database.
+BENCH_DB ?= coursegen_bench
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/$(BENCH_DB)
+bench-admission: $(STAMP)
+	createdb -h 127.0.0.1 -U postgres $(BENCH_DB) 2>/dev/null || true
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v 0 --skip-checks
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py bench_admission --skip-checks $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,6 +21,9 @@ from generation.serializers import (
     JobOutputSerializer,
     JobSubmitInputSerializer,
 )
+from ratelimits.apis import too_many_requests
+from ratelimits.serializers import RateLimitExceededOutputSerializer
+from ratelimits.services import RateLimitExceeded, violation_record
 
 
 def _visible_job(request: Request, job_id: UUID) -> CourseGenerationJob:
@@ -50,6 +53,7 @@ class JobCollectionApi(APIView):
         responses={
             201: JobDetailOutputSerializer,
             400: OpenApiResponse(description="Field errors"),
+            429: RateLimitExceededOutputSerializer,
         },
         operation_id="jobs_submit",
     )
@@ -65,6 +69,9 @@ class JobCollectionApi(APIView):
             )
         except services.GenerationError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        except RateLimitExceeded as exc:
+            violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]
+            return too_many_requests(exc)
         job.refresh_from_db()
         headers = {"Location": f"/api/jobs/{job.id}/"}
         return Response(JobDetailOutputSerializer(job).data, status=201, headers=headers)

@@ -42,6 +42,7 @@ from generation.models import (
 from generation.prompts import PROMPT_VERSIONS
 from generation.providers import Provider, get_provider
 from generation.schemas import TASK_TIERS, CourseOutline, CourseRequest, TaskKind, Tier
+from ratelimits.services import admission_check_and_record
 
 logger = logging.getLogger("coursegen.generation")
 
@@ -77,7 +78,10 @@ def job_submit(*, user: User, base_class: BaseClass, request: CourseRequest) -> 
     ).first()
     if membership is None:
         raise GenerationError("you are not a member of this class's organisation")
-    priority = ROLE_PRIORITY[Role(membership.role)]
+    role = Role(membership.role)
+    # Raises RateLimitExceeded (and this transaction rolls back) when over a limit.
+    admission_check_and_record(user=user, role=role)
+    priority = ROLE_PRIORITY[role]
     job = CourseGenerationJob.objects.create(
         owner=user,
         organisation_id=base_class.organisation_id,

@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 from accounts.models import BaseClass, Organisation, Role
 from coursegen.celery import app as celery_app
 from generation.providers import get_provider
+from ratelimits.services import policies_seed
 from tests.factories import BaseClassFactory, MembershipFactory, OrganisationFactory, UserFactory
 
 
@@ -34,6 +35,22 @@ def fresh_provider() -> Iterator[None]:
     get_provider.cache_clear()
     yield
     get_provider.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def rate_limit_policies(request: pytest.FixtureRequest) -> None:
+    # Transactional tests flush every table afterwards, the migration's seed rows included.
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None:
+        return
+    request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
+    policies_seed()
+
+
+@pytest.fixture(autouse=True)
+def api_rate(settings: Any) -> None:
+    # Request throttling has its own test; elsewhere it must not trip bursts or repeated runs.
+    settings.COURSEGEN_API_RATE = "100000/m"
 
 
 @pytest.fixture
