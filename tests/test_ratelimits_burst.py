@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from accounts.models import BaseClass, Membership, Role
-from generation import services
+from generation import services, tasks
 from generation.models import CourseGenerationJob, JobStatus, QueueEntry, QueueState
 from generation.selectors import queue_position
 from ratelimits.models import Admission, RateLimitPolicy, RateLimitViolation, Window
@@ -162,9 +162,9 @@ def test_it_never_runs_more_than_the_global_cap_and_runs_every_queued_job(
     base_class: BaseClass, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS = CAP
-    # The dispatcher and workers are not running: the test starts them itself below.
-    monkeypatch.setattr(services, "_send_dispatch", lambda: None)
-    monkeypatch.setattr(services, "_send_outlines", lambda job_ids: None)
+    # No dispatcher or worker consumes these messages: the test plays both parts below.
+    monkeypatch.setattr(tasks.dispatch_queue, "delay", lambda *args, **kwargs: None)
+    monkeypatch.setattr(tasks.run_outline, "apply_async", lambda *args, **kwargs: None)
     users = _students(base_class, USERS)
 
     results = run_together([_submit_call(u, base_class) for u in users], threads=SUBMIT_THREADS)
