@@ -25,7 +25,7 @@ CHAOS_ENV := DATABASE_URL=$(CHAOS_DATABASE_URL) DATABASE_POOL=true \
 	COURSEGEN_TRANSIENT_BASE_WAIT_S=0.2 COURSEGEN_TRANSIENT_MAX_WAIT_S=2 \
 	COURSEGEN_TASK_DEFER_MAX_S=5 COURSEGEN_TASK_MAX_DEFERRALS=200 LOG_LEVEL=warning
 
-.PHONY: venv demo test chaos lint typecheck check migrations-check worker beat flower web clean
+.PHONY: venv demo test chaos lint typecheck check migrations-check worker beat flower web clean bench-admission
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -50,6 +50,14 @@ chaos: $(STAMP)
 	createdb -h 127.0.0.1 -U postgres coursegen_chaos 2>/dev/null || true
 	$(CHAOS_ENV) $(BIN)/python manage.py migrate --noinput -v 0
 	$(CHAOS_ENV) $(BIN)/python manage.py chaos $(CHAOS_ARGS)
+
+# Prints the median and p99 time of one admission check, on its own PostgreSQL database.
+BENCH_DB ?= coursegen_bench
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/$(BENCH_DB)
+bench-admission: $(STAMP)
+	createdb -h 127.0.0.1 -U postgres $(BENCH_DB) 2>/dev/null || true
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v 0 --skip-checks
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py bench_admission --skip-checks $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,6 +9,7 @@ Every helper below fails loudly on a malformed value rather than falling back si
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": None,
+    # Every API view: COURSEGEN_API_RATE per client, counted in the cache by django-ratelimit.
+    "DEFAULT_THROTTLE_CLASSES": ["ratelimits.throttling.ApiRateThrottle"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "coursegen API",
@@ -287,6 +290,16 @@ COURSEGEN_OFFLINE_SEED = env_int("COURSEGEN_OFFLINE_SEED", 0)
 COURSEGEN_OFFLINE_CALL_LOG = env_str("COURSEGEN_OFFLINE_CALL_LOG", "")
 
 COURSEGEN_GLOBAL_MAX_RUNNING_JOBS = env_int("COURSEGEN_GLOBAL_MAX_RUNNING_JOBS", 100, minimum=1)
+# Rate limits. Job limits per role live in the database (admin: Rate limit policies).
+# Request-level throttle for every API view, per user (per IP before login): "<n>/<m|s|h|d>".
+COURSEGEN_API_RATE = env_str("COURSEGEN_API_RATE", "120/m")
+if not re.fullmatch(r"\d+/\d*[smhd]", COURSEGEN_API_RATE):
+    raise ImproperlyConfigured(f"COURSEGEN_API_RATE={COURSEGEN_API_RATE!r} must look like 120/m")
+# Retry-After for the concurrent-jobs limit, which frees when a job ends (no fixed reset time).
+COURSEGEN_RATELIMIT_CONCURRENT_RETRY_S = env_int(
+    "COURSEGEN_RATELIMIT_CONCURRENT_RETRY_S", 30, minimum=1
+)
+RATELIMIT_FAIL_OPEN = True  # the throttle guards the web tier; admission is exact in PostgreSQL
 COURSEGEN_TASK_LEASE_S = env_int("COURSEGEN_TASK_LEASE_S", CELERY_TASK_TIME_LIMIT + 60, minimum=2)
 COURSEGEN_MAX_VALIDATION_ATTEMPTS = env_int("COURSEGEN_MAX_VALIDATION_ATTEMPTS", 3, minimum=1)
 COURSEGEN_TRANSIENT_MAX_ATTEMPTS = env_int("COURSEGEN_TRANSIENT_MAX_ATTEMPTS", 5, minimum=1)

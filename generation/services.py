@@ -46,6 +46,7 @@ from generation.schemas import TASK_TIERS, CourseOutline, CourseRequest, TaskKin
 from monitoring.correlation import correlation_scope, set_correlation_id
 from monitoring.logs import log_event
 from monitoring.services import job_outcome_record
+from ratelimits.services import admission_check_and_record
 
 logger = logging.getLogger("coursegen.generation")
 
@@ -87,7 +88,10 @@ def job_submit(
     ).first()
     if membership is None:
         raise GenerationError("you are not a member of this class's organisation")
-    priority = ROLE_PRIORITY[Role(membership.role)]
+    role = Role(membership.role)
+    # Raises RateLimitExceeded (and this transaction rolls back) when over a limit.
+    admission_check_and_record(user=user, role=role)
+    priority = ROLE_PRIORITY[role]
     job = CourseGenerationJob.objects.create(
         owner=user,
         organisation_id=base_class.organisation_id,

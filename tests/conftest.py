@@ -19,6 +19,7 @@ from coursegen.celery import app as celery_app
 from generation.providers import get_provider
 from monitoring.correlation import reset_correlation_id, set_correlation_id
 from monitoring.logs import installed_handlers
+from ratelimits.services import policies_seed
 from tests.factories import BaseClassFactory, MembershipFactory, OrganisationFactory, UserFactory
 
 
@@ -63,6 +64,22 @@ def fresh_correlation_id() -> Iterator[None]:
     token = set_correlation_id(None)
     yield
     reset_correlation_id(token)
+
+
+@pytest.fixture(autouse=True)
+def rate_limit_policies(request: pytest.FixtureRequest) -> None:
+    # Transactional tests flush every table afterwards, the migration's seed rows included.
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None:
+        return
+    request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
+    policies_seed()
+
+
+@pytest.fixture(autouse=True)
+def api_rate(settings: Any) -> None:
+    # Request throttling has its own test; elsewhere it must not trip bursts or repeated runs.
+    settings.COURSEGEN_API_RATE = "100000/m"
 
 
 @pytest.fixture
