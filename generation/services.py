@@ -473,7 +473,15 @@ def _send_chord(job_id: UUID, task_ids: list[int], priority: int) -> None:
     from generation.tasks import finalize_job, run_task
 
     header = [run_task.si(task_id).set(priority=priority) for task_id in task_ids]
-    chord(header, finalize_job.si(str(job_id)).set(priority=priority)).apply_async()
+    body = finalize_job.si(str(job_id)).set(priority=priority)
+    if run_task.app.conf.task_always_eager:
+        # In-process, a chord is its header then its body. Celery's eager chord joins results
+        # under a process-wide "may block" flag that races when several threads run jobs at once.
+        for signature in header:
+            signature.apply()
+        body.apply()
+        return
+    chord(header, body).apply_async()
 
 
 # --- Finalize -------------------------------------------------------------------------------------
