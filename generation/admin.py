@@ -7,11 +7,12 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from generation import services
+from generation import regeneration, services
 from generation.models import (
     CourseGenerationJob,
     GenerationAttempt,
     GenerationTask,
+    GenerationTaskVersion,
     QueueEntry,
 )
 
@@ -50,6 +51,7 @@ class JobAdmin(admin.ModelAdmin):
         "owner",
         "organisation",
         "cost_usd",
+        "reask_share_display",
         "output_tokens",
         "created_at",
         "finished_at",
@@ -72,6 +74,8 @@ class JobAdmin(admin.ModelAdmin):
         "cached_tokens",
         "output_tokens",
         "cost_usd",
+        "reask_cost_usd",
+        "reask_share_display",
         "correlation_id",
         "error",
         "chord_dispatched_at",
@@ -96,6 +100,10 @@ class JobAdmin(admin.ModelAdmin):
             '<progress value="{}" max="100"></progress> {}%', job.progress, job.progress
         )
 
+    @admin.display(description="re-ask share")
+    def reask_share_display(self, job: CourseGenerationJob) -> str:
+        return f"{job.reask_share:.1%}"
+
     @admin.action(description="Cancel the selected jobs")
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[CourseGenerationJob]) -> None:
         cancelled = 0
@@ -114,6 +122,7 @@ class JobAdmin(admin.ModelAdmin):
 ATTEMPT_INLINE_FIELDS: tuple[str, ...] = (
     "number",
     "kind",
+    "part",
     "outcome",
     "model",
     "input_tokens",
@@ -137,6 +146,30 @@ class AttemptInline(admin.TabularInline):
         return False
 
 
+VERSION_INLINE_FIELDS: tuple[str, ...] = (
+    "number",
+    "instruction",
+    "created_by",
+    "created_at",
+    "model",
+    "prompt_version",
+    "output_tokens",
+    "cost_usd",
+    "output",
+)
+
+
+class VersionInline(admin.StackedInline):
+    model = GenerationTaskVersion
+    extra = 0
+    can_delete = False
+    fields = VERSION_INLINE_FIELDS
+    readonly_fields = VERSION_INLINE_FIELDS
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(GenerationTask)
 class TaskAdmin(admin.ModelAdmin):
     list_display = [
@@ -149,6 +182,7 @@ class TaskAdmin(admin.ModelAdmin):
         "runs",
         "output_tokens",
         "cost_usd",
+        "reask_cost_usd",
         "duration_ms",
         "worker",
         "finished_at",
@@ -157,7 +191,19 @@ class TaskAdmin(admin.ModelAdmin):
     search_fields = ["job__id", "key", "worker", "error"]
     list_select_related = ["job"]
     readonly_fields = [f.name for f in GenerationTask._meta.fields]
-    inlines = [AttemptInline]
+    inlines = [AttemptInline, VersionInline]
+    actions = ["regenerate_tasks"]
+
+    @admin.action(description="Regenerate the selected tasks (previous output kept as a version)")
+    def regenerate_tasks(self, request: HttpRequest, queryset: QuerySet[GenerationTask]) -> None:
+        started = 0
+        for task in queryset:
+            try:
+                regeneration.task_regenerate_enqueue(task_id=task.pk, by=request.user)  # type: ignore[arg-type]
+                started += 1
+            except services.GenerationError as exc:
+                self.message_user(request, f"{task}: {exc}", level=messages.WARNING)
+        self.message_user(request, f"Regenerating {started} task(s).")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -169,6 +215,7 @@ class AttemptAdmin(admin.ModelAdmin):
         "task",
         "number",
         "kind",
+        "part",
         "outcome",
         "model",
         "input_tokens",

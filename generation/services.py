@@ -229,15 +229,14 @@ def _spec_for(task: GenerationTask) -> TaskSpec:
     )
 
 
-@transaction.atomic
-def _record_result(
-    *, task: GenerationTask, worker: str, result: GenerationResult, wall_s: float
-) -> str:
+def attempts_create(*, task: GenerationTask, result: GenerationResult) -> None:
+    """Add a run's attempts to the ledger, numbered after the task's earlier attempts."""
     GenerationAttempt.objects.bulk_create(
         GenerationAttempt(
             task=task,
             number=task.attempts + a.number,
             kind=a.kind,
+            part=a.part,
             outcome=a.outcome,
             model=a.model,
             input_tokens=a.usage.input_tokens,
@@ -249,6 +248,25 @@ def _record_result(
         )
         for a in result.attempts
     )
+
+
+def result_totals(result: GenerationResult) -> dict[str, Any]:
+    """Column increments for a task row after a run (attempts, tokens, cost, re-ask cost)."""
+    return {
+        "attempts": F("attempts") + len(result.attempts),
+        "input_tokens": F("input_tokens") + result.total("input_tokens"),
+        "cached_tokens": F("cached_tokens") + result.total("cached_tokens"),
+        "output_tokens": F("output_tokens") + result.total("output_tokens"),
+        "cost_usd": F("cost_usd") + result.cost_usd,
+        "reask_cost_usd": F("reask_cost_usd") + result.reask_cost_usd,
+    }
+
+
+@transaction.atomic
+def _record_result(
+    *, task: GenerationTask, worker: str, result: GenerationResult, wall_s: float
+) -> str:
+    attempts_create(task=task, result=result)
     status = TaskStatus.SUCCEEDED if result.ok else TaskStatus.FAILED
     updated = GenerationTask.objects.filter(
         pk=task.pk, status=TaskStatus.RUNNING, worker=worker
@@ -257,11 +275,7 @@ def _record_result(
         output=result.data,
         validation_errors=result.validation_errors,
         error=result.error,
-        attempts=F("attempts") + len(result.attempts),
-        input_tokens=F("input_tokens") + result.total("input_tokens"),
-        cached_tokens=F("cached_tokens") + result.total("cached_tokens"),
-        output_tokens=F("output_tokens") + result.total("output_tokens"),
-        cost_usd=F("cost_usd") + result.cost_usd,
+        **result_totals(result),
         duration_ms=round(wall_s * 1000),
         lease_expires_at=None,
         finished_at=timezone.now(),
@@ -380,6 +394,10 @@ def _send_chord(job_id: UUID, task_ids: list[int], priority: int) -> None:
 # --- Finalize -------------------------------------------------------------------------------------
 def job_finalize(*, job_id: UUID) -> CourseGenerationJob:
     """Assemble the course and close the job, once every task has ended. Safe to repeat."""
+    from generation.regeneration import job_dedupe_questions
+
+    # Assessments ran in parallel: only now can questions be compared across the course.
+    job_dedupe_questions(job_id=job_id)
     with transaction.atomic():
         job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
         if job.is_terminal:
@@ -412,6 +430,7 @@ def _apply_totals(job: CourseGenerationJob, tasks: list[GenerationTask]) -> None
     job.cached_tokens = sum(t.cached_tokens for t in tasks)
     job.output_tokens = sum(t.output_tokens for t in tasks)
     job.cost_usd = sum((t.cost_usd for t in tasks), Decimal(0))
+    job.reask_cost_usd = sum((t.reask_cost_usd for t in tasks), Decimal(0))
 
 
 def _queue_entry_close(*, job: CourseGenerationJob, state: QueueState) -> None:
