@@ -223,7 +223,7 @@ SPECTACULAR_SETTINGS = {
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", None, ("redis", "rediss", "amqp", "memory"))
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL is None)
 if CELERY_BROKER_URL is None:
-    CELERY_BROKER_URL = "memory://"
+    CELERY_BROKER_URL = "memory://localhost/"
 CELERY_RESULT_BACKEND = env_url(
     "CELERY_RESULT_BACKEND",
     CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "cache+memory://",
@@ -255,12 +255,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULE = {
-    "dispatch-queued-jobs": {
-        "task": "generation.tasks.dispatch_queue",
-        "schedule": env_float("COURSEGEN_DISPATCH_INTERVAL_S", 5.0, minimum=0.5),
-    },
-}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}  # filled in below, after coursegen settings
 if CELERY_TASK_SOFT_TIME_LIMIT >= CELERY_TASK_TIME_LIMIT:
     raise ImproperlyConfigured("CELERY_TASK_SOFT_TIME_LIMIT must be below CELERY_TASK_TIME_LIMIT")
 if CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= CELERY_TASK_TIME_LIMIT:  # type: ignore[operator]
@@ -295,6 +290,26 @@ COURSEGEN_MAX_VALIDATION_ATTEMPTS = env_int("COURSEGEN_MAX_VALIDATION_ATTEMPTS",
 COURSEGEN_TRANSIENT_MAX_ATTEMPTS = env_int("COURSEGEN_TRANSIENT_MAX_ATTEMPTS", 5, minimum=1)
 COURSEGEN_TRANSIENT_MAX_WAIT_S = env_float("COURSEGEN_TRANSIENT_MAX_WAIT_S", 30.0, minimum=0.0)
 COURSEGEN_TRANSIENT_BASE_WAIT_S = env_float("COURSEGEN_TRANSIENT_BASE_WAIT_S", 1.0, minimum=0.0)
+# Circuit breaker per model (generation/breaker.py), shared by all workers through the cache.
+COURSEGEN_BREAKER_WINDOW_S = env_int("COURSEGEN_BREAKER_WINDOW_S", 60, minimum=10)
+COURSEGEN_BREAKER_MIN_CALLS = env_int("COURSEGEN_BREAKER_MIN_CALLS", 10, minimum=1)
+COURSEGEN_BREAKER_FAILURE_RATE = env_float("COURSEGEN_BREAKER_FAILURE_RATE", 0.5, minimum=0.01)
+COURSEGEN_BREAKER_OPEN_S = env_float("COURSEGEN_BREAKER_OPEN_S", 15.0, minimum=0.1)
+# While a model's breaker is open, send its tasks to the other tier's model instead of waiting.
+COURSEGEN_BREAKER_FALLBACK_TIER = env_bool("COURSEGEN_BREAKER_FALLBACK_TIER", False)
+# A task that cannot reach the provider is deferred (rescheduled), at most this many times.
+COURSEGEN_TASK_MAX_DEFERRALS = env_int("COURSEGEN_TASK_MAX_DEFERRALS", 20, minimum=0)
+COURSEGEN_TASK_DEFER_MAX_S = env_float("COURSEGEN_TASK_DEFER_MAX_S", 60.0, minimum=0.1)
+# The threads pool cannot enforce Celery's time limits, so each task keeps its own deadline.
+COURSEGEN_TASK_DEADLINE_S = env_float(
+    "COURSEGEN_TASK_DEADLINE_S", float(CELERY_TASK_SOFT_TIME_LIMIT), minimum=1.0
+)
+# Reconciler (celery beat): re-send work whose message was lost after this long without progress.
+COURSEGEN_RECONCILE_INTERVAL_S = env_float("COURSEGEN_RECONCILE_INTERVAL_S", 10.0, minimum=0.5)
+COURSEGEN_REDISPATCH_AFTER_S = env_float("COURSEGEN_REDISPATCH_AFTER_S", 120.0, minimum=1.0)
+COURSEGEN_IDEMPOTENCY_TTL_S = env_int("COURSEGEN_IDEMPOTENCY_TTL_S", 24 * 3600, minimum=60)
+if COURSEGEN_TASK_LEASE_S <= COURSEGEN_TASK_DEADLINE_S:
+    raise ImproperlyConfigured("COURSEGEN_TASK_LEASE_S must exceed COURSEGEN_TASK_DEADLINE_S")
 # Structured outputs: re-ask policy (generation/llm.py), content checks (generation/checks.py).
 # Tokens (input + output) one run of a task may spend, re-asks and part repairs included.
 COURSEGEN_TASK_TOKEN_BUDGET = env_int("COURSEGEN_TASK_TOKEN_BUDGET", 60_000, minimum=1_000)
@@ -327,6 +342,19 @@ COURSEGEN_READING_GRADE_BANDS = env_grade_bands(
 )
 # tiktoken reads its encodings from here; generation/tokens.py fills it from bpe-openai offline.
 TIKTOKEN_CACHE_DIR = env_str("TIKTOKEN_CACHE_DIR", str(BASE_DIR / ".cache" / "tiktoken"))
+
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "dispatch-queued-jobs": {
+            "task": "generation.tasks.dispatch_queue",
+            "schedule": env_float("COURSEGEN_DISPATCH_INTERVAL_S", 5.0, minimum=0.5),
+        },
+        "reconcile": {
+            "task": "generation.tasks.reconcile",
+            "schedule": COURSEGEN_RECONCILE_INTERVAL_S,
+        },
+    }
+)
 
 # --- Logging ----------------------------------------------------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()

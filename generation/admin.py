@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from generation import regeneration, services
+from generation import recovery, regeneration, services
 from generation.models import (
     CourseGenerationJob,
     GenerationAttempt,
@@ -86,7 +88,7 @@ class JobAdmin(admin.ModelAdmin):
     ]
     fields = ["priority", *readonly_fields]
     inlines = [TaskInline]
-    actions = ["cancel_jobs"]
+    actions = ["cancel_jobs", "resume_jobs"]
 
     def save_model(
         self, request: HttpRequest, obj: CourseGenerationJob, form: object, change: bool
@@ -115,6 +117,10 @@ class JobAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{job}: {exc}", level=messages.WARNING)
         self.message_user(request, f"Cancelled {cancelled} job(s).")
 
+    @admin.action(description="Resume the selected failed jobs (retry their failed tasks)")
+    def resume_jobs(self, request: HttpRequest, queryset: QuerySet[CourseGenerationJob]) -> None:
+        _recover_each(self, request, [(job.id, None) for job in queryset])
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # jobs are submitted through the API or generate_course
 
@@ -133,6 +139,19 @@ ATTEMPT_INLINE_FIELDS: tuple[str, ...] = (
     "errors",
     "created_at",
 )
+
+
+def _recover_each(
+    model_admin: admin.ModelAdmin, request: HttpRequest, work: list[tuple[UUID, list[int] | None]]
+) -> None:
+    resumed = 0
+    for job_id, task_ids in work:
+        try:
+            recovery.job_resume(job_id=job_id, task_ids=task_ids, by=f"staff {request.user}")
+            resumed += 1
+        except services.GenerationError as exc:
+            model_admin.message_user(request, f"job {job_id}: {exc}", level=messages.WARNING)
+    model_admin.message_user(request, f"Resumed {resumed} job(s).")
 
 
 class AttemptInline(admin.TabularInline):
@@ -192,7 +211,14 @@ class TaskAdmin(admin.ModelAdmin):
     list_select_related = ["job"]
     readonly_fields = [f.name for f in GenerationTask._meta.fields]
     inlines = [AttemptInline, VersionInline]
-    actions = ["regenerate_tasks"]
+    actions = ["retry_tasks", "regenerate_tasks"]
+
+    @admin.action(description="Retry the selected failed tasks")
+    def retry_tasks(self, request: HttpRequest, queryset: QuerySet[GenerationTask]) -> None:
+        by_job: dict[UUID, list[int]] = {}
+        for task in queryset:
+            by_job.setdefault(task.job_id, []).append(task.pk)
+        _recover_each(self, request, list(by_job.items()))
 
     @admin.action(description="Regenerate the selected tasks (previous output kept as a version)")
     def regenerate_tasks(self, request: HttpRequest, queryset: QuerySet[GenerationTask]) -> None:

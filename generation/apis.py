@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 from django.http import Http404
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation import regeneration, services
-from generation.models import CourseGenerationJob, GenerationTask, JobStatus
+from generation import idempotency, recovery, regeneration, services
+from generation.models import CourseGenerationJob, GenerationTask, IdempotencyKey, JobStatus
 from generation.selectors import job_get_visible, jobs_visible_to
 from generation.serializers import (
     JobDetailOutputSerializer,
@@ -23,6 +26,53 @@ from generation.serializers import (
     TaskRegenerateInputSerializer,
     TaskRegenerateOutputSerializer,
 )
+
+IDEMPOTENCY_KEY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description="Retry-safe submit: the same key and body return the first response (24 h).",
+)
+
+
+def _idempotent(
+    request: Request, key: str, submit: Callable[[IdempotencyKey], Response]
+) -> Response:
+    if not key or len(key) > idempotency.MAX_KEY_LENGTH:
+        return Response({"Idempotency-Key": ["must be 1 to 255 characters"]}, status=400)
+    check = idempotency.idempotency_key_begin(
+        user=request.user,  # type: ignore[arg-type]  # IsAuthenticated ran
+        key=key,
+        fingerprint=idempotency.request_fingerprint(request.data),
+    )
+    if check.verdict == idempotency.Verdict.MISMATCH:
+        detail = "This Idempotency-Key was used with a different request body."
+        return Response({"detail": detail}, status=422)
+    if check.verdict == idempotency.Verdict.IN_FLIGHT:
+        detail = "A request with this Idempotency-Key is still being processed; retry later."
+        return Response({"detail": detail}, status=409)
+    if check.verdict == idempotency.Verdict.REPLAY:
+        return _replay(check.record)
+    try:
+        response = submit(check.record)
+    except Exception:  # e.g. a 400 raised by the serializer: the client may retry with the key
+        idempotency.idempotency_key_release(record=check.record)
+        raise
+    if response.status_code == 201:
+        body = json.loads(JSONRenderer().render(response.data))
+        idempotency.idempotency_key_complete(record=check.record, status=201, body=body)
+    else:
+        idempotency.idempotency_key_release(record=check.record)
+    return response
+
+
+def _replay(record: IdempotencyKey) -> Response:
+    headers = {"Idempotent-Replayed": "true"}
+    if record.response_body is not None:
+        return Response(record.response_body, status=record.response_status, headers=headers)
+    # The first request created the job but died before storing its response.
+    job = CourseGenerationJob.objects.get(pk=str(record.job_id))
+    return Response(JobDetailOutputSerializer(job).data, status=201, headers=headers)
 
 
 def _visible_job(request: Request, job_id: UUID) -> CourseGenerationJob:
@@ -49,13 +99,22 @@ class JobCollectionApi(APIView):
 
     @extend_schema(
         request=JobSubmitInputSerializer,
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={
             201: JobDetailOutputSerializer,
             400: OpenApiResponse(description="Field errors"),
+            409: OpenApiResponse(description="A request with this Idempotency-Key is in flight"),
+            422: OpenApiResponse(description="Idempotency-Key reused with a different body"),
         },
         operation_id="jobs_submit",
     )
     def post(self, request: Request) -> Response:
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return self._submit(request, None)
+        return _idempotent(request, key, lambda record: self._submit(request, record))
+
+    def _submit(self, request: Request, record: IdempotencyKey | None) -> Response:
         serializer = JobSubmitInputSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
@@ -64,6 +123,7 @@ class JobCollectionApi(APIView):
                 user=request.user,  # type: ignore[arg-type]  # IsAuthenticated ran
                 base_class=data["base_class"],
                 request=data["course_request"],
+                idempotency_key=record,
             )
         except services.GenerationError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
@@ -116,6 +176,43 @@ class JobCancelApi(APIView):
         except services.GenerationError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(JobDetailOutputSerializer(job).data)
+
+
+class JobResumeApi(APIView):
+    """Retry every failed task of a failed job (owner or the organisation's teachers/admins)."""
+
+    @extend_schema(
+        request=None,
+        responses={200: JobDetailOutputSerializer, 409: OpenApiResponse(description="Not failed")},
+        operation_id="jobs_resume",
+    )
+    def post(self, request: Request, job_id: UUID) -> Response:
+        job = _visible_job(request, job_id)
+        return _recover(job, task_ids=None, by=str(request.user))
+
+
+class TaskRetryApi(APIView):
+    """Retry one failed task of a failed job."""
+
+    @extend_schema(
+        request=None,
+        responses={200: JobDetailOutputSerializer, 409: OpenApiResponse(description="Not failed")},
+        operation_id="jobs_task_retry",
+    )
+    def post(self, request: Request, job_id: UUID, task_id: int) -> Response:
+        job = _visible_job(request, job_id)
+        if not job.tasks.filter(pk=task_id).exists():
+            raise Http404("No such task in this job.")
+        return _recover(job, task_ids=[task_id], by=str(request.user))
+
+
+def _recover(job: CourseGenerationJob, *, task_ids: list[int] | None, by: str) -> Response:
+    try:
+        recovery.job_resume(job_id=job.id, task_ids=task_ids, by=by)
+    except services.GenerationError as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    job.refresh_from_db()
+    return Response(JobDetailOutputSerializer(job).data)
 
 
 class TaskRegenerateApi(APIView):

@@ -16,7 +16,9 @@ The policy (`ReaskPolicy`, from settings), in one place:
   of a task may spend in all: no request starts that would take it past the budget.
 
 Every provider call becomes an `AttemptRecord` (kind first / reask / part / transport_retry), so
-the ledger shows what each repair cost.
+the ledger shows what each repair cost. Each call also goes through the model's circuit breaker
+(generation/breaker.py), renews the task's lease and respects its deadline; when the provider is
+unreachable the result asks for the task to be deferred rather than failed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from django.conf import settings
 from pydantic import BaseModel, ValidationError
 
 from generation import parts
+from generation.breaker import CircuitBreaker, CircuitOpenError
 from generation.pricing import cost_of
 from generation.prompts import build_messages, dumps, part_messages, reask_messages
 from generation.providers.base import (
@@ -94,6 +97,9 @@ class GenerationResult:
     attempts: list[AttemptRecord] = field(default_factory=list)
     error: str = ""
     validation_errors: list[dict[str, str]] = field(default_factory=list)
+    # Set when the provider could not be reached now: reschedule the task after this many seconds.
+    defer_s: float | None = None
+    lease_lost: bool = False
 
     @property
     def ok(self) -> bool:
@@ -120,6 +126,20 @@ class TaskSpec:
     outline: CourseOutline | None
     context: Mapping[str, Any]
     instruction: str = ""  # a teacher's wish for a regenerated version ("simpler examples")
+    # Renews the task's lease before each call; False means another worker owns the task now.
+    heartbeat: Callable[[], bool] | None = None
+    deadline: float | None = None  # time.monotonic() after which no new call starts
+    fallback_model: str | None = (
+        None  # the other tier's model, used while this one's breaker is open
+    )
+
+
+class LeaseLostError(Exception):
+    pass
+
+
+class DeadlineError(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,7 @@ class _Conversation:
 
     def __init__(self, spec: TaskSpec, provider: Provider, policy: ReaskPolicy):
         self.spec, self.provider, self.policy = spec, provider, policy
+        self.model = spec.model  # may switch to the fallback model while a breaker is open
         self.schema = OUTPUT_SCHEMAS[spec.kind]
         self.result = GenerationResult()
         self.base = build_messages(
@@ -155,9 +176,9 @@ class _Conversation:
                 number=len(self.result.attempts) + 1,
                 kind=kind,
                 outcome=outcome or ("invalid" if errors else "ok"),
-                model=self.spec.model,
+                model=self.model,
                 usage=reply.usage,
-                cost_usd=cost_of(reply.usage, self.spec.model),
+                cost_usd=cost_of(reply.usage, self.model),
                 latency_ms=round(reply.latency_s * 1000),
                 errors=[e.as_dict() for e in errors],
                 part=part,
@@ -171,6 +192,23 @@ class _Conversation:
 
     def tokens_used(self) -> int:
         return sum(a.usage.total_tokens for a in self.result.attempts)
+
+    def _check_can_call(self) -> None:
+        if self.spec.deadline is not None and time.monotonic() > self.spec.deadline:
+            raise DeadlineError("task deadline reached")
+        if self.result.attempts and self.spec.heartbeat and not self.spec.heartbeat():
+            raise LeaseLostError("the task's lease was taken over by another worker")
+
+    def _breaker(self) -> CircuitBreaker:
+        """This model's breaker; while it is open, the fallback model's if that one is closed."""
+        breaker = CircuitBreaker(self.model)
+        fallback = self.spec.fallback_model
+        if fallback and fallback != self.model and breaker.state() != "closed":
+            other = CircuitBreaker(fallback)
+            if other.state() == "closed":
+                self.model = fallback
+                return other
+        return breaker
 
     def _check_budget(self, messages: tuple[Message, ...]) -> None:
         needed = count_message_tokens([m.as_dict() for m in messages])
@@ -195,11 +233,14 @@ class _Conversation:
         kinds = [kind]
 
         def once() -> _Reply:
+            self._check_can_call()
             self._check_budget(messages)
+            breaker = self._breaker()
+            probe = breaker.before_call()
             request = CompletionRequest(
                 messages=messages,
                 schema=schema,
-                model=self.spec.model,
+                model=self.model,
                 tier=self.spec.tier,
                 task_kind=self.spec.kind,
                 context={
@@ -213,12 +254,18 @@ class _Conversation:
             try:
                 completion = self.provider.complete(request)
             except InvalidOutputError as exc:
+                breaker.record_success(probe=probe)  # invalid output is not a provider failure
                 error = FieldError("", f"the reply is not a single JSON object ({exc})")
                 return _Reply(None, exc.raw_text, exc.usage, exc.latency_s, (error,))
             except (TransientProviderError, PermanentProviderError) as exc:
+                if isinstance(exc, TransientProviderError):
+                    breaker.record_failure(probe=probe)
+                else:
+                    breaker.record_success(probe=probe)  # the provider answered: it is up
                 self._record_failure(kinds[0], part, exc, time.monotonic() - started)
                 kinds[0] = "transport_retry"
                 raise
+            breaker.record_success(probe=probe)
             return _Reply(
                 completion.data, completion.raw_text, completion.usage, completion.latency_s
             )
@@ -347,14 +394,24 @@ def _whole(convo: _Conversation) -> dict[str, Any]:
 
 
 def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> GenerationResult:
+    result = convo.result
     try:
-        convo.result.data = body()
-        convo.result.validation_errors = []
+        result.data = body()
+        result.validation_errors = []
+    except CircuitOpenError as exc:
+        result.defer_s, result.error = exc.retry_after, str(exc)
+    except TransientProviderError as exc:  # retries exhausted: the provider is down, not the task
+        result.defer_s = exc.retry_after or settings.COURSEGEN_TASK_DEFER_MAX_S
+        result.error = f"provider unavailable: {exc}"
+    except DeadlineError as exc:
+        result.defer_s, result.error = 0.0, str(exc)
+    except LeaseLostError as exc:
+        result.lease_lost, result.error = True, str(exc)
     except ProviderError as exc:
-        convo.result.error = f"{type(exc).__name__}: {exc}"
+        result.error = f"{type(exc).__name__}: {exc}"
     except StopGeneration as exc:
-        convo.result.error = str(exc)
-    return convo.result
+        result.error = str(exc)
+    return result
 
 
 def generate(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -144,6 +143,12 @@ class GenerationTask(models.Model):
     duration_ms = models.IntegerField(default=0, help_text="Wall time of the last run.")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True)
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a message for this task was last sent (or is due)."
+    )
+    deferrals = models.PositiveIntegerField(
+        default=0, help_text="Times the task was rescheduled because the provider was unavailable."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -277,8 +282,31 @@ class QueueEntry(models.Model):
         return f"{self.job_id} [{self.state}, priority {self.priority}]"
 
 
-def json_safe(value: Any) -> Any:
-    """Decimals and UUIDs inside JSON fields would fail to serialise; store strings."""
-    if isinstance(value, Decimal | uuid.UUID):
-        return str(value)
-    return value
+class IdempotencyState(models.TextChoices):
+    IN_FLIGHT = "in_flight", "In flight"
+    COMPLETED = "completed", "Completed"
+
+
+class IdempotencyKey(models.Model):
+    """An `Idempotency-Key` a client sent on submit, and the first response it got."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    state = models.CharField(
+        max_length=16, choices=IdempotencyState.choices, default=IdempotencyState.IN_FLIGHT
+    )
+    job = models.ForeignKey(CourseGenerationJob, null=True, blank=True, on_delete=models.CASCADE)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "course_generation_idempotency_keys"
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="uniq_idempotency_key_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.state})"

@@ -29,6 +29,7 @@ from generation.checks import Duplicate, course_duplicates, is_near_duplicate
 from generation.llm import GenerationResult, generate, regenerate_part
 from generation.models import (
     CourseGenerationJob,
+    GenerationAttempt,
     GenerationTask,
     GenerationTaskVersion,
     JobStatus,
@@ -77,7 +78,7 @@ def task_regenerate(
     the course. When the new output fails validation the previous one stays, with the error."""
     worker = f"regenerate:{services.worker_name()}"
     task, number = _regeneration_claim(task_id=task_id, worker=worker)
-    spec = services._spec_for(task)
+    spec = services._spec_for(task, worker)
     # The new version number makes the offline simulator draw anew; real providers ignore it.
     spec = dataclasses.replace(
         spec, instruction=instruction, context={**spec.context, "variant": number}
@@ -172,9 +173,9 @@ def _regeneration_record(
     wall_s: float,
 ) -> None:
     task.refresh_from_db(fields=["attempts"])
-    services.attempts_create(task=task, result=result)
+    GenerationAttempt.objects.bulk_create(services._attempt_rows(task, result))
     changes: dict[str, Any] = {
-        **services.result_totals(result),
+        **services._usage_updates(result),
         "status": TaskStatus.SUCCEEDED,  # the previous output stands if the new one failed
         "duration_ms": round(wall_s * 1000),
         "lease_expires_at": None,
@@ -286,7 +287,7 @@ def _dedupe_one(
 
     try:
         result = regenerate_part(
-            services._spec_for(task),
+            services._spec_for(task, worker),
             provider or get_provider(),
             data=data,
             part=part,
@@ -311,9 +312,9 @@ def _dedupe_record(
 ) -> None:
     """Merge the replacement question. If none passed, the task fails while its course is being
     made (the content is not valid); on a finished course the current version stays."""
-    services.attempts_create(task=task, result=result)
+    GenerationAttempt.objects.bulk_create(services._attempt_rows(task, result))
     changes: dict[str, Any] = {
-        **services.result_totals(result),
+        **services._usage_updates(result),
         "status": TaskStatus.SUCCEEDED,
         "lease_expires_at": None,
     }

@@ -33,6 +33,7 @@ from generation.models import (
     CourseGenerationJob,
     GenerationAttempt,
     GenerationTask,
+    IdempotencyKey,
     JobStatus,
     Priority,
     QueueEntry,
@@ -71,7 +72,13 @@ def model_for(tier: Tier) -> str:
 
 # --- Submit ---------------------------------------------------------------------------------------
 @transaction.atomic
-def job_submit(*, user: User, base_class: BaseClass, request: CourseRequest) -> CourseGenerationJob:
+def job_submit(
+    *,
+    user: User,
+    base_class: BaseClass,
+    request: CourseRequest,
+    idempotency_key: IdempotencyKey | None = None,
+) -> CourseGenerationJob:
     membership = Membership.objects.filter(
         user=user, organisation_id=base_class.organisation_id
     ).first()
@@ -87,8 +94,10 @@ def job_submit(*, user: User, base_class: BaseClass, request: CourseRequest) -> 
     )
     _task_create(job=job, kind=TaskKind.OUTLINE, key="course", position=0)
     QueueEntry.objects.create(job=job, priority=priority)
+    if idempotency_key is not None:  # linked in the same transaction: a replay finds this job
+        IdempotencyKey.objects.filter(pk=idempotency_key.pk).update(job=job)
     logger.info("job %s submitted by %s: %s", job.id, user.pk, request.topic)
-    transaction.on_commit(_send_dispatch)
+    transaction.on_commit(send_dispatch)
     return job
 
 
@@ -107,7 +116,7 @@ def _task_create(
     )
 
 
-def _send_dispatch() -> None:
+def send_dispatch() -> None:
     from generation.tasks import dispatch_queue
 
     dispatch_queue.delay()
@@ -143,6 +152,9 @@ def queue_dispatch(*, worker: str | None = None, limit: int | None = None) -> li
         QueueEntry.objects.bulk_update(entries, ["state", "claimed_at", "claimed_by"])
         CourseGenerationJob.objects.filter(pk__in=started, status=JobStatus.QUEUED).update(
             status=JobStatus.RUNNING, started_at=now
+        )
+        GenerationTask.objects.filter(job_id__in=started, kind=TaskKind.OUTLINE).update(
+            dispatched_at=now
         )
         transaction.on_commit(lambda: _send_outlines(started))
     return started
@@ -186,6 +198,7 @@ class TaskRunResult:
     task_id: int
     status: str
     ran: bool  # False when the message was a repeat and nothing was done
+    retry_in: float | None = None  # set when the task was deferred: send it again after this
 
 
 def task_run(
@@ -201,37 +214,53 @@ def task_run(
         return TaskRunResult(task_id, TaskStatus.CANCELLED, ran=False)
     started = time.monotonic()
     try:
-        result = generate(_spec_for(task), provider or get_provider())
+        result = generate(_spec_for(task, worker), provider or get_provider())
     except Exception as exc:  # a bug must fail this task, not hang the chord waiting on it
         logger.exception("task %s crashed", task_id)
         result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
-    status = _record_result(
-        task=task, worker=worker, result=result, wall_s=time.monotonic() - started
-    )
+    wall_s = time.monotonic() - started
+    if result.defer_s is not None and task.deferrals < settings.COURSEGEN_TASK_MAX_DEFERRALS:
+        delay = _task_defer(task=task, worker=worker, result=result)
+        return TaskRunResult(task_id, TaskStatus.PENDING, ran=True, retry_in=delay)
+    status = _record_result(task=task, worker=worker, result=result, wall_s=wall_s)
     return TaskRunResult(task_id, status, ran=True)
 
 
-def _spec_for(task: GenerationTask) -> TaskSpec:
+def _spec_for(task: GenerationTask, worker: str) -> TaskSpec:
     from generation.prompts import task_context
 
     request = task.job.course_request
     outline = CourseOutline.model_validate(task.job.outline) if task.job.outline else None
+    tier = Tier(task.tier)
+    other = Tier.SIMPLE if tier is Tier.COMPLEX else Tier.COMPLEX
     return TaskSpec(
         kind=task.task_kind,
-        tier=Tier(task.tier),
-        model=task.model or model_for(Tier(task.tier)),
+        tier=tier,
+        model=task.model or model_for(tier),
         request=request,
         outline=outline,
         context={
             **task_context(task.task_kind, task.key, request=request, outline=outline),
             "job_id": str(task.job_id),
         },
+        heartbeat=lambda: task_lease_renew(task_id=task.pk, worker=worker),
+        deadline=time.monotonic() + settings.COURSEGEN_TASK_DEADLINE_S,
+        fallback_model=model_for(other) if settings.COURSEGEN_BREAKER_FALLBACK_TIER else None,
     )
 
 
-def attempts_create(*, task: GenerationTask, result: GenerationResult) -> None:
-    """Add a run's attempts to the ledger, numbered after the task's earlier attempts."""
-    GenerationAttempt.objects.bulk_create(
+def task_lease_renew(*, task_id: int, worker: str) -> bool:
+    """Extend our lease before another provider call; False if another worker owns the task."""
+    lease = timezone.now() + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S)
+    return bool(
+        GenerationTask.objects.filter(pk=task_id, status=TaskStatus.RUNNING, worker=worker).update(
+            lease_expires_at=lease
+        )
+    )
+
+
+def _attempt_rows(task: GenerationTask, result: GenerationResult) -> list[GenerationAttempt]:
+    return [
         GenerationAttempt(
             task=task,
             number=task.attempts + a.number,
@@ -247,11 +276,10 @@ def attempts_create(*, task: GenerationTask, result: GenerationResult) -> None:
             errors=a.errors,
         )
         for a in result.attempts
-    )
+    ]
 
 
-def result_totals(result: GenerationResult) -> dict[str, Any]:
-    """Column increments for a task row after a run (attempts, tokens, cost, re-ask cost)."""
+def _usage_updates(result: GenerationResult) -> dict[str, Any]:
     return {
         "attempts": F("attempts") + len(result.attempts),
         "input_tokens": F("input_tokens") + result.total("input_tokens"),
@@ -266,19 +294,21 @@ def result_totals(result: GenerationResult) -> dict[str, Any]:
 def _record_result(
     *, task: GenerationTask, worker: str, result: GenerationResult, wall_s: float
 ) -> str:
-    attempts_create(task=task, result=result)
+    # Every call is paid for, so the ledger keeps it even when our lease was lost.
+    GenerationAttempt.objects.bulk_create(_attempt_rows(task, result))
     status = TaskStatus.SUCCEEDED if result.ok else TaskStatus.FAILED
     updated = GenerationTask.objects.filter(
         pk=task.pk, status=TaskStatus.RUNNING, worker=worker
     ).update(
         status=status,
         output=result.data,
+        model=result.attempts[-1].model if result.attempts else task.model,
         validation_errors=result.validation_errors,
         error=result.error,
-        **result_totals(result),
         duration_ms=round(wall_s * 1000),
         lease_expires_at=None,
         finished_at=timezone.now(),
+        **_usage_updates(result),
     )
     if not updated:
         # Our lease expired and another worker took the task over; its result stands.
@@ -286,6 +316,24 @@ def _record_result(
         return str(GenerationTask.objects.values_list("status", flat=True).get(pk=task.pk))
     job_refresh_progress(job_id=task.job_id)
     return status
+
+
+@transaction.atomic
+def _task_defer(*, task: GenerationTask, worker: str, result: GenerationResult) -> float:
+    """Give the task back (pending) to be sent again later: the provider is unavailable now."""
+    delay = min(max(result.defer_s or 0.0, 0.5), settings.COURSEGEN_TASK_DEFER_MAX_S)
+    GenerationAttempt.objects.bulk_create(_attempt_rows(task, result))
+    GenerationTask.objects.filter(pk=task.pk, status=TaskStatus.RUNNING, worker=worker).update(
+        status=TaskStatus.PENDING,
+        lease_expires_at=None,
+        worker="",
+        error=result.error,
+        deferrals=F("deferrals") + 1,
+        dispatched_at=timezone.now() + timedelta(seconds=delay),
+        **_usage_updates(result),
+    )
+    logger.warning("task %s deferred %.1fs: %s", task.pk, delay, result.error)
+    return delay
 
 
 def _task_finish(*, task: GenerationTask, worker: str, status: TaskStatus, error: str) -> None:
@@ -308,21 +356,25 @@ def job_refresh_progress(*, job_id: UUID) -> None:
 # --- Outline, planning and the chord --------------------------------------------------------------
 def job_run_outline(
     *, job_id: UUID, worker: str | None = None, provider: Provider | None = None
-) -> None:
+) -> float | None:
+    """Write the outline, plan the tasks and send the chord. Returns a delay when deferred."""
     job = CourseGenerationJob.objects.get(pk=job_id)
     if job.status != JobStatus.RUNNING:
-        return
+        return None
     outline_task = job.tasks.get(kind=TaskKind.OUTLINE)
     result = task_run(task_id=outline_task.pk, worker=worker, provider=provider)
+    if result.retry_in is not None:
+        return result.retry_in
     outline_task.refresh_from_db()
     if outline_task.status == TaskStatus.FAILED:
         job_finalize(job_id=job_id)
-        return
+        return None
     if outline_task.status != TaskStatus.SUCCEEDED:
         logger.info("job %s: outline %s elsewhere (%s)", job_id, outline_task.status, result)
-        return
+        return None
     job_plan_tasks(job_id=job_id, outline=outline_task.output or {})
     job_dispatch_chord(job_id=job_id)
+    return None
 
 
 @transaction.atomic
@@ -373,11 +425,11 @@ def job_dispatch_chord(*, job_id: UUID) -> bool:
     if not won:
         return False
     job = CourseGenerationJob.objects.only("priority").get(pk=job_id)
-    pending = list(
-        GenerationTask.objects.filter(job_id=job_id, status=TaskStatus.PENDING)
-        .exclude(kind=TaskKind.OUTLINE)
-        .values_list("pk", flat=True)
+    pending_tasks = GenerationTask.objects.filter(job_id=job_id, status=TaskStatus.PENDING).exclude(
+        kind=TaskKind.OUTLINE
     )
+    pending = list(pending_tasks.values_list("pk", flat=True))
+    pending_tasks.update(dispatched_at=timezone.now())
     transaction.on_commit(lambda: _send_chord(job_id, pending, job.priority))
     return True
 
@@ -420,7 +472,7 @@ def job_finalize(*, job_id: UUID) -> CourseGenerationJob:
         job.finished_at = timezone.now()
         job.save()
         _queue_entry_close(job=job, state=QueueState.DONE)
-        transaction.on_commit(_send_dispatch)
+        transaction.on_commit(send_dispatch)
     logger.info("job %s finished: %s, cost $%s", job.id, job.status, job.cost_usd)
     return job
 
@@ -460,6 +512,6 @@ def job_cancel(*, job_id: UUID, reason: str = "cancelled by user") -> CourseGene
         job.status, job.error, job.finished_at = JobStatus.CANCELLED, reason, timezone.now()
         job.save(update_fields=["status", "error", "finished_at", "updated_at"])
         _queue_entry_close(job=job, state=QueueState.CANCELLED)
-        transaction.on_commit(_send_dispatch)
+        transaction.on_commit(send_dispatch)
     logger.info("job %s cancelled: %s", job.id, reason)
     return job

@@ -1,18 +1,33 @@
 """Celery tasks: thin deliveries that take ids, re-read rows and call a service.
 
 A message may be lost or delivered twice; the services make a repeat harmless and the rows in
-PostgreSQL stay the record. Header tasks of the chord never raise for a failed generation (the row
-says it failed), so the chord body always runs and finalizes the job.
+PostgreSQL stay the record (the reconciler re-sends what a lost message left behind). Header tasks
+of the chord never raise for a failed generation (the row says it failed), so the chord body always
+runs. A task whose provider is unavailable is deferred: Celery retries it after a countdown.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
-from celery import shared_task
+from celery import Task, shared_task
 
-from generation import services
+from generation import recovery, services
+
+
+def _run_deferrable(task: Task, call: Callable[[], float | None]) -> None:
+    """Run `call`; when it asks for a delay, retry the Celery task after it (sleep when eager)."""
+    delay = call()
+    while delay is not None:
+        if not task.request.is_eager:
+            raise task.retry(countdown=delay, max_retries=None)
+        time.sleep(delay)  # eager (the embedded demo): no broker to hold the retry
+        delay = call()
+
 
 logger = logging.getLogger("coursegen.generation")
 
@@ -22,15 +37,28 @@ def dispatch_queue() -> int:
     return len(services.queue_dispatch())
 
 
-@shared_task(name="generation.tasks.run_outline", ignore_result=True)
-def run_outline(job_id: str) -> None:
-    services.job_run_outline(job_id=UUID(job_id))
+@shared_task(name="generation.tasks.reconcile", ignore_result=True)
+def reconcile() -> dict[str, int]:
+    return recovery.reconcile().as_dict()
+
+
+@shared_task(bind=True, name="generation.tasks.run_outline", ignore_result=True)
+def run_outline(self: Task, job_id: str) -> None:
+    _run_deferrable(self, lambda: services.job_run_outline(job_id=UUID(job_id)))
 
 
 # Chord header: keeps a small result so the chord counts it (the result backend holds the count).
-@shared_task(name="generation.tasks.run_task", ignore_result=False)
-def run_task(task_id: int) -> str:
-    return services.task_run(task_id=task_id).status
+@shared_task(bind=True, name="generation.tasks.run_task", ignore_result=False)
+def run_task(self: Task, task_id: int) -> str:
+    outcome: dict[str, Any] = {}
+
+    def run() -> float | None:
+        result = services.task_run(task_id=task_id)
+        outcome["status"] = result.status
+        return result.retry_in
+
+    _run_deferrable(self, run)
+    return str(outcome["status"])
 
 
 @shared_task(name="generation.tasks.finalize_job", ignore_result=True)

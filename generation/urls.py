@@ -7,6 +7,12 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/", apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/course/", apis.JobCourseApi.as_view(), name="job-course"),
     path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),
+    path("jobs/<uuid:job_id>/resume/", apis.JobResumeApi.as_view(), name="job-resume"),
+    path(
+        "jobs/<uuid:job_id>/tasks/<int:task_id>/retry/",
+        apis.TaskRetryApi.as_view(),
+        name="job-task-retry",
+    ),
     path(
         "jobs/<uuid:job_id>/tasks/<int:task_id>/regenerate/",
         apis.TaskRegenerateApi.as_view(),

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import AbstractUser
+from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from accounts.models import BaseClass, Organisation, Role
@@ -26,6 +27,13 @@ def celery_eager(request: pytest.FixtureRequest) -> Iterator[None]:
     celery_app.conf.task_always_eager = eager
     yield
     celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture(autouse=True)
+def clean_cache() -> Iterator[None]:
+    # Circuit breaker state and rate counters live in the cache (Redis in tests).
+    cache.clear()
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 
@@ -311,7 +311,7 @@ class OfflineProvider(Provider):
             roll = self._fault_rng.random()
         return self.faults.pick(roll)
 
-    def _fail_transiently(self, fault: str, tier: Tier, started: float) -> None:
+    def _fail_transiently(self, fault: str, tier: Tier, started: float) -> NoReturn:
         message, status, ttft_units = _TRANSIENT_FAULTS[fault]
         latency_s = self._wait(self.latency[tier].time_to_first_token_s * ttft_units, started)
         # Short enough that retry tests never stall, scaled like the rest of the simulation.
@@ -460,13 +460,16 @@ def _facts(context: Mapping[str, Any], seed: int) -> _Facts:
         module=module,
         module_title=_text(context, "module_title", module.title),
         lesson_title=lesson_title,
-        lesson_focus=lesson.focus
-        if lesson_title == lesson.title
-        else f"the ideas in {lesson_title}",
+        lesson_focus=_focus(lesson_title, lesson),
         lesson_summary=_text(context, "lesson_summary", lesson.summary),
         objectives=_strings(context.get("learning_objectives")) or lesson.objectives,
         sketch=_sketch(context.get("outline")) or _plan_sketch(plan),
     )
+
+
+def _focus(lesson_title: str, planned: _Lesson) -> str:
+    """A noun phrase for prose; titles from someone else's outline get a neutral wrapper."""
+    return planned.focus if lesson_title == planned.title else f"the ideas in {lesson_title}"
 
 
 def _text(context: Mapping[str, Any], key: str, default: str) -> str:
@@ -1348,6 +1351,11 @@ def _question_words(facts: _Facts, objective: str) -> dict[str, str]:
     return facts.words(objective=objective.rstrip("."), objective_lc=_lc_first(objective))
 
 
+def _explain(item: _Choice | _Claim, words: dict[str, str]) -> str:
+    # Real explanations tie the answer back to the lesson goal; so do these.
+    return f"{item.explanation.format(**words)} It tests the lesson goal: {words['objective_lc']}."
+
+
 def _difficulty(facts: _Facts, shift: int) -> str:
     return _DIFFICULTIES[min(max(_DIFFICULTY[facts.level] + shift, 0), 2)]
 
@@ -1362,7 +1370,7 @@ def _multiple_choice(facts: _Facts, rng: random.Random, item: _Choice, objective
         "stem": item.stem.format(**words),
         "options": options,
         "correct_answer": correct,
-        "explanation": item.explanation.format(**words),
+        "explanation": _explain(item, words),
         "difficulty": _difficulty(facts, 0),
         "bloom_level": item.bloom,
         "objective": objective,
@@ -1377,7 +1385,7 @@ def _true_false(facts: _Facts, rng: random.Random, item: _Claim, objective: str)
         "stem": item.stem.format(**words),
         "options": ["True", "False"],
         "correct_answer": item.answer,
-        "explanation": item.explanation.format(**words),
+        "explanation": _explain(item, words),
         "difficulty": _difficulty(facts, -1),
         "bloom_level": "understand",
         "objective": objective,
@@ -1392,7 +1400,7 @@ def _short_answer(facts: _Facts, rng: random.Random, item: _Claim, objective: st
         "stem": item.stem.format(**words),
         "options": [],
         "correct_answer": item.answer.format(**words),
-        "explanation": item.explanation.format(**words),
+        "explanation": _explain(item, words),
         "difficulty": _difficulty(facts, 1),
         "bloom_level": _SHORT_ANSWER_BLOOM[facts.level],
         "objective": objective,

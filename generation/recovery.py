@@ -1,0 +1,165 @@
+"""Convergence from the rows, whatever happened to the messages; and staff-driven recovery.
+
+`reconcile` runs on celery beat. Celery with Redis may lose a message (a worker killed mid-task, a
+Redis restart, a crash between a commit and its publish) or a chord body may never fire. The rows
+say what is missing, so the reconciler re-sends exactly that: tasks whose lease expired, pending
+tasks whose message is overdue, outlines that never ran, and jobs whose tasks all ended but that
+were never finalized. Succeeded tasks are never sent again. The queue table doubles as the outbox:
+a job committed but never published is still `queued` there and the dispatcher starts it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from generation import services
+from generation.models import (
+    CourseGenerationJob,
+    GenerationTask,
+    IdempotencyKey,
+    JobStatus,
+    QueueEntry,
+    QueueState,
+    TaskStatus,
+)
+from generation.schemas import TaskKind
+
+logger = logging.getLogger("coursegen.recovery")
+
+BATCH = 500
+
+
+@dataclass
+class ReconcileReport:
+    redispatched_tasks: int = 0
+    redispatched_outlines: int = 0
+    finalized_jobs: int = 0
+    started_jobs: int = 0
+    pruned_keys: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def reconcile(*, now: datetime | None = None) -> ReconcileReport:
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.COURSEGEN_REDISPATCH_AFTER_S)
+    report = ReconcileReport(
+        redispatched_tasks=_redispatch_tasks(now=now, stale=stale),
+        redispatched_outlines=_redispatch_outlines(now=now, stale=stale),
+        finalized_jobs=_finalize_finished_jobs(stale=now - timedelta(seconds=5)),
+        started_jobs=len(services.queue_dispatch()),
+        pruned_keys=IdempotencyKey.objects.filter(expires_at__lt=now).delete()[0],
+    )
+    if any(report.as_dict().values()):
+        logger.warning("reconcile: %s", report.as_dict())
+    return report
+
+
+def _claim_batch(tasks: QuerySet[GenerationTask], now: datetime) -> list[tuple[int, UUID, int]]:
+    """Lock and stamp a batch, so two reconcilers never both re-send the same task."""
+    with transaction.atomic():
+        rows = list(
+            tasks.select_for_update(skip_locked=True, of=("self",)).values_list(
+                "pk", "job_id", "job__priority"
+            )[:BATCH]
+        )
+        GenerationTask.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(dispatched_at=now)
+    return rows
+
+
+def _redispatch_tasks(*, now: datetime, stale: datetime) -> int:
+    from generation.tasks import run_task
+
+    open_jobs = Q(job__status=JobStatus.RUNNING, job__chord_dispatched_at__isnull=False)
+    overdue = Q(dispatched_at__lt=stale) | Q(dispatched_at__isnull=True)
+    expired = Q(status=TaskStatus.RUNNING, lease_expires_at__lt=now) & overdue
+    lost = Q(status=TaskStatus.PENDING) & overdue
+    tasks = GenerationTask.objects.filter(open_jobs, expired | lost).exclude(kind=TaskKind.OUTLINE)
+    rows = _claim_batch(tasks, now)
+    for task_id, _, priority in rows:
+        run_task.apply_async(args=(task_id,), priority=priority)
+    return len(rows)
+
+
+def _redispatch_outlines(*, now: datetime, stale: datetime) -> int:
+    from generation.tasks import run_outline
+
+    live_lease = Q(status=TaskStatus.RUNNING, lease_expires_at__gte=now)
+    overdue = Q(dispatched_at__lt=stale) | Q(dispatched_at__isnull=True)
+    outlines = GenerationTask.objects.filter(
+        overdue,
+        kind=TaskKind.OUTLINE,
+        job__status=JobStatus.RUNNING,
+        job__chord_dispatched_at__isnull=True,
+    ).exclude(live_lease)
+    rows = _claim_batch(outlines, now)
+    for _, job_id, priority in rows:
+        run_outline.apply_async(args=(str(job_id),), priority=priority)
+    return len(rows)
+
+
+def _finalize_finished_jobs(*, stale: datetime) -> int:
+    jobs = (
+        CourseGenerationJob.objects.filter(status=JobStatus.RUNNING, chord_dispatched_at__lt=stale)
+        .exclude(tasks__status__in=[TaskStatus.PENDING, TaskStatus.RUNNING])
+        .values_list("pk", flat=True)[:BATCH]
+    )
+    finalized = 0
+    for job_id in list(jobs):
+        finalized += services.job_finalize(job_id=job_id).is_terminal
+    return finalized
+
+
+# --- Task-level recovery (API, admin and `manage.py recover_jobs`) ------------------------------
+@transaction.atomic
+def job_resume(
+    *, job_id: UUID, task_ids: list[int] | None = None, by: str = "staff"
+) -> CourseGenerationJob:
+    """Put failed tasks (all, or the ones named) of a failed job back to work."""
+    job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
+    if job.status != JobStatus.FAILED:
+        raise services.GenerationError(f"only failed jobs can be resumed; this one is {job.status}")
+    failed = job.tasks.filter(status=TaskStatus.FAILED)
+    if task_ids is not None:
+        not_failed = set(task_ids) - set(
+            failed.filter(pk__in=task_ids).values_list("pk", flat=True)
+        )
+        if not_failed:
+            raise services.GenerationError(
+                f"tasks {sorted(not_failed)} are not failed tasks of this job"
+            )
+        failed = failed.filter(pk__in=task_ids)
+    if not failed.exists():
+        raise services.GenerationError("the job has no failed tasks to retry")
+    count = failed.update(
+        status=TaskStatus.PENDING,
+        error="",
+        validation_errors=[],
+        deferrals=0,
+        worker="",
+        lease_expires_at=None,
+        finished_at=None,
+        dispatched_at=None,
+    )
+    job.status, job.error, job.finished_at, job.chord_dispatched_at = (
+        JobStatus.QUEUED,
+        "",
+        None,
+        None,
+    )
+    job.save(update_fields=["status", "error", "finished_at", "chord_dispatched_at", "updated_at"])
+    QueueEntry.objects.filter(job=job).update(
+        state=QueueState.QUEUED, claimed_at=None, claimed_by="", finished_at=None
+    )
+    logger.warning("job %s resumed by %s: %s task(s) back to pending", job.id, by, count)
+    transaction.on_commit(services.send_dispatch)
+    return job
