@@ -374,12 +374,35 @@ def _repair_parts(convo: _Conversation, data: Any, errors: Errors) -> tuple[Any,
 
 
 # --- The whole object ----------------------------------------------------------------------------
+def _keep_good_parts(
+    convo: _Conversation, data: Any, errors: Errors, earlier: Any, earlier_errors: Errors
+) -> tuple[Any, Errors]:
+    """A re-ask must not lose what an earlier attempt got right: patch the new reply's failing
+    parts with the earlier attempt's versions of them that passed, and keep the patched object
+    if it fails less (it is validated whole, so parts that do not fit together are caught)."""
+    if not (errors and isinstance(data, dict) and isinstance(earlier, dict)):
+        return data, errors
+    failing = {parts.part_of(convo.schema, e.path) for e in errors}
+    bad_before = {parts.part_of(convo.schema, e.path) for e in earlier_errors}
+    shared = set(parts.parts_of(convo.schema, data)) & set(parts.parts_of(convo.schema, earlier))
+    patch = [p for p in failing if p is not None and p in shared and p not in bad_before]
+    if None in failing or not patch:
+        return data, errors
+    candidate = data
+    for part in patch:
+        candidate = parts.merge(candidate, part, parts.extract(earlier, part))
+    merged, found = convo.check(candidate)
+    return (merged, found) if len(found) < len(errors) else (data, errors)
+
+
 def _whole(convo: _Conversation) -> dict[str, Any]:
     messages, previous, kind = convo.base, None, "first"
+    best: Any = None  # the latest object that parsed, as repaired so far
     for _ in range(convo.policy.max_attempts):
         reply, sent = convo.send(messages, schema=convo.schema, kind=kind)
         data, errors = (reply.data, reply.errors) if reply.errors else convo.check(reply.data)
         convo.record(sent, "", reply, errors)
+        data, errors = _keep_good_parts(convo, data, errors, best, previous or ())
         if errors:
             data, errors = _repair_parts(convo, data, errors)
         if not errors:
@@ -388,6 +411,7 @@ def _whole(convo: _Conversation) -> dict[str, Any]:
         if errors == previous:
             raise StopGeneration("stopped early: the re-ask repeated the same validation errors")
         previous, kind = errors, "reask"
+        best = data if isinstance(data, dict) else best
         failed = dumps(data) if data is not None else reply.raw or dumps({})
         messages = reask_messages(convo.base, failed_output=failed, errors=[str(e) for e in errors])
     raise StopGeneration(f"output invalid after {convo.policy.max_attempts} attempts")
@@ -435,17 +459,24 @@ def regenerate_part(
     policy: ReaskPolicy | None = None,
 ) -> GenerationResult:
     """Regenerate one part of a finished output (e.g. a question that duplicates another lesson's)
-    and return the whole output with it merged. `extra` adds checks the task alone cannot make."""
+    and return the whole output with it merged. `extra` adds checks the task alone cannot make.
+    With no whole object to fall back on, the part request itself gets up to `max_attempts`
+    rounds, and stops early when a round ends with the previous round's errors."""
     convo = _Conversation(spec, provider, policy or ReaskPolicy.from_settings())
 
     def body() -> dict[str, Any]:
-        value = _repair_part(convo, data, part, errors, extra=extra, hints=hints, context=context)
-        if value is None:
-            convo.result.validation_errors = [
-                {"path": e["path"], "message": e["message"]}
-                for e in (convo.result.attempts[-1].errors if convo.result.attempts else [])
-            ] or [e.as_dict() for e in errors]
-            raise StopGeneration(f"could not regenerate {part}")
-        return parts.merge(data, part, value)
+        previous: list[dict[str, str]] | None = None
+        for _ in range(convo.policy.max_attempts):
+            value = _repair_part(
+                convo, data, part, errors, extra=extra, hints=hints, context=context
+            )
+            if value is not None:
+                return parts.merge(data, part, value)
+            latest = convo.result.attempts[-1].errors if convo.result.attempts else []
+            convo.result.validation_errors = latest or [e.as_dict() for e in errors]
+            if latest == previous:
+                break
+            previous = latest
+        raise StopGeneration(f"could not regenerate {part}")
 
     return _run(convo, body)

@@ -226,6 +226,23 @@ def test_it_falls_back_to_a_whole_reask_when_a_part_cannot_be_repaired() -> None
     assert "questions.2: Value error" in reask.messages[-1].content
 
 
+def test_it_keeps_parts_an_earlier_attempt_got_right_when_a_reask_breaks_others() -> None:
+    spec = _lesson_spec(TaskKind.ASSESSMENT)
+    good = _valid_assessment(spec)
+    still_wrong = _with_wrong_answer(good, 2)["questions"][2]
+    # The re-ask fixes question 2 but breaks question 0, which the first reply had right.
+    provider = ScriptedProvider(
+        [_with_wrong_answer(good, 2), still_wrong, still_wrong, _with_wrong_answer(good, 0)]
+    )
+
+    result = generate(spec, provider)
+
+    assert result.ok and result.data == good
+    assert len(provider.requests) == 4  # no part request for question 0: it was kept
+    assert [a.kind for a in result.attempts] == ["first", "part", "part", "reask"]
+    assert result.attempts[-1].outcome == "invalid"  # the ledger still shows what came back
+
+
 def test_it_reasks_after_output_that_is_not_json() -> None:
     broken = InvalidOutputError("bad json", raw_text='{"summary": ', usage=Usage(90, 0, 5))
     provider = ScriptedProvider([broken, GOOD_SUMMARY])

@@ -1186,7 +1186,7 @@ _MULTIPLE_CHOICE = (
         "apply",
     ),
     _Choice(
-        "What is the main risk of skipping the groundwork covered in {lesson}?",
+        "What is the main risk of skipping the groundwork on {focus}?",
         "Later topics turn into guesswork because the underlying ideas are missing",
         (
             "There is no risk, because later modules repeat everything from scratch",
@@ -1264,7 +1264,7 @@ _TRUE_FALSE = (
         "thing at a time and note the result.",
     ),
     _Claim(
-        "True or false: the ideas in {lesson} connect directly to practical work later in the "
+        "True or false: the ideas of {focus} connect directly to practical work later in the "
         "course.",
         "True",
         "True. Each module builds on the earlier ones, and these ideas return in later, more "
@@ -1656,32 +1656,37 @@ def _part_content(
 # === Schema-invalid variants (the "invalid" fault) ================================================
 def make_invalid(kind: TaskKind, data: Data, *, part: str = "", pick: float = 0.0) -> Data:
     """A copy of valid content with one realistic mistake in ONE part (one question, one field),
-    which the kind's schema rejects; `pick` in [0, 1) chooses the part and the mistake. For a part
-    request (`part` set) the data is that part and the mistake goes into it."""
+    which the kind's schema rejects; `pick` in [0, 1) chooses the part and the mistake, so the
+    mistakes vary like a model's do. For a part request (`part` set) the data is that part."""
     broken = json.loads(json.dumps(data))  # deep copy; the input stays valid
     if part:
-        return _break_value(broken, pick)
+        return _break_part(part, broken, pick)
     choices = parts_of(OUTPUT_SCHEMAS[kind], broken)
     chosen = choices[min(int(pick * len(choices)), len(choices) - 1)]
     rest = pick * len(choices) % 1.0  # the remainder of the roll picks the mistake
-    return merge(broken, chosen, _break_value(extract(broken, chosen), rest))
+    return merge(broken, chosen, _break_part(chosen, extract(broken, chosen), rest))
 
 
-def _break_value(value: Any, pick: float) -> Any:
-    if isinstance(value, dict) and "options" in value:
+def _break_part(part: str, value: Any, pick: float) -> Any:
+    if "." not in part:  # a field part: {"field": value}
+        ((field, inner),) = value.items()
+        return {field: _break_scalar(inner, pick)}
+    if "options" in value:
         return _break_question(value, pick)
-    if isinstance(value, dict):  # an item (concept, example, module ...) or a one-field part
-        key = next((k for k, v in value.items() if isinstance(v, str)), next(iter(value)))
-        return {**value, key: _break_scalar(value[key])}
-    return _break_scalar(value)
+    texts = [k for k, v in value.items() if isinstance(v, str)]  # an item: concept, module ...
+    key = texts[min(int(pick * len(texts)), len(texts) - 1)]
+    return {**value, key: _break_scalar(value[key], pick * len(texts) % 1.0)}
 
 
-def _break_scalar(value: Any) -> Any:
+def _break_scalar(value: Any, pick: float) -> Any:
+    mistakes: tuple[Any, ...]
     if isinstance(value, list):
-        return []  # every list field needs at least one item
-    if isinstance(value, bool | str) or value is None:
-        return ""  # every text field needs some text, every enum a listed value
-    return -1  # counts and durations are positive
+        mistakes = ([], "see below", [""])  # too few items, not a list, an empty item
+    elif isinstance(value, bool | str) or value is None:
+        mistakes = ("", None)  # empty, missing
+    else:
+        mistakes = (-1, 10**6, "soon")  # too small, too large, not a number
+    return mistakes[min(int(pick * len(mistakes)), len(mistakes) - 1)]
 
 
 def _break_question(question: Data, pick: float) -> Data:

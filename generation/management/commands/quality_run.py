@@ -17,7 +17,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Sum
+from django.db.models import F, Sum
 from django.test.utils import override_settings
 
 from accounts.models import BaseClass, Membership, Organisation, Role
@@ -64,6 +64,7 @@ class Tally:
     reask_cost: Decimal = Decimal(0)
     repair_call_cost: Decimal = Decimal(0)
     input_tokens: int = 0
+    duplicates_replaced: int = 0
     cached_tokens: int = 0
     failures: list[str] = field(default_factory=list)
 
@@ -112,6 +113,7 @@ class Command(BaseCommand):
             total=Sum("cost_usd")
         )["total"] or Decimal(0)
         kinds = Counter(attempts.values_list("kind", flat=True))
+        tally.duplicates_replaced += _duplicates_replaced(attempts)
         problems = _problems(job, tasks)
         tally.courses += 1
         tally.valid += not problems
@@ -151,6 +153,7 @@ class Command(BaseCommand):
             "(re-asks and part requests only; failed first calls are mostly kept by part repair)"
         )
         out(f"Mean cost per course:       ${tally.cost / max(tally.courses, 1):.4f} at list prices")
+        out(f"Duplicate questions replaced at finalize: {tally.duplicates_replaced}")
         cached = tally.cached_tokens / tally.input_tokens if tally.input_tokens else 0
         out(f"Input tokens from cache:    {cached:.1%}")
         for failure in tally.failures:
@@ -178,6 +181,14 @@ def _request(n: int, options: dict[str, Any]) -> CourseRequest:
         lessons_per_module=options["lessons"],
         questions_per_lesson=options["questions"],
     )
+
+
+def _duplicates_replaced(attempts: Any) -> int:
+    """Questions regenerated at finalize: requests made after their task's own run ended."""
+    late = attempts.filter(
+        task__kind=TaskKind.ASSESSMENT, kind="part", created_at__gt=F("task__finished_at")
+    )
+    return late.values("task_id", "part").distinct().count()
 
 
 def _problems(job: CourseGenerationJob, tasks: list[Any]) -> list[str]:
