@@ -12,7 +12,20 @@ TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	CELERY_BROKER_URL=$(TEST_REDIS_URL) CELERY_RESULT_BACKEND=$(TEST_REDIS_URL) \
 	COURSEGEN_PROVIDER=offline DJANGO_DEBUG=false
 
-.PHONY: venv demo test lint typecheck check migrations-check worker beat flower web clean
+# `make chaos`: its own Redis on CHAOS_REDIS_PORT (so it can restart it) and database.
+CHAOS_REDIS_PORT ?= 6391
+CHAOS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/coursegen_chaos
+CHAOS_ENV := DATABASE_URL=$(CHAOS_DATABASE_URL) DATABASE_POOL=true \
+	CELERY_BROKER_URL=redis://127.0.0.1:$(CHAOS_REDIS_PORT)/0 \
+	CELERY_RESULT_BACKEND=redis://127.0.0.1:$(CHAOS_REDIS_PORT)/0 \
+	REDIS_URL=redis://127.0.0.1:$(CHAOS_REDIS_PORT)/1 COURSEGEN_PROVIDER=offline \
+	CELERY_TASK_SOFT_TIME_LIMIT=20 CELERY_TASK_TIME_LIMIT=30 CELERY_VISIBILITY_TIMEOUT=40 \
+	COURSEGEN_TASK_DEADLINE_S=20 COURSEGEN_TASK_LEASE_S=25 COURSEGEN_REDISPATCH_AFTER_S=10 \
+	COURSEGEN_RECONCILE_INTERVAL_S=2 COURSEGEN_DISPATCH_INTERVAL_S=2 COURSEGEN_BREAKER_OPEN_S=5 \
+	COURSEGEN_TRANSIENT_BASE_WAIT_S=0.2 COURSEGEN_TRANSIENT_MAX_WAIT_S=2 \
+	COURSEGEN_TASK_DEFER_MAX_S=5 COURSEGEN_TASK_MAX_DEFERRALS=200 LOG_LEVEL=warning
+
+.PHONY: venv demo test chaos lint typecheck check migrations-check worker beat flower web clean bench-admission
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -32,6 +45,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+
+chaos: $(STAMP)
+	createdb -h 127.0.0.1 -U postgres coursegen_chaos 2>/dev/null || true
+	$(CHAOS_ENV) $(BIN)/python manage.py migrate --noinput -v 0
+	$(CHAOS_ENV) $(BIN)/python manage.py chaos $(CHAOS_ARGS)
+
+# Prints the median and p99 time of one admission check, on its own PostgreSQL database.
+BENCH_DB ?= coursegen_bench
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/$(BENCH_DB)
+bench-admission: $(STAMP)
+	createdb -h 127.0.0.1 -U postgres $(BENCH_DB) 2>/dev/null || true
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v 0 --skip-checks
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python manage.py bench_admission --skip-checks $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

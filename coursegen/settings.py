@@ -8,6 +8,8 @@ Every helper below fails loudly on a malformed value rather than falling back si
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "monitoring.correlation.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -205,6 +208,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": None,
+    # Every API view: COURSEGEN_API_RATE per client, counted in the cache by django-ratelimit.
+    "DEFAULT_THROTTLE_CLASSES": ["ratelimits.throttling.ApiRateThrottle"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "coursegen API",
@@ -285,7 +290,17 @@ COURSEGEN_OFFLINE_SEED = env_int("COURSEGEN_OFFLINE_SEED", 0)
 COURSEGEN_OFFLINE_CALL_LOG = env_str("COURSEGEN_OFFLINE_CALL_LOG", "")
 
 COURSEGEN_GLOBAL_MAX_RUNNING_JOBS = env_int("COURSEGEN_GLOBAL_MAX_RUNNING_JOBS", 100, minimum=1)
-COURSEGEN_TASK_LEASE_S = env_int("COURSEGEN_TASK_LEASE_S", CELERY_TASK_TIME_LIMIT + 60, minimum=10)
+# Rate limits. Job limits per role live in the database (admin: Rate limit policies).
+# Request-level throttle for every API view, per user (per IP before login): "<n>/<m|s|h|d>".
+COURSEGEN_API_RATE = env_str("COURSEGEN_API_RATE", "120/m")
+if not re.fullmatch(r"\d+/\d*[smhd]", COURSEGEN_API_RATE):
+    raise ImproperlyConfigured(f"COURSEGEN_API_RATE={COURSEGEN_API_RATE!r} must look like 120/m")
+# Retry-After for the concurrent-jobs limit, which frees when a job ends (no fixed reset time).
+COURSEGEN_RATELIMIT_CONCURRENT_RETRY_S = env_int(
+    "COURSEGEN_RATELIMIT_CONCURRENT_RETRY_S", 30, minimum=1
+)
+RATELIMIT_FAIL_OPEN = True  # the throttle guards the web tier; admission is exact in PostgreSQL
+COURSEGEN_TASK_LEASE_S = env_int("COURSEGEN_TASK_LEASE_S", CELERY_TASK_TIME_LIMIT + 60, minimum=2)
 COURSEGEN_MAX_VALIDATION_ATTEMPTS = env_int("COURSEGEN_MAX_VALIDATION_ATTEMPTS", 3, minimum=1)
 COURSEGEN_TRANSIENT_MAX_ATTEMPTS = env_int("COURSEGEN_TRANSIENT_MAX_ATTEMPTS", 5, minimum=1)
 COURSEGEN_TRANSIENT_MAX_WAIT_S = env_float("COURSEGEN_TRANSIENT_MAX_WAIT_S", 30.0, minimum=0.0)
@@ -353,18 +368,66 @@ CELERY_BEAT_SCHEDULE.update(
             "task": "generation.tasks.reconcile",
             "schedule": COURSEGEN_RECONCILE_INTERVAL_S,
         },
+        "prune-logs": {"task": "monitoring.tasks.prune_logs", "schedule": 24 * 3600.0},
     }
 )
 
+# --- Monitoring (monitoring/) ---------------------------------------------------------------
+MONITORING_LOG_DB_LEVEL = env_choice(
+    "MONITORING_LOG_DB_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
+).upper()
+MONITORING_LOG_FLUSH_INTERVAL_S = env_float("MONITORING_LOG_FLUSH_INTERVAL_S", 1.0, minimum=0.05)
+MONITORING_LOG_BATCH_SIZE = env_int("MONITORING_LOG_BATCH_SIZE", 500, minimum=1)
+MONITORING_LOG_RETENTION_DAYS = env_int("MONITORING_LOG_RETENTION_DAYS", 30, minimum=1)
+MONITORING_LOG_CELERY_TASKS = env_bool("MONITORING_LOG_CELERY_TASKS", True)
+MONITORING_ALERT_DEDUP_WINDOW_S = env_int("MONITORING_ALERT_DEDUP_WINDOW_S", 3600, minimum=1)
+MONITORING_ALERT_EMAIL = env_bool("MONITORING_ALERT_EMAIL", False)  # mail_admins on new alerts
+MONITORING_CAPACITY_WARN_FRACTION = env_float(
+    "MONITORING_CAPACITY_WARN_FRACTION", 0.8, minimum=0.01
+)
+MONITORING_QUALITY_THRESHOLD = env_float("MONITORING_QUALITY_THRESHOLD", 0.7, minimum=0.0)
+MONITORING_METRICS_TOKEN = env_str("MONITORING_METRICS_TOKEN", "")  # Bearer token for /metrics
+MONITORING_METRICS_WINDOW_H = env_int("MONITORING_METRICS_WINDOW_H", 24, minimum=1)
+MONITORING_HEALTH_PING_TIMEOUT_S = env_float("MONITORING_HEALTH_PING_TIMEOUT_S", 1.0, minimum=0.1)
+ADMINS = [(email, email) for email in env_list("DJANGO_ADMINS", [])]
+SERVER_EMAIL = env_str("DJANGO_SERVER_EMAIL", "coursegen@localhost")
+# e.g. smtp://user:password@127.0.0.1:25; the default prints mails to the console.
+globals().update(environ.Env.email_url_config(env_str("EMAIL_URL", "consolemail://")))
+
 # --- Logging ----------------------------------------------------------------------------------
+# The "coursegen" logger tree goes to the console and, batched by a background thread, to
+# course_generation_logs (monitoring.logs.DatabaseLogHandler).
 LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "correlation": {"()": "monitoring.logs.CorrelationIdFilter"},
+        "quiet_events": {"()": "monitoring.logs.QuietEventsFilter"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"}
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "level": LOG_LEVEL,
+            "formatter": "plain",
+            "filters": ["correlation", "quiet_events"],
+        },
+        "database": {
+            "class": "monitoring.logs.DatabaseLogHandler",
+            "level": MONITORING_LOG_DB_LEVEL,
+            "flush_interval": MONITORING_LOG_FLUSH_INTERVAL_S,
+            "batch_size": MONITORING_LOG_BATCH_SIZE,
+        },
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "coursegen": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "coursegen": {
+            "handlers": ["console", "database"],
+            "level": min(LOG_LEVEL, MONITORING_LOG_DB_LEVEL, key=logging.getLevelName),
+            "propagate": False,
+        },
     },
 }

@@ -26,6 +26,9 @@ from generation.serializers import (
     TaskRegenerateInputSerializer,
     TaskRegenerateOutputSerializer,
 )
+from ratelimits.apis import too_many_requests
+from ratelimits.serializers import RateLimitExceededOutputSerializer
+from ratelimits.services import RateLimitExceeded, violation_record
 
 IDEMPOTENCY_KEY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -105,6 +108,7 @@ class JobCollectionApi(APIView):
             400: OpenApiResponse(description="Field errors"),
             409: OpenApiResponse(description="A request with this Idempotency-Key is in flight"),
             422: OpenApiResponse(description="Idempotency-Key reused with a different body"),
+            429: RateLimitExceededOutputSerializer,
         },
         operation_id="jobs_submit",
     )
@@ -127,6 +131,9 @@ class JobCollectionApi(APIView):
             )
         except services.GenerationError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        except RateLimitExceeded as exc:
+            violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]
+            return too_many_requests(exc)
         job.refresh_from_db()
         headers = {"Location": f"/api/jobs/{job.id}/"}
         return Response(JobDetailOutputSerializer(job).data, status=201, headers=headers)

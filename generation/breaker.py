@@ -10,10 +10,13 @@ Validation failures are not counted: a provider that answers with bad JSON is up
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
@@ -21,6 +24,26 @@ from django.core.cache import cache
 logger = logging.getLogger("coursegen.breaker")
 
 BUCKET_S = 10
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail_open(default: Any) -> Callable[[F], F]:
+    """The breaker is best effort: if its store (Redis) is down, calls flow as if it were closed."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except CircuitOpenError:
+                raise
+            except Exception as exc:  # redis-py errors, timeouts: never fail a task for them
+                logger.warning("circuit breaker store unavailable (%s); failing open", exc)
+                return default
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 class BreakerState(StrEnum):
@@ -63,12 +86,14 @@ class CircuitBreaker:
         self.config = config or BreakerConfig.from_settings()
 
     # --- state -----------------------------------------------------------------------------------
+    @fail_open(BreakerState.CLOSED)
     def state(self, now: float | None = None) -> BreakerState:
         opened_until = cache.get(_key(self.model, "open_until"))
         if opened_until is None:
             return BreakerState.CLOSED
         return BreakerState.OPEN if (now or time.time()) < opened_until else BreakerState.HALF_OPEN
 
+    @fail_open(False)
     def before_call(self) -> bool:
         """Raise CircuitOpenError unless a call may go out; True when this call is the probe."""
         now = time.time()
@@ -83,11 +108,13 @@ class CircuitBreaker:
         raise CircuitOpenError(self.model, min(self.config.open_s, 5.0))
 
     # --- outcomes --------------------------------------------------------------------------------
+    @fail_open(None)
     def record_success(self, *, probe: bool = False) -> None:
         self._count("ok")
         if probe:  # a call that started before the breaker opened proves nothing
             self._close()
 
+    @fail_open(None)
     def record_failure(self, *, probe: bool = False) -> None:
         self._count("fail")
         if probe:

@@ -23,13 +23,16 @@ unreachable the result asks for the task to be deferred rather than failed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import redis
 from django.conf import settings
+from django.db import DatabaseError, InterfaceError
 from pydantic import BaseModel, ValidationError
 
 from generation import parts
@@ -50,6 +53,10 @@ from generation.retry import transport_retrying
 from generation.schemas import OUTPUT_SCHEMAS, CourseOutline, CourseRequest, TaskKind, Tier
 from generation.tokens import count_message_tokens
 from generation.validation import FieldError, validate_output
+
+logger = logging.getLogger("coursegen.generation")
+INFRASTRUCTURE_ERRORS = (redis.RedisError, DatabaseError, InterfaceError, ConnectionError)
+INFRASTRUCTURE_RETRY_S = 5.0
 
 Errors = tuple[FieldError, ...]
 ExtraCheck = Callable[[dict[str, Any]], list[FieldError]]
@@ -435,6 +442,13 @@ def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> Generation
         result.error = f"{type(exc).__name__}: {exc}"
     except StopGeneration as exc:
         result.error = str(exc)
+    except INFRASTRUCTURE_ERRORS as exc:  # our database or Redis blinked: try again later
+        logger.warning("task deferred after an infrastructure error: %r", exc)
+        result.defer_s = INFRASTRUCTURE_RETRY_S
+        result.error = f"infrastructure error: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # a bug: fail the task, but keep the ledger of the calls made
+        logger.exception("task crashed")
+        result.error = f"internal error: {type(exc).__name__}: {exc}"
     return result
 
 

@@ -43,6 +43,10 @@ from generation.models import (
 from generation.prompts import PROMPT_VERSIONS
 from generation.providers import Provider, get_provider
 from generation.schemas import TASK_TIERS, CourseOutline, CourseRequest, TaskKind, Tier
+from monitoring.correlation import correlation_scope, set_correlation_id
+from monitoring.logs import log_event
+from monitoring.services import job_outcome_record
+from ratelimits.services import admission_check_and_record
 
 logger = logging.getLogger("coursegen.generation")
 
@@ -84,7 +88,10 @@ def job_submit(
     ).first()
     if membership is None:
         raise GenerationError("you are not a member of this class's organisation")
-    priority = ROLE_PRIORITY[Role(membership.role)]
+    role = Role(membership.role)
+    # Raises RateLimitExceeded (and this transaction rolls back) when over a limit.
+    admission_check_and_record(user=user, role=role)
+    priority = ROLE_PRIORITY[role]
     job = CourseGenerationJob.objects.create(
         owner=user,
         organisation_id=base_class.organisation_id,
@@ -96,7 +103,14 @@ def job_submit(
     QueueEntry.objects.create(job=job, priority=priority)
     if idempotency_key is not None:  # linked in the same transaction: a replay finds this job
         IdempotencyKey.objects.filter(pk=idempotency_key.pk).update(job=job)
-    logger.info("job %s submitted by %s: %s", job.id, user.pk, request.topic)
+    set_correlation_id(job.correlation_id)  # the rest of this request, and its tasks, is the job's
+    log_event(
+        "job.submitted",
+        f"job {job.id} submitted by {user.pk}: {request.topic}",
+        job=job,
+        user=user,
+        data={"topic": request.topic, "priority": priority},
+    )
     transaction.on_commit(send_dispatch)
     return job
 
@@ -171,8 +185,12 @@ def _dispatch_lock() -> None:
 def _send_outlines(job_ids: list[UUID]) -> None:
     from generation.tasks import run_outline
 
+    jobs = CourseGenerationJob.objects.in_bulk(job_ids)
     for job_id in job_ids:
-        run_outline.apply_async(args=(str(job_id),))
+        # One dispatcher run starts many jobs: each one's messages carry its own correlation id.
+        with correlation_scope(jobs[job_id].correlation_id):
+            log_event("job.started", f"job {job_id} started", job=jobs[job_id])
+            run_outline.apply_async(args=(str(job_id),))
 
 
 # --- Claims ---------------------------------------------------------------------------------------
@@ -314,6 +332,22 @@ def _record_result(
         # Our lease expired and another worker took the task over; its result stands.
         logger.warning("task %s: lease lost by %s, result discarded", task.pk, worker)
         return str(GenerationTask.objects.values_list("status", flat=True).get(pk=task.pk))
+    log_event(
+        f"task.{status}",
+        f"{task.kind} {task.key} {status} after {len(result.attempts)} provider call(s)",
+        level="info" if result.ok else "error",
+        job=task.job,
+        task=task,
+        duration_ms=wall_s * 1000,
+        data={
+            "model": task.model,
+            "attempts": len(result.attempts),
+            "output_tokens": result.total("output_tokens"),
+            "cost_usd": result.cost_usd,
+            "error": result.error,
+            "validation_errors": result.validation_errors[:10],
+        },
+    )
     job_refresh_progress(job_id=task.job_id)
     return status
 
@@ -373,6 +407,7 @@ def job_run_outline(
         logger.info("job %s: outline %s elsewhere (%s)", job_id, outline_task.status, result)
         return None
     job_plan_tasks(job_id=job_id, outline=outline_task.output or {})
+    log_event("job.outline_done", f"job {job_id}: outline done", job=job, task=outline_task)
     job_dispatch_chord(job_id=job_id)
     return None
 
@@ -440,7 +475,15 @@ def _send_chord(job_id: UUID, task_ids: list[int], priority: int) -> None:
     from generation.tasks import finalize_job, run_task
 
     header = [run_task.si(task_id).set(priority=priority) for task_id in task_ids]
-    chord(header, finalize_job.si(str(job_id)).set(priority=priority)).apply_async()
+    body = finalize_job.si(str(job_id)).set(priority=priority)
+    if run_task.app.conf.task_always_eager:
+        # In-process, a chord is its header then its body. Celery's eager chord joins results
+        # under a process-wide "may block" flag that races when several threads run jobs at once.
+        for signature in header:
+            signature.apply()
+        body.apply()
+        return
+    chord(header, body).apply_async()
 
 
 # --- Finalize -------------------------------------------------------------------------------------
@@ -473,7 +516,7 @@ def job_finalize(*, job_id: UUID) -> CourseGenerationJob:
         job.save()
         _queue_entry_close(job=job, state=QueueState.DONE)
         transaction.on_commit(send_dispatch)
-    logger.info("job %s finished: %s, cost $%s", job.id, job.status, job.cost_usd)
+    job_outcome_record(job=job)  # logs the outcome, alerts on failure, checks quality
     return job
 
 
@@ -513,5 +556,5 @@ def job_cancel(*, job_id: UUID, reason: str = "cancelled by user") -> CourseGene
         job.save(update_fields=["status", "error", "finished_at", "updated_at"])
         _queue_entry_close(job=job, state=QueueState.CANCELLED)
         transaction.on_commit(send_dispatch)
-    logger.info("job %s cancelled: %s", job.id, reason)
+    log_event("job.cancelled", f"job {job.id} cancelled: {reason}", level="warning", job=job)
     return job

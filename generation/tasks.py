@@ -17,6 +17,7 @@ from uuid import UUID
 from celery import Task, shared_task
 
 from generation import recovery, services
+from monitoring.services import capacity_check
 
 
 def _run_deferrable(task: Task, call: Callable[[], float | None]) -> None:
@@ -34,7 +35,9 @@ logger = logging.getLogger("coursegen.generation")
 
 @shared_task(name="generation.tasks.dispatch_queue", ignore_result=True)
 def dispatch_queue() -> int:
-    return len(services.queue_dispatch())
+    started = services.queue_dispatch()
+    capacity_check()  # beat runs this every few seconds: the capacity alert's heartbeat
+    return len(started)
 
 
 @shared_task(name="generation.tasks.reconcile", ignore_result=True)

@@ -17,6 +17,9 @@ from rest_framework.test import APIClient
 from accounts.models import BaseClass, Organisation, Role
 from coursegen.celery import app as celery_app
 from generation.providers import get_provider
+from monitoring.correlation import reset_correlation_id, set_correlation_id
+from monitoring.logs import installed_handlers
+from ratelimits.services import policies_seed
 from tests.factories import BaseClassFactory, MembershipFactory, OrganisationFactory, UserFactory
 
 
@@ -42,6 +45,41 @@ def fresh_provider() -> Iterator[None]:
     get_provider.cache_clear()
     yield
     get_provider.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def log_writers_closed_before_the_test_database_goes(
+    django_db_setup: None, django_db_blocker: Any
+) -> Iterator[None]:
+    # Otherwise the last buffered rows would be written at exit, into the non-test database.
+    yield
+    with django_db_blocker.unblock():
+        for handler in installed_handlers():
+            handler.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_correlation_id() -> Iterator[None]:
+    # job_submit leaves the job's correlation id in force for the rest of its "request".
+    token = set_correlation_id(None)
+    yield
+    reset_correlation_id(token)
+
+
+@pytest.fixture(autouse=True)
+def rate_limit_policies(request: pytest.FixtureRequest) -> None:
+    # Transactional tests flush every table afterwards, the migration's seed rows included.
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None:
+        return
+    request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
+    policies_seed()
+
+
+@pytest.fixture(autouse=True)
+def api_rate(settings: Any) -> None:
+    # Request throttling has its own test; elsewhere it must not trip bursts or repeated runs.
+    settings.COURSEGEN_API_RATE = "100000/m"
 
 
 @pytest.fixture

@@ -297,3 +297,35 @@ def test_it_never_waits_less_than_retry_after() -> None:
     wait: Callable[[RetryCallState], float] = BackoffWait(base_s=0.01, max_s=0.1)
     exc = TransientProviderError("429", status_code=429, retry_after=7.5)
     assert all(wait(_state(1, exc)) >= 7.5 for _ in range(50))
+
+
+def test_it_keeps_the_ledger_when_something_breaks_mid_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider = ScriptedProvider([BAD_SUMMARY, GOOD_SUMMARY])
+    calls = {"n": 0}
+    real = generate.__globals__["reask_messages"]
+
+    def broken_reask(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        raise RuntimeError("bug while building the re-ask")
+
+    monkeypatch.setitem(generate.__globals__, "reask_messages", broken_reask)
+
+    result = generate(_spec(), provider)
+
+    assert real is not None and calls["n"] == 1
+    assert not result.ok and "internal error: RuntimeError" in result.error
+    assert [a.outcome for a in result.attempts] == ["invalid"]  # the paid call is still recorded
+
+
+def test_it_defers_when_redis_or_the_database_blinks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    class Down(Provider):
+        def complete(self, request: CompletionRequest) -> Completion:
+            raise redis.ConnectionError("connection reset by peer")
+
+    result = generate(_spec(), Down())
+
+    assert result.defer_s is not None and not result.ok

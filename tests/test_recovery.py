@@ -522,3 +522,16 @@ def test_it_rejects_an_overlong_key(client_for: Any, teacher: Any, base_class: A
     response = _post(client_for(teacher), base_class, "k" * 256)
     assert response.status_code == 400
     assert CourseGenerationJob.objects.count() == 0
+
+
+def test_it_fails_open_when_the_breaker_store_is_down(monkeypatch: Any) -> None:
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("redis is restarting")
+
+    monkeypatch.setattr("generation.breaker.cache.get", down)
+    monkeypatch.setattr("generation.breaker.cache.add", down)
+    breaker = CircuitBreaker("m")
+
+    assert breaker.before_call() is False  # the call may go out
+    breaker.record_failure()  # and recording does not raise
+    assert breaker.state() == BreakerState.CLOSED

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from generation import services
+from generation import recovery, services
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.schemas import CourseRequest, TaskKind
 from generation.tasks import run_task
@@ -68,3 +68,55 @@ def test_it_runs_a_full_course_chord_on_a_real_worker(
         ]
         section.refresh_from_db()
         assert section.runs == 1 and section.attempts == 1
+
+
+SLOW_WORKER = {
+    "COURSEGEN_GLOBAL_MAX_RUNNING_JOBS": "1",
+    "COURSEGEN_OFFLINE_LATENCY_SCALE": "1.0",  # calls take seconds: the kill lands mid-task
+    "COURSEGEN_TASK_DEADLINE_S": "2",
+    "COURSEGEN_TASK_LEASE_S": "3",
+}
+
+
+def test_it_frees_a_killed_workers_slot_after_the_lease_and_starts_the_next_job(
+    tmp_path: Path, teacher: Any, base_class: Any, settings: Any
+) -> None:
+    # Given a global cap of one running job, and a second job waiting behind the first
+    settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS = 1
+    settings.COURSEGEN_REDISPATCH_AFTER_S = 1
+    request = CourseRequest(topic="Glaciers", num_modules=1, lessons_per_module=1)
+    with celery_worker(tmp_path, name="doomed", extra_env=SLOW_WORKER) as doomed:
+        first = services.job_submit(user=teacher, base_class=base_class, request=request)
+        second = services.job_submit(user=teacher, base_class=base_class, request=request)
+        _wait_for(lambda: GenerationTask.objects.filter(job=first, status="running").exists())
+        # When the worker holding the running job's slot dies mid-task
+        doomed.process.kill()
+        doomed.process.wait()
+    assert CourseGenerationJob.objects.get(pk=second.pk).status == JobStatus.QUEUED
+
+    healthy_env = {"COURSEGEN_GLOBAL_MAX_RUNNING_JOBS": "1"}
+    with celery_worker(tmp_path, name="healthy", flush=False, extra_env=healthy_env):
+        # Then, once the lease has expired, the reconciler (beat's job) re-sends the lost work
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            recovery.reconcile()
+            if CourseGenerationJob.objects.get(pk=second.pk).is_terminal:
+                break
+            time.sleep(1)
+
+    first_job = CourseGenerationJob.objects.get(pk=first.pk)
+    second_job = CourseGenerationJob.objects.get(pk=second.pk)
+    assert first_job.status == JobStatus.SUCCEEDED, first_job.error
+    assert second_job.status == JobStatus.SUCCEEDED, second_job.error
+    assert second_job.started_at is not None and first_job.finished_at is not None
+    assert second_job.started_at >= first_job.finished_at  # the slot passed on, never shared
+    assert GenerationTask.objects.filter(job=first, runs__gt=1).exists()  # work was resumed
+
+
+def _wait_for(predicate: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError("condition not met")

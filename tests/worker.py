@@ -47,10 +47,16 @@ def test_database_url() -> str:
 
 @contextmanager
 def celery_worker(
-    tmp_path: Path, *, concurrency: int = 8, extra_env: dict[str, str] | None = None
+    tmp_path: Path,
+    *,
+    concurrency: int = 8,
+    extra_env: dict[str, str] | None = None,
+    name: str = "worker",
+    flush: bool = True,
 ) -> Iterator[WorkerProcess]:
-    redis.Redis.from_url(str(settings.CELERY_BROKER_URL)).flushdb()
-    log_path = tmp_path / "worker.log"
+    if flush:
+        redis.Redis.from_url(str(settings.CELERY_BROKER_URL)).flushdb()
+    log_path = tmp_path / f"{name}.log"
     env = {
         **os.environ,
         "DATABASE_URL": test_database_url(),
@@ -71,7 +77,7 @@ def celery_worker(
         "-l",
         "info",
         "-n",
-        f"test-{os.getpid()}@%h",
+        f"{name}-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",

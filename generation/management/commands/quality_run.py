@@ -81,7 +81,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0, help="offline simulator seed")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        user, base_class = _fixture()
+        base_class = _fixture()
         tally = Tally()
         previous = celery_app.conf.task_always_eager
         celery_app.conf.task_always_eager = True
@@ -96,7 +96,9 @@ class Command(BaseCommand):
             ):
                 for n in range(options["courses"]):
                     job = services.job_submit(
-                        user=user, base_class=base_class, request=_request(n, options)
+                        user=_teacher(base_class, n),
+                        base_class=base_class,
+                        request=_request(n, options),
                     )
                     self._count(CourseGenerationJob.objects.get(pk=job.pk), tally)
         finally:
@@ -160,16 +162,23 @@ class Command(BaseCommand):
             out(f"  invalid: {failure}")
 
 
-def _fixture() -> tuple[Any, BaseClass]:
+def _fixture() -> BaseClass:
     org, _ = Organisation.objects.get_or_create(
         slug="quality-run", defaults={"name": "Quality run"}
     )
     base_class, _ = BaseClass.objects.get_or_create(
         organisation=org, name="Quality run", defaults={"subject": "Mixed"}
     )
-    user, _ = get_user_model().objects.get_or_create(username="quality-run")
-    Membership.objects.get_or_create(user=user, organisation=org, defaults={"role": Role.TEACHER})
-    return user, base_class
+    return base_class
+
+
+def _teacher(base_class: BaseClass, n: int) -> Any:
+    """One teacher per course: the run measures generation, not the per-user rate limits."""
+    user, _ = get_user_model().objects.get_or_create(username=f"quality-run-{n}")
+    Membership.objects.get_or_create(
+        user=user, organisation_id=base_class.organisation_id, defaults={"role": Role.TEACHER}
+    )
+    return user
 
 
 def _request(n: int, options: dict[str, Any]) -> CourseRequest:

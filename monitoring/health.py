@@ -1,0 +1,163 @@
+"""Health checks for GET /api/health/course-generation.
+
+Failing any of database, redis, broker, workers or capacity makes the service unhealthy (503).
+Queue depth and breaker states are reported and can only warn: a long queue is the design (jobs
+wait, they are not refused) and an open breaker has a fallback tier. Details never include URLs
+or credentials: errors are reported as the exception's class and a redacted message.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection
+
+from monitoring import metrics
+
+# Other code (the circuit breaker) registers a function returning {model: "closed"|"open"|...}.
+BREAKER_STATE_PROVIDERS: list[Callable[[], dict[str, str]]] = []
+_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://)[^@/\s]*@", re.IGNORECASE)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: dict[str, Any] = field(default_factory=dict)
+    warning: bool = False
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"error": type(exc).__name__, "message": _CREDENTIALS.sub(r"\1***@", str(exc))[:300]}
+
+
+def _timed(name: str, probe: Callable[[], dict[str, Any]]) -> Check:
+    started = time.monotonic()
+    try:
+        detail = probe()
+        ok = detail.pop("ok", True)
+    except Exception as exc:
+        detail, ok = _error(exc), False
+    detail["ms"] = round((time.monotonic() - started) * 1000, 1)
+    return Check(name, bool(ok), detail)
+
+
+def _redis_ping(url: str) -> dict[str, Any]:
+    timeout = settings.MONITORING_HEALTH_PING_TIMEOUT_S
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    return {}
+
+
+def check_database() -> Check:
+    def probe() -> dict[str, Any]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return {"vendor": connection.vendor}
+
+    return _timed("database", probe)
+
+
+def check_redis() -> Check:
+    url = settings.REDIS_URL
+    if not url:
+        return Check("redis", True, {"configured": False})
+    return _timed("redis", lambda: _redis_ping(url))
+
+
+def _broker_url() -> str:
+    from coursegen.celery import app
+
+    return str(app.conf.broker_url or "")
+
+
+def check_broker() -> Check:
+    url = _broker_url()
+    if url.startswith("memory"):
+        return Check("broker", True, {"configured": False, "mode": "eager"})
+    if url.startswith(("redis://", "rediss://")):
+        return _timed("broker", lambda: _redis_ping(url))
+    return _timed("broker", _kombu_connect)
+
+
+def _kombu_connect() -> dict[str, Any]:
+    from coursegen.celery import app
+
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(
+            max_retries=1, timeout=math.ceil(settings.MONITORING_HEALTH_PING_TIMEOUT_S)
+        )
+    return {}
+
+
+def check_workers(*, broker_ok: bool) -> Check:
+    if _broker_url().startswith("memory"):
+        return Check("workers", True, {"mode": "eager: tasks run in the web process"})
+    if not broker_ok:
+        return Check("workers", False, {"error": "broker unreachable"})
+
+    def probe() -> dict[str, Any]:
+        from coursegen.celery import app
+
+        replies = app.control.ping(timeout=settings.MONITORING_HEALTH_PING_TIMEOUT_S) or []
+        return {"ok": bool(replies), "live": len(replies)}
+
+    return _timed("workers", probe)
+
+
+def check_capacity() -> Check:
+    def probe() -> dict[str, Any]:
+        now = metrics.capacity_now()
+        cap = settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS
+        return {"ok": now["running"] <= cap, "running": now["running"], "cap": cap}
+
+    check = _timed("capacity", probe)
+    threshold = (
+        settings.MONITORING_CAPACITY_WARN_FRACTION * settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS
+    )
+    check.warning = check.ok and check.detail.get("running", 0) >= threshold
+    return check
+
+
+def check_queue() -> Check:
+    check = _timed("queue", lambda: {"depth": metrics.capacity_now()["queued"]})
+    threshold = (
+        settings.MONITORING_CAPACITY_WARN_FRACTION * settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS
+    )
+    check.warning = check.detail.get("depth", 0) >= threshold
+    check.ok = True  # jobs wait in the queue by design; depth can only warn
+    return check
+
+
+def check_breakers() -> Check:
+    states: dict[str, str] = {}
+    for provider in BREAKER_STATE_PROVIDERS:
+        try:
+            states.update(provider())
+        except Exception as exc:
+            return Check("breakers", True, {"states": states, **_error(exc)}, warning=True)
+    opened = sorted(model for model, state in states.items() if state != "closed")
+    return Check("breakers", True, {"states": states}, warning=bool(opened))
+
+
+def health_report() -> dict[str, Any]:
+    checks = [check_database(), check_redis(), check_broker()]
+    checks.append(check_workers(broker_ok=checks[-1].ok))
+    checks += [check_capacity(), check_queue(), check_breakers()]
+    failing = [c.name for c in checks if not c.ok]
+    return {
+        "status": "unhealthy" if failing else "healthy",
+        "failing": failing,
+        "warnings": [c.name for c in checks if c.warning],
+        "checks": {c.name: {"ok": c.ok, **c.detail} for c in checks},
+    }

@@ -1,0 +1,258 @@
+"""Structured log events in PostgreSQL (course_generation_logs) through the logging module.
+
+`DatabaseLogHandler` is attached to the "coursegen" logger tree in settings.LOGGING. Emitting a
+record only turns it into a plain dict and appends it to an in-memory buffer (no I/O on the
+caller's thread); a daemon thread bulk-inserts the buffer every `flush_interval` seconds, or
+sooner when `batch_size` records wait. The handler never raises into the caller and never logs
+its own failures through logging (no recursion): a failed write drops that batch and says so on
+stderr, at most once a minute.
+
+`log_event` is the structured way to log: an event name plus the job, task, user, data and
+duration that the row's columns hold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+
+from monitoring.correlation import get_correlation_id
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+    from generation.models import CourseGenerationJob, GenerationTask
+
+EVENT_LOGGER = logging.getLogger("coursegen.events")
+# Records from these loggers never raise critical-error alerts themselves (no alert loops).
+INTERNAL_LOGGER_PREFIX = "coursegen.monitoring"
+LEVELS = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+LEVEL_NUMBERS = {name: number for number, name in LEVELS.items()}
+_SOURCE = f"{socket.gethostname()}:{os.getpid()}"
+_handlers: list[DatabaseLogHandler] = []
+
+
+def level_name(levelno: int) -> str:
+    for number in sorted(LEVELS, reverse=True):
+        if levelno >= number:
+            return LEVELS[number]
+    return "debug"
+
+
+def log_event(
+    event: str,
+    message: str,
+    *,
+    level: str = "info",
+    job: CourseGenerationJob | None = None,
+    task: GenerationTask | None = None,
+    user: AbstractBaseUser | None = None,
+    data: dict[str, Any] | None = None,
+    duration_ms: int | float | None = None,
+    logger: logging.Logger | None = None,
+) -> None:
+    """Log one structured event; a row in course_generation_logs and a console line."""
+    fields: dict[str, Any] = {"event": event, "data": dict(data or {})}
+    if duration_ms is not None:
+        fields["duration_ms"] = round(duration_ms)
+    if job is not None:
+        fields.update(
+            job_id=job.pk,
+            organisation_id=job.organisation_id,
+            correlation_id=str(job.correlation_id),
+        )
+    if task is not None:
+        fields["task_id"] = task.pk
+        fields.setdefault("job_id", task.job_id)
+    if user is not None:
+        fields["user_id"] = user.pk
+    (logger or EVENT_LOGGER).log(LEVEL_NUMBERS[level], message, extra={"coursegen": fields})
+
+
+def record_to_row(record: logging.LogRecord) -> dict[str, Any]:
+    """Everything the row needs, captured now: the correlation id lives in the caller's context."""
+    fields: dict[str, Any] = dict(getattr(record, "coursegen", None) or {})
+    data = fields.pop("data", {})
+    if record.exc_info:
+        data = {**data, "exception": logging.Formatter().formatException(record.exc_info)[-8000:]}
+    return {
+        "level": level_name(record.levelno),
+        "event": str(fields.pop("event", record.name))[:100],
+        "message": record.getMessage()[:10000],
+        "correlation_id": fields.pop("correlation_id", None) or get_correlation_id(),
+        "data": data,
+        "logger": record.name[:100],
+        "source": _SOURCE,
+        "created_at": datetime.fromtimestamp(record.created, tz=UTC),
+        **fields,
+    }
+
+
+class CorrelationIdFilter(logging.Filter):
+    """Adds %(correlation_id)s for console formats."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = get_correlation_id() or "-"
+        return True
+
+
+class QuietEventsFilter(logging.Filter):
+    """Keeps per-task info events (dozens per course) off the console; the database has them."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("task.", "celery.task")) -> None:
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = str((getattr(record, "coursegen", None) or {}).get("event", ""))
+        return record.levelno > logging.INFO or not event.startswith(self.prefixes)
+
+
+class DatabaseLogHandler(logging.Handler):
+    def __init__(
+        self,
+        level: int | str = logging.NOTSET,
+        flush_interval: float = 1.0,
+        batch_size: int = 500,
+        max_buffer: int = 10_000,
+    ) -> None:
+        super().__init__(level)
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self._buffer: deque[dict[str, Any]] = deque(maxlen=max_buffer)  # oldest go when full
+        self._write_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._last_error_report = 0.0
+        self.written = 0
+        self.failed = 0
+        _handlers.append(self)
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    # --- the caller's side: cheap and never raising -----------------------------------------
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._closed:
+            return
+        try:
+            self._buffer.append(record_to_row(record))
+            self._ensure_thread()
+            if len(self._buffer) >= self.batch_size:
+                self._wake.set()
+        except Exception:
+            self.handleError(record)  # prints to stderr; never raises
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None and not self._closed:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="coursegen-log-writer", daemon=True
+                    )
+                    self._thread.start()
+
+    def _after_fork(self) -> None:
+        # A forked child (prefork pool) starts empty: the parent writes what it buffered.
+        self._buffer.clear()
+        self._write_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+
+    # --- the writer's side ------------------------------------------------------------------
+    def _run(self) -> None:
+        from django.db import connections
+
+        while not self._closed:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            if self._buffer:
+                self.flush()
+                # Hold no connection while idle (and none that would block dropping a test DB).
+                connections.close_all()
+
+    def flush(self) -> None:
+        """Write everything buffered, on the calling thread; returns when it is written."""
+        with self._write_lock:
+            while self._buffer:
+                rows = [self._buffer.popleft() for _ in range(min(len(self._buffer), 1000))]
+                self._write(rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            from django.db import transaction
+
+            from monitoring.models import CourseGenerationLog
+
+            for row in rows:
+                row["data"] = json.loads(
+                    json.dumps(row["data"], cls=DjangoJSONEncoder, default=str)
+                )
+            # A savepoint when called inside someone's transaction, so a failure cannot poison it.
+            with transaction.atomic():
+                CourseGenerationLog.objects.bulk_create([CourseGenerationLog(**r) for r in rows])
+            self.written += len(rows)
+        except Exception as exc:
+            self.failed += len(rows)
+            self._report(f"dropped {len(rows)} log rows: {type(exc).__name__}: {exc}")
+            return
+        self._alert_on_critical(rows)
+
+    def _alert_on_critical(self, rows: list[dict[str, Any]]) -> None:
+        critical = [
+            r
+            for r in rows
+            if r["level"] == "critical" and not r["logger"].startswith(INTERNAL_LOGGER_PREFIX)
+        ]
+        if not critical:
+            return
+        try:
+            from monitoring.services import alert_for_critical_log
+
+            for row in critical:
+                alert_for_critical_log(row=row)
+        except Exception as exc:
+            self._report(f"could not raise an alert for a critical log: {exc!r}")
+
+    def _report(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_error_report >= 60:
+            self._last_error_report = now
+            print(f"coursegen DatabaseLogHandler: {text}", file=sys.stderr)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        try:
+            self.flush()
+        finally:
+            if self in _handlers:
+                _handlers.remove(self)
+            super().close()
+
+
+def flush_all() -> None:
+    """Write every buffered log row now (worker shutdown, tests, management commands)."""
+    for handler in list(_handlers):
+        handler.flush()
+
+
+def installed_handlers() -> list[DatabaseLogHandler]:
+    return list(_handlers)

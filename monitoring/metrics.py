@@ -1,0 +1,223 @@
+"""Read-side figures for the dashboard and /metrics, always over a bounded time window.
+
+Per model and task kind (from course_generation_attempts joined to their tasks): calls, success
+rate, latency p50/p95, tokens and cost. Per day (from course_generation_jobs): courses, cost per
+course, failures, jobs by status, and the provider error rate.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import connection
+from django.db.models import Aggregate, Count, FloatField, Q, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from generation.models import (
+    AttemptOutcome,
+    CourseGenerationJob,
+    GenerationAttempt,
+    JobStatus,
+    QueueEntry,
+    QueueState,
+)
+
+
+class PercentileCont(Aggregate):
+    """PostgreSQL's percentile_cont(p) WITHIN GROUP (ORDER BY expr)."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(percentile)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: str, percentile: float, **extra: Any) -> None:
+        super().__init__(expression, percentile=float(percentile), **extra)
+
+
+@dataclass(frozen=True)
+class ProviderStats:
+    model: str
+    task_kind: str
+    calls: int
+    ok: int
+    p50_ms: float
+    p95_ms: float
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+
+    @property
+    def success_rate(self) -> float:
+        return self.ok / self.calls if self.calls else 0.0
+
+
+def provider_stats(*, since: datetime) -> list[ProviderStats]:
+    attempts = GenerationAttempt.objects.filter(created_at__gte=since).values("model", "task__kind")
+    totals = attempts.annotate(
+        calls=Count("pk"),
+        ok=Count("pk", filter=Q(outcome=AttemptOutcome.OK)),
+        input=Sum("input_tokens"),
+        cached=Sum("cached_tokens"),
+        output=Sum("output_tokens"),
+        cost=Sum("cost_usd"),
+        **_latency_percentiles(),
+    ).order_by("model", "task__kind")
+    fallback = {} if connection.vendor == "postgresql" else _python_percentiles(since)
+    stats = []
+    for row in totals:
+        key = (row["model"], row["task__kind"])
+        values: dict[str, Any] = dict(row)  # p50/p95 are there on PostgreSQL only
+        p50, p95 = fallback.get(key, (values.get("p50"), values.get("p95")))
+        stats.append(
+            ProviderStats(
+                model=row["model"],
+                task_kind=row["task__kind"],
+                calls=row["calls"],
+                ok=row["ok"],
+                p50_ms=float(p50 or 0),
+                p95_ms=float(p95 or 0),
+                input_tokens=row["input"] or 0,
+                cached_tokens=row["cached"] or 0,
+                output_tokens=row["output"] or 0,
+                cost_usd=row["cost"] or Decimal(0),
+            )
+        )
+    return stats
+
+
+def _latency_percentiles() -> dict[str, Aggregate]:
+    if connection.vendor != "postgresql":
+        return {}  # SQLite (the demo) has no percentile_cont: computed in Python instead
+    return {"p50": PercentileCont("latency_ms", 0.5), "p95": PercentileCont("latency_ms", 0.95)}
+
+
+def _python_percentiles(since: datetime) -> dict[tuple[str, str], tuple[float, float]]:
+    latencies: dict[tuple[str, str], list[int]] = defaultdict(list)
+    rows = GenerationAttempt.objects.filter(created_at__gte=since).values_list(
+        "model", "task__kind", "latency_ms"
+    )
+    for model, kind, latency in rows:
+        latencies[(model, kind)].append(latency)
+    return {key: _p50_p95(values) for key, values in latencies.items()}
+
+
+def _p50_p95(values: list[int]) -> tuple[float, float]:
+    if len(values) == 1:
+        return float(values[0]), float(values[0])
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[49], cuts[94]
+
+
+@dataclass(frozen=True)
+class DayStats:
+    day: date
+    by_status: dict[str, int]
+    courses: int
+    failures: int
+    cost_usd: Decimal
+    attempts: int
+    failed_attempts: int
+
+    @property
+    def cost_per_course(self) -> Decimal | None:
+        return (
+            (self.cost_usd / self.courses).quantize(Decimal("0.000001")) if self.courses else None
+        )
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.failed_attempts / self.attempts if self.attempts else None
+
+
+def daily_stats(*, days: int = 14, today: date | None = None) -> list[DayStats]:
+    """One entry per day, oldest first, including days with nothing on them."""
+    today = today or timezone.now().date()
+    first = today - timedelta(days=days - 1)
+    since = datetime.combine(first, datetime.min.time(), tzinfo=timezone.get_current_timezone())
+    by_status: dict[date, dict[str, int]] = defaultdict(dict)
+    jobs = CourseGenerationJob.objects.filter(created_at__gte=since)
+    for row in (
+        jobs.annotate(day=TruncDate("created_at")).values("day", "status").annotate(n=Count("pk"))
+    ):
+        by_status[row["day"]][row["status"]] = row["n"]
+    finished = _finished_per_day(since)
+    attempts = _attempts_per_day(since)
+    return [
+        DayStats(
+            day=day,
+            by_status=by_status.get(day, {}),
+            courses=finished.get(day, {}).get("courses", 0),
+            failures=finished.get(day, {}).get("failures", 0),
+            cost_usd=finished.get(day, {}).get("cost", Decimal(0)),
+            attempts=attempts.get(day, (0, 0))[0],
+            failed_attempts=attempts.get(day, (0, 0))[1],
+        )
+        for day in (first + timedelta(days=n) for n in range(days))
+    ]
+
+
+def _finished_per_day(since: datetime) -> dict[date, dict[str, Any]]:
+    rows = (
+        CourseGenerationJob.objects.filter(finished_at__gte=since)
+        .annotate(day=TruncDate("finished_at"))
+        .values("day")
+        .annotate(
+            courses=Count("pk", filter=Q(status=JobStatus.SUCCEEDED)),
+            failures=Count("pk", filter=Q(status=JobStatus.FAILED)),
+            cost=Sum("cost_usd", filter=Q(status=JobStatus.SUCCEEDED)),
+        )
+    )
+    return {r["day"]: {**r, "cost": r["cost"] or Decimal(0)} for r in rows}
+
+
+def _attempts_per_day(since: datetime) -> dict[date, tuple[int, int]]:
+    rows = (
+        GenerationAttempt.objects.filter(created_at__gte=since)
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(n=Count("pk"), failed=Count("pk", filter=~Q(outcome=AttemptOutcome.OK)))
+    )
+    return {r["day"]: (r["n"], r["failed"]) for r in rows}
+
+
+def window_totals(*, since: datetime) -> dict[str, Any]:
+    """Courses, failures and cost per course over a window (the /metrics gauges)."""
+    row = CourseGenerationJob.objects.filter(finished_at__gte=since).aggregate(
+        courses=Count("pk", filter=Q(status=JobStatus.SUCCEEDED)),
+        failures=Count("pk", filter=Q(status=JobStatus.FAILED)),
+        cost=Sum("cost_usd", filter=Q(status=JobStatus.SUCCEEDED)),
+    )
+    cost = row["cost"] or Decimal(0)
+    return {**row, "cost": cost, "cost_per_course": cost / row["courses"] if row["courses"] else 0}
+
+
+def capacity_now() -> dict[str, int]:
+    counts = QueueEntry.objects.filter(state__in=[QueueState.QUEUED, QueueState.CLAIMED]).aggregate(
+        queued=Count("pk", filter=Q(state=QueueState.QUEUED)),
+        running=Count("pk", filter=Q(state=QueueState.CLAIMED)),
+    )
+    return {"queued": counts["queued"], "running": counts["running"]}
+
+
+def quality_scores(*, since: datetime, limit: int = 5000) -> list[float]:
+    """Overall quality scores of recent jobs, once an evaluator records them (none does yet).
+
+    Reads CourseGenerationJob.quality_score when that column exists; until then the dashboard's
+    distribution chart says that no scores are recorded.
+    """
+    field = "quality_score"  # a name, not a lookup: the column arrives with the evaluator
+    if field not in {f.name for f in CourseGenerationJob._meta.get_fields()}:
+        return []
+    values = (
+        CourseGenerationJob.objects.filter(created_at__gte=since, **{f"{field}__isnull": False})
+        .order_by("-created_at")
+        .values_list(field, flat=True)[:limit]
+    )
+    return [float(v) for v in values]

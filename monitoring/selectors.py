@@ -1,0 +1,107 @@
+"""What the admin dashboard and a job's page show. Every query is bounded (days, limits)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from generation.models import CourseGenerationJob, GenerationTask, JobStatus
+from monitoring import charts, metrics
+from monitoring.models import Alert, CourseGenerationLog
+
+DASHBOARD_DAYS = 14
+RECENT_ALERTS = 10
+RUNNING_JOBS = 20
+JOB_LOG_ROWS = 200
+JOB_TASK_ROWS = 500
+
+
+def dashboard_context(*, now: datetime | None = None) -> dict[str, Any]:
+    now = now or timezone.now()
+    since = now - timedelta(days=DASHBOARD_DAYS)
+    days = metrics.daily_stats(days=DASHBOARD_DAYS, today=now.date())
+    labels = [d.day.strftime("%m-%d") for d in days]
+    statuses = [s.value for s in JobStatus]
+    return {
+        "charts": [
+            charts.stacked_bars(
+                "chart-jobs-by-status",
+                "Jobs by status (created per day)",
+                labels,
+                {s: [d.by_status.get(s, 0) for d in days] for s in statuses},
+            ),
+            charts.bars(
+                "chart-cost-per-day",
+                "Cost per day (USD, finished jobs)",
+                labels,
+                [float(d.cost_usd) for d in days],
+                fmt="${:.3f}",
+            ),
+            charts.line(
+                "chart-error-rate",
+                "Provider error rate (failed calls / calls)",
+                labels,
+                [d.error_rate for d in days],
+            ),
+            charts.histogram(
+                "chart-quality",
+                "Quality score distribution",
+                metrics.quality_scores(since=since),
+            ),
+        ],
+        "days": list(reversed(days)),
+        "provider_stats": metrics.provider_stats(since=since),
+        "alerts": list(
+            Alert.objects.filter(acknowledged_at__isnull=True).order_by("-last_seen_at")[
+                :RECENT_ALERTS
+            ]
+        ),
+        "open_alert_count": Alert.objects.filter(acknowledged_at__isnull=True).count(),
+        "running_jobs": list(
+            CourseGenerationJob.objects.filter(status=JobStatus.RUNNING)
+            .select_related("owner", "organisation")
+            .order_by("started_at")[:RUNNING_JOBS]
+        ),
+        "capacity": metrics.capacity_now(),
+        "since_days": DASHBOARD_DAYS,
+    }
+
+
+def job_story_context(*, job: CourseGenerationJob) -> dict[str, Any]:
+    tasks = list(job.tasks.order_by("position")[:JOB_TASK_ROWS])
+    logs = list(
+        CourseGenerationLog.objects.filter(
+            Q(correlation_id=job.correlation_id) | Q(job=job)
+        ).order_by("-created_at")[:JOB_LOG_ROWS]
+    )
+    logs.reverse()  # the story reads oldest first; the newest rows are the ones kept
+    return {
+        "job": job,
+        "tasks": tasks,
+        "timeline": _timeline(job, tasks),
+        "logs": logs,
+        "log_limit": JOB_LOG_ROWS,
+    }
+
+
+def _timeline(job: CourseGenerationJob, tasks: list[GenerationTask]) -> list[dict[str, Any]]:
+    """Each task's bar as percentages of the job's span, for an HTML/CSS Gantt."""
+    starts = [t.started_at for t in tasks if t.started_at]
+    if not starts:
+        return [{"task": t, "left": 0.0, "width": 0.0} for t in tasks]
+    origin = min(starts)
+    end = max([t.finished_at or timezone.now() for t in tasks if t.started_at] + [origin])
+    span = max((end - origin).total_seconds(), 0.001)
+    rows = []
+    for t in tasks:
+        if t.started_at is None:
+            rows.append({"task": t, "left": 0.0, "width": 0.0})
+            continue
+        finish = t.finished_at or timezone.now()
+        left = (t.started_at - origin).total_seconds() / span * 100
+        width = max((finish - t.started_at).total_seconds() / span * 100, 0.5)
+        rows.append({"task": t, "left": round(left, 2), "width": round(min(width, 100 - left), 2)})
+    return rows

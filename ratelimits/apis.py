@@ -1,0 +1,82 @@
+"""The rate-limit API: the caller's usage, and the 429 answer for a refused job request."""
+
+from __future__ import annotations
+
+from django.http import Http404
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Role
+from ratelimits.models import WINDOW_LENGTHS
+from ratelimits.selectors import membership_for_limits, usage_report
+from ratelimits.serializers import (
+    RateLimitExceededOutputSerializer,
+    UserRateLimitsInputSerializer,
+    UserRateLimitsOutputSerializer,
+)
+from ratelimits.services import RateLimitExceeded
+
+
+def too_many_requests(exceeded: RateLimitExceeded) -> Response:
+    """The 429 for a refused job request: the limit, its window, its reset, and Retry-After."""
+    length = WINDOW_LENGTHS.get(exceeded.window)  # None for the concurrent limit
+    body = RateLimitExceededOutputSerializer(
+        {
+            "detail": exceeded.detail,
+            "role": exceeded.role,
+            "window": exceeded.window,
+            "window_seconds": int(length.total_seconds()) if length else None,
+            "limit": exceeded.limit,
+            "used": exceeded.used,
+            "reset_at": exceeded.reset_at,
+            "retry_after_s": exceeded.retry_after_s,
+        }
+    ).data
+    return Response(
+        body,
+        status=status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(exceeded.retry_after_s)},
+    )
+
+
+class UserRateLimitsApi(APIView):
+    """The caller's job limits: per window used, remaining and reset time; unfinished jobs."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "organisation", str, description="organisation id (default: your highest role)"
+            )
+        ],
+        responses=UserRateLimitsOutputSerializer,
+        operation_id="user_rate_limits",
+    )
+    def get(self, request: Request) -> Response:
+        params = UserRateLimitsInputSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        organisation_id = params.validated_data.get("organisation")
+        membership = membership_for_limits(
+            user=request.user,  # type: ignore[arg-type]  # IsAuthenticated ran
+            organisation_id=organisation_id,
+        )
+        if membership is None:
+            where = "that organisation" if organisation_id else "any organisation"
+            raise Http404(f"You are not a member of {where}.")
+        report = usage_report(
+            user=request.user,  # type: ignore[arg-type]
+            role=Role(membership.role),
+            now=timezone.now(),
+        )
+        data = {
+            "role": report.role,
+            "organisation": membership.organisation_id,
+            "limits": report.windows,
+            "active_jobs": report.active_jobs,
+            "concurrent_limit": report.max_concurrent,
+            "concurrent_remaining": max(report.max_concurrent - report.active_jobs, 0),
+        }
+        return Response(UserRateLimitsOutputSerializer(data).data)

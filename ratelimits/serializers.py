@@ -1,0 +1,46 @@
+"""Input and output serializers for the rate-limit API and the 429 answer."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ratelimits.models import Window
+
+
+class RateLimitExceededOutputSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    role = serializers.CharField()
+    window = serializers.ChoiceField(choices=Window.choices)
+    window_seconds = serializers.IntegerField(allow_null=True)
+    limit = serializers.IntegerField()
+    used = serializers.IntegerField()
+    reset_at = serializers.DateTimeField(
+        allow_null=True, help_text="When a slot frees; null for the concurrent limit."
+    )
+    retry_after_s = serializers.IntegerField(help_text="Also sent as the Retry-After header.")
+
+
+class UserRateLimitsInputSerializer(serializers.Serializer):
+    organisation = serializers.UUIDField(
+        required=False, help_text="Whose role applies; default: your highest role."
+    )
+
+
+class WindowUsageOutputSerializer(serializers.Serializer):
+    window = serializers.ChoiceField(choices=Window.choices)
+    window_seconds = serializers.IntegerField(source="seconds")
+    limit = serializers.IntegerField()
+    used = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+    resets_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the oldest counted request leaves the window."
+    )
+
+
+class UserRateLimitsOutputSerializer(serializers.Serializer):
+    role = serializers.CharField()
+    organisation = serializers.UUIDField(help_text="The organisation whose role applies.")
+    limits = WindowUsageOutputSerializer(many=True)
+    active_jobs = serializers.IntegerField(help_text="Your jobs queued or running.")
+    concurrent_limit = serializers.IntegerField()
+    concurrent_remaining = serializers.IntegerField()

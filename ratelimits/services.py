@@ -1,0 +1,173 @@
+"""Admission control for course generation, decided inside the transaction that creates the job.
+
+`admission_check_and_record` locks the user's usage row, counts the user's admissions in each
+sliding window and their unfinished jobs, and either records the admission or raises
+`RateLimitExceeded`. Because the lock is a row lock in PostgreSQL, requests served by any number
+of web processes queue on it one at a time, and each counts the admissions and jobs committed by
+the ones before it: a burst can never pass a limit. A refused request rolls back with the job
+transaction, so nothing is created; the caller then records the violation (`violation_record`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from accounts.models import Role
+from ratelimits.models import (
+    LONGEST_WINDOW,
+    Admission,
+    RateLimitPolicy,
+    RateLimitUsage,
+    RateLimitViolation,
+    Window,
+)
+from ratelimits.selectors import UsageReport, WindowUsage, usage_report
+
+logger = logging.getLogger("coursegen.ratelimits")
+
+# The specification's limits: (per minute, per hour, per day, concurrent jobs). Migration 0002
+# seeds the same values; staff change them in the admin afterwards.
+SPEC_POLICIES: dict[Role, tuple[int, int, int, int]] = {
+    Role.STUDENT: (2, 10, 50, 1),
+    Role.TEACHER: (5, 30, 200, 3),
+    Role.ADMIN: (10, 100, 1000, 10),
+}
+
+
+class RateLimitExceeded(Exception):  # the name says what happened, like Http404
+    """A job request over one of the caller's limits; carries what the 429 answer needs."""
+
+    def __init__(
+        self,
+        *,
+        role: Role,
+        window: Window,
+        limit: int,
+        used: int,
+        reset_at: datetime | None,
+        retry_after_s: int,
+    ) -> None:
+        self.role, self.window, self.limit, self.used = role, window, limit, used
+        self.reset_at, self.retry_after_s = reset_at, retry_after_s
+        super().__init__(self.detail)
+
+    @property
+    def detail(self) -> str:
+        if self.window == Window.CONCURRENT:
+            return (
+                f"Rate limit exceeded: at most {self.limit} unfinished course generation jobs "
+                f"at a time for the {self.role} role; one frees when a job ends."
+            )
+        return (
+            f"Rate limit exceeded: at most {self.limit} course generation requests per "
+            f"{self.window} for the {self.role} role."
+        )
+
+
+def admission_check_and_record(
+    *, user: User, role: Role, now: datetime | None = None
+) -> UsageReport:
+    """Admit one job request for `user` under `role`'s policy, or raise RateLimitExceeded.
+
+    Must run inside the transaction that creates the job. `now` defaults to the time read after
+    the lock is taken, so the admissions log is written in lock order.
+    """
+    usage, _ = RateLimitUsage.objects.select_for_update().get_or_create(user=user)
+    now = now or timezone.now()
+    report = usage_report(user=user, role=role, now=now)
+    exceeded = _exceeded(report)
+    if exceeded is not None:
+        raise exceeded
+    Admission.objects.create(user=user, admitted_at=now)
+    _usage_snapshot(usage=usage, report=report)
+    # Keep the log bounded: nothing older than the longest window is ever counted again.
+    Admission.objects.filter(user=user, admitted_at__lte=now - LONGEST_WINDOW).delete()
+    return report
+
+
+def _exceeded(report: UsageReport) -> RateLimitExceeded | None:
+    """The binding limit: of all those reached, the one that frees last."""
+    over = [_window_exceeded(report, w) for w in report.windows if w.remaining == 0]
+    if report.active_jobs >= report.max_concurrent:
+        over.append(
+            RateLimitExceeded(
+                role=report.role,
+                window=Window.CONCURRENT,
+                limit=report.max_concurrent,
+                used=report.active_jobs,
+                reset_at=None,
+                retry_after_s=settings.COURSEGEN_RATELIMIT_CONCURRENT_RETRY_S,
+            )
+        )
+    return max(over, key=lambda e: e.retry_after_s, default=None)
+
+
+def _window_exceeded(report: UsageReport, usage: WindowUsage) -> RateLimitExceeded:
+    assert usage.resets_at is not None  # a full window has counted at least one admission
+    wait_s = (usage.resets_at - report.now).total_seconds()
+    return RateLimitExceeded(
+        role=report.role,
+        window=usage.window,
+        limit=usage.limit,
+        used=usage.used,
+        reset_at=usage.resets_at,
+        retry_after_s=max(math.ceil(wait_s), 1),
+    )
+
+
+def _usage_snapshot(*, usage: RateLimitUsage, report: UsageReport) -> None:
+    """Write the counters as they stand with this admission included."""
+    now = report.now
+    for w in report.windows:
+        setattr(usage, f"{w.window}_count", w.used + 1)
+        setattr(usage, f"{w.window}_window_start", w.started_at or now)
+    usage.role, usage.active_jobs, usage.last_admitted_at = report.role, report.active_jobs + 1, now
+    usage.save()
+
+
+def violation_record(
+    *, user: User, exceeded: RateLimitExceeded, at: datetime | None = None
+) -> RateLimitViolation:
+    """Record a refused request (after its transaction rolled back, so the row survives),
+    and raise (or count, within the dedup window) the user's rate-limit-violation alert."""
+    from monitoring.models import AlertKind
+    from monitoring.services import alert_raise
+
+    violation = RateLimitViolation.objects.create(
+        user=user,
+        role=exceeded.role,
+        window=exceeded.window,
+        limit=exceeded.limit,
+        used=exceeded.used,
+        reset_at=exceeded.reset_at,
+        retry_after_s=exceeded.retry_after_s,
+        at=at or timezone.now(),
+    )
+    logger.warning("rate limit: user %s %s", user.pk, exceeded.detail)
+    alert_raise(
+        kind=AlertKind.RATE_LIMIT_VIOLATION,
+        subject=f"user:{user.pk}",
+        message=f"{user.get_username()} ({exceeded.role}): {exceeded.detail}",
+        data={"window": exceeded.window, "limit": exceeded.limit, "used": exceeded.used},
+    )
+    return violation
+
+
+def policies_seed() -> None:
+    """Create any missing role policy with the specification's values; never overwrite edits."""
+    for role, (minute, hour, day, concurrent) in SPEC_POLICIES.items():
+        RateLimitPolicy.objects.get_or_create(
+            role=role,
+            defaults={
+                "per_minute": minute,
+                "per_hour": hour,
+                "per_day": day,
+                "max_concurrent": concurrent,
+            },
+        )
