@@ -40,6 +40,7 @@ from generation.providers import Provider, get_provider
 from generation.schemas import TaskKind
 from generation.services import GenerationError
 from generation.validation import FieldError
+from monitoring.logs import log_event
 
 logger = logging.getLogger("coursegen.generation")
 
@@ -204,6 +205,17 @@ def _regeneration_record(
             "error": f"regeneration failed, the previous version stays: {result.error}",
         }
     GenerationTask.objects.filter(pk=task.pk, worker=worker).update(**changes)
+    outcome = "regenerated" if result.ok else "regeneration_failed"
+    log_event(
+        f"task.{outcome}",
+        f"{task.kind} {task.key} {outcome.replace('_', ' ')} (version {number}) by {by}",
+        level="info" if result.ok else "warning",
+        job=task.job,
+        task=task,
+        user=by,
+        duration_ms=wall_s * 1000,
+        data={"instruction": instruction, "attempts": len(result.attempts), "error": result.error},
+    )
 
 
 @transaction.atomic
@@ -327,3 +339,12 @@ def _dedupe_record(
             "error": f"a near-duplicate question could not be replaced: {result.error}",
         }
     GenerationTask.objects.filter(pk=task.pk, worker=worker).update(**changes)
+    log_event(
+        "question.replaced" if result.ok else "question.not_replaced",
+        f"{task.kind} {task.key}: near-duplicate question "
+        + ("replaced" if result.ok else f"kept: {result.error}"),
+        level="info" if result.ok else "error",
+        job=task.job,
+        task=task,
+        data={"attempts": len(result.attempts), "validation_errors": result.validation_errors},
+    )

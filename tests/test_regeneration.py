@@ -25,6 +25,8 @@ from generation.providers.base import Completion, CompletionRequest, Provider
 from generation.providers.offline import OfflineProvider
 from generation.schemas import CourseOutline, CourseRequest, Question, TaskKind
 from generation.validation import validate_output
+from monitoring.logs import flush_all
+from monitoring.models import CourseGenerationLog
 from tests.factories import BaseClassFactory, OrganisationFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -94,11 +96,11 @@ def test_it_regenerates_a_task_through_the_api_keeping_the_previous_version(
     assert job.cost_usd > old_cost
     new_calls = spy.requests[calls_before:]
     assert {r.task_kind for r in new_calls} == {TaskKind.LESSON_SECTION}
-    assert (
-        new_calls[0]
-        .messages[-1]
-        .content.endswith("The teacher asked for a new version of this part: Use simpler examples")
-    )
+    prompt = new_calls[0].messages[-1].content
+    assert prompt.endswith("The teacher asked for a new version of this part: Use simpler examples")
+    flush_all()
+    event = CourseGenerationLog.objects.get(task=task, event="task.regenerated")
+    assert event.data["instruction"] == "Use simpler examples"
 
 
 def test_it_lets_the_owner_and_org_staff_regenerate_and_hides_the_task_from_others(
