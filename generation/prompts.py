@@ -189,13 +189,14 @@ def _outline_text(outline: CourseOutline | None) -> str:
 
 def system_message(request: CourseRequest, outline: CourseOutline | None) -> Message:
     low, high = settings.COURSEGEN_READING_GRADE_BANDS[request.level.value]
-    course = COURSE_TEMPLATE.format(
+    values = {
         **request.model_dump(mode="json"),
-        grade_low=low,
-        grade_high=high,
-        outline=_outline_text(outline),
-    ).replace("Teacher's instructions: \n", "Teacher's instructions: (none)\n")
-    return Message("system", GUIDE + course)
+        "instructions": request.instructions or "(none)",
+        "grade_low": low,
+        "grade_high": high,
+        "outline": _outline_text(outline),
+    }
+    return Message("system", GUIDE + COURSE_TEMPLATE.format(**values))
 
 
 def task_text(kind: TaskKind, *, request: CourseRequest, context: Mapping[str, Any]) -> str:

@@ -8,11 +8,14 @@ same every time for the same topic, task kind, outline position and COURSEGEN_OF
 
 What it does simulate closely is how a real provider behaves:
 
-* output that validates against the request's schema, sized like real course content;
+* output that validates against the request's schema and passes the content checks, sized like
+  real course content; a request for one part (`context["part"]`, targeted regeneration) gets that
+  part alone, and a `variant` (a regenerated version) draws different content;
 * token usage counted with tiktoken, including prompt-cache hits when a long system prompt repeats;
 * latency: a per-tier time to first token plus output tokens at a per-tier rate, times a scale;
-* injected faults (429, 503, timeouts, truncated JSON, schema-invalid JSON), a file-driven outage,
-  and cut-off output when `max_output_tokens` is too small;
+* injected faults (429, 503, timeouts, truncated JSON, schema-invalid JSON with one varied
+  mistake in one part), a file-driven outage, and cut-off output when `max_output_tokens` is too
+  small;
 * an optional call log, one JSON line per call, safe across threads and processes.
 
 Content is always English whatever `language` says, and free-text `instructions` are ignored.
