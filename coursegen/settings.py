@@ -325,6 +325,36 @@ COURSEGEN_REDISPATCH_AFTER_S = env_float("COURSEGEN_REDISPATCH_AFTER_S", 120.0, 
 COURSEGEN_IDEMPOTENCY_TTL_S = env_int("COURSEGEN_IDEMPOTENCY_TTL_S", 24 * 3600, minimum=60)
 if COURSEGEN_TASK_LEASE_S <= COURSEGEN_TASK_DEADLINE_S:
     raise ImproperlyConfigured("COURSEGEN_TASK_LEASE_S must exceed COURSEGEN_TASK_DEADLINE_S")
+# Structured outputs: re-ask policy (generation/llm.py), content checks (generation/checks.py).
+# Tokens (input + output) one run of a task may spend, re-asks and part repairs included.
+COURSEGEN_TASK_TOKEN_BUDGET = env_int("COURSEGEN_TASK_TOKEN_BUDGET", 60_000, minimum=1_000)
+# Two questions of a course are near-duplicates at this rapidfuzz token_sort_ratio (0-100) or above.
+COURSEGEN_DUPLICATE_SIMILARITY = env_float("COURSEGEN_DUPLICATE_SIMILARITY", 90.0, minimum=50.0)
+
+
+def env_grade_bands(name: str, default: str) -> dict[str, tuple[float, float]]:
+    """Parse "beginner=4-12,intermediate=6-14,advanced=7-18" (Flesch-Kincaid grades per level)."""
+    bands: dict[str, tuple[float, float]] = {}
+    for part in filter(None, (p.strip() for p in env_str(name, default).split(","))):
+        level, _, span = part.partition("=")
+        low, _, high = span.partition("-")
+        try:
+            bands[level.strip()] = (float(low), float(high))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {part!r} is not level=low-high") from exc
+    if set(bands) != {"beginner", "intermediate", "advanced"} or any(
+        low >= high for low, high in bands.values()
+    ):
+        raise ImproperlyConfigured(
+            f"{name} needs low-high bands for beginner, intermediate, advanced"
+        )
+    return bands
+
+
+# Reading level of lesson prose, as a Flesch-Kincaid grade band per course level.
+COURSEGEN_READING_GRADE_BANDS = env_grade_bands(
+    "COURSEGEN_READING_GRADE_BANDS", "beginner=4-12,intermediate=6-14,advanced=7-18"
+)
 # tiktoken reads its encodings from here; generation/tokens.py fills it from bpe-openai offline.
 TIKTOKEN_CACHE_DIR = env_str("TIKTOKEN_CACHE_DIR", str(BASE_DIR / ".cache" / "tiktoken"))
 

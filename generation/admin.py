@@ -9,11 +9,12 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from generation import recovery, services
+from generation import recovery, regeneration, services
 from generation.models import (
     CourseGenerationJob,
     GenerationAttempt,
     GenerationTask,
+    GenerationTaskVersion,
     QueueEntry,
 )
 
@@ -52,6 +53,7 @@ class JobAdmin(admin.ModelAdmin):
         "owner",
         "organisation",
         "cost_usd",
+        "reask_share_display",
         "output_tokens",
         "created_at",
         "finished_at",
@@ -74,6 +76,8 @@ class JobAdmin(admin.ModelAdmin):
         "cached_tokens",
         "output_tokens",
         "cost_usd",
+        "reask_cost_usd",
+        "reask_share_display",
         "correlation_id",
         "error",
         "chord_dispatched_at",
@@ -98,6 +102,10 @@ class JobAdmin(admin.ModelAdmin):
             '<progress value="{}" max="100"></progress> {}%', job.progress, job.progress
         )
 
+    @admin.display(description="re-ask share")
+    def reask_share_display(self, job: CourseGenerationJob) -> str:
+        return f"{job.reask_share:.1%}"
+
     @admin.action(description="Cancel the selected jobs")
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[CourseGenerationJob]) -> None:
         cancelled = 0
@@ -120,6 +128,7 @@ class JobAdmin(admin.ModelAdmin):
 ATTEMPT_INLINE_FIELDS: tuple[str, ...] = (
     "number",
     "kind",
+    "part",
     "outcome",
     "model",
     "input_tokens",
@@ -156,6 +165,30 @@ class AttemptInline(admin.TabularInline):
         return False
 
 
+VERSION_INLINE_FIELDS: tuple[str, ...] = (
+    "number",
+    "instruction",
+    "created_by",
+    "created_at",
+    "model",
+    "prompt_version",
+    "output_tokens",
+    "cost_usd",
+    "output",
+)
+
+
+class VersionInline(admin.StackedInline):
+    model = GenerationTaskVersion
+    extra = 0
+    can_delete = False
+    fields = VERSION_INLINE_FIELDS
+    readonly_fields = VERSION_INLINE_FIELDS
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(GenerationTask)
 class TaskAdmin(admin.ModelAdmin):
     list_display = [
@@ -168,6 +201,7 @@ class TaskAdmin(admin.ModelAdmin):
         "runs",
         "output_tokens",
         "cost_usd",
+        "reask_cost_usd",
         "duration_ms",
         "worker",
         "finished_at",
@@ -176,8 +210,8 @@ class TaskAdmin(admin.ModelAdmin):
     search_fields = ["job__id", "key", "worker", "error"]
     list_select_related = ["job"]
     readonly_fields = [f.name for f in GenerationTask._meta.fields]
-    inlines = [AttemptInline]
-    actions = ["retry_tasks"]
+    inlines = [AttemptInline, VersionInline]
+    actions = ["retry_tasks", "regenerate_tasks"]
 
     @admin.action(description="Retry the selected failed tasks")
     def retry_tasks(self, request: HttpRequest, queryset: QuerySet[GenerationTask]) -> None:
@@ -185,6 +219,17 @@ class TaskAdmin(admin.ModelAdmin):
         for task in queryset:
             by_job.setdefault(task.job_id, []).append(task.pk)
         _recover_each(self, request, list(by_job.items()))
+
+    @admin.action(description="Regenerate the selected tasks (previous output kept as a version)")
+    def regenerate_tasks(self, request: HttpRequest, queryset: QuerySet[GenerationTask]) -> None:
+        started = 0
+        for task in queryset:
+            try:
+                regeneration.task_regenerate_enqueue(task_id=task.pk, by=request.user)  # type: ignore[arg-type]
+                started += 1
+            except services.GenerationError as exc:
+                self.message_user(request, f"{task}: {exc}", level=messages.WARNING)
+        self.message_user(request, f"Regenerating {started} task(s).")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -196,6 +241,7 @@ class AttemptAdmin(admin.ModelAdmin):
         "task",
         "number",
         "kind",
+        "part",
         "outcome",
         "model",
         "input_tokens",

@@ -16,13 +16,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation import idempotency, recovery, services
-from generation.models import CourseGenerationJob, IdempotencyKey, JobStatus
+from generation import idempotency, recovery, regeneration, services
+from generation.models import CourseGenerationJob, GenerationTask, IdempotencyKey, JobStatus
 from generation.selectors import job_get_visible, jobs_visible_to
 from generation.serializers import (
     JobDetailOutputSerializer,
     JobOutputSerializer,
     JobSubmitInputSerializer,
+    TaskRegenerateInputSerializer,
+    TaskRegenerateOutputSerializer,
 )
 from ratelimits.apis import too_many_requests
 from ratelimits.serializers import RateLimitExceededOutputSerializer
@@ -218,3 +220,35 @@ def _recover(job: CourseGenerationJob, *, task_ids: list[int] | None, by: str) -
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     job.refresh_from_db()
     return Response(JobDetailOutputSerializer(job).data)
+
+
+class TaskRegenerateApi(APIView):
+    """Regenerate one task of a finished course, optionally with an instruction. The previous
+    output is kept as a version; the course re-assembles when the new one is ready."""
+
+    @extend_schema(
+        request=TaskRegenerateInputSerializer,
+        responses={
+            202: TaskRegenerateOutputSerializer,
+            400: OpenApiResponse(description="Field errors"),
+            409: OpenApiResponse(description="The task cannot be regenerated now"),
+        },
+        operation_id="tasks_regenerate",
+    )
+    def post(self, request: Request, job_id: UUID, task_id: int) -> Response:
+        job = _visible_job(request, job_id)
+        task = GenerationTask.objects.filter(job=job, pk=task_id).first()
+        if task is None:
+            raise Http404("No such task.")
+        serializer = TaskRegenerateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            regeneration.task_regenerate_enqueue(
+                task_id=task.pk,
+                instruction=serializer.validated_data["instruction"],
+                by=request.user,  # type: ignore[arg-type]  # IsAuthenticated ran
+            )
+        except services.GenerationError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        task.refresh_from_db()  # with eager Celery (demo, tests) the new version is already there
+        return Response(TaskRegenerateOutputSerializer(task).data, status=status.HTTP_202_ACCEPTED)

@@ -1,17 +1,31 @@
-"""One task's conversation with the provider: call, validate, re-ask with feedback, record all.
+"""One task's conversation with the provider: the one re-ask policy, targeted repair, the ledger.
 
-Transport errors go through the one retry policy (generation/retry.py). Output that fails
-validation is re-asked at once with the specific errors; each re-ask carries only the latest failed
-output, so prompts do not grow with the number of attempts. The loop stops at the attempt limit,
-when the token budget is spent, or when an attempt repeats the previous attempt's errors.
-Every provider call becomes an AttemptRecord, whether it succeeded or not.
+The policy (`ReaskPolicy`, from settings), in one place:
+
+* Transport errors (429, 5xx, timeouts) are not re-asks: generation/retry.py retries them with
+  backoff. Permanent errors end the task at once.
+* Output that does not parse or validate (the schema, then generation/checks.py) is asked for
+  again at once, with the failed output and every error's field path and message. A re-ask
+  *replaces* the failed attempt: its messages are the base prompt plus the latest failure only,
+  so prompts do not grow with the number of attempts.
+* When the errors fall inside a few parts of the object (one question, one field), only those
+  parts are requested, each with its own schema, and merged back (targeted regeneration). A whole
+  re-ask follows only when the errors are object-wide or a part cannot be repaired.
+* Each request (the whole object, or one part) has at most `max_attempts` attempts and stops
+  early when an attempt repeats the previous attempt's errors. `token_budget` caps what one run
+  of a task may spend in all: no request starts that would take it past the budget.
+
+Every provider call becomes an `AttemptRecord` (kind first / reask / part / transport_retry), so
+the ledger shows what each repair cost. Each call also goes through the model's circuit breaker
+(generation/breaker.py), renews the task's lease and respects its deadline; when the provider is
+unreachable the result asks for the task to be deferred rather than failed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -19,27 +33,51 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError
+from pydantic import BaseModel, ValidationError
 
+from generation import parts
 from generation.breaker import CircuitBreaker, CircuitOpenError
 from generation.pricing import cost_of
-from generation.prompts import build_messages, dumps, reask_messages
+from generation.prompts import build_messages, dumps, part_messages, reask_messages
 from generation.providers.base import (
-    Completion,
     CompletionRequest,
     InvalidOutputError,
     Message,
     PermanentProviderError,
     Provider,
+    ProviderError,
     TransientProviderError,
     Usage,
 )
 from generation.retry import transport_retrying
 from generation.schemas import OUTPUT_SCHEMAS, CourseOutline, CourseRequest, TaskKind, Tier
+from generation.tokens import count_message_tokens
 from generation.validation import FieldError, validate_output
 
 logger = logging.getLogger("coursegen.generation")
 INFRASTRUCTURE_ERRORS = (redis.RedisError, DatabaseError, InterfaceError, ConnectionError)
 INFRASTRUCTURE_RETRY_S = 5.0
+
+Errors = tuple[FieldError, ...]
+ExtraCheck = Callable[[dict[str, Any]], list[FieldError]]
+REPAIR_KINDS = ("reask", "part")
+
+
+@dataclass(frozen=True)
+class ReaskPolicy:
+    max_attempts: int  # per request: the whole object, or one part
+    token_budget: int  # per run of a task: every request together
+
+    @classmethod
+    def from_settings(cls) -> ReaskPolicy:
+        return cls(
+            max_attempts=settings.COURSEGEN_MAX_VALIDATION_ATTEMPTS,
+            token_budget=settings.COURSEGEN_TASK_TOKEN_BUDGET,
+        )
+
+
+class StopGeneration(Exception):
+    """The policy ended the run; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +90,12 @@ class AttemptRecord:
     cost_usd: Decimal
     latency_ms: int
     errors: list[dict[str, str]] = field(default_factory=list)
+    part: str = ""  # the part requested (questions.2); empty for the whole object
+
+    @property
+    def is_repair(self) -> bool:
+        """Spent on repairing output: a re-ask, a part request, or any failed call."""
+        return self.kind in REPAIR_KINDS or self.outcome != "ok"
 
 
 @dataclass
@@ -75,6 +119,10 @@ class GenerationResult:
     def cost_usd(self) -> Decimal:
         return sum((a.cost_usd for a in self.attempts), Decimal(0))
 
+    @property
+    def reask_cost_usd(self) -> Decimal:
+        return sum((a.cost_usd for a in self.attempts if a.is_repair), Decimal(0))
+
 
 @dataclass
 class TaskSpec:
@@ -84,6 +132,7 @@ class TaskSpec:
     request: CourseRequest
     outline: CourseOutline | None
     context: Mapping[str, Any]
+    instruction: str = ""  # a teacher's wish for a regenerated version ("simpler examples")
     # Renews the task's lease before each call; False means another worker owns the task now.
     heartbeat: Callable[[], bool] | None = None
     deadline: float | None = None  # time.monotonic() after which no new call starts
@@ -100,63 +149,56 @@ class DeadlineError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Reply:
+    data: Any  # the parsed JSON; None when the text was not a JSON object
+    raw: str
+    usage: Usage
+    latency_s: float
+    errors: Errors = ()  # set when the text was not a JSON object
+
+
 class _Conversation:
-    """Holds the attempt ledger while one task talks to the provider."""
+    """One run of a task: its base prompt, the policy and the attempt ledger."""
 
-    def __init__(self, spec: TaskSpec, provider: Provider):
-        self.spec = spec
-        self.provider = provider
+    def __init__(self, spec: TaskSpec, provider: Provider, policy: ReaskPolicy):
+        self.spec, self.provider, self.policy = spec, provider, policy
+        self.model = spec.model  # may switch to the fallback model while a breaker is open
+        self.schema = OUTPUT_SCHEMAS[spec.kind]
         self.result = GenerationResult()
-        self.next_kind = "first"
-        self.model = spec.model
+        self.base = build_messages(
+            spec.kind,
+            request=spec.request,
+            outline=spec.outline,
+            context=spec.context,
+            instruction=spec.instruction,
+        )
 
+    # --- the ledger and the budget ---------------------------------------------------------------
     def record(
-        self, outcome: str, usage: Usage, latency_s: float, errors: list[dict[str, str]]
+        self, kind: str, part: str, reply: _Reply, errors: Errors, outcome: str = ""
     ) -> None:
         self.result.attempts.append(
             AttemptRecord(
                 number=len(self.result.attempts) + 1,
-                kind=self.next_kind,
-                outcome=outcome,
+                kind=kind,
+                outcome=outcome or ("invalid" if errors else "ok"),
                 model=self.model,
-                usage=usage,
-                cost_usd=cost_of(usage, self.model),
-                latency_ms=round(latency_s * 1000),
-                errors=errors,
+                usage=reply.usage,
+                cost_usd=cost_of(reply.usage, self.model),
+                latency_ms=round(reply.latency_s * 1000),
+                errors=[e.as_dict() for e in errors],
+                part=part,
             )
         )
 
-    def call_once(self, messages: tuple[Message, ...]) -> Completion:
-        self._check_can_call()
-        breaker = self._breaker()
-        probe = breaker.before_call()
-        request = CompletionRequest(
-            messages=messages,
-            schema=OUTPUT_SCHEMAS[self.spec.kind],
-            model=self.model,
-            tier=self.spec.tier,
-            task_kind=self.spec.kind,
-            context={**self.spec.context, "attempt": len(self.result.attempts) + 1},
-        )
-        started = time.monotonic()
-        try:
-            completion = self.provider.complete(request)
-        except (TransientProviderError, PermanentProviderError) as exc:
-            transient = isinstance(exc, TransientProviderError)
-            if transient:
-                breaker.record_failure(probe=probe)
-            else:
-                breaker.record_success(probe=probe)  # the provider answered: it is up
-            latency = exc.latency_s or time.monotonic() - started
-            outcome = "transient" if transient else "permanent"
-            self.record(outcome, exc.usage, latency, [{"path": "", "message": str(exc)}])
-            self.next_kind = "transport_retry"
-            raise
-        except InvalidOutputError:
-            breaker.record_success(probe=probe)
-            raise
-        breaker.record_success(probe=probe)
-        return completion
+    def _record_failure(self, kind: str, part: str, exc: ProviderError, latency_s: float) -> None:
+        outcome = "transient" if isinstance(exc, TransientProviderError) else "permanent"
+        reply = _Reply(None, "", exc.usage, exc.latency_s or latency_s)
+        self.record(kind, part, reply, (FieldError("", str(exc)),), outcome)
+
+    def tokens_used(self) -> int:
+        return sum(a.usage.total_tokens for a in self.result.attempts)
 
     def _check_can_call(self) -> None:
         if self.spec.deadline is not None and time.monotonic() > self.spec.deadline:
@@ -175,75 +217,280 @@ class _Conversation:
                 return other
         return breaker
 
-    def call(self, messages: tuple[Message, ...]) -> Completion:
-        return transport_retrying()(self.call_once, messages)
+    def _check_budget(self, messages: tuple[Message, ...]) -> None:
+        needed = count_message_tokens([m.as_dict() for m in messages])
+        used, budget = self.tokens_used(), self.policy.token_budget
+        if used + needed > budget:
+            raise StopGeneration(
+                f"token budget exhausted: {used} tokens used and the next request needs about "
+                f"{needed} more; the budget is {budget} tokens per task"
+            )
+
+    # --- one request, transport errors retried ----------------------------------------------------
+    def send(
+        self,
+        messages: tuple[Message, ...],
+        *,
+        schema: type[BaseModel],
+        kind: str,
+        part: str = "",
+        context: Mapping[str, Any] | None = None,
+    ) -> tuple[_Reply, str]:
+        """Call the provider once (plus transport retries); return the reply and its kind."""
+        kinds = [kind]
+
+        def once() -> _Reply:
+            self._check_can_call()
+            self._check_budget(messages)
+            breaker = self._breaker()
+            probe = breaker.before_call()
+            request = CompletionRequest(
+                messages=messages,
+                schema=schema,
+                model=self.model,
+                tier=self.spec.tier,
+                task_kind=self.spec.kind,
+                context={
+                    **self.spec.context,
+                    **(context or {}),
+                    "attempt": len(self.result.attempts) + 1,
+                    "part": part,
+                },
+            )
+            started = time.monotonic()
+            try:
+                completion = self.provider.complete(request)
+            except InvalidOutputError as exc:
+                breaker.record_success(probe=probe)  # invalid output is not a provider failure
+                error = FieldError("", f"the reply is not a single JSON object ({exc})")
+                return _Reply(None, exc.raw_text, exc.usage, exc.latency_s, (error,))
+            except (TransientProviderError, PermanentProviderError) as exc:
+                if isinstance(exc, TransientProviderError):
+                    breaker.record_failure(probe=probe)
+                else:
+                    breaker.record_success(probe=probe)  # the provider answered: it is up
+                self._record_failure(kinds[0], part, exc, time.monotonic() - started)
+                kinds[0] = "transport_retry"
+                raise
+            breaker.record_success(probe=probe)
+            return _Reply(
+                completion.data, completion.raw_text, completion.usage, completion.latency_s
+            )
+
+        reply = transport_retrying()(once)
+        return reply, kinds[0]
+
+    # --- validation ------------------------------------------------------------------------------
+    def check(self, data: Any) -> tuple[Any, Errors]:
+        """Validate a whole object; on success return it normalised by its schema."""
+        outcome = validate_output(
+            self.spec.kind, data, request=self.spec.request, context=self.spec.context
+        )
+        if outcome.ok and outcome.model is not None:
+            return outcome.model.model_dump(mode="json"), ()
+        return data, outcome.errors
+
+    def check_part(
+        self, data: dict[str, Any], part: str, candidate: Any, extra: ExtraCheck | None
+    ) -> tuple[Any, Errors]:
+        """Validate a candidate part: its own schema, then every check of the merged object that
+        concerns this part (errors elsewhere are other parts' business)."""
+        schema = parts.part_schema(self.schema, part)
+        try:
+            value = schema.model_validate(candidate).model_dump(mode="json")
+        except ValidationError as exc:
+            return candidate, _part_errors(part, exc)
+        merged = parts.merge(data, part, value)
+        _, errors = self.check(merged)
+        found = list(parts.within(part, errors)) + (extra(merged) if extra else [])
+        return value, tuple(found)
 
 
-def _errors_of_invalid(exc: InvalidOutputError) -> tuple[FieldError, ...]:
-    return (FieldError("", f"the reply is not a single JSON object ({exc})"),)
+def _part_errors(part: str, exc: ValidationError) -> Errors:
+    """Pydantic errors of a part, with paths in the whole object (questions.2.correct_answer)."""
+    item = "." in part  # an item's locations are relative to it; a field part's start with it
+    errors = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        path = (f"{part}.{loc}" if loc else part) if item else (loc or part)
+        errors.append(FieldError(path, err["msg"]))
+    return tuple(errors)
 
 
-def generate(spec: TaskSpec, provider: Provider) -> GenerationResult:
-    convo = _Conversation(spec, provider)
+def _hints(data: dict[str, Any], part: str) -> list[str]:
+    """What a part request should know about the rest of the object."""
+    field, _, index = part.partition(".")
+    if field != "questions" or not index:
+        return []
+    others = [q.get("stem", "") for i, q in enumerate(data["questions"]) if i != int(index)]
+    return ["Other questions of this assessment (do not repeat them):"] + [f"- {s}" for s in others]
+
+
+# --- Targeted regeneration -----------------------------------------------------------------------
+def _repair_part(
+    convo: _Conversation,
+    data: dict[str, Any],
+    part: str,
+    errors: Sequence[FieldError],
+    *,
+    extra: ExtraCheck | None = None,
+    hints: Sequence[str] = (),
+    context: Mapping[str, Any] | None = None,
+) -> Any | None:
+    """One part's own bounded re-ask loop; the repaired part, or None if it could not be fixed."""
+    schema = parts.part_schema(convo.schema, part)
+    base = part_messages(
+        convo.base,
+        part=part,
+        schema=schema.__name__,
+        current=parts.extract(data, part),
+        errors=[str(e) for e in errors],
+        hints=[*_hints(data, part), *hints],
+    )
+    messages, previous = base, None
+    for _ in range(convo.policy.max_attempts):
+        reply, kind = convo.send(messages, schema=schema, kind="part", part=part, context=context)
+        value, found = (
+            (reply.data, reply.errors)
+            if reply.errors
+            else convo.check_part(data, part, reply.data, extra)
+        )
+        convo.record(kind, part, reply, found)
+        if not found:
+            return value
+        if found == previous:
+            return None  # the same errors again: the whole re-ask may do better
+        previous = found
+        messages = reask_messages(
+            base, failed_output=reply.raw or dumps(value), errors=[str(e) for e in found]
+        )
+    return None
+
+
+def _repair_parts(convo: _Conversation, data: Any, errors: Errors) -> tuple[Any, Errors]:
+    """Regenerate only the failing parts when that is possible; return the merged object and
+    the errors that remain."""
+    failing = parts.failing_parts(convo.schema, data, errors)
+    if not failing:
+        return data, errors
+    for part in failing:
+        value = _repair_part(convo, data, part, parts.within(part, errors))
+        if value is not None:
+            data = parts.merge(data, part, value)
+    return convo.check(data)
+
+
+# --- The whole object ----------------------------------------------------------------------------
+def _keep_good_parts(
+    convo: _Conversation, data: Any, errors: Errors, earlier: Any, earlier_errors: Errors
+) -> tuple[Any, Errors]:
+    """A re-ask must not lose what an earlier attempt got right: patch the new reply's failing
+    parts with the earlier attempt's versions of them that passed, and keep the patched object
+    if it fails less (it is validated whole, so parts that do not fit together are caught)."""
+    if not (errors and isinstance(data, dict) and isinstance(earlier, dict)):
+        return data, errors
+    failing = {parts.part_of(convo.schema, e.path) for e in errors}
+    bad_before = {parts.part_of(convo.schema, e.path) for e in earlier_errors}
+    shared = set(parts.parts_of(convo.schema, data)) & set(parts.parts_of(convo.schema, earlier))
+    patch = [p for p in failing if p is not None and p in shared and p not in bad_before]
+    if None in failing or not patch:
+        return data, errors
+    candidate = data
+    for part in patch:
+        candidate = parts.merge(candidate, part, parts.extract(earlier, part))
+    merged, found = convo.check(candidate)
+    return (merged, found) if len(found) < len(errors) else (data, errors)
+
+
+def _whole(convo: _Conversation) -> dict[str, Any]:
+    messages, previous, kind = convo.base, None, "first"
+    best: Any = None  # the latest object that parsed, as repaired so far
+    for _ in range(convo.policy.max_attempts):
+        reply, sent = convo.send(messages, schema=convo.schema, kind=kind)
+        data, errors = (reply.data, reply.errors) if reply.errors else convo.check(reply.data)
+        convo.record(sent, "", reply, errors)
+        data, errors = _keep_good_parts(convo, data, errors, best, previous or ())
+        if errors:
+            data, errors = _repair_parts(convo, data, errors)
+        if not errors:
+            return dict(data)
+        convo.result.validation_errors = [e.as_dict() for e in errors]
+        if errors == previous:
+            raise StopGeneration("stopped early: the re-ask repeated the same validation errors")
+        previous, kind = errors, "reask"
+        best = data if isinstance(data, dict) else best
+        failed = dumps(data) if data is not None else reply.raw or dumps({})
+        messages = reask_messages(convo.base, failed_output=failed, errors=[str(e) for e in errors])
+    raise StopGeneration(f"output invalid after {convo.policy.max_attempts} attempts")
+
+
+def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> GenerationResult:
+    result = convo.result
     try:
-        _converse(convo)
+        result.data = body()
+        result.validation_errors = []
     except CircuitOpenError as exc:
-        convo.result.defer_s = exc.retry_after
-        convo.result.error = str(exc)
+        result.defer_s, result.error = exc.retry_after, str(exc)
     except TransientProviderError as exc:  # retries exhausted: the provider is down, not the task
-        convo.result.defer_s = exc.retry_after or settings.COURSEGEN_TASK_DEFER_MAX_S
-        convo.result.error = f"provider unavailable: {exc}"
+        result.defer_s = exc.retry_after or settings.COURSEGEN_TASK_DEFER_MAX_S
+        result.error = f"provider unavailable: {exc}"
     except DeadlineError as exc:
-        convo.result.defer_s = 0.0
-        convo.result.error = str(exc)
+        result.defer_s, result.error = 0.0, str(exc)
     except LeaseLostError as exc:
-        convo.result.lease_lost = True
-        convo.result.error = str(exc)
+        result.lease_lost, result.error = True, str(exc)
+    except ProviderError as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    except StopGeneration as exc:
+        result.error = str(exc)
     except INFRASTRUCTURE_ERRORS as exc:  # our database or Redis blinked: try again later
         logger.warning("task deferred after an infrastructure error: %r", exc)
-        convo.result.defer_s = INFRASTRUCTURE_RETRY_S
-        convo.result.error = f"infrastructure error: {type(exc).__name__}: {exc}"
+        result.defer_s = INFRASTRUCTURE_RETRY_S
+        result.error = f"infrastructure error: {type(exc).__name__}: {exc}"
     except Exception as exc:  # a bug: fail the task, but keep the ledger of the calls made
         logger.exception("task crashed")
-        convo.result.error = f"internal error: {type(exc).__name__}: {exc}"
-    return convo.result
+        result.error = f"internal error: {type(exc).__name__}: {exc}"
+    return result
 
 
-def _converse(convo: _Conversation) -> None:
-    spec = convo.spec
-    base = build_messages(
-        spec.kind, request=spec.request, outline=spec.outline, context=spec.context
-    )
-    messages, previous_errors = base, None
-    for _ in range(settings.COURSEGEN_MAX_VALIDATION_ATTEMPTS):
-        try:
-            completion = convo.call(messages)
-        except InvalidOutputError as exc:
-            errors, raw = _errors_of_invalid(exc), exc.raw_text
-            usage, latency = exc.usage, exc.latency_s
-        except PermanentProviderError as exc:
-            convo.result.error = f"{type(exc).__name__}: {exc}"
-            return
-        else:
-            outcome = validate_output(
-                spec.kind, completion.data, request=spec.request, context=spec.context
+def generate(
+    spec: TaskSpec, provider: Provider, policy: ReaskPolicy | None = None
+) -> GenerationResult:
+    """Run one task: its output, or the reason it failed, and every attempt either way."""
+    convo = _Conversation(spec, provider, policy or ReaskPolicy.from_settings())
+    return _run(convo, lambda: _whole(convo))
+
+
+def regenerate_part(
+    spec: TaskSpec,
+    provider: Provider,
+    *,
+    data: dict[str, Any],
+    part: str,
+    errors: Sequence[FieldError],
+    extra: ExtraCheck | None = None,
+    hints: Sequence[str] = (),
+    context: Mapping[str, Any] | None = None,
+    policy: ReaskPolicy | None = None,
+) -> GenerationResult:
+    """Regenerate one part of a finished output (e.g. a question that duplicates another lesson's)
+    and return the whole output with it merged. `extra` adds checks the task alone cannot make.
+    With no whole object to fall back on, the part request itself gets up to `max_attempts`
+    rounds, and stops early when a round ends with the previous round's errors."""
+    convo = _Conversation(spec, provider, policy or ReaskPolicy.from_settings())
+
+    def body() -> dict[str, Any]:
+        previous: list[dict[str, str]] | None = None
+        for _ in range(convo.policy.max_attempts):
+            value = _repair_part(
+                convo, data, part, errors, extra=extra, hints=hints, context=context
             )
-            usage, latency, raw = completion.usage, completion.latency_s, completion.raw_text
-            if outcome.ok:
-                convo.record("ok", usage, latency, [])
-                convo.result.data = outcome.model.model_dump(mode="json") if outcome.model else None
-                return
-            errors = outcome.errors
-        convo.record("invalid", usage, latency, [e.as_dict() for e in errors])
-        convo.result.validation_errors = [e.as_dict() for e in errors]
-        if errors == previous_errors:
-            convo.result.error = "stopped early: the re-ask repeated the same validation errors"
-            return
-        previous_errors = errors
-        convo.next_kind = "reask"
-        messages = reask_messages(
-            base, failed_output=raw or dumps({}), errors=[str(e) for e in errors]
-        )
-    convo.result.error = (
-        f"output invalid after {settings.COURSEGEN_MAX_VALIDATION_ATTEMPTS} attempts"
-    )
+            if value is not None:
+                return parts.merge(data, part, value)
+            latest = convo.result.attempts[-1].errors if convo.result.attempts else []
+            convo.result.validation_errors = latest or [e.as_dict() for e in errors]
+            if latest == previous:
+                break
+            previous = latest
+        raise StopGeneration(f"could not regenerate {part}")
+
+    return _run(convo, body)

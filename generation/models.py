@@ -11,6 +11,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from accounts.models import BaseClass, Organisation
 from generation.schemas import CourseRequest, TaskKind, Tier
@@ -54,6 +55,12 @@ class CourseGenerationJob(models.Model):
     cached_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    reask_cost_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        default=Decimal(0),
+        help_text="Part of the cost spent on re-asks, part repairs and failed attempts.",
+    )
     correlation_id = models.UUIDField(default=uuid.uuid4, editable=False, db_index=True)
     error = models.TextField(blank=True)
     chord_dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -86,6 +93,11 @@ class CourseGenerationJob(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in JOB_TERMINAL
+
+    @property
+    def reask_share(self) -> float:
+        """The share of the job's cost spent repairing output (0 when nothing was spent)."""
+        return float(self.reask_cost_usd / self.cost_usd) if self.cost_usd else 0.0
 
     @property
     def duration_s(self) -> float | None:
@@ -127,6 +139,7 @@ class GenerationTask(models.Model):
     cached_tokens = models.IntegerField(default=0)
     output_tokens = models.IntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=8, default=Decimal(0))
+    reask_cost_usd = models.DecimalField(max_digits=12, decimal_places=8, default=Decimal(0))
     duration_ms = models.IntegerField(default=0, help_text="Wall time of the last run.")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True)
@@ -162,6 +175,11 @@ class AttemptKind(models.TextChoices):
     FIRST = "first", "First"
     REASK = "reask", "Re-ask after invalid output"
     TRANSPORT_RETRY = "transport_retry", "Retry after a transport error"
+    PART = "part", "Targeted regeneration of one part"
+
+
+# Attempts that repair output: their cost is the job's re-ask share (with every failed attempt).
+REPAIR_KINDS = (AttemptKind.REASK, AttemptKind.PART)
 
 
 class AttemptOutcome(models.TextChoices):
@@ -177,6 +195,9 @@ class GenerationAttempt(models.Model):
     task = models.ForeignKey(GenerationTask, on_delete=models.CASCADE, related_name="attempt_rows")
     number = models.PositiveIntegerField()
     kind = models.CharField(max_length=16, choices=AttemptKind.choices)
+    part = models.CharField(
+        max_length=64, blank=True, help_text="The part regenerated (questions.2); empty: whole."
+    )
     outcome = models.CharField(max_length=16, choices=AttemptOutcome.choices)
     model = models.CharField(max_length=100)
     input_tokens = models.IntegerField(default=0)
@@ -194,6 +215,42 @@ class GenerationAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.task_id}: {self.outcome}"
+
+
+class GenerationTaskVersion(models.Model):
+    """One output a task has had. Written when a task is regenerated: the output it had becomes
+    version 1 (if no version exists yet) and the new one the next version, so the latest version
+    is always the task's current output and the earlier ones are kept."""
+
+    task = models.ForeignKey(GenerationTask, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    output = models.JSONField()
+    model = models.CharField(max_length=100)
+    prompt_version = models.CharField(max_length=32)
+    instruction = models.TextField(blank=True, help_text="What the regeneration was asked for.")
+    input_tokens = models.IntegerField(default=0)
+    cached_tokens = models.IntegerField(default=0)
+    output_tokens = models.IntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=8, default=Decimal(0))
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "course_generation_task_versions"
+        ordering = ["task", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "number"], name="uniq_version_per_task")
+        ]
+        verbose_name = "task version"
+
+    def __str__(self) -> str:
+        return f"version {self.number} of {self.task}"
 
 
 class QueueState(models.TextChoices):

@@ -1,8 +1,9 @@
 """Versioned prompt templates, one per task kind.
 
-Every prompt of one course starts with the same system message (instructions and the course
-context, including the outline once it exists), so providers with prompt caching serve that prefix
-from cache for all but the first call; the task-specific part comes last, in the user message.
+Every prompt of one course starts with the same system message: the writing guide (identical for
+all courses), then the course context and, once it exists, the outline. Providers with prompt
+caching serve that prefix from cache for all but the first call of a course; the task-specific
+part comes last, in the user message, and so do re-ask feedback and part requests.
 Bump a kind's version whenever its template changes: the version is stored on each task row.
 """
 
@@ -12,100 +13,196 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
+
 from generation.providers.base import Message
 from generation.schemas import CourseOutline, CourseRequest, TaskKind
 
-PROMPT_VERSIONS: dict[TaskKind, str] = {kind: "v1" for kind in TaskKind}
+PROMPT_VERSIONS: dict[TaskKind, str] = {kind: "v2" for kind in TaskKind}
 
-SYSTEM_TEMPLATE = """You are an expert instructional designer and subject-matter teacher.
-You write accurate, engaging and age-appropriate course material for schools and organisations.
+# The stable prefix. GUIDE is the same for every call of every course (over 1,024 tokens by itself,
+# OpenAI's prompt-cache minimum); COURSE_TEMPLATE adds what is the same for every call of one
+# course. Keep anything that varies per task out of both, or the cache misses.
+GUIDE = """\
+You are the writing engine of coursegen, a service that produces complete online courses \
+for schools and organisations. Each of your replies is one JSON object that a program validates \
+and stores; teachers review the assembled course later. Follow this guide in every task.
 
-Rules for every reply:
-- Reply with a single JSON object that matches the requested schema exactly; no prose around it.
-- Write in the course language ({language}) for the stated audience and level.
-- Be factually accurate; prefer concrete, everyday examples to abstractions.
-- Never include personal data, unsafe instructions or copyrighted text.
-- Keep terminology consistent with the course outline below.
+# 1. Output contract
+1. Reply with exactly one JSON object matching the schema the task names. No prose, Markdown \
+fences or comments before or after it.
+2. Use only the fields the schema defines; extra fields are rejected. Every field is required and \
+must be non-empty unless the schema says otherwise.
+3. Length bounds count characters for text and items for lists. "At least 500 characters" asks \
+for a full explanation, not padding or repetition.
+4. Enumerated fields take exactly one of their lowercase values: level is beginner, intermediate \
+or advanced; difficulty is easy, medium or hard; bloom_level is remember, understand, apply, \
+analyze, evaluate or create; question type is multiple_choice, true_false or short_answer.
+5. Inside JSON strings write plain text: no Markdown headings, bullets or HTML. Separate \
+paragraphs with a blank line (\\n\\n).
+6. When asked to rewrite one part of an earlier reply (one question, one field), reply with that \
+part alone, shaped as its schema says.
+7. When a reply comes back with validation errors, each error names a field path (for example \
+questions.2.options.1 or detailed_explanation) and the problem. Fix exactly those problems and \
+keep everything else as it was.
 
-Course context:
+# 2. Pedagogy
+- Start from the learning objectives in the outline. A lesson section teaches every objective of \
+its lesson explicitly, using the objective's own key words, so a reader can see where each one is \
+covered.
+- Go from concrete to abstract: an everyday situation or question first, then the idea, then the \
+general rule, then how to practise it.
+- Explain why before how. Name the common misconceptions about the idea and correct them.
+- One idea per paragraph. Define each technical term in plain words the first time it appears.
+- Worked examples show the reasoning step by step, not only the result.
+- Build on earlier lessons of the outline; refer forward only to lessons that exist in it.
+- Summaries restate the objectives as things the learner can now do.
+
+# 3. Style and reading level
+- Write for the stated audience and level, inside the reading-grade band given below (measured \
+with the Flesch-Kincaid grade; the subject's own terms do not count against you). Beginner: \
+short sentences of about 15 words, everyday words, one new term at a time. Intermediate: \
+standard prose with some field vocabulary. Advanced: precise, field-specific language and \
+longer reasoning.
+- Address the learner as "you", in the active voice. Be warm and direct; no filler phrases such \
+as "in today's fast-paced world", no exclamation marks, no emojis.
+- Write every string in the course language, examples and answer options included.
+- Be factually accurate. Where the topic touches safety, health, money or law, state the safe \
+and lawful practice and suggest asking a qualified person.
+- Use inclusive, culturally neutral examples; no stereotypes, no real people's personal data, \
+no quotations of more than a sentence from copyrighted works.
+- Keep terminology consistent with the outline: the same idea always has the same name.
+
+# 4. Assessment questions
+- Each question checks one learning objective of its lesson; copy that objective into the \
+objective field.
+- multiple_choice: 3 to 6 distinct options and exactly one correct; correct_answer repeats that \
+option's text exactly. Distractors are plausible, built from real misconceptions, and match the \
+correct option in grammar and length (none under half or over twice its length). Never use \
+"all of the above", "none of the above" or "both A and B".
+- true_false: options exactly ["True", "False"]; the statement is unambiguously true or false.
+- short_answer: no options; correct_answer is a model answer of one to three sentences.
+- explanation says why the answer is right and, for multiple choice, why the tempting wrong \
+options are wrong.
+- Difficulty and bloom_level fit what the question really asks. Vary question types and Bloom \
+levels within an assessment.
+- No two questions of a course ask the same thing in different words. A question is about its \
+own lesson and names that lesson's subject in its stem.
+
+# 5. Brain bytes (spoken audio)
+- Written to be heard: short sentences, no lists, symbols or abbreviations a narrator cannot \
+read aloud.
+- 60 to 120 seconds at about 150 words a minute; estimated_seconds matches the script's length.
+- One idea, one example, one thing to try; end by restating the lesson's goal.
+
+# 6. Module summaries, mind maps and metadata
+- A module summary connects the module's lessons; key takeaways are concrete and each names the \
+lesson it comes from.
+- Mind map: central_topic is the course topic; one node per module, in order, with its lessons \
+as children; at most three levels below the centre; labels are short noun phrases.
+- Metadata: a specific title (never "A course about X"); a description that says who the course \
+is for and what they will be able to do; categories from general to specific; short lowercase \
+tags; the requested level; estimated_hours of about 45 to 60 minutes per lesson.
+"""
+
+COURSE_TEMPLATE = """
+# This course
 - Topic: {topic}
 - Audience: {audience}
-- Level: {level}
-- Modules: {num_modules}, lessons per module: {lessons_per_module}
+- Level: {level} (reading grade {grade_low:g} to {grade_high:g})
+- Language: {language}
+- Size: {num_modules} modules of {lessons_per_module} lessons; {questions_per_lesson} questions \
+per lesson assessment
 - Teacher's instructions: {instructions}
 
-Course outline:
+# Course outline
 {outline}
 """
 
+# The task-specific part: the last message of every prompt.
 TASK_TEMPLATES: dict[TaskKind, str] = {
     TaskKind.OUTLINE: (
-        "Design the course outline: exactly {num_modules} modules, each with exactly "
-        "{lessons_per_module} lessons. Give every lesson a title, a one-sentence summary and "
-        "2 to 4 measurable learning objectives (start each with a verb)."
+        "Task: design the course outline (schema CourseOutline): exactly {num_modules} modules, "
+        "each with exactly {lessons_per_module} lessons. Give every module a title and a "
+        "one-sentence description, and every lesson a title, a one-sentence summary and 2 to 4 "
+        "measurable learning objectives, each starting with a verb (Explain, Compare, Apply ...)."
     ),
     TaskKind.LESSON_SECTION: (
-        "Write the lesson section for module {module_index} ({module_title}), lesson "
-        "{lesson_index}: {lesson_title}. Cover every learning objective: {objectives}. "
-        "introduction at least 100 characters, detailed_explanation at least 500, at least one "
-        "key concept (term and definition), at least one worked example, summary at least 50."
+        "Task: write the lesson section (schema LessonSectionContent) for module {module_index} "
+        "({module_title}), lesson {lesson_index}: {lesson_title}. Teach every learning objective, "
+        "using its key words: {objectives}. introduction at least 100 characters; "
+        "detailed_explanation at least 500, in paragraphs; at least one key concept (term and "
+        "definition); at least one worked example; summary at least 50 characters."
     ),
     TaskKind.ASSESSMENT: (
-        "Write exactly {questions_per_lesson} assessment questions for module {module_index}, "
-        "lesson {lesson_index}: {lesson_title}. Mix multiple_choice (3-6 distinct options, exactly "
-        'one correct, no "all/none of the above"), true_false (options ["True", "False"]) and '
-        "short_answer (no options). Each question names the learning objective it checks, one "
-        "of: {objectives}; give difficulty, Bloom level and an explanation of the answer."
+        "Task: write exactly {questions_per_lesson} assessment questions (schema Assessment) for "
+        "module {module_index}, lesson {lesson_index}: {lesson_title}. Mix multiple_choice, "
+        "true_false and short_answer. Each question checks one of these objectives and names it: "
+        "{objectives}. Give difficulty, bloom_level and an explanation for each."
     ),
     TaskKind.BRAIN_BYTES: (
-        "Write a brain byte for module {module_index}, lesson {lesson_index}: {lesson_title}: "
-        "a spoken-audio script of 60 to 120 seconds that a narrator reads aloud, with a title "
-        "and estimated_seconds matching the script at about 150 words per minute."
+        "Task: write the brain byte (schema BrainBytes) for module {module_index}, lesson "
+        "{lesson_index}: {lesson_title}: a title, a spoken script of 60 to 120 seconds and "
+        "estimated_seconds at about 150 words a minute."
     ),
     TaskKind.MODULE_SUMMARY: (
-        "Summarise module {module_index}: {module_title} in one paragraph of at least 50 "
-        "characters, with 2 to 8 key takeaways."
+        "Task: summarise module {module_index}: {module_title} (schema ModuleSummary) in one "
+        "paragraph of at least 50 characters, with 2 to 8 key takeaways."
     ),
     TaskKind.MIND_MAP: (
-        "Draw a mind map of the whole course: central_topic is the course topic, one node per "
-        "module with its lessons as children; at most 3 levels deep."
+        "Task: draw the mind map of the whole course (schema MindMap) from the outline above."
     ),
     TaskKind.METADATA: (
-        "Write the course metadata: a catchy title (5-120 characters), a description of 50-1500 "
-        "characters, 1-5 categories, 1-15 distinct tags, the level and the estimated hours."
+        "Task: write the course metadata (schema CourseMetadata): title (5-120 characters), "
+        "description (50-1500 characters), 1-5 categories, 1-15 distinct tags, the level and "
+        "estimated_hours."
     ),
 }
+
+INSTRUCTION_TEMPLATE = "\n\nThe teacher asked for a new version of this part: {instruction}"
 
 REASK_TEMPLATE = (
     "Your previous reply did not pass validation. Errors (field path: problem):\n{errors}\n"
     "Reply again with the complete corrected JSON object. Keep what was right; fix only these."
 )
 
+# Targeted regeneration: the task text again, then only the part to rewrite.
+PART_TEMPLATE = (
+    "{task}\n\nYour earlier reply is fine except one part: `{part}`. Rewrite only that part and "
+    "reply with it alone as a JSON object matching the schema {schema}.\n"
+    "Problems to fix (field path: problem):\n{errors}\n"
+    "The part as it stands:\n{current}{hints}"
+)
+
 
 def _outline_text(outline: CourseOutline | None) -> str:
     if outline is None:
-        return "(not written yet)"
-    lines = [f"Title: {outline.title}"]
+        return "(not written yet: this task writes it)"
+    lines = [f"Title: {outline.title}", outline.description]
     for m, module in enumerate(outline.modules, start=1):
-        lines.append(f"Module {m}: {module.title}")
-        lines.extend(
-            f"  Lesson {m}.{n}: {lesson.title}" for n, lesson in enumerate(module.lessons, 1)
-        )
+        lines.append(f"Module {m}: {module.title}. {module.description}")
+        for n, lesson in enumerate(module.lessons, start=1):
+            lines.append(f"  Lesson {m}.{n}: {lesson.title}. {lesson.summary}")
+            lines.append(f"    Objectives: {'; '.join(lesson.learning_objectives)}")
     return "\n".join(lines)
 
 
 def system_message(request: CourseRequest, outline: CourseOutline | None) -> Message:
-    text = SYSTEM_TEMPLATE.format(
-        language=request.language,
-        topic=request.topic,
-        audience=request.audience,
-        level=request.level.value,
-        num_modules=request.num_modules,
-        lessons_per_module=request.lessons_per_module,
-        instructions=request.instructions or "(none)",
-        outline=_outline_text(outline),
-    )
-    return Message("system", text)
+    low, high = settings.COURSEGEN_READING_GRADE_BANDS[request.level.value]
+    values = {
+        **request.model_dump(mode="json"),
+        "instructions": request.instructions or "(none)",
+        "grade_low": low,
+        "grade_high": high,
+        "outline": _outline_text(outline),
+    }
+    return Message("system", GUIDE + COURSE_TEMPLATE.format(**values))
+
+
+def task_text(kind: TaskKind, *, request: CourseRequest, context: Mapping[str, Any]) -> str:
+    values = {**request.model_dump(mode="json"), **context}
+    values["objectives"] = "; ".join(context.get("learning_objectives", [])) or "(see outline)"
+    return TASK_TEMPLATES[kind].format(**values)
 
 
 def build_messages(
@@ -114,13 +211,13 @@ def build_messages(
     request: CourseRequest,
     outline: CourseOutline | None,
     context: Mapping[str, Any],
+    instruction: str = "",
 ) -> tuple[Message, ...]:
-    values = {**request.model_dump(mode="json"), **context}
-    values["objectives"] = "; ".join(context.get("learning_objectives", [])) or "(see outline)"
-    return (
-        system_message(request, outline),
-        Message("user", TASK_TEMPLATES[kind].format(**values)),
-    )
+    """The stable system message first, the task-specific part (and any instruction) last."""
+    text = task_text(kind, request=request, context=context)
+    if instruction:
+        text += INSTRUCTION_TEMPLATE.format(instruction=instruction)
+    return (system_message(request, outline), Message("user", text))
 
 
 def reask_messages(
@@ -129,6 +226,29 @@ def reask_messages(
     """The base prompt plus only the latest failure: re-asks replace, never accumulate."""
     feedback = REASK_TEMPLATE.format(errors="\n".join(f"- {e}" for e in errors))
     return (*base, Message("assistant", failed_output), Message("user", feedback))
+
+
+def part_messages(
+    base: tuple[Message, ...],
+    *,
+    part: str,
+    schema: str,
+    current: Any,
+    errors: list[str],
+    hints: list[str] = (),  # type: ignore[assignment]
+) -> tuple[Message, ...]:
+    """A request for one part: the same system message (cached), then the task and the part."""
+    system, task = base[0], base[-1]
+    extra = "".join(f"\n{h}" for h in hints)
+    text = PART_TEMPLATE.format(
+        task=task.content,
+        part=part,
+        schema=schema,
+        errors="\n".join(f"- {e}" for e in errors),
+        current=dumps(current),
+        hints=extra,
+    )
+    return (system, Message("user", text))
 
 
 def task_context(

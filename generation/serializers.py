@@ -8,7 +8,7 @@ from pydantic import ValidationError as PydanticValidationError
 from rest_framework import serializers
 
 from accounts.models import BaseClass
-from generation.models import CourseGenerationJob, GenerationTask
+from generation.models import CourseGenerationJob, GenerationTask, GenerationTaskVersion
 from generation.schemas import CourseRequest, Level
 
 
@@ -63,6 +63,7 @@ class TaskOutputSerializer(serializers.ModelSerializer):
             "cached_tokens",
             "output_tokens",
             "cost_usd",
+            "reask_cost_usd",
             "duration_ms",
             "validation_errors",
             "error",
@@ -76,6 +77,9 @@ class JobOutputSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.get_username", read_only=True)
     base_class = serializers.UUIDField(source="base_class_id", read_only=True)
     organisation = serializers.UUIDField(source="organisation_id", read_only=True)
+    reask_share = serializers.FloatField(
+        read_only=True, help_text="Share of the cost spent on re-asks, part repairs, failures."
+    )
 
     class Meta:
         model = CourseGenerationJob
@@ -93,6 +97,8 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "cached_tokens",
             "output_tokens",
             "cost_usd",
+            "reask_cost_usd",
+            "reask_share",
             "correlation_id",
             "error",
             "created_at",
@@ -118,3 +124,49 @@ class JobDetailOutputSerializer(JobOutputSerializer):
         if job.course is None:
             return None
         return f"/api/jobs/{job.id}/course/"
+
+
+class TaskRegenerateInputSerializer(serializers.Serializer):
+    instruction = serializers.CharField(
+        max_length=1000,
+        required=False,
+        allow_blank=True,
+        default="",
+        trim_whitespace=True,
+        help_text='What the new version should do differently, e.g. "simpler examples".',
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(self.initial_data) - set(self.fields)
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return attrs
+
+
+class TaskVersionOutputSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(
+        source="created_by.get_username", read_only=True, default=None
+    )
+
+    class Meta:
+        model = GenerationTaskVersion
+        fields = [
+            "number",
+            "model",
+            "prompt_version",
+            "instruction",
+            "input_tokens",
+            "cached_tokens",
+            "output_tokens",
+            "cost_usd",
+            "created_by",
+            "created_at",
+        ]
+
+
+class TaskRegenerateOutputSerializer(TaskOutputSerializer):
+    versions = TaskVersionOutputSerializer(many=True, read_only=True)
+    output = serializers.JSONField(read_only=True)
+
+    class Meta(TaskOutputSerializer.Meta):
+        fields = [*TaskOutputSerializer.Meta.fields, "output", "versions"]

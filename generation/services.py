@@ -283,6 +283,7 @@ def _attempt_rows(task: GenerationTask, result: GenerationResult) -> list[Genera
             task=task,
             number=task.attempts + a.number,
             kind=a.kind,
+            part=a.part,
             outcome=a.outcome,
             model=a.model,
             input_tokens=a.usage.input_tokens,
@@ -303,6 +304,7 @@ def _usage_updates(result: GenerationResult) -> dict[str, Any]:
         "cached_tokens": F("cached_tokens") + result.total("cached_tokens"),
         "output_tokens": F("output_tokens") + result.total("output_tokens"),
         "cost_usd": F("cost_usd") + result.cost_usd,
+        "reask_cost_usd": F("reask_cost_usd") + result.reask_cost_usd,
     }
 
 
@@ -487,6 +489,10 @@ def _send_chord(job_id: UUID, task_ids: list[int], priority: int) -> None:
 # --- Finalize -------------------------------------------------------------------------------------
 def job_finalize(*, job_id: UUID) -> CourseGenerationJob:
     """Assemble the course and close the job, once every task has ended. Safe to repeat."""
+    from generation.regeneration import job_dedupe_questions
+
+    # Assessments ran in parallel: only now can questions be compared across the course.
+    job_dedupe_questions(job_id=job_id)
     with transaction.atomic():
         job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
         if job.is_terminal:
@@ -519,6 +525,7 @@ def _apply_totals(job: CourseGenerationJob, tasks: list[GenerationTask]) -> None
     job.cached_tokens = sum(t.cached_tokens for t in tasks)
     job.output_tokens = sum(t.output_tokens for t in tasks)
     job.cost_usd = sum((t.cost_usd for t in tasks), Decimal(0))
+    job.reask_cost_usd = sum((t.reask_cost_usd for t in tasks), Decimal(0))
 
 
 def _queue_entry_close(*, job: CourseGenerationJob, state: QueueState) -> None:

@@ -8,6 +8,7 @@ runs. A task whose provider is unavailable is deferred: Celery retries it after 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,9 @@ def _run_deferrable(task: Task, call: Callable[[], float | None]) -> None:
             raise task.retry(countdown=delay, max_retries=None)
         time.sleep(delay)  # eager (the embedded demo): no broker to hold the retry
         delay = call()
+
+
+logger = logging.getLogger("coursegen.generation")
 
 
 @shared_task(name="generation.tasks.dispatch_queue", ignore_result=True)
@@ -63,3 +67,16 @@ def run_task(self: Task, task_id: int) -> str:
 @shared_task(name="generation.tasks.finalize_job", ignore_result=True)
 def finalize_job(job_id: str) -> str:
     return str(services.job_finalize(job_id=UUID(job_id)).status)
+
+
+@shared_task(name="generation.tasks.regenerate_task", ignore_result=True)
+def regenerate_task(task_id: int, instruction: str, user_id: int) -> None:
+    from django.contrib.auth import get_user_model
+
+    from generation.regeneration import task_regenerate
+
+    user = get_user_model().objects.get(pk=user_id)
+    try:
+        task_regenerate(task_id=task_id, instruction=instruction, by=user)
+    except services.GenerationError as exc:  # e.g. a second request for the same task
+        logger.warning("task %s not regenerated: %s", task_id, exc)

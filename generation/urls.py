@@ -13,4 +13,9 @@ urlpatterns = [
         apis.TaskRetryApi.as_view(),
         name="job-task-retry",
     ),
+    path(
+        "jobs/<uuid:job_id>/tasks/<int:task_id>/regenerate/",
+        apis.TaskRegenerateApi.as_view(),
+        name="task-regenerate",
+    ),
 ]

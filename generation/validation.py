@@ -1,6 +1,7 @@
-"""Validation of provider output: the schema, then the rules that need the request.
+"""Validation of provider output: the schema, then the content checks (generation/checks.py).
 
-Errors come back as (path, message) pairs so a re-ask can name exactly what to fix.
+Errors come back as (path, message) pairs so a re-ask can name exactly what to fix, and so a
+failure confined to one part can be regenerated alone (generation/parts.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from generation.schemas import OUTPUT_SCHEMAS, Assessment, CourseOutline, CourseRequest, TaskKind
+from generation.schemas import OUTPUT_SCHEMAS, CourseRequest, TaskKind
 
 
 @dataclass(frozen=True)
@@ -42,44 +43,6 @@ def _pydantic_errors(exc: ValidationError) -> tuple[FieldError, ...]:
     )
 
 
-def _outline_counts(outline: CourseOutline, request: CourseRequest) -> list[FieldError]:
-    errors = []
-    if len(outline.modules) != request.num_modules:
-        errors.append(
-            FieldError(
-                "modules", f"has {len(outline.modules)} modules; {request.num_modules} requested"
-            )
-        )
-    for index, module in enumerate(outline.modules):
-        if len(module.lessons) != request.lessons_per_module:
-            errors.append(
-                FieldError(
-                    f"modules.{index}.lessons",
-                    f"has {len(module.lessons)} lessons; {request.lessons_per_module} requested",
-                )
-            )
-    return errors
-
-
-def _assessment_rules(
-    assessment: Assessment, request: CourseRequest, context: Mapping[str, Any]
-) -> list[FieldError]:
-    errors = []
-    if len(assessment.questions) != request.questions_per_lesson:
-        errors.append(
-            FieldError(
-                "questions",
-                f"has {len(assessment.questions)} questions; "
-                f"{request.questions_per_lesson} requested",
-            )
-        )
-    stems = [" ".join(q.stem.lower().split()) for q in assessment.questions]
-    for index, stem in enumerate(stems):
-        if stem in stems[:index]:
-            errors.append(FieldError(f"questions.{index}.stem", "repeats an earlier question"))
-    return errors
-
-
 def validate_output(
     kind: TaskKind, data: Any, *, request: CourseRequest, context: Mapping[str, Any] | None = None
 ) -> ValidationOutcome:
@@ -88,9 +51,7 @@ def validate_output(
         model = schema.model_validate(data)
     except ValidationError as exc:
         return ValidationOutcome(None, _pydantic_errors(exc))
-    errors: list[FieldError] = []
-    if isinstance(model, CourseOutline):
-        errors = _outline_counts(model, request)
-    elif isinstance(model, Assessment):
-        errors = _assessment_rules(model, request, context or {})
+    from generation.checks import run_checks  # checks build on FieldError from this module
+
+    errors = run_checks(kind, model, request, context or {})
     return ValidationOutcome(model if not errors else None, tuple(errors))

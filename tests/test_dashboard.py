@@ -35,7 +35,7 @@ CHART_IDS = ("chart-jobs-by-status", "chart-cost-per-day", "chart-error-rate", "
 def activity(teacher: Any, base_class: Any, settings: Any) -> dict[str, Any]:
     request = CourseRequest(topic="Volcanoes", num_modules=1, lessons_per_module=2)
     done = services.job_submit(user=teacher, base_class=base_class, request=request)
-    settings.COURSEGEN_OFFLINE_FAULTS = "invalid=1.0"
+    settings.COURSEGEN_OFFLINE_FAULTS = "malformed=1.0"  # invalid replies can be combined
     get_provider.cache_clear()  # the provider is built once per process
     failed = services.job_submit(user=teacher, base_class=base_class, request=request)
     running = CourseGenerationJob.objects.create(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -9,17 +10,22 @@ import pytest
 from tenacity import RetryCallState
 
 from generation.llm import TaskSpec, generate
+from generation.prompts import task_context
 from generation.providers.base import (
     Completion,
     CompletionRequest,
     InvalidOutputError,
+    Message,
     PermanentProviderError,
     Provider,
     TransientProviderError,
     Usage,
 )
+from generation.providers.offline import build_content
 from generation.retry import BackoffWait
-from generation.schemas import CourseRequest, TaskKind, Tier
+from generation.schemas import CourseOutline, CourseRequest, Question, TaskKind, Tier
+from generation.tokens import count_message_tokens, count_tokens
+from generation.validation import validate_output
 
 GOOD_SUMMARY = {"summary": "A" * 60, "key_takeaways": ["one idea", "another idea"]}
 BAD_SUMMARY = {"summary": "too short", "key_takeaways": ["only one"]}
@@ -75,18 +81,31 @@ def test_it_returns_valid_output_from_the_first_attempt() -> None:
 
 
 def test_it_reasks_with_only_the_latest_failure_and_its_errors() -> None:
-    other_bad = {"summary": "B" * 60, "key_takeaways": []}
+    # Both fields fail each time, so each repair is a whole re-ask (not a part request).
+    other_bad = {"summary": 5, "key_takeaways": []}
     provider = ScriptedProvider([BAD_SUMMARY, other_bad, GOOD_SUMMARY])
 
     result = generate(_spec(), provider)
 
     assert result.ok
     assert [a.kind for a in result.attempts] == ["first", "reask", "reask"]
-    third = provider.requests[2].messages
-    assert len(third) == len(provider.requests[0].messages) + 2  # base + one failure, not two
-    assert "key_takeaways" in third[-1].content
-    assert "summary: String should have at least 50" not in third[-1].content
-    assert str(other_bad) == third[-2].content
+    first, third = provider.requests[0].messages, provider.requests[2].messages
+    assert third[: len(first)] == first  # the same base prompt, cacheable prefix first
+    assert len(third) == len(first) + 2  # base + one failure, not two
+    feedback = third[-1].content
+    assert "summary: Input should be a valid string" in feedback
+    assert "key_takeaways: List should have at least 2 items after validation, not 0" in feedback
+    assert "at least 50 characters" not in feedback  # the first failure's errors are gone
+    assert "not 1" not in feedback
+    assert third[-2] == Message("assistant", json.dumps(other_bad))
+    assert all("too short" not in m.content for m in third)  # nor its output
+    assert result.attempts[1].errors == [
+        {"path": "summary", "message": "Input should be a valid string"},
+        {
+            "path": "key_takeaways",
+            "message": "List should have at least 2 items after validation, not 0",
+        },
+    ]
 
 
 def test_it_stops_early_when_the_same_errors_repeat() -> None:
@@ -98,6 +117,130 @@ def test_it_stops_early_when_the_same_errors_repeat() -> None:
     assert len(provider.requests) == 2
     assert "same validation errors" in result.error
     assert result.validation_errors
+
+
+class MeteredProvider(ScriptedProvider):
+    """Reports the tokens a real provider would: the prompt as sent, the reply as written."""
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        completion = super().complete(request)
+        usage = Usage(
+            count_message_tokens([m.as_dict() for m in request.messages]),
+            0,
+            count_tokens(completion.raw_text),
+        )
+        return Completion(completion.data, completion.raw_text, usage, 0.01, request.model, "x")
+
+
+def test_it_stops_a_task_when_its_token_budget_is_spent(settings: Any) -> None:
+    settings.COURSEGEN_MAX_VALIDATION_ATTEMPTS = 10
+    settings.COURSEGEN_TASK_TOKEN_BUDGET = 6000
+    # Two different failures in turn, so only the budget can stop the loop before 10 attempts.
+    other_bad = {"summary": 7, "key_takeaways": []}
+    provider = MeteredProvider([BAD_SUMMARY, other_bad] * 5)
+
+    result = generate(_spec(), provider)
+
+    assert not result.ok
+    assert "token budget exhausted" in result.error
+    assert 1 < len(provider.requests) < 10
+    assert sum(a.usage.total_tokens for a in result.attempts) <= 6000
+    assert len(result.attempts) == len(provider.requests)  # every call is in the ledger
+
+
+# --- Targeted regeneration -------------------------------------------------------------------
+LESSON_REQUEST = CourseRequest(topic="Rivers and valleys", num_modules=1, lessons_per_module=1)
+
+
+def _lesson_spec(kind: TaskKind) -> TaskSpec:
+    outline = CourseOutline.model_validate(
+        build_content(TaskKind.OUTLINE, LESSON_REQUEST.model_dump(mode="json"))
+    )
+    context = task_context(kind, "m1.l1", request=LESSON_REQUEST, outline=outline)
+    return TaskSpec(kind, Tier.COMPLEX, "gpt-4.1-mini", LESSON_REQUEST, outline, context)
+
+
+def _valid_assessment(spec: TaskSpec) -> dict[str, Any]:
+    data = build_content(TaskKind.ASSESSMENT, spec.context)
+    assert validate_output(TaskKind.ASSESSMENT, data, request=spec.request, context=spec.context).ok
+    return data
+
+
+def _with_wrong_answer(data: dict[str, Any], index: int) -> dict[str, Any]:
+    broken = json.loads(json.dumps(data))
+    assert broken["questions"][index]["type"] == "multiple_choice"
+    broken["questions"][index]["correct_answer"] = "None of these options"
+    return broken
+
+
+def test_it_regenerates_only_the_failing_question_and_merges_it() -> None:
+    spec = _lesson_spec(TaskKind.ASSESSMENT)
+    good = _valid_assessment(spec)
+    provider = ScriptedProvider([_with_wrong_answer(good, 2), good["questions"][2]])
+
+    result = generate(spec, provider)
+
+    assert result.ok and result.data == good
+    assert [(a.kind, a.part) for a in result.attempts] == [("first", ""), ("part", "questions.2")]
+    first, second = provider.requests
+    assert first.schema.__name__ == "Assessment"
+    assert second.schema is Question  # a request for that one question only
+    assert second.context["part"] == "questions.2"
+    assert second.messages[0] == first.messages[0]  # the same cached system prefix
+    assert len(second.messages) == 2
+    ask = second.messages[-1].content
+    assert "`questions.2`" in ask
+    assert "questions.2: Value error, multiple_choice correct_answer must be exactly one" in ask
+    assert json.dumps(_with_wrong_answer(good, 2)["questions"][2]) in ask
+    # The other questions' content is not sent again (their stems are, to avoid repeats).
+    assert all(q["explanation"] not in ask for i, q in enumerate(good["questions"]) if i != 2)
+
+
+def test_it_regenerates_only_the_failing_field() -> None:
+    spec = _lesson_spec(TaskKind.LESSON_SECTION)
+    good = build_content(TaskKind.LESSON_SECTION, spec.context)
+    broken = {**good, "summary": "Too short."}
+    provider = ScriptedProvider([broken, {"summary": good["summary"]}])
+
+    result = generate(spec, provider)
+
+    assert result.ok and result.data == good
+    part_request = provider.requests[1]
+    assert list(part_request.schema.model_fields) == ["summary"]
+    assert part_request.schema.model_json_schema()["required"] == ["summary"]
+    assert "summary: String should have at least 50 characters" in part_request.messages[-1].content
+
+
+def test_it_falls_back_to_a_whole_reask_when_a_part_cannot_be_repaired() -> None:
+    spec = _lesson_spec(TaskKind.ASSESSMENT)
+    good = _valid_assessment(spec)
+    still_wrong = _with_wrong_answer(good, 2)["questions"][2]
+    provider = ScriptedProvider([_with_wrong_answer(good, 2), still_wrong, still_wrong, good])
+
+    result = generate(spec, provider)
+
+    assert result.ok and result.data == good
+    assert [a.kind for a in result.attempts] == ["first", "part", "part", "reask"]
+    reask = provider.requests[3]
+    assert reask.schema.__name__ == "Assessment"
+    assert "questions.2: Value error" in reask.messages[-1].content
+
+
+def test_it_keeps_parts_an_earlier_attempt_got_right_when_a_reask_breaks_others() -> None:
+    spec = _lesson_spec(TaskKind.ASSESSMENT)
+    good = _valid_assessment(spec)
+    still_wrong = _with_wrong_answer(good, 2)["questions"][2]
+    # The re-ask fixes question 2 but breaks question 0, which the first reply had right.
+    provider = ScriptedProvider(
+        [_with_wrong_answer(good, 2), still_wrong, still_wrong, _with_wrong_answer(good, 0)]
+    )
+
+    result = generate(spec, provider)
+
+    assert result.ok and result.data == good
+    assert len(provider.requests) == 4  # no part request for question 0: it was kept
+    assert [a.kind for a in result.attempts] == ["first", "part", "part", "reask"]
+    assert result.attempts[-1].outcome == "invalid"  # the ledger still shows what came back
 
 
 def test_it_reasks_after_output_that_is_not_json() -> None:

@@ -144,7 +144,7 @@ def test_it_logs_the_key_points_of_a_job_under_its_correlation_id(
 def test_it_logs_failed_tasks_and_jobs_as_errors(
     teacher: Any, base_class: Any, settings: Any
 ) -> None:
-    settings.COURSEGEN_OFFLINE_FAULTS = "invalid=1.0"
+    settings.COURSEGEN_OFFLINE_FAULTS = "malformed=1.0"  # invalid replies can be combined
     job = _submit(teacher, base_class, num_modules=1, lessons_per_module=1)
     assert job.status == JobStatus.FAILED
     flush_all()

@@ -4,6 +4,7 @@ latency, prompt caching, injected faults and a call log. No database, no network
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import statistics
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from generation import checks, parts
 from generation.providers import offline
 from generation.providers.base import (
     Completion,
@@ -30,11 +32,13 @@ from generation.schemas import (
     Assessment,
     CourseMetadata,
     CourseOutline,
+    CourseRequest,
     MindMap,
     TaskKind,
     Tier,
 )
 from generation.tokens import count_message_tokens, count_tokens
+from generation.validation import validate_output
 
 LONG_SYSTEM = "You are a careful curriculum designer who writes accurate course material. " * 120
 
@@ -365,6 +369,77 @@ def test_it_returns_schema_invalid_json_for_the_invalid_fault(kind: TaskKind) ->
     assert json.loads(completion.raw_text) == completion.data
     with pytest.raises(ValidationError):
         OUTPUT_SCHEMAS[kind].model_validate(completion.data)
+
+
+@pytest.mark.parametrize("kind", list(TaskKind))
+@pytest.mark.parametrize("pick", [n / 17 for n in range(17)])
+def test_it_corrupts_exactly_one_part_for_the_invalid_fault(kind: TaskKind, pick: float) -> None:
+    schema = OUTPUT_SCHEMAS[kind]
+    valid = offline.build_content(kind, _lesson_context())
+
+    broken = offline.make_invalid(kind, valid, pick=pick)
+
+    with pytest.raises(ValidationError) as caught:
+        schema.model_validate(broken)
+    paths = {".".join(map(str, e["loc"])) for e in caught.value.errors()}
+    failing = {parts.part_of(schema, p) for p in paths}
+    assert len(failing) == 1 and None not in failing  # one part, repairable on its own
+    (part,) = failing
+    assert part is not None
+    assert parts.merge(broken, part, parts.extract(valid, part)) == valid  # nothing else changed
+
+
+@pytest.mark.parametrize(
+    ("kind", "part"),
+    [
+        (TaskKind.ASSESSMENT, "questions.1"),
+        (TaskKind.LESSON_SECTION, "summary"),
+        (TaskKind.OUTLINE, "modules.0"),
+    ],
+)
+def test_it_answers_a_part_request_with_that_part_alone(kind: TaskKind, part: str) -> None:
+    context = _lesson_context()
+    schema = parts.part_schema(OUTPUT_SCHEMAS[kind], part)
+    request = dataclasses.replace(_request(kind, {**context, "part": part}), schema=schema)
+
+    completion = OfflineProvider().complete(request)
+
+    assert completion.data == parts.extract(offline.build_content(kind, context), part)
+    schema.model_validate(completion.data)
+    broken = OfflineProvider(faults="invalid=1").complete(request)
+    with pytest.raises(ValidationError):
+        schema.model_validate(broken.data)
+
+
+def test_it_replaces_a_question_with_one_unlike_the_stems_to_avoid() -> None:
+    context = _lesson_context(part="questions.0")
+    original = offline.build_content(TaskKind.ASSESSMENT, context)["questions"]
+    request = _request(TaskKind.ASSESSMENT, {**context, "avoid": [original[0]["stem"]]})
+
+    stem = OfflineProvider().complete(request).data["stem"]
+
+    assert not checks.is_near_duplicate(stem, original[0]["stem"], topic=context["topic"])
+
+
+@pytest.mark.parametrize(
+    ("topic", "level", "size"),
+    [("Photosynthesis", "beginner", (4, 3, 4)), ("SQL for data analysis", "advanced", (6, 5, 6))],
+)
+def test_it_writes_content_that_passes_every_content_check(
+    topic: str, level: str, size: tuple[int, int, int]
+) -> None:
+    provider = OfflineProvider()
+    course = _course(topic, *size, level=level)
+    request = CourseRequest.model_validate(course)
+    outline = _outline(provider, course)
+    assessments = []
+    for kind, context in _task_contexts(course, outline):
+        data = provider.complete(_request(kind, context)).data
+        outcome = validate_output(kind, data, request=request, context=context)
+        assert outcome.errors == (), (kind, context.get("lesson_title"))
+        if kind is TaskKind.ASSESSMENT:
+            assessments.append((f"{context['module_index']}.{context['lesson_index']}", data))
+    assert checks.course_duplicates(assessments, topic=topic) == []
 
 
 def test_it_cuts_output_off_at_max_output_tokens() -> None:

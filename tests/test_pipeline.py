@@ -97,7 +97,9 @@ def test_it_leaves_a_task_leased_by_another_worker_alone(
 def test_it_fails_the_job_when_a_task_keeps_failing(
     teacher: Any, base_class: Any, settings: Any
 ) -> None:
-    settings.COURSEGEN_OFFLINE_FAULTS = "invalid=1.0"
+    # Not "invalid": each invalid reply breaks one part, and two replies that broke different
+    # parts now combine into a valid object. Truncated JSON cannot be salvaged.
+    settings.COURSEGEN_OFFLINE_FAULTS = "malformed=1.0"
     job = _submit(teacher, base_class, num_modules=1, lessons_per_module=1)
 
     assert job.status == JobStatus.FAILED

@@ -8,11 +8,14 @@ same every time for the same topic, task kind, outline position and COURSEGEN_OF
 
 What it does simulate closely is how a real provider behaves:
 
-* output that validates against the request's schema, sized like real course content;
+* output that validates against the request's schema and passes the content checks, sized like
+  real course content; a request for one part (`context["part"]`, targeted regeneration) gets that
+  part alone, and a `variant` (a regenerated version) draws different content;
 * token usage counted with tiktoken, including prompt-cache hits when a long system prompt repeats;
 * latency: a per-tier time to first token plus output tokens at a per-tier rate, times a scale;
-* injected faults (429, 503, timeouts, truncated JSON, schema-invalid JSON), a file-driven outage,
-  and cut-off output when `max_output_tokens` is too small;
+* injected faults (429, 503, timeouts, truncated JSON, schema-invalid JSON with one varied
+  mistake in one part), a file-driven outage, and cut-off output when `max_output_tokens` is too
+  small;
 * an optional call log, one JSON line per call, safe across threads and processes.
 
 Content is always English whatever `language` says, and free-text `instructions` are ignored.
@@ -35,6 +38,8 @@ from typing import Any, NoReturn
 
 from django.conf import settings
 
+from generation.checks import is_near_duplicate
+from generation.parts import extract, merge, parts_of
 from generation.providers.base import (
     Completion,
     CompletionRequest,
@@ -43,7 +48,7 @@ from generation.providers.base import (
     TransientProviderError,
     Usage,
 )
-from generation.schemas import TaskKind, Tier
+from generation.schemas import OUTPUT_SCHEMAS, TaskKind, Tier
 from generation.tokens import count_message_tokens, count_tokens, encoding
 
 __all__ = [
@@ -261,8 +266,13 @@ class OfflineProvider(Provider):
     def _render(self, request: CompletionRequest, fault: str | None) -> tuple[Data, str, str]:
         """The response body, and a problem message when it is not a usable JSON object."""
         data = build_content(request.task_kind, request.context, seed=self.seed)
+        part = request.context.get("part") or ""
+        if part:  # targeted regeneration: a request for one part of the object
+            data = _part_content(request.task_kind, request.context, data, part, self.seed)
         if fault == "invalid":
-            data = make_invalid(request.task_kind, data)
+            with self._fault_lock:
+                pick = self._fault_rng.random()
+            data = make_invalid(request.task_kind, data, part=part, pick=pick)
         raw_text, problem = json.dumps(data), ""
         if fault == "malformed":
             raw_text = raw_text[: max(1, len(raw_text) * 3 // 5)]  # a proper prefix never parses
@@ -351,9 +361,13 @@ def _stable_int(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def _content_rng(seed: int, topic: str, kind: TaskKind, module: int, lesson: int) -> random.Random:
+def _content_rng(
+    seed: int, topic: str, kind: TaskKind, module: int, lesson: int, variant: int = 0
+) -> random.Random:
+    # A variant (a regenerated version, a replacement part) draws again, like sampling anew.
+    extra = (variant,) if variant else ()
     return random.Random(
-        _stable_int("content", seed, topic.strip().lower(), kind.value, module, lesson)
+        _stable_int("content", seed, topic.strip().lower(), kind.value, module, lesson, *extra)
     )
 
 
@@ -846,7 +860,8 @@ def build_content(kind: TaskKind, context: Mapping[str, Any], *, seed: int = 0) 
     """Schema-valid content for one task, deterministic for (topic, kind, position, seed)."""
     facts = _facts(context, seed)
     module, lesson = _position(kind, facts)
-    rng = _content_rng(seed, facts.topic, kind, module, lesson)
+    variant = context.get("variant")
+    rng = _content_rng(seed, facts.topic, kind, module, lesson, int(variant or 0))
     return _BUILDERS[kind](facts, rng)
 
 
@@ -965,11 +980,11 @@ _CONNECT = (
 )
 _LESSON_SUMMARY_TEXTS = (
     "In short, understanding {focus} gives you a way to reason about {t} rather than a list of "
-    "rules to follow. You should now be able to {obj0}. Practice on small cases, compare against "
+    "rules to follow. You should now be able to {objs}. Practice on small cases, compare against "
     "a simple baseline, and change one thing at a time; the next lessons build directly on these "
     "habits.",
     "To recap: this lesson explained {focus}, why it matters in {t}, and the mistakes to watch "
-    "for. The goal was to {obj0}. Before moving on, try the examples again without looking at the "
+    "for. The goal was to {objs}. Before moving on, try the examples again without looking at the "
     "text, and note any step you could not explain in your own words.",
 )
 _CONCEPTS = (
@@ -1060,7 +1075,8 @@ _EXAMPLES = (
 
 
 def _build_lesson_section(facts: _Facts, rng: random.Random) -> Data:
-    words = facts.words()
+    # The summary names every objective: lesson sections must cover all of them.
+    words = facts.words(objs=_join([_lc_first(o) for o in facts.objectives]))
     dropped = rng.choice((_WHY, _HOW, _PITFALLS, _CONNECT))  # four of five paragraph roles
     roles = [r for r in (_WHY, _CORE, _HOW, _PITFALLS, _CONNECT) if r is not dropped]
     lead = {"term": _uc_first(facts.lesson_focus), "definition": _sentence(facts.lesson_summary)}
@@ -1137,7 +1153,7 @@ _MULTIPLE_CHOICE = (
         "evaluate",
     ),
     _Choice(
-        "Why do experienced practitioners of {t} often begin with a small, simple case?",
+        "Why do experienced practitioners often begin work on {focus} with a small, simple case?",
         "A small case exposes misunderstandings early, while they are cheap to fix",
         (
             "Small cases are a tradition in the field but they teach nothing new",
@@ -1161,7 +1177,7 @@ _MULTIPLE_CHOICE = (
         "analyze",
     ),
     _Choice(
-        "Which habit most reliably improves your work in {t} over time?",
+        "Which habit most reliably improves your work on {focus} over time?",
         "Reviewing results against clear criteria and changing one thing at a time",
         (
             "Changing many things at once so that progress happens as fast as possible",
@@ -1173,7 +1189,7 @@ _MULTIPLE_CHOICE = (
         "apply",
     ),
     _Choice(
-        "What is the main risk of skipping the groundwork covered in {module}?",
+        "What is the main risk of skipping the groundwork on {focus}?",
         "Later topics turn into guesswork because the underlying ideas are missing",
         (
             "There is no risk, because later modules repeat everything from scratch",
@@ -1209,7 +1225,7 @@ _MULTIPLE_CHOICE = (
         "understand",
     ),
     _Choice(
-        "Which situation shows {t} being applied well?",
+        "Which situation shows {focus} being applied well?",
         "A plan is tried on a small case, checked against criteria, then scaled up",
         (
             "A plan is applied everywhere at once and judged only by how busy it looks",
@@ -1231,7 +1247,7 @@ _TRUE_FALSE = (
     ),
     _Claim(
         "True or false: comparing your result with a simple baseline is a reliable way to catch "
-        "mistakes in {t}.",
+        "mistakes in {focus}.",
         "True",
         "True. A baseline gives you a reference point, so an implausible result stands out "
         "instead of passing unnoticed.",
@@ -1251,15 +1267,15 @@ _TRUE_FALSE = (
         "thing at a time and note the result.",
     ),
     _Claim(
-        "True or false: the ideas in {module} connect directly to practical work later in the "
+        "True or false: the ideas of {focus} connect directly to practical work later in the "
         "course.",
         "True",
         "True. Each module builds on the earlier ones, and these ideas return in later, more "
         "demanding lessons.",
     ),
     _Claim(
-        "True or false: once a {t} technique works on one example, it is guaranteed to work on "
-        "every other case.",
+        "True or false: once a technique for {focus} works on one example, it is guaranteed to "
+        "work on every other case.",
         "False",
         "False. Edge cases and different constraints can break a technique that worked once, so "
         "each new case needs checking.",
@@ -1295,7 +1311,8 @@ _SHORT_ANSWER = (
         "useful rather than only what it is called.",
     ),
     _Claim(
-        "If a result in {t} looked wrong, what would you check first, and why?",
+        "If your work on {focus} gave a result that looked wrong, what would you check first, "
+        "and why?",
         "First check the assumptions and the inputs against a simple baseline, because most "
         "surprising results come from a wrong assumption rather than from the method.",
         "Answers should name a concrete first check and justify it; checking assumptions or a "
@@ -1328,6 +1345,8 @@ def _build_assessment(facts: _Facts, rng: random.Random) -> Data:
         objective = facts.objectives[index % len(facts.objectives)]
         template = pools[kind][(kinds[:index].count(kind)) % len(pools[kind])]
         questions.append(_QUESTION_WRITERS[kind](facts, rng, template, objective))
+    for question in questions:  # like an LMS quiz item, each question carries its lesson
+        question["stem"] = f"[{facts.lesson_title}] {question['stem']}"
     return {"questions": _unique_stems(questions)}
 
 
@@ -1620,53 +1639,69 @@ _BUILDERS: dict[TaskKind, Callable[[_Facts, random.Random], Data]] = {
 }
 
 
+# === Parts (targeted regeneration) ================================================================
+def _part_content(
+    kind: TaskKind, context: Mapping[str, Any], data: Data, part: str, seed: int
+) -> Any:
+    """One part of the content. Given stems to avoid (a replacement for a duplicate question), it
+    draws again until its question differs from them, as a model told what not to repeat would."""
+    value = extract(data, part)
+    avoid = [str(s) for s in context.get("avoid") or []]
+    topic = str(context.get("topic", ""))
+    for variant in range(1, 50):
+        stem = value.get("stem") if isinstance(value, dict) else None
+        if not (avoid and stem and any(is_near_duplicate(stem, a, topic=topic) for a in avoid)):
+            break
+        value = extract(build_content(kind, {**context, "variant": variant}, seed=seed), part)
+    return value
+
+
 # === Schema-invalid variants (the "invalid" fault) ================================================
-def make_invalid(kind: TaskKind, data: Data) -> Data:
-    """A copy of valid content with one realistic mistake that the kind's schema rejects."""
+def make_invalid(kind: TaskKind, data: Data, *, part: str = "", pick: float = 0.0) -> Data:
+    """A copy of valid content with one realistic mistake in ONE part (one question, one field),
+    which the kind's schema rejects; `pick` in [0, 1) chooses the part and the mistake, so the
+    mistakes vary like a model's do. For a part request (`part` set) the data is that part."""
     broken = json.loads(json.dumps(data))  # deep copy; the input stays valid
-    _BREAKERS[kind](broken)
-    return broken
+    if part:
+        return _break_part(part, broken, pick)
+    choices = parts_of(OUTPUT_SCHEMAS[kind], broken)
+    chosen = choices[min(int(pick * len(choices)), len(choices) - 1)]
+    rest = pick * len(choices) % 1.0  # the remainder of the roll picks the mistake
+    return merge(broken, chosen, _break_part(chosen, extract(broken, chosen), rest))
 
 
-def _break_outline(data: Data) -> None:
-    data["modules"][0]["lessons"][0]["learning_objectives"] = []
+def _break_part(part: str, value: Any, pick: float) -> Any:
+    if "." not in part:  # a field part: {"field": value}
+        ((field, inner),) = value.items()
+        return {field: _break_scalar(inner, pick)}
+    if "options" in value:
+        return _break_question(value, pick)
+    texts = [k for k, v in value.items() if isinstance(v, str)]  # an item: concept, module ...
+    key = texts[min(int(pick * len(texts)), len(texts) - 1)]
+    return {**value, key: _break_scalar(value[key], pick * len(texts) % 1.0)}
 
 
-def _break_lesson_section(data: Data) -> None:
-    data["introduction"] = "This lesson introduces the topic."
+def _break_scalar(value: Any, pick: float) -> Any:
+    mistakes: tuple[Any, ...]
+    if isinstance(value, list):
+        mistakes = ([], "see below", [""])  # too few items, not a list, an empty item
+    elif isinstance(value, bool | str) or value is None:
+        mistakes = ("", None)  # empty, missing
+    else:
+        mistakes = (-1, 10**6, "soon")  # too small, too large, not a number
+    return mistakes[min(int(pick * len(mistakes)), len(mistakes) - 1)]
 
 
-def _break_assessment(data: Data) -> None:
-    # The first question is always multiple choice (see _QUESTION_CYCLE).
-    question = data["questions"][0]
-    question["correct_answer"] = "An answer that is not among the options"
-
-
-def _break_brain_bytes(data: Data) -> None:
-    data["estimated_seconds"] = 20 if len(data["script"].split()) > 100 else 240
-
-
-def _break_module_summary(data: Data) -> None:
-    data["key_takeaways"] = data["key_takeaways"][:1]
-
-
-def _break_mind_map(data: Data) -> None:
-    leaf: Data = {"label": "Detail", "children": []}
-    for depth in range(4):  # five levels under one node: deeper than the schema allows
-        leaf = {"label": f"Level {4 - depth}", "children": [leaf]}
-    data["nodes"][0]["children"].append(leaf)
-
-
-def _break_metadata(data: Data) -> None:
-    data["tags"] = [*data["tags"], data["tags"][0].upper()]
-
-
-_BREAKERS: dict[TaskKind, Callable[[Data], None]] = {
-    TaskKind.OUTLINE: _break_outline,
-    TaskKind.LESSON_SECTION: _break_lesson_section,
-    TaskKind.ASSESSMENT: _break_assessment,
-    TaskKind.BRAIN_BYTES: _break_brain_bytes,
-    TaskKind.MODULE_SUMMARY: _break_module_summary,
-    TaskKind.MIND_MAP: _break_mind_map,
-    TaskKind.METADATA: _break_metadata,
-}
+def _break_question(question: Data, pick: float) -> Data:
+    mistake = int(pick * 4)
+    if mistake == 0 and question["type"] == "multiple_choice":
+        question["correct_answer"] = "An answer that is not among the options"
+    elif mistake == 0:
+        question["options"] = ["Yes", "No", "Maybe"]
+    elif mistake == 1:
+        question["stem"] = "Why?"
+    elif mistake == 2:
+        question["explanation"] = "See notes."
+    else:
+        question["difficulty"] = "trivial"
+    return question

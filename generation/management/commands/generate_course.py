@@ -142,7 +142,11 @@ class Command(BaseCommand):
             f"Tokens:    {job.input_tokens} in ({job.cached_tokens} cached), "
             f"{job.output_tokens} out"
         )
-        out(f"Cost:      ${job.cost_usd:.4f} at list prices")
+        out(f"Cost:      ${job.cost_usd:.4f} at list prices, cached prompt tokens included")
+        out(
+            f"Re-asks:   ${job.reask_cost_usd:.4f} ({job.reask_share:.1%} of the cost) on re-asks, "
+            f"part repairs and failed attempts; {calls / max(tasks, 1):.2f} calls per task"
+        )
         out(f"Job id:    {job.id}")
         out(
             f"Admin:     run `make web`, then open "

@@ -1,0 +1,314 @@
+"""Content checks beyond the schema: the rules a teacher would apply to a reply that parses.
+
+Each check takes the validated model, the course request and the task's context, and returns
+`FieldError`s whose path points at the part to fix (`questions.2.options.3`,
+`detailed_explanation`), so a failure feeds the same re-ask path as a schema error and can be
+repaired in place.
+
+Near-duplicate questions are checked within one assessment here. Across a course the assessment
+tasks run in parallel and cannot see each other, so `course_duplicates` runs once they have all
+finished (job finalize), and the later question of each pair is regenerated on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import textstat
+from django.conf import settings
+from pydantic import BaseModel
+from rapidfuzz import fuzz, utils
+
+from generation.schemas import (
+    Assessment,
+    CourseOutline,
+    CourseRequest,
+    LessonSectionContent,
+    MindMap,
+    Question,
+    QuestionType,
+    TaskKind,
+)
+from generation.validation import FieldError
+
+Context = Mapping[str, Any]
+Check = Callable[[Any, CourseRequest, Context], list[FieldError]]
+
+# Options that let a learner answer without knowing the content.
+_CATCH_ALL = re.compile(
+    r"\b(all|none|both|neither) of (the )?(above|these|those|them|the options|the answers)\b"
+    r"|\bboth [a-f] and [a-f]\b",
+    re.IGNORECASE,
+)
+# A distractor is comparable when within half to twice the correct option's length, or within a
+# few characters of it (short options such as numbers differ a lot in ratio, not to a reader).
+_LENGTH_RATIO = 2.0
+_LENGTH_SLACK = 12
+_WORD = re.compile(r"[a-z][a-z'-]*")
+_STOP_WORDS = frozenset(
+    """a about after all also an and any are as at be been before being between both but by can
+    could did do does doing each for from had has have how i if in into is it its itself more
+    most no not of on once only or other our out over own same should so some such than that the
+    their them then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with would you your yours""".split()  # noqa: SIM905
+)
+
+
+# --- Assessment ---------------------------------------------------------------------------------
+def _catch_all_options(index: int, question: Question) -> list[FieldError]:
+    return [
+        FieldError(
+            f"questions.{index}.options.{j}",
+            f'"{option}" is a catch-all option; replace it with a plausible, specific distractor '
+            '(no "all/none of the above")',
+        )
+        for j, option in enumerate(question.options)
+        if _CATCH_ALL.search(option)
+    ]
+
+
+def _distractor_lengths(index: int, question: Question) -> list[FieldError]:
+    if question.type is not QuestionType.MULTIPLE_CHOICE:
+        return []
+    correct = len(question.correct_answer)
+    low, high = math.ceil(correct / _LENGTH_RATIO), math.floor(correct * _LENGTH_RATIO)
+    errors = []
+    for j, option in enumerate(question.options):
+        size = len(option)
+        if abs(size - correct) > _LENGTH_SLACK and not low <= size <= high:
+            errors.append(
+                FieldError(
+                    f"questions.{index}.options.{j}",
+                    f"this distractor has {size} characters and the correct answer {correct}; "
+                    f"write distractors of comparable length ({low}-{high} characters) so the "
+                    "answer does not stand out",
+                )
+            )
+    return errors
+
+
+def _stem_key(stem: str, topic: str) -> str:
+    """The stem without the course topic's words: every question of a course names the topic,
+    which says nothing about whether two questions ask the same thing."""
+    words = set(_words(topic))
+    return " ".join(w for w in _words(stem) if w not in words)
+
+
+def similarity(a: str, b: str, *, topic: str = "") -> float:
+    return float(
+        fuzz.token_sort_ratio(
+            _stem_key(a, topic), _stem_key(b, topic), processor=utils.default_process
+        )
+    )
+
+
+def is_near_duplicate(a: str, b: str, *, topic: str = "") -> bool:
+    return similarity(a, b, topic=topic) >= settings.COURSEGEN_DUPLICATE_SIMILARITY
+
+
+def _duplicate_stems(questions: Sequence[Question], topic: str) -> list[FieldError]:
+    errors = []
+    for index, question in enumerate(questions):
+        for earlier in range(index):
+            if is_near_duplicate(question.stem, questions[earlier].stem, topic=topic):
+                errors.append(
+                    FieldError(
+                        f"questions.{index}.stem",
+                        f"near-duplicate of question {earlier} "
+                        f'("{questions[earlier].stem}"); ask about a different idea or objective',
+                    )
+                )
+                break
+    return errors
+
+
+def check_assessment(
+    model: Assessment, request: CourseRequest, context: Context
+) -> list[FieldError]:
+    errors: list[FieldError] = []
+    if len(model.questions) != request.questions_per_lesson:
+        errors.append(
+            FieldError(
+                "questions",
+                f"has {len(model.questions)} questions; {request.questions_per_lesson} requested",
+            )
+        )
+    for index, question in enumerate(model.questions):
+        errors += _catch_all_options(index, question) + _distractor_lengths(index, question)
+    return errors + _duplicate_stems(model.questions, request.topic)
+
+
+# --- Lesson section -----------------------------------------------------------------------------
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _stem(word: str) -> str:
+    """A crude suffix stripper: enough for "mistakes" to match "mistake", "explained" "explain"."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            return word[: -len(suffix)]
+    return word
+
+
+def objective_keywords(objective: str) -> list[str]:
+    """The content words of an objective, without its leading verb ("Explain", "Compare")."""
+    words = _words(objective)[1:]
+    return list(dict.fromkeys(w for w in words if w not in _STOP_WORDS and len(w) > 2))
+
+
+def _missing_objectives(text: str, objectives: Iterable[str]) -> list[FieldError]:
+    present = {_stem(w) for w in _words(text)}
+    errors = []
+    for objective in objectives:
+        keywords = objective_keywords(objective)
+        missing = [w for w in keywords if _stem(w) not in present]
+        # Covered when at least half of its key words appear: paraphrase is fine, silence is not.
+        if keywords and 2 * len(missing) > len(keywords):
+            errors.append(
+                FieldError(
+                    "detailed_explanation",
+                    f'does not cover the learning objective "{objective}" (missing key words: '
+                    f"{', '.join(missing)}); teach it explicitly",
+                )
+            )
+    return errors
+
+
+def prose_grade(text: str, *, terms: Iterable[str] = ()) -> float:
+    """Flesch-Kincaid grade of prose, with the subject's own terms replaced by a short word:
+    "photosynthesis" is unavoidable in a photosynthesis course and should not count against it."""
+    words = {w for term in terms for w in _words(term) if len(w) > 3}
+    if words:
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(words))) + r")\b", re.I)
+        text = pattern.sub("term", text)
+    return float(textstat.flesch_kincaid_grade(text))
+
+
+def _reading_level(
+    section: LessonSectionContent, request: CourseRequest, context: Context
+) -> list[FieldError]:
+    if not request.language.startswith("en"):
+        return []  # Flesch-Kincaid is calibrated for English only
+    low, high = settings.COURSEGEN_READING_GRADE_BANDS[request.level.value]
+    text = "\n\n".join([section.introduction, section.detailed_explanation, section.summary])
+    terms = [request.topic, *(c.term for c in section.key_concepts)]
+    grade = prose_grade(text, terms=terms)
+    if low <= grade <= high:
+        return []
+    advice = (
+        "use shorter sentences and everyday words"
+        if grade > high
+        else "use more precise, subject-specific language"
+    )
+    return [
+        FieldError(
+            "detailed_explanation",
+            f"reading level is grade {grade:.1f} (Flesch-Kincaid); a {request.level.value} course "
+            f"for {request.audience} needs grade {low:g}-{high:g}: {advice}",
+        )
+    ]
+
+
+def check_lesson_section(
+    model: LessonSectionContent, request: CourseRequest, context: Context
+) -> list[FieldError]:
+    text = " ".join(
+        [
+            model.introduction,
+            model.detailed_explanation,
+            model.summary,
+            *(f"{c.term} {c.definition}" for c in model.key_concepts),
+            *(f"{e.title} {e.description}" for e in model.examples),
+        ]
+    )
+    objectives = context.get("learning_objectives") or []
+    return _missing_objectives(text, objectives) + _reading_level(model, request, context)
+
+
+# --- Outline and mind map -----------------------------------------------------------------------
+def check_outline(
+    model: CourseOutline, request: CourseRequest, context: Context
+) -> list[FieldError]:
+    errors = []
+    if len(model.modules) != request.num_modules:
+        errors.append(
+            FieldError(
+                "modules", f"has {len(model.modules)} modules; {request.num_modules} requested"
+            )
+        )
+    for index, module in enumerate(model.modules):
+        if len(module.lessons) != request.lessons_per_module:
+            errors.append(
+                FieldError(
+                    f"modules.{index}.lessons",
+                    f"has {len(module.lessons)} lessons; {request.lessons_per_module} requested",
+                )
+            )
+    return errors
+
+
+def check_mind_map(model: MindMap, request: CourseRequest, context: Context) -> list[FieldError]:
+    if len(model.nodes) >= request.num_modules:
+        return []
+    return [
+        FieldError(
+            "nodes",
+            f"has {len(model.nodes)} nodes; it needs one per module ({request.num_modules})",
+        )
+    ]
+
+
+CHECKS: dict[TaskKind, Check] = {
+    TaskKind.OUTLINE: check_outline,
+    TaskKind.LESSON_SECTION: check_lesson_section,
+    TaskKind.ASSESSMENT: check_assessment,
+    TaskKind.MIND_MAP: check_mind_map,
+}
+
+
+def run_checks(
+    kind: TaskKind, model: BaseModel, request: CourseRequest, context: Context
+) -> list[FieldError]:
+    check = CHECKS.get(kind)
+    return check(model, request, context) if check else []
+
+
+# --- Across a course ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Duplicate:
+    key: str  # the assessment task's key (m2.l3) holding the later question
+    index: int  # the later question's index in that assessment
+    earlier_key: str
+    earlier_stem: str
+
+    def error(self) -> FieldError:
+        return FieldError(
+            f"questions.{self.index}.stem",
+            f'near-duplicate of a question in lesson {self.earlier_key} ("{self.earlier_stem}"); '
+            "ask about a different idea of this lesson",
+        )
+
+
+def course_duplicates(
+    assessments: Sequence[tuple[str, Mapping[str, Any]]], *, topic: str
+) -> list[Duplicate]:
+    """Near-duplicate questions across a course's assessments (in reading order), each reported
+    once, on the later question; duplicates inside one assessment are its own task's concern."""
+    seen: list[tuple[str, str]] = []
+    found = []
+    for key, output in assessments:
+        kept = []
+        for index, question in enumerate(output.get("questions", [])):
+            stem = question["stem"]
+            match = next((s for s in seen if is_near_duplicate(stem, s[1], topic=topic)), None)
+            if match:
+                found.append(Duplicate(key, index, *match))
+            else:
+                kept.append((key, stem))  # a duplicate will be replaced: nothing to compare with
+        seen += kept
+    return found

@@ -1,0 +1,350 @@
+"""Regenerating part of a course after its tasks ran: one task on request, duplicate questions
+at finalize. Both keep the attempts ledger and the job's totals, and the course re-assembles.
+
+* `task_regenerate` re-runs one task of a finished course, optionally with a teacher's
+  instruction appended to the task-specific part of the prompt. The output it had is kept as a
+  `GenerationTaskVersion` (so is the new one: the latest version is always the current output).
+* `job_dedupe_questions` compares questions across a course's assessments, which ran in parallel
+  and could not see each other, and regenerates only the later question of each near-duplicate
+  pair (a request for that one question), merging it into its assessment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from generation import assembly, services
+from generation.checks import Duplicate, course_duplicates, is_near_duplicate
+from generation.llm import GenerationResult, generate, regenerate_part
+from generation.models import (
+    CourseGenerationJob,
+    GenerationAttempt,
+    GenerationTask,
+    GenerationTaskVersion,
+    JobStatus,
+    TaskStatus,
+)
+from generation.prompts import PROMPT_VERSIONS
+from generation.providers import Provider, get_provider
+from generation.schemas import TaskKind
+from generation.services import GenerationError
+from generation.validation import FieldError
+from monitoring.logs import log_event
+
+logger = logging.getLogger("coursegen.generation")
+
+
+# --- One task of a finished course ---------------------------------------------------------------
+def _check_regenerable(task: GenerationTask) -> None:
+    if task.kind == TaskKind.OUTLINE:
+        raise GenerationError(
+            "the outline cannot be regenerated on its own: every other task is built on it"
+        )
+    if task.job.status != JobStatus.SUCCEEDED:
+        raise GenerationError(
+            f"only tasks of a finished course can be regenerated; the job is {task.job.status}"
+        )
+    if task.status == TaskStatus.RUNNING:
+        raise GenerationError("this task is being regenerated already")
+    if task.status != TaskStatus.SUCCEEDED:
+        raise GenerationError(f"the task has {task.status}")
+
+
+def task_regenerate_enqueue(*, task_id: int, instruction: str = "", by: User) -> GenerationTask:
+    """Check that the task can be regenerated now, then run it on a worker after commit."""
+    from generation.tasks import regenerate_task
+
+    with transaction.atomic():
+        task = GenerationTask.objects.select_related("job").get(pk=task_id)
+        _check_regenerable(task)
+        transaction.on_commit(lambda: regenerate_task.delay(task_id, instruction, by.pk))
+    return task
+
+
+def task_regenerate(
+    *, task_id: int, instruction: str = "", by: User, provider: Provider | None = None
+) -> GenerationTask:
+    """Re-run one task of a finished course, keep its previous output as a version, re-assemble
+    the course. When the new output fails validation the previous one stays, with the error."""
+    worker = f"regenerate:{services.worker_name()}"
+    task, number = _regeneration_claim(task_id=task_id, worker=worker)
+    spec = services._spec_for(task, worker)
+    # The new version number makes the offline simulator draw anew; real providers ignore it.
+    spec = dataclasses.replace(
+        spec, instruction=instruction, context={**spec.context, "variant": number}
+    )
+    started = time.monotonic()
+    try:
+        result = generate(spec, provider or get_provider())
+    except Exception as exc:  # a bug must not leave the task claimed for ever
+        logger.exception("regeneration of task %s crashed", task_id)
+        result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
+    _regeneration_record(
+        task=task,
+        worker=worker,
+        result=result,
+        number=number,
+        instruction=instruction,
+        by=by,
+        wall_s=time.monotonic() - started,
+    )
+    if result.ok:
+        job_dedupe_questions(job_id=task.job_id, provider=provider, finished=True)
+    job_reassemble(job_id=task.job_id)
+    task.refresh_from_db()
+    return task
+
+
+@transaction.atomic
+def _regeneration_claim(*, task_id: int, worker: str) -> tuple[GenerationTask, int]:
+    """Lock and check the task, keep its current output as version 1 if it has no versions
+    yet, and mark it running; return it with the number the new version will get."""
+    task = GenerationTask.objects.select_for_update().select_related("job").get(pk=task_id)
+    _check_regenerable(task)
+    latest = task.versions.order_by("-number").first()
+    if latest is None:
+        latest = _version_create(
+            task=task,
+            number=1,
+            output=task.output or {},
+            usage=(task.input_tokens, task.cached_tokens, task.output_tokens),
+            cost=task.cost_usd,
+            instruction="",
+            by=task.job.owner,
+            at=task.finished_at or timezone.now(),
+        )
+    now = timezone.now()
+    GenerationTask.objects.filter(pk=task.pk).update(
+        status=TaskStatus.RUNNING,
+        worker=worker,
+        runs=F("runs") + 1,
+        started_at=now,
+        lease_expires_at=now + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S),
+    )
+    return task, latest.number + 1
+
+
+def _version_create(
+    *,
+    task: GenerationTask,
+    number: int,
+    output: dict[str, Any],
+    usage: tuple[int, int, int],
+    cost: Any,
+    instruction: str,
+    by: User | None,
+    at: Any = None,
+) -> GenerationTaskVersion:
+    return GenerationTaskVersion.objects.create(
+        task=task,
+        number=number,
+        output=output,
+        model=task.model,
+        prompt_version=PROMPT_VERSIONS[task.task_kind] if number > 1 else task.prompt_version,
+        instruction=instruction,
+        input_tokens=usage[0],
+        cached_tokens=usage[1],
+        output_tokens=usage[2],
+        cost_usd=cost,
+        created_by=by,
+        created_at=at or timezone.now(),
+    )
+
+
+@transaction.atomic
+def _regeneration_record(
+    *,
+    task: GenerationTask,
+    worker: str,
+    result: GenerationResult,
+    number: int,
+    instruction: str,
+    by: User,
+    wall_s: float,
+) -> None:
+    task.refresh_from_db(fields=["attempts"])
+    GenerationAttempt.objects.bulk_create(services._attempt_rows(task, result))
+    changes: dict[str, Any] = {
+        **services._usage_updates(result),
+        "status": TaskStatus.SUCCEEDED,  # the previous output stands if the new one failed
+        "duration_ms": round(wall_s * 1000),
+        "lease_expires_at": None,
+        "finished_at": timezone.now(),
+    }
+    if result.ok:
+        usage = tuple(result.total(n) for n in ("input_tokens", "cached_tokens", "output_tokens"))
+        _version_create(
+            task=task,
+            number=number,
+            output=result.data or {},
+            usage=usage,  # type: ignore[arg-type]
+            cost=result.cost_usd,
+            instruction=instruction,
+            by=by,
+        )
+        changes |= {
+            "output": result.data,
+            "prompt_version": PROMPT_VERSIONS[task.task_kind],
+            "validation_errors": [],
+            "error": "",
+        }
+    else:
+        changes |= {
+            "validation_errors": result.validation_errors,
+            "error": f"regeneration failed, the previous version stays: {result.error}",
+        }
+    GenerationTask.objects.filter(pk=task.pk, worker=worker).update(**changes)
+    outcome = "regenerated" if result.ok else "regeneration_failed"
+    log_event(
+        f"task.{outcome}",
+        f"{task.kind} {task.key} {outcome.replace('_', ' ')} (version {number}) by {by}",
+        level="info" if result.ok else "warning",
+        job=task.job,
+        task=task,
+        user=by,
+        duration_ms=wall_s * 1000,
+        data={"instruction": instruction, "attempts": len(result.attempts), "error": result.error},
+    )
+
+
+@transaction.atomic
+def job_reassemble(*, job_id: UUID) -> CourseGenerationJob:
+    """Re-total a finished job and re-assemble its course from the tasks' current outputs."""
+    job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
+    tasks = list(job.tasks.all())
+    services._apply_totals(job, tasks)
+    fields = ["input_tokens", "cached_tokens", "output_tokens", "cost_usd", "reask_cost_usd"]
+    if job.status == JobStatus.SUCCEEDED and all(t.status == TaskStatus.SUCCEEDED for t in tasks):
+        job.course = assembly.assemble_course(job=job, tasks=tasks)
+        fields.append("course")
+    job.save(update_fields=[*fields, "updated_at"])
+    return job
+
+
+# --- Near-duplicate questions across a course ----------------------------------------------------
+def job_dedupe_questions(
+    *, job_id: UUID, provider: Provider | None = None, finished: bool = False
+) -> int:
+    """Regenerate the later question of every near-duplicate pair across the course's
+    assessments; return how many were found. Runs when every task has succeeded (on a running
+    job at finalize, or on a finished one after a regeneration when `finished`)."""
+    job = CourseGenerationJob.objects.get(pk=job_id)
+    wanted = JobStatus.SUCCEEDED if finished else JobStatus.RUNNING
+    tasks = list(job.tasks.all())
+    if job.status != wanted or any(t.status != TaskStatus.SUCCEEDED for t in tasks):
+        return 0
+    assessments = sorted((t for t in tasks if t.kind == TaskKind.ASSESSMENT), key=_reading_order)
+    duplicates = course_duplicates(
+        [(t.key, t.output or {}) for t in assessments], topic=job.course_request.topic
+    )
+    by_key = {t.key: t for t in assessments}
+    for duplicate in duplicates:
+        _dedupe_one(
+            task=by_key[duplicate.key], duplicate=duplicate, provider=provider, finished=finished
+        )
+    if duplicates:
+        logger.info("job %s: regenerated %s near-duplicate question(s)", job_id, len(duplicates))
+    return len(duplicates)
+
+
+def _reading_order(task: GenerationTask) -> tuple[int, int]:
+    module, _, lesson = task.key.partition(".")
+    return int(module[1:]), int(lesson[1:] or 0)
+
+
+def _course_stems(job_id: UUID, *, except_key: str) -> list[tuple[str, str]]:
+    outputs = GenerationTask.objects.filter(job_id=job_id, kind=TaskKind.ASSESSMENT).exclude(
+        key=except_key
+    )
+    return [
+        (key, q["stem"])
+        for key, output in outputs.values_list("key", "output")
+        for q in (output or {}).get("questions", [])
+    ]
+
+
+def _dedupe_one(
+    *, task: GenerationTask, duplicate: Duplicate, provider: Provider | None, finished: bool
+) -> None:
+    worker = f"dedupe:{services.worker_name()}"
+    lease = timezone.now() + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S)
+    claimed = GenerationTask.objects.filter(pk=task.pk, status=TaskStatus.SUCCEEDED).update(
+        status=TaskStatus.RUNNING, worker=worker, lease_expires_at=lease
+    )
+    if not claimed:
+        return  # another finalize is on it
+    task.refresh_from_db()
+    data = task.output or {}
+    part = f"questions.{duplicate.index}"
+    others = _course_stems(task.job_id, except_key=task.key)
+    topic = task.job.course_request.topic
+
+    def elsewhere(merged: dict[str, Any]) -> list[FieldError]:
+        stem = merged["questions"][duplicate.index]["stem"]
+        match = next((o for o in others if is_near_duplicate(stem, o[1], topic=topic)), None)
+        if match is None:
+            return []
+        return [Duplicate(task.key, duplicate.index, *match).error()]
+
+    try:
+        result = regenerate_part(
+            services._spec_for(task, worker),
+            provider or get_provider(),
+            data=data,
+            part=part,
+            errors=[duplicate.error()],
+            extra=elsewhere,
+            # The simulator reads this; a real model sees the duplicate and siblings in the prompt.
+            context={"avoid": [s for _, s in others] + _siblings(data, duplicate.index)},
+        )
+    except Exception as exc:  # a bug must not leave the task claimed for ever
+        logger.exception("replacing question %s of task %s crashed", part, task.pk)
+        result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
+    _dedupe_record(task=task, worker=worker, result=result, finished=finished)
+
+
+def _siblings(data: dict[str, Any], index: int) -> list[str]:
+    return [q["stem"] for i, q in enumerate(data.get("questions", [])) if i != index]
+
+
+@transaction.atomic
+def _dedupe_record(
+    *, task: GenerationTask, worker: str, result: GenerationResult, finished: bool
+) -> None:
+    """Merge the replacement question. If none passed, the task fails while its course is being
+    made (the content is not valid); on a finished course the current version stays."""
+    GenerationAttempt.objects.bulk_create(services._attempt_rows(task, result))
+    changes: dict[str, Any] = {
+        **services._usage_updates(result),
+        "status": TaskStatus.SUCCEEDED,
+        "lease_expires_at": None,
+    }
+    if result.ok:
+        changes["output"] = result.data
+    else:
+        changes |= {
+            "status": TaskStatus.SUCCEEDED if finished else TaskStatus.FAILED,
+            "validation_errors": result.validation_errors,
+            "error": f"a near-duplicate question could not be replaced: {result.error}",
+        }
+    GenerationTask.objects.filter(pk=task.pk, worker=worker).update(**changes)
+    log_event(
+        "question.replaced" if result.ok else "question.not_replaced",
+        f"{task.kind} {task.key}: near-duplicate question "
+        + ("replaced" if result.ok else f"kept: {result.error}"),
+        level="info" if result.ok else "error",
+        job=task.job,
+        task=task,
+        data={"attempts": len(result.attempts), "validation_errors": result.validation_errors},
+    )
