@@ -212,10 +212,10 @@ class Command(BaseCommand):
 
     # --- the scenario ----------------------------------------------------------------------------
     def _run(self, stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
-        user, base_class = _chaos_user()
+        users, base_class = _chaos_users(options["courses"])
         n, kills = options["courses"], 0
         self.stdout.write(f"batch 1: {n} courses, {options['kills']} kill -9 of a worker")
-        jobs = self._submit(user, base_class, n, "Kills")
+        jobs = self._submit(users, base_class, "Kills")
         self._deliver_twice(jobs)
         for point in range(options["kills"]):
             self._wait_progress(jobs, (point + 1) / (options["kills"] + 2))
@@ -226,13 +226,13 @@ class Command(BaseCommand):
         all_jobs = self._finish(jobs, options["timeout"])
 
         self.stdout.write(f"batch 2: {n} courses, Redis restarted mid-batch")
-        jobs = self._submit(user, base_class, n, "Redis restart")
+        jobs = self._submit(users, base_class, "Redis restart")
         self._wait_progress(jobs, 0.3)
         stack.restart_redis()
         all_jobs += self._finish(jobs, options["timeout"])
 
         self.stdout.write(f"batch 3: {n} courses, {options['outage_s']:.0f}s provider outage")
-        jobs = self._submit(user, base_class, n, "Outage")
+        jobs = self._submit(users, base_class, "Outage")
         self._wait_progress(jobs, 0.2)
         outage_until = time.time() + options["outage_s"]
         (stack.workdir / "outage").write_text(str(outage_until))
@@ -240,13 +240,14 @@ class Command(BaseCommand):
         report = _report(all_jobs, stack.workdir / "calls.log", self._twice)
         return {"kills": kills, "redis_restarts": 1, "outage_s": options["outage_s"], **report}
 
-    def _submit(self, user: Any, base_class: BaseClass, count: int, label: str) -> list[UUID]:
+    def _submit(self, users: list[Any], base_class: BaseClass, label: str) -> list[UUID]:
         request = CourseRequest(
             topic=f"Chaos engineering: {label}", num_modules=2, lessons_per_module=3
         )
+        # One course per user and batch: the per-user rate limits stay out of the way.
         return [
             services.job_submit(user=user, base_class=base_class, request=request).pk
-            for _ in range(count)
+            for user in users
         ]
 
     def _deliver_twice(self, jobs: list[UUID]) -> None:
@@ -291,7 +292,7 @@ def _redis_port() -> int:
     return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
-def _chaos_user() -> tuple[Any, BaseClass]:
+def _chaos_users(count: int) -> tuple[list[Any], BaseClass]:
     from django.contrib.auth import get_user_model
 
     from accounts.models import Organisation
@@ -299,9 +300,12 @@ def _chaos_user() -> tuple[Any, BaseClass]:
 
     org, _ = Organisation.objects.get_or_create(slug="chaos", defaults={"name": "Chaos"})
     base_class, _ = BaseClass.objects.get_or_create(organisation=org, name="Chaos class")
-    user, _ = get_user_model().objects.get_or_create(username="chaos-admin")
-    membership_set(user=user, organisation=org, role=Role.ADMIN)
-    return user, base_class
+    users = []
+    for n in range(count):
+        user, _ = get_user_model().objects.get_or_create(username=f"chaos-{n}")
+        membership_set(user=user, organisation=org, role=Role.ADMIN)
+        users.append(user)
+    return users, base_class
 
 
 def _report(jobs: list[UUID], call_log: Path, twice: int) -> dict[str, Any]:
