@@ -25,7 +25,16 @@ CHAOS_ENV := DATABASE_URL=$(CHAOS_DATABASE_URL) DATABASE_POOL=true \
 	COURSEGEN_TRANSIENT_BASE_WAIT_S=0.2 COURSEGEN_TRANSIENT_MAX_WAIT_S=2 \
 	COURSEGEN_TASK_DEFER_MAX_S=5 COURSEGEN_TASK_MAX_DEFERRALS=200 LOG_LEVEL=warning
 
-.PHONY: venv demo test chaos lint typecheck check migrations-check worker beat flower web clean bench-admission
+# `make bench`: its own redis-server on BENCH_REDIS_PORT, a fresh database, real processes.
+BENCH_REDIS_PORT ?= 6393
+BENCH_THROUGHPUT_DB ?= coursegen_bench2
+BENCH_THROUGHPUT_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/$(BENCH_THROUGHPUT_DB)
+BENCH_ENV := DATABASE_URL=$(BENCH_THROUGHPUT_DATABASE_URL) DATABASE_POOL=true COURSEGEN_PROVIDER=offline \
+	CELERY_BROKER_URL=redis://127.0.0.1:$(BENCH_REDIS_PORT)/0 \
+	CELERY_RESULT_BACKEND=redis://127.0.0.1:$(BENCH_REDIS_PORT)/0 \
+	REDIS_URL=redis://127.0.0.1:$(BENCH_REDIS_PORT)/1 DJANGO_DEBUG=false LOG_LEVEL=warning
+
+.PHONY: venv demo test chaos bench lint typecheck check migrations-check worker beat flower web clean bench-admission
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -51,6 +60,12 @@ chaos: $(STAMP)
 	$(CHAOS_ENV) $(BIN)/python manage.py migrate --noinput -v 0
 	$(CHAOS_ENV) $(BIN)/python manage.py chaos $(CHAOS_ARGS)
 
+bench: $(STAMP)
+	dropdb --if-exists --force -h 127.0.0.1 -U postgres $(BENCH_THROUGHPUT_DB)
+	createdb -h 127.0.0.1 -U postgres $(BENCH_THROUGHPUT_DB)
+	$(BENCH_ENV) $(BIN)/python manage.py migrate --noinput -v 0
+	$(BENCH_ENV) $(BIN)/python manage.py bench --redis-port $(BENCH_REDIS_PORT) $(BENCH_ARGS)
+
 # Prints the median and p99 time of one admission check, on its own PostgreSQL database.
 BENCH_DB ?= coursegen_bench
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/$(BENCH_DB)
@@ -75,7 +90,7 @@ web: $(STAMP)
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
 worker: $(STAMP)
-	$(BIN)/celery -A coursegen worker -P threads -c 32 -l info -E
+	$(BIN)/celery -A coursegen worker -P threads -c 32 -l info
 
 beat: $(STAMP)
 	$(BIN)/celery -A coursegen beat -l info

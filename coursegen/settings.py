@@ -108,6 +108,7 @@ INSTALLED_APPS = [
     "generation",
     "ratelimits",
     "monitoring",
+    "perf",
 ]
 
 MIDDLEWARE = [
@@ -249,6 +250,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER",
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
 CELERY_TASK_DEFAULT_PRIORITY = 5
+# Housekeeping goes first (0 is consumed first): it is short, starts waiting jobs and frees
+# running slots. Generation messages carry their job's priority (generation.services).
+CELERY_TASK_ROUTES = {
+    "generation.tasks.dispatch_queue": {"priority": 0},
+    "generation.tasks.finalize_job": {"priority": 0},
+}
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Must exceed the hard time limit, or Redis re-delivers tasks that are still running.
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
@@ -257,8 +264,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "queue_order_strategy": "priority",
     "max_connections": env_int("CELERY_BROKER_MAX_CONNECTIONS", 200, minimum=10),
 }
-CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
-CELERY_TASK_SEND_SENT_EVENT = True
+# Task events cost every task three Redis publishes (received, started, succeeded): off unless
+# asked for. Flower switches them on in running workers when it starts (its enable_events).
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
+CELERY_TASK_SEND_SENT_EVENT = env_bool("CELERY_TASK_SEND_SENT_EVENT", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}  # filled in below, after coursegen settings
 if CELERY_TASK_SOFT_TIME_LIMIT >= CELERY_TASK_TIME_LIMIT:
@@ -288,8 +297,15 @@ COURSEGEN_OFFLINE_FAULTS = env_str("COURSEGEN_OFFLINE_FAULTS", "")
 COURSEGEN_OFFLINE_SEED = env_int("COURSEGEN_OFFLINE_SEED", 0)
 # Optional file that gets one line per offline provider call (fault tests count calls with it).
 COURSEGEN_OFFLINE_CALL_LOG = env_str("COURSEGEN_OFFLINE_CALL_LOG", "")
+# Emulated provider rate limit per model (requests, tokens per minute; 0 = none), shared in Redis.
+COURSEGEN_OFFLINE_RPM = env_int("COURSEGEN_OFFLINE_RPM", 0, minimum=0)
+COURSEGEN_OFFLINE_TPM = env_int("COURSEGEN_OFFLINE_TPM", 0, minimum=0)
 
 COURSEGEN_GLOBAL_MAX_RUNNING_JOBS = env_int("COURSEGEN_GLOBAL_MAX_RUNNING_JOBS", 100, minimum=1)
+# A dispatcher run asked for but not started absorbs further asks for at most this long.
+COURSEGEN_DISPATCH_ASK_TTL_S = env_int("COURSEGEN_DISPATCH_ASK_TTL_S", 5, minimum=1)
+# Queue aging: a waiting job's priority improves by one step per this many seconds of waiting.
+COURSEGEN_QUEUE_AGING_S = env_float("COURSEGEN_QUEUE_AGING_S", 60.0, minimum=1.0)
 # Rate limits. Job limits per role live in the database (admin: Rate limit policies).
 # Request-level throttle for every API view, per user (per IP before login): "<n>/<m|s|h|d>".
 COURSEGEN_API_RATE = env_str("COURSEGEN_API_RATE", "120/m")
@@ -312,6 +328,23 @@ COURSEGEN_BREAKER_FAILURE_RATE = env_float("COURSEGEN_BREAKER_FAILURE_RATE", 0.5
 COURSEGEN_BREAKER_OPEN_S = env_float("COURSEGEN_BREAKER_OPEN_S", 15.0, minimum=0.1)
 # While a model's breaker is open, send its tasks to the other tier's model instead of waiting.
 COURSEGEN_BREAKER_FALLBACK_TIER = env_bool("COURSEGEN_BREAKER_FALLBACK_TIER", False)
+# Provider calls in flight per model, shared by all workers in Redis, moved by AIMD
+# (generation/concurrency.py). Needs REDIS_URL; without it calls are not limited.
+COURSEGEN_CONCURRENCY_ENABLED = env_bool("COURSEGEN_CONCURRENCY_ENABLED", True)
+COURSEGEN_CONCURRENCY_INITIAL = env_float("COURSEGEN_CONCURRENCY_INITIAL", 128.0, minimum=1.0)
+COURSEGEN_CONCURRENCY_MAX = env_float("COURSEGEN_CONCURRENCY_MAX", 1024.0, minimum=1.0)
+COURSEGEN_CONCURRENCY_INCREASE = env_float("COURSEGEN_CONCURRENCY_INCREASE", 1.0, minimum=0.0)
+COURSEGEN_CONCURRENCY_DECREASE = env_float("COURSEGEN_CONCURRENCY_DECREASE", 0.5, minimum=0.01)
+# Decrease when x-ratelimit-remaining-requests/-tokens fall below this fraction of the limit.
+COURSEGEN_CONCURRENCY_LOW_REMAINING = env_float(
+    "COURSEGEN_CONCURRENCY_LOW_REMAINING", 0.05, minimum=0.0
+)
+COURSEGEN_CONCURRENCY_LEASE_S = env_float(
+    "COURSEGEN_CONCURRENCY_LEASE_S", OPENAI_TIMEOUT_S + 30, minimum=1.0
+)
+COURSEGEN_CONCURRENCY_WAIT_S = env_float("COURSEGEN_CONCURRENCY_WAIT_S", 60.0, minimum=0.0)
+if COURSEGEN_CONCURRENCY_DECREASE >= 1:
+    raise ImproperlyConfigured("COURSEGEN_CONCURRENCY_DECREASE must be below 1")
 # A task that cannot reach the provider is deferred (rescheduled), at most this many times.
 COURSEGEN_TASK_MAX_DEFERRALS = env_int("COURSEGEN_TASK_MAX_DEFERRALS", 20, minimum=0)
 COURSEGEN_TASK_DEFER_MAX_S = env_float("COURSEGEN_TASK_DEFER_MAX_S", 60.0, minimum=0.1)

@@ -18,13 +18,14 @@ from rest_framework.views import APIView
 
 from generation import idempotency, recovery, regeneration, services
 from generation.models import CourseGenerationJob, GenerationTask, IdempotencyKey, JobStatus
-from generation.selectors import job_get_visible, jobs_visible_to
+from generation.selectors import job_get_visible, job_status_visible, jobs_visible_to
 from generation.serializers import (
     JobDetailOutputSerializer,
     JobOutputSerializer,
     JobSubmitInputSerializer,
     TaskRegenerateInputSerializer,
     TaskRegenerateOutputSerializer,
+    TaskStatusSerializer,
 )
 from ratelimits.apis import too_many_requests
 from ratelimits.serializers import RateLimitExceededOutputSerializer
@@ -142,7 +143,11 @@ class JobCollectionApi(APIView):
 class JobDetailApi(APIView):
     @extend_schema(responses=JobDetailOutputSerializer, operation_id="jobs_detail")
     def get(self, request: Request, job_id: UUID) -> Response:
-        job = _visible_job(request, job_id)
+        job = job_status_visible(
+            user=request.user, job_id=job_id, task_fields=TaskStatusSerializer.Meta.fields
+        )
+        if job is None:
+            raise Http404("No such job.")
         return Response(JobDetailOutputSerializer(job).data)
 
 

@@ -19,7 +19,8 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 
 logger = logging.getLogger("coursegen.breaker")
 
@@ -128,11 +129,22 @@ class CircuitBreaker:
 
     def _count(self, outcome: str) -> None:
         key = _key(self.model, f"{outcome}:{int(time.time()) // BUCKET_S}")
-        cache.add(key, 0, timeout=self.config.window_s + BUCKET_S)
+        timeout = self.config.window_s + BUCKET_S
+        backend = caches["default"]
+        if isinstance(backend, RedisCache):
+            # One round trip (INCR + EXPIRE) per call instead of Django's add, exists and incr.
+            raw_key = backend.make_and_validate_key(key)
+            client = backend._cache.get_client(raw_key, write=True)
+            pipe = client.pipeline(transaction=False)
+            pipe.incr(raw_key)
+            pipe.expire(raw_key, timeout)
+            pipe.execute()
+            return
+        cache.add(key, 0, timeout=timeout)
         try:
             cache.incr(key)
         except ValueError:  # expired between add and incr
-            cache.add(key, 1, timeout=self.config.window_s + BUCKET_S)
+            cache.add(key, 1, timeout=timeout)
 
     def _window_counts(self) -> tuple[int, int]:
         current = int(time.time()) // BUCKET_S

@@ -12,6 +12,7 @@ finished (job finalize), and the later question of each pair is regenerated on i
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -91,6 +92,7 @@ def _distractor_lengths(index: int, question: Question) -> list[FieldError]:
     return errors
 
 
+@functools.lru_cache(maxsize=4096)  # pairwise comparisons see each stem many times
 def _stem_key(stem: str, topic: str) -> str:
     """The stem without the course topic's words: every question of a course names the topic,
     which says nothing about whether two questions ask the same thing."""

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from generation import parts
 from generation.breaker import CircuitBreaker, CircuitOpenError
+from generation.concurrency import call_limited
 from generation.pricing import cost_of
 from generation.prompts import build_messages, dumps, part_messages, reask_messages
 from generation.providers.base import (
@@ -259,7 +260,7 @@ class _Conversation:
             )
             started = time.monotonic()
             try:
-                completion = self.provider.complete(request)
+                completion = call_limited(self.provider, request)  # per-model AIMD limit
             except InvalidOutputError as exc:
                 breaker.record_success(probe=probe)  # invalid output is not a provider failure
                 error = FieldError("", f"the reply is not a single JSON object ({exc})")

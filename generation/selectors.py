@@ -6,13 +6,28 @@ invisible, so the API answers 404 rather than 403 and does not reveal that it ex
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Q, QuerySet
+from django.db.models import (
+    BooleanField,
+    ExpressionWrapper,
+    Prefetch,
+    Q,
+    QuerySet,
+    prefetch_related_objects,
+)
 
 from accounts.models import Membership, Role
-from generation.models import CourseGenerationJob, QueueEntry, QueueState
+from generation.models import (
+    CourseGenerationJob,
+    GenerationTask,
+    JobStatus,
+    QueueEntry,
+    QueueState,
+)
+from generation.queueing import queued_in_order
 
 
 def jobs_visible_to(*, user: User | AnonymousUser) -> QuerySet[CourseGenerationJob]:
@@ -31,13 +46,52 @@ def job_get_visible(*, user: User | AnonymousUser, job_id: UUID) -> CourseGenera
     return jobs_visible_to(user=user).filter(pk=job_id).first()
 
 
+def job_status_visible(
+    *, user: User | AnonymousUser, job_id: UUID, task_fields: Sequence[str]
+) -> CourseGenerationJob | None:
+    """The job for its status page, polled often. Simple queries (compiling the visibility
+    subqueries was the largest part of a poll), and the big JSON documents (the course, the
+    outline, the tasks' outputs) stay in the database."""
+    if not user.is_authenticated:
+        return None
+    has_course = ExpressionWrapper(Q(course__isnull=False), output_field=BooleanField())
+    job = (
+        CourseGenerationJob.objects.filter(pk=job_id)
+        .select_related("owner")
+        .defer("course", "outline")
+        .annotate(has_course=has_course)
+        .first()
+    )
+    if job is None or not _may_see(user=user, job=job):
+        return None
+    only = GenerationTask.objects.only(
+        "job_id", *task_fields
+    )  # parsing the rest was most of a poll
+    prefetch_related_objects([job], Prefetch("tasks", only))
+    return job
+
+
+def _may_see(*, user: User, job: CourseGenerationJob) -> bool:
+    """jobs_visible_to for one job: the organisation's teachers and admins, or its member owner."""
+    role = (
+        Membership.objects.filter(user=user, organisation_id=job.organisation_id)
+        .values_list("role", flat=True)
+        .first()
+    )
+    return role in (Role.TEACHER, Role.ADMIN) or (role is not None and job.owner_id == user.pk)
+
+
 def queue_position(*, job: CourseGenerationJob) -> int | None:
     """1 for the next job to start; None when the job is not waiting."""
-    entry = QueueEntry.objects.filter(job=job, state=QueueState.QUEUED).first()
+    if job.status != JobStatus.QUEUED:  # known from the row already: no query
+        return None
+    queued = queued_in_order(QueueEntry.objects.filter(state=QueueState.QUEUED))
+    entry = queued.filter(job=job).first()
     if entry is None:
         return None
-    ahead = QueueEntry.objects.filter(state=QueueState.QUEUED).filter(
-        Q(priority__lt=entry.priority)
-        | Q(priority=entry.priority, enqueued_at__lt=entry.enqueued_at)
+    mine = entry.effective_priority  # type: ignore[attr-defined]  # the annotation
+    ahead = queued.filter(
+        Q(effective_priority__lt=mine)
+        | Q(effective_priority=mine, enqueued_at__lt=entry.enqueued_at)
     )
     return ahead.count() + 1

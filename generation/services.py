@@ -9,6 +9,7 @@ succeeded rows are never sent to the provider again, and terminal jobs are left 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -22,12 +23,13 @@ from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from accounts.models import BaseClass, Membership, Role
-from generation import assembly
+from generation import assembly, hotpath
 from generation.llm import GenerationResult, TaskSpec, generate
 from generation.models import (
     CourseGenerationJob,
@@ -42,6 +44,7 @@ from generation.models import (
 )
 from generation.prompts import PROMPT_VERSIONS
 from generation.providers import Provider, get_provider
+from generation.queueing import queued_in_order
 from generation.schemas import TASK_TIERS, CourseOutline, CourseRequest, TaskKind, Tier
 from monitoring.correlation import correlation_scope, set_correlation_id
 from monitoring.logs import log_event
@@ -63,7 +66,12 @@ class GenerationError(Exception):
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    return f"{_host()}:{os.getpid()}:{threading.get_ident()}"
+
+
+@functools.cache
+def _host() -> str:
+    return socket.gethostname()
 
 
 def model_for(tier: Tier) -> str:
@@ -130,10 +138,32 @@ def _task_create(
     )
 
 
+DISPATCH_ASKED_KEY = "generation:dispatch-asked"
+
+
 def send_dispatch() -> None:
+    """Ask for a dispatcher run, unless one was asked for and has not started yet.
+
+    Every submit and every finished job asks; under load that was hundreds of dispatcher runs
+    queueing on the advisory lock. The dispatcher clears the flag before it reads the queue, so
+    whatever committed before a skipped ask is seen by the run already asked for. The flag
+    expires (a lost message), and beat runs the dispatcher every few seconds anyway.
+    """
     from generation.tasks import dispatch_queue
 
-    dispatch_queue.delay()
+    try:
+        asked = cache.add(DISPATCH_ASKED_KEY, 1, timeout=settings.COURSEGEN_DISPATCH_ASK_TTL_S)
+    except Exception:  # the cache is only an optimisation: ask anyway
+        asked = True
+    if asked:
+        dispatch_queue.delay()
+
+
+def dispatch_asked_clear() -> None:
+    try:
+        cache.delete(DISPATCH_ASKED_KEY)
+    except Exception:
+        logger.warning("could not clear the dispatch flag; it expires on its own")
 
 
 # --- Queue ----------------------------------------------------------------------------------------
@@ -151,9 +181,11 @@ def queue_dispatch(*, worker: str | None = None, limit: int | None = None) -> li
             return started
         batch = limit if limit is not None else free
         entries = list(
-            QueueEntry.objects.select_for_update(skip_locked=True)
-            .filter(state=QueueState.QUEUED)
-            .order_by("priority", "enqueued_at")[: min(free, batch)]
+            queued_in_order(
+                QueueEntry.objects.select_for_update(skip_locked=True).filter(
+                    state=QueueState.QUEUED
+                )
+            )[: min(free, batch)]
         )
         now = timezone.now()
         for entry in entries:
@@ -190,7 +222,7 @@ def _send_outlines(job_ids: list[UUID]) -> None:
         # One dispatcher run starts many jobs: each one's messages carry its own correlation id.
         with correlation_scope(jobs[job_id].correlation_id):
             log_event("job.started", f"job {job_id} started", job=jobs[job_id])
-            run_outline.apply_async(args=(str(job_id),))
+            run_outline.apply_async(args=(str(job_id),), priority=jobs[job_id].priority)
 
 
 # --- Claims ---------------------------------------------------------------------------------------
@@ -210,6 +242,16 @@ def task_claim(*, task_id: int, worker: str) -> bool:
     return updated == 1
 
 
+def _task_claim_and_load(*, task_id: int, worker: str) -> GenerationTask | None:
+    if hotpath.supported():
+        now = timezone.now()
+        lease = now + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S)
+        return hotpath.claim_and_load(task_id=task_id, worker=worker, now=now, lease=lease)
+    if not task_claim(task_id=task_id, worker=worker):
+        return None
+    return GenerationTask.objects.select_related("job").get(pk=task_id)
+
+
 # --- Running one task -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TaskRunResult:
@@ -223,17 +265,19 @@ def task_run(
     *, task_id: int, worker: str | None = None, provider: Provider | None = None
 ) -> TaskRunResult:
     worker = worker or worker_name()
-    if not task_claim(task_id=task_id, worker=worker):
+    task = _task_claim_and_load(task_id=task_id, worker=worker)
+    if task is None:
         status = GenerationTask.objects.filter(pk=task_id).values_list("status", flat=True).first()
         return TaskRunResult(task_id, str(status), ran=False)
-    task = GenerationTask.objects.select_related("job").get(pk=task_id)
     if task.job.status == JobStatus.CANCELLED:
         _task_finish(task=task, worker=worker, status=TaskStatus.CANCELLED, error="job cancelled")
         return TaskRunResult(task_id, TaskStatus.CANCELLED, ran=False)
+    spec = _spec_for(task, worker)
+    _db_release_during_io()
     started = time.monotonic()
     try:
-        result = generate(_spec_for(task, worker), provider or get_provider())
-    except Exception as exc:  # a bug must fail this task, not hang the chord waiting on it
+        result = generate(spec, provider or get_provider())
+    except Exception as exc:  # a bug must fail this task, not hang the job waiting on it
         logger.exception("task %s crashed", task_id)
         result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
     wall_s = time.monotonic() - started
@@ -242,6 +286,13 @@ def task_run(
         return TaskRunResult(task_id, TaskStatus.PENDING, ran=True, retry_in=delay)
     status = _record_result(task=task, worker=worker, result=result, wall_s=wall_s)
     return TaskRunResult(task_id, status, ran=True)
+
+
+def _db_release_during_io() -> None:
+    """Give a pooled connection back while the provider call runs (seconds without a query), so
+    a worker's pool serves hundreds of concurrent tasks with a few connections."""
+    if connection.settings_dict.get("OPTIONS", {}).get("pool") and not connection.in_atomic_block:
+        connection.close()
 
 
 def _spec_for(task: GenerationTask, worker: str) -> TaskSpec:
@@ -312,22 +363,28 @@ def _usage_updates(result: GenerationResult) -> dict[str, Any]:
 def _record_result(
     *, task: GenerationTask, worker: str, result: GenerationResult, wall_s: float
 ) -> str:
-    # Every call is paid for, so the ledger keeps it even when our lease was lost.
-    GenerationAttempt.objects.bulk_create(_attempt_rows(task, result))
     status = TaskStatus.SUCCEEDED if result.ok else TaskStatus.FAILED
-    updated = GenerationTask.objects.filter(
-        pk=task.pk, status=TaskStatus.RUNNING, worker=worker
-    ).update(
-        status=status,
-        output=result.data,
-        model=result.attempts[-1].model if result.attempts else task.model,
-        validation_errors=result.validation_errors,
-        error=result.error,
-        duration_ms=round(wall_s * 1000),
-        lease_expires_at=None,
-        finished_at=timezone.now(),
-        **_usage_updates(result),
-    )
+    fields = {
+        "output": result.data,
+        "model": result.attempts[-1].model if result.attempts else task.model,
+        "validation_errors": result.validation_errors,
+        "error": result.error,
+        "duration_ms": round(wall_s * 1000),
+    }
+    if hotpath.supported():
+        updated = hotpath.record_and_progress(
+            task=task,
+            worker=worker,
+            now=timezone.now(),
+            status=status,
+            fields=fields,
+            usage=_usage_totals(result),
+            attempts=[_attempt_dict(row) for row in _attempt_rows(task, result)],
+        )
+    else:
+        updated = _task_close(task=task, worker=worker, status=status, fields=fields, result=result)
+        if updated:
+            job_refresh_progress(job_id=task.job_id)
     if not updated:
         # Our lease expired and another worker took the task over; its result stands.
         logger.warning("task %s: lease lost by %s, result discarded", task.pk, worker)
@@ -348,8 +405,56 @@ def _record_result(
             "validation_errors": result.validation_errors[:10],
         },
     )
-    job_refresh_progress(job_id=task.job_id)
     return status
+
+
+def _task_close(
+    *,
+    task: GenerationTask,
+    worker: str,
+    status: str,
+    fields: dict[str, Any],
+    result: GenerationResult,
+) -> bool:
+    """The ORM version of hotpath.record_and_progress (databases other than PostgreSQL)."""
+    # Every call is paid for, so the ledger keeps it even when our lease was lost.
+    GenerationAttempt.objects.bulk_create(_attempt_rows(task, result))
+    return bool(
+        GenerationTask.objects.filter(pk=task.pk, status=TaskStatus.RUNNING, worker=worker).update(
+            status=status,
+            lease_expires_at=None,
+            finished_at=timezone.now(),
+            **fields,
+            **_usage_updates(result),
+        )
+    )
+
+
+def _usage_totals(result: GenerationResult) -> dict[str, Any]:
+    return {
+        "n": len(result.attempts),
+        "input_tokens": result.total("input_tokens"),
+        "cached_tokens": result.total("cached_tokens"),
+        "output_tokens": result.total("output_tokens"),
+        "cost_usd": result.cost_usd,
+        "reask_cost_usd": result.reask_cost_usd,
+    }
+
+
+def _attempt_dict(row: GenerationAttempt) -> dict[str, Any]:
+    return {
+        "number": row.number,
+        "kind": row.kind,
+        "part": row.part,
+        "outcome": row.outcome,
+        "model": row.model,
+        "input_tokens": row.input_tokens,
+        "cached_tokens": row.cached_tokens,
+        "output_tokens": row.output_tokens,
+        "cost_usd": str(row.cost_usd),
+        "latency_ms": row.latency_ms,
+        "errors": row.errors,
+    }
 
 
 @transaction.atomic
@@ -470,20 +575,28 @@ def job_dispatch_chord(*, job_id: UUID) -> bool:
 
 
 def _send_chord(job_id: UUID, task_ids: list[int], priority: int) -> None:
+    """The job's tasks as a chord header at the job's priority; its body finalizes the job.
+
+    Header tasks store a small result, which is how the Redis result backend counts the chord
+    down (one INCR per task); everything else ignores results. A lost chord (Redis restarted)
+    is the reconciler's to find: it re-sends open tasks and finalizes jobs with none left.
+    """
     from celery import chord
 
     from generation.tasks import finalize_job, run_task
 
     header = [run_task.si(task_id).set(priority=priority) for task_id in task_ids]
-    body = finalize_job.si(str(job_id)).set(priority=priority)
+    body = finalize_job.si(str(job_id))  # its own urgent priority: it frees a running slot
     if run_task.app.conf.task_always_eager:
         # In-process, a chord is its header then its body. Celery's eager chord joins results
         # under a process-wide "may block" flag that races when several threads run jobs at once.
         for signature in header:
             signature.apply()
         body.apply()
-        return
-    chord(header, body).apply_async()
+    elif not header:  # a resumed job with nothing left to run: the body alone
+        body.apply_async()
+    else:
+        chord(header, body).apply_async()
 
 
 # --- Finalize -------------------------------------------------------------------------------------
@@ -513,11 +626,17 @@ def job_finalize(*, job_id: UUID) -> CourseGenerationJob:
             job.status, job.progress = JobStatus.SUCCEEDED, 100
             job.course = assembly.assemble_course(job=job, tasks=tasks)
         job.finished_at = timezone.now()
-        job.save()
+        job.save(update_fields=FINALIZED_FIELDS)  # not the request and outline documents again
         _queue_entry_close(job=job, state=QueueState.DONE)
         transaction.on_commit(send_dispatch)
     job_outcome_record(job=job)  # logs the outcome, alerts on failure, checks quality
     return job
+
+
+FINALIZED_FIELDS = [
+    "status", "progress", "error", "course", "finished_at", "updated_at",
+    "input_tokens", "cached_tokens", "output_tokens", "cost_usd", "reask_cost_usd",
+]  # fmt: skip
 
 
 def _apply_totals(job: CourseGenerationJob, tasks: list[GenerationTask]) -> None:

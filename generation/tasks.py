@@ -33,8 +33,11 @@ def _run_deferrable(task: Task, call: Callable[[], float | None]) -> None:
 logger = logging.getLogger("coursegen.generation")
 
 
+# dispatch_queue and finalize_job are routed at priority 0 (CELERY_TASK_ROUTES): housekeeping
+# that starts waiting jobs and frees running slots goes before queued generation messages.
 @shared_task(name="generation.tasks.dispatch_queue", ignore_result=True)
 def dispatch_queue() -> int:
+    services.dispatch_asked_clear()  # before reading the queue: asks from now on send a new run
     started = services.queue_dispatch()
     capacity_check()  # beat runs this every few seconds: the capacity alert's heartbeat
     return len(started)

@@ -44,7 +44,10 @@ def encoding(name: str = ENCODING_NAME) -> tiktoken.Encoding:
     return tiktoken.get_encoding(name)
 
 
+@functools.lru_cache(maxsize=2048)
 def count_tokens(text: str) -> int:
+    # Cached: system prompts and shared context repeat across a course's calls and re-counting
+    # them was a visible part of a task's CPU in the profile.
     return len(encoding().encode(text, disallowed_special=()))
 
 

@@ -48,6 +48,7 @@ from generation.providers.base import (
     TransientProviderError,
     Usage,
 )
+from generation.providers.ratelimit import ProviderRateLimit
 from generation.schemas import OUTPUT_SCHEMAS, TaskKind, Tier
 from generation.tokens import count_message_tokens, count_tokens, encoding
 
@@ -213,6 +214,7 @@ class OfflineProvider(Provider):
         call_log: str = "",
         outage_file: str = "",
         latency: Mapping[Tier, TierLatency] | None = None,
+        rate_limit: ProviderRateLimit | None = None,
     ) -> None:
         if not latency_scale >= 0.0:
             raise ValueError(f"latency_scale must be >= 0, got {latency_scale!r}")
@@ -222,6 +224,7 @@ class OfflineProvider(Provider):
         self.call_log = call_log
         self.latency: dict[Tier, TierLatency] = {**DEFAULT_LATENCY, **(latency or {})}
         self._outage = _OutageFile(outage_file)
+        self.rate_limit = rate_limit if rate_limit is not None and rate_limit.enabled else None
         self._prefixes = _SeenPrefixes()
         # Faults come from their own stream so content stays deterministic per request, while
         # the fault sequence is reproducible for one process given the seed.
@@ -239,6 +242,7 @@ class OfflineProvider(Provider):
             seed=int(settings.COURSEGEN_OFFLINE_SEED),
             call_log=settings.COURSEGEN_OFFLINE_CALL_LOG,
             outage_file=outage_file,
+            rate_limit=_rate_limit_from_settings(),
         )
 
     def complete(self, request: CompletionRequest) -> Completion:
@@ -250,6 +254,7 @@ class OfflineProvider(Provider):
             self._fail_transiently(fault, request.tier, started)
         data, raw_text, problem = self._render(request, fault)
         usage = self._usage(request, raw_text)
+        headers = self._admit(request.model, usage, started)
         latency_s = self._wait(self.latency[request.tier].seconds(usage.output_tokens), started)
         if problem:
             raise InvalidOutputError(problem, raw_text=raw_text, usage=usage, latency_s=latency_s)
@@ -260,6 +265,7 @@ class OfflineProvider(Provider):
             latency_s=latency_s,
             model=request.model,
             provider=self.name,
+            headers=headers,
         )
 
     # --- steps of complete() ---------------------------------------------------------------------
@@ -309,6 +315,20 @@ class OfflineProvider(Provider):
             time.sleep(delay)
         return time.perf_counter() - started
 
+    def _admit(self, model: str, usage: Usage, started: float) -> dict[str, str]:
+        """The emulated provider rate limit: its headers, or a 429 when a bucket is short."""
+        if self.rate_limit is None:
+            return {}
+        admission = self.rate_limit.take(model, usage.input_tokens + usage.output_tokens)
+        if not admission.admitted:
+            raise TransientProviderError(
+                f"simulated provider rate limit for {model} (429 Too Many Requests)",
+                status_code=429,
+                retry_after=admission.retry_after_s,
+                latency_s=time.perf_counter() - started,
+            )
+        return admission.headers
+
     def _roll_fault(self) -> str | None:
         with self._fault_lock:
             roll = self._fault_rng.random()
@@ -352,6 +372,16 @@ class OfflineProvider(Provider):
             os.write(fd, line)
         finally:
             os.close(fd)
+
+
+def _rate_limit_from_settings() -> ProviderRateLimit | None:
+    rpm, tpm = settings.COURSEGEN_OFFLINE_RPM, settings.COURSEGEN_OFFLINE_TPM
+    if not rpm and not tpm:
+        return None
+    from generation.concurrency import redis_client
+
+    client = redis_client(settings.REDIS_URL) if settings.REDIS_URL else None
+    return ProviderRateLimit(rpm=rpm, tpm=tpm, client=client)
 
 
 # === Deterministic seeding ========================================================================

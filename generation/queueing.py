@@ -1,0 +1,55 @@
+"""Queue order: priority with aging, computed by the database so every dispatcher agrees.
+
+A queued job's effective priority is `priority - floor(seconds waited / COURSEGEN_QUEUE_AGING_S)`
+(lower runs sooner), so a low-priority job gains one step per aging interval and never starves:
+a LOW (8) job waiting eight intervals ranks with a fresh URGENT (0) one, and older jobs win ties.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import F, Func, IntegerField, QuerySet
+from django.db.models.sql.compiler import SQLCompiler
+
+from generation.models import QueueEntry
+
+
+class AgedPriority(Func):
+    output_field = IntegerField()
+
+    def __init__(self, aging_s: float) -> None:
+        super().__init__(F("priority"), F("enqueued_at"))
+        self.aging_s = float(aging_s)
+
+    def _parts(self, compiler: SQLCompiler) -> tuple[str, str, list[Any]]:
+        priority, p_params = compiler.compile(self.source_expressions[0])
+        enqueued, e_params = compiler.compile(self.source_expressions[1])
+        return priority, enqueued, [*p_params, *e_params, self.aging_s]
+
+    def as_sql(  # type: ignore[override]  # PostgreSQL
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
+    ) -> tuple[str, list[Any]]:
+        priority, enqueued, params = self._parts(compiler)
+        waited = f"EXTRACT(EPOCH FROM (STATEMENT_TIMESTAMP() - {enqueued}))"
+        return f"({priority} - FLOOR({waited} / %s))::integer", params
+
+    def as_sqlite(  # type: ignore[override]  # the embedded demo
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
+    ) -> tuple[str, list[Any]]:
+        priority, enqueued, params = self._parts(compiler)
+        waited = f"((julianday('now') - julianday({enqueued})) * 86400.0)"
+        return f"({priority} - CAST({waited} / %s AS INTEGER))", params
+
+
+def aged_priority() -> AgedPriority:
+    return AgedPriority(settings.COURSEGEN_QUEUE_AGING_S)
+
+
+def queued_in_order(entries: QuerySet[QueueEntry]) -> QuerySet[QueueEntry]:
+    """Queued entries in starting order: effective (aged) priority, then the longest waiting."""
+    return entries.annotate(effective_priority=aged_priority()).order_by(
+        "effective_priority", "enqueued_at", "pk"
+    )

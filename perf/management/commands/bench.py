@@ -1,0 +1,726 @@
+"""`make bench`: throughput at scale on real processes; prints a table, then one JSON line.
+
+Processes: our own redis-server, gunicorn (the web API), Celery workers and beat, against the
+PostgreSQL database named by DATABASE_URL. Phases:
+
+1. queries — one 4x3 course runs in this process with Celery eager, counting every SQL statement.
+2. cpu — latency 0: 100 users submit courses through the HTTP API until `--cpu-courses` are done;
+   CPU-seconds of web, workers, beat, Redis and this database's PostgreSQL backends per course.
+3. critical path — full latency, an idle system: one course; its slowest chain of provider calls
+   (the outline, then the slowest chord task) against its wall time from submit to finish.
+4. throughput — full latency: 100 users, each submitting its next course when the last ends;
+   after `--warmup` seconds, courses finished per hour over `--duration` seconds, and the submit
+   endpoint's latency percentiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.authtoken.models import Token
+
+from accounts.models import BaseClass, Membership, Organisation, Role
+from generation.models import (
+    CourseGenerationJob,
+    GenerationAttempt,
+    GenerationTask,
+    JobStatus,
+    Priority,
+)
+from generation.schemas import CourseRequest, TaskKind
+from perf import load, procs
+
+PROBE_BACKLOG, PROBE_URGENT, PROBE_CONCURRENCY, PROBE_SLEEP_S = 400, 40, 16, 0.05
+POOLS = [("threads", 300), ("gevent", 300), ("prefork", 8)]
+POOL_COURSES, POOL_LATENCY_SCALE = 10, 0.25
+TARGETS = {
+    "wall_over_critical_path": ("<=", 1.10),
+    "cpu_s_per_course": ("<=", 0.6),
+    "courses_per_hour": (">=", 3000),
+    "submit_p99_ms": ("<=", 50),
+}
+
+
+class Command(BaseCommand):
+    help = "Benchmark throughput on real processes; the last line printed is one JSON object."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--redis-port", type=int, default=6393)
+        parser.add_argument("--users", type=int, default=100)
+        parser.add_argument("--cpu-courses", type=int, default=120)
+        parser.add_argument("--cpu-users", type=int, default=20, help="users in the cpu phase")
+        parser.add_argument("--warmup", type=float, default=75.0)
+        parser.add_argument("--ramp", type=float, default=45.0, help="users start spread over")
+        parser.add_argument("--duration", type=float, default=180.0)
+        parser.add_argument("--poll", type=float, default=2.0, help="users' status poll, seconds")
+        parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
+        parser.add_argument("--pool", default="threads", choices=["threads", "gevent", "prefork"])
+        parser.add_argument("--concurrency", type=int, default=300, help="per worker process")
+        parser.add_argument("--worker-nice", type=int, default=0, help="nice value of workers")
+        parser.add_argument("--web-workers", type=int, default=2)
+        parser.add_argument("--web-threads", type=int, default=8)
+        parser.add_argument("--phases", default="queries,priority,pools,cpu,critical,throughput")
+        parser.add_argument("--profile", default="", help="py-spy a worker in the cpu phase")
+        parser.add_argument(
+            "--profile-web",
+            default="",
+            help="py-spy (wall clock) a web worker in the throughput phase",
+        )
+        parser.add_argument("--keep-logs", action="store_true")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        self.opts = opts
+        self.results: dict[str, Any] = {}
+        self.rows: list[tuple[str, str, str]] = []
+        phases = set(opts["phases"].split(","))
+        self.logdir = Path(tempfile.mkdtemp(prefix="coursegen-bench-"))
+        with self.redis() as redis_proc:
+            self.redis_proc = redis_proc
+            users = self.users = self.seed(opts["users"])
+            if "queries" in phases:
+                self.phase_queries(users[0])
+            fleet = self.fleet()
+            try:
+                if "priority" in phases:
+                    self.phase_priority(fleet)
+                if "pools" in phases:
+                    self.phase_pools(fleet)
+                if not phases & {"cpu", "critical", "throughput"}:
+                    return self.report()
+                self.start_web_and_beat(fleet)
+                if "cpu" in phases:
+                    self.start_workers(fleet, latency=0.0)
+                    self.phase_cpu(fleet, users)
+                    fleet.stop("worker")
+                if phases & {"critical", "throughput"}:
+                    self.start_workers(fleet, latency=1.0)
+                    if "critical" in phases:
+                        self.phase_critical(users[0])
+                    if "throughput" in phases:
+                        self.phase_throughput(fleet, users)
+            finally:
+                fleet.stop()
+                self.results["worker_peak_rss_mb"] = round(
+                    max((p.peak_rss for p in fleet.procs if p.role == "worker"), default=0.0), 1
+                )
+        self.report()
+        if not opts["keep_logs"]:
+            shutil.rmtree(self.logdir, ignore_errors=True)
+
+    # --- set-up ----------------------------------------------------------------------------------
+    @contextmanager
+    def redis(self) -> Iterator[procs.Proc]:
+        port = self.opts["redis_port"]
+        if procs.port_open(port):
+            raise SystemExit(f"port {port} is taken: pass --redis-port (BENCH_REDIS_PORT)")
+        fleet = procs.Fleet(dict(os.environ), self.logdir)
+        command = [
+            shutil.which("redis-server") or "redis-server",
+            "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        ]  # fmt: skip
+        proc = fleet.start("redis", command)
+        procs.wait_for(lambda: procs.port_open(port), 10, "redis-server", proc)
+        try:
+            yield proc
+        finally:
+            proc.stop()
+
+    def seed(self, count: int) -> list[tuple[str, str]]:
+        """`count` admin users of one organisation with API tokens; (token, class id) each."""
+        org, _ = Organisation.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
+        klass, _ = BaseClass.objects.get_or_create(organisation=org, name="Bench class")
+        users = []
+        for i in range(count):
+            user, _ = User.objects.get_or_create(username=f"bench-{i:03d}")
+            Membership.objects.get_or_create(
+                user=user, organisation=org, defaults={"role": Role.ADMIN}
+            )
+            token, _ = Token.objects.get_or_create(user=user)
+            users.append((token.key, str(klass.pk)))
+        raise_rate_limits()
+        return users
+
+    def child_env(self) -> dict[str, str]:
+        port = self.opts["redis_port"]
+        return {
+            **os.environ,
+            "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+            "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{port}/0",
+            "REDIS_URL": f"redis://127.0.0.1:{port}/1",
+            "DATABASE_POOL": "true",
+            "DJANGO_DEBUG": "false",
+            "LOG_LEVEL": "warning",
+            "COURSEGEN_PROVIDER": "offline",
+            "COURSEGEN_API_RATE": "1000000/m",  # the request throttle would count our polls
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def fleet(self) -> procs.Fleet:
+        return procs.Fleet(self.child_env(), self.logdir)
+
+    def start_web_and_beat(self, fleet: procs.Fleet) -> None:
+        self.web_port = procs.free_port()
+        web = fleet.start(
+            "web",
+            procs.python_command(
+                "-m",
+                "gunicorn",
+                "coursegen.wsgi:application",
+                "-k",
+                "gthread",
+                "-w",
+                str(self.opts["web_workers"]),
+                "--threads",
+                str(self.opts["web_threads"]),
+                "-b",
+                f"127.0.0.1:{self.web_port}",
+                "--keep-alive",
+                "30",
+                "--log-level",
+                "warning",
+            ),
+            {"DATABASE_POOL_MAX_SIZE": str(self.opts["web_threads"])},
+        )
+        schedule = self.logdir / "beat-schedule"
+        fleet.start(
+            "beat",
+            procs.python_command(
+                "-m", "celery", "-A", "coursegen", "beat", "-l", "warning", "-s", str(schedule)
+            ),
+            {"DATABASE_POOL_MIN_SIZE": "1", "DATABASE_POOL_MAX_SIZE": "2"},
+        )
+        procs.wait_for(lambda: procs.port_open(self.web_port), 30, "gunicorn", web)
+
+    def start_workers(self, fleet: procs.Fleet, *, latency: float) -> None:
+        from coursegen.celery import app
+
+        names = []
+        for i in range(self.opts["workers"]):
+            name = f"bench{i}-{latency:g}@{os.uname().nodename}"
+            names.append(name)
+            fleet.start(
+                "worker",
+                [
+                    "nice",
+                    "-n",
+                    str(self.opts["worker_nice"]),
+                    *procs.python_command(
+                        "-m",
+                        "celery",
+                        "-A",
+                        "coursegen",
+                        "worker",
+                        "-P",
+                        self.opts["pool"],
+                        "-c",
+                        str(self.opts["concurrency"]),
+                        "-l",
+                        "warning",
+                        "-n",
+                        name,
+                        "--without-gossip",
+                        "--without-mingle",
+                    ),
+                ],
+                {
+                    "COURSEGEN_OFFLINE_LATENCY_SCALE": str(latency),
+                    "DATABASE_POOL_MAX_SIZE": "12",
+                },
+            )
+        worker = fleet.of("worker")[-1]
+        procs.wait_for(
+            lambda: len(app.control.ping(destination=names, timeout=0.5) or []) == len(names),
+            60,
+            "celery workers",
+            worker,
+        )
+
+    # --- phases ----------------------------------------------------------------------------------
+    def phase_queries(self, user: tuple[str, str]) -> None:
+        """One course end to end in this process (Celery eager) with every statement counted."""
+        from coursegen.celery import app
+        from generation import services
+
+        token, class_id = user
+        owner = Token.objects.get(key=token).user
+        previous = app.conf.task_always_eager
+        app.conf.task_always_eager = True
+        try:
+            with CaptureQueriesContext(connection) as queries:
+                job = services.job_submit(
+                    user=owner,
+                    base_class=BaseClass.objects.get(pk=class_id),
+                    request=CourseRequest(topic="Counting queries", num_modules=4),
+                )
+        finally:
+            app.conf.task_always_eager = previous
+        job.refresh_from_db()
+        tasks = job.tasks.count()
+        per_task = len(queries) / max(tasks, 1)
+        self.results["db_queries_per_task"] = round(per_task, 2)
+        self.rows.append(("queries", "one 4x3 course, eager, all statements", f"{len(queries)}"))
+        self.rows.append(
+            ("queries", f"per task ({tasks} tasks, job {job.status})", f"{per_task:.2f}")
+        )
+        connection.close()
+
+    def phase_cpu(self, fleet: procs.Fleet, users: list[tuple[str, str]]) -> None:
+        count = self.opts["cpu_courses"]
+        backends = procs.BackendCpu(str(os.environ["DATABASE_URL"]))
+        profiler = self.start_profiler(fleet)
+        try:
+            before, pg_server = self.cpu_snapshot(fleet), procs.server_cpu()
+            backends.mark()
+            started = time.monotonic()
+            cpu_users = users[: self.opts["cpu_users"]]
+            result = self.drive(cpu_users, budget=count, poll=min(self.opts["poll"], 1.0))
+            elapsed = time.monotonic() - started
+            after = self.cpu_snapshot(fleet)
+            pg = backends.total()
+            pg_server = procs.server_cpu() - pg_server
+        finally:
+            backends.close()
+            self.stop_profiler(profiler)
+        done = [c for c in result.finished() if c.status == "succeeded"]
+        spent = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
+        spent["postgres"] = pg
+        total = sum(spent.values())
+        per_course = total / max(len(done), 1)
+        self.results["cpu_s_per_course"] = round(per_course, 3)
+        self.results["cpu_courses"] = len(done)
+        for role, value in sorted(spent.items()):
+            self.rows.append(
+                ("cpu", f"{role} CPU-s per course", f"{value / max(len(done), 1):.3f}")
+            )
+        self.rows.append(("cpu", "total CPU-s per course", f"{per_course:.3f}"))
+        self.rows.append(
+            (
+                "cpu",
+                "courses / wall s / failed",
+                f"{len(done)} / {elapsed:.1f} / {len(result.finished()) - len(done)}",
+            )
+        )
+        mean_wall = statistics.fmean([(c.finished_at or 0) - c.submitted_at for c in done] or [0])
+        self.rows.append(
+            (
+                "cpu",
+                "users (poll 1 s) / mean course wall s",
+                f"{len(cpu_users)} / {mean_wall:.2f}",
+            )
+        )
+        self.rows.append(
+            (
+                "cpu",
+                "(ref) all postgres processes on the shared server, per course",
+                f"{pg_server / max(len(done), 1):.3f}",
+            )
+        )
+        self.rows.append(("cpu", "load errors", str(len(result.errors))))
+
+    def phase_critical(self, user: tuple[str, str]) -> None:
+        result = self.drive([user], budget=1, poll=0.1)
+        course = result.courses[0]
+        job = CourseGenerationJob.objects.get(pk=course.job_id)
+        latencies: dict[int, int] = {}
+        for task_id, ms in GenerationAttempt.objects.filter(task__job=job).values_list(
+            "task_id", "latency_ms"
+        ):
+            latencies[task_id] = latencies.get(task_id, 0) + ms
+        outline = GenerationTask.objects.get(job=job, kind=TaskKind.OUTLINE)
+        others = [ms for task_id, ms in latencies.items() if task_id != outline.pk]
+        critical = (latencies.get(outline.pk, 0) + max(others, default=0)) / 1000
+        assert job.finished_at is not None
+        wall = (job.finished_at - job.created_at).total_seconds()
+        self.results.update(
+            critical_path_s=round(critical, 3),
+            course_wall_s=round(wall, 3),
+            wall_over_critical_path=round(wall / critical, 4) if critical else None,
+        )
+        self.rows.append(("critical", f"job {job.status}, {len(latencies)} tasks", ""))
+        self.rows.append(
+            ("critical", "critical path s (outline + slowest task)", f"{critical:.2f}")
+        )
+        self.rows.append(("critical", "course wall s (created -> finished)", f"{wall:.2f}"))
+        self.rows.append(
+            (
+                "critical",
+                "client-observed s (poll 0.1 s)",
+                f"{(course.finished_at or 0) - course.submitted_at:.2f}",
+            )
+        )
+        connection.close()
+
+    def phase_throughput(self, fleet: procs.Fleet, users: list[tuple[str, str]]) -> None:
+        warmup, duration = self.opts["warmup"], self.opts["duration"]
+        stop = threading.Event()
+        started = time.monotonic()
+        result, threads = load.run_users(
+            port=self.web_port,
+            tokens=[t for t, _ in users],
+            base_class=users[0][1],
+            poll_s=self.opts["poll"],
+            stop=stop,
+            budget=load.Budget(None),
+            ramp_s=min(self.opts["ramp"], warmup),
+        )
+        window_start = started + warmup
+        web_profiler = self.start_web_profiler(fleet)
+        backends = procs.BackendCpu(str(os.environ["DATABASE_URL"]))
+        time.sleep(warmup)
+        cpu_before = self.cpu_snapshot(fleet)
+        cpu_before["(machine, all processes)"] = procs.machine_busy_s()
+        cpu_before["(load generator)"] = procs.cpu_s(os.getpid())
+        backends.mark()
+        time.sleep(duration)
+        window_end = time.monotonic()
+        cpu_after = self.cpu_snapshot(fleet)
+        cpu_after["postgres"] = backends.total()
+        cpu_after["(machine, all processes)"] = procs.machine_busy_s()
+        cpu_after["(load generator)"] = procs.cpu_s(os.getpid())
+        backends.close()
+        for proc in fleet.of("worker"):
+            proc.rss_peak()
+        stop.set()
+        self.stop_profiler(web_profiler)
+        for thread in threads:
+            thread.join(timeout=30)
+        with (self.logdir / "submits.csv").open("w") as handle:
+            for c in sorted(result.courses, key=lambda c: c.submitted_at):
+                handle.write(f"{c.submitted_at - started:.2f},{c.submit_ms:.1f}\n")
+        done = [c for c in result.finished() if window_start <= (c.finished_at or 0) <= window_end]
+        ok = [c for c in done if c.status == "succeeded"]
+        # Steady state: submits in the window (the first seconds are every user's first submit).
+        submits = [c.submit_ms for c in result.courses if c.submitted_at >= window_start]
+        all_submits = [c.submit_ms for c in result.courses]
+        walls = [(c.finished_at or 0) - c.submitted_at for c in ok]
+        per_hour = len(ok) * 3600 / (window_end - window_start)
+        self.results.update(
+            courses_per_hour=round(per_hour),
+            submit_p50_ms=round(load.percentile(submits, 50), 1),
+            submit_p99_ms=round(load.percentile(submits, 99), 1),
+            submits=len(submits),
+        )
+        window = window_end - window_start
+        self.rows.append(
+            (
+                "throughput",
+                "users / ramp s / warm-up s / window s",
+                f"{len(users)} / {self.opts['ramp']:g} / {warmup:g} / {window:.0f}",
+            )
+        )
+        self.rows.append(
+            (
+                "throughput",
+                "courses finished in the window (failed)",
+                f"{len(ok)} ({len(done) - len(ok)})",
+            )
+        )
+        self.rows.append(("throughput", "courses per hour", f"{per_hour:.0f}"))
+        self.rows.append(
+            (
+                "throughput",
+                "course wall under load s (mean, client-observed)",
+                f"{statistics.fmean(walls):.1f}" if walls else "-",
+            )
+        )
+        self.rows.append(
+            (
+                "throughput",
+                f"submit ms in the window p50 / p99 / max (n={len(submits)})",
+                _ms(submits) + f" / {max(submits, default=0):.1f}",
+            )
+        )
+        self.rows.append(
+            (
+                "throughput",
+                f"submit ms incl. warm-up p50 / p99 (n={len(all_submits)})",
+                f"{load.percentile(all_submits, 50):.1f} / {load.percentile(all_submits, 99):.1f}",
+            )
+        )
+        for role, value in sorted(cpu_after.items()):
+            busy = (value - cpu_before.get(role, 0.0)) / (window_end - window_start)  # pg: delta
+            self.rows.append(("throughput", f"{role} CPU cores busy", f"{busy:.2f}"))
+        self.rows.append(("throughput", "load errors", str(len(result.errors))))
+        for error in result.errors[:5]:
+            self.rows.append(("throughput", "error", error[:90]))
+        self.cancel_running()
+
+    def phase_priority(self, fleet: procs.Fleet) -> None:
+        """Queue ordering under a backlog: Redis priority steps on one queue, or two queues."""
+        from coursegen.celery import app
+        from perf.tasks import probe
+
+        client = redis.Redis.from_url(str(settings.REDIS_URL))
+        for mode in ("priority steps", "two queues"):
+            queues = "celery" if mode == "priority steps" else "high,celery"
+            worker = self.start_probe_worker(fleet, queues)
+            client.delete("perf:probes")
+            with app.producer_or_acquire() as producer:
+                for i in range(PROBE_BACKLOG):  # a backlog of low-priority work first
+                    self.send_probe(probe, producer, mode, "low", Priority.LOW, i)
+                for i in range(PROBE_URGENT):  # then high-priority work arrives
+                    self.send_probe(probe, producer, mode, "high", Priority.HIGH, i)
+            procs.wait_for(
+                lambda: client.llen("perf:probes") >= PROBE_BACKLOG + PROBE_URGENT, 300, "probes"
+            )
+            worker.stop()
+            waits: dict[str, list[float]] = {"low": [], "high": []}
+            for raw in client.lrange("perf:probes", 0, -1):
+                item = json.loads(raw)
+                waits[item["label"]].append(item["wait_s"])
+            for label, values in waits.items():
+                self.rows.append(
+                    (
+                        "priority",
+                        f"{mode}: {label}-priority wait s p50 / p95 (n={len(values)})",
+                        f"{load.percentile(values, 50):.2f} / {load.percentile(values, 95):.2f}",
+                    )
+                )
+            self.results[f"priority_{mode.replace(' ', '_')}_high_p95_s"] = round(
+                load.percentile(waits["high"], 95), 3
+            )
+
+    def send_probe(
+        self, probe: Any, producer: Any, mode: str, label: str, priority: int, i: int
+    ) -> None:
+        queue = "high" if mode == "two queues" and priority <= Priority.HIGH else "celery"
+        probe.apply_async(
+            args=(label, time.time(), PROBE_SLEEP_S),
+            priority=priority,
+            queue=queue,
+            producer=producer,
+        )
+
+    def start_probe_worker(self, fleet: procs.Fleet, queues: str) -> procs.Proc:
+        from coursegen.celery import app
+
+        name = f"probe-{queues.replace(',', '-')}@{os.uname().nodename}"
+        proc = fleet.start(
+            "probe-worker",
+            procs.python_command(
+                "-m",
+                "celery",
+                "-A",
+                "coursegen",
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                str(PROBE_CONCURRENCY),
+                "-Q",
+                queues,
+                "-l",
+                "warning",
+                "-n",
+                name,
+                "--without-gossip",
+                "--without-mingle",
+            ),
+        )
+        procs.wait_for(
+            lambda: len(app.control.ping(destination=[name], timeout=0.5) or []) == 1,
+            60,
+            "probe worker",
+            proc,
+        )
+        return proc
+
+    def phase_pools(self, fleet: procs.Fleet) -> None:
+        """Worker pools for I/O-bound calls: courses at a quarter of the latency, at once."""
+        from generation import services
+
+        token, class_id = self.users[0]
+        owner = Token.objects.get(key=token).user
+        klass = BaseClass.objects.get(pk=class_id)
+        for pool, concurrency in POOLS:
+            name = f"pool-{pool}-{concurrency}@{os.uname().nodename}"
+            worker = fleet.start(
+                "pool-worker",
+                procs.python_command(
+                    "-m",
+                    "celery",
+                    "-A",
+                    "coursegen",
+                    "worker",
+                    "-P",
+                    pool,
+                    "-c",
+                    str(concurrency),
+                    "-l",
+                    "warning",
+                    "-n",
+                    name,
+                    "--without-gossip",
+                    "--without-mingle",
+                ),
+                {"COURSEGEN_OFFLINE_LATENCY_SCALE": str(POOL_LATENCY_SCALE)},
+            )
+            beat = fleet.start(
+                "pool-beat",
+                procs.python_command("-m", "celery", "-A", "coursegen", "beat", "-l", "warning",
+                                     "-s", str(self.logdir / f"beat-{pool}")),
+            )  # fmt: skip
+            from coursegen.celery import app
+
+            procs.wait_for(
+                lambda name=name: len(app.control.ping(destination=[name], timeout=0.5) or []) == 1,
+                60,
+                f"{pool} worker",
+                worker,
+            )
+            cpu_before = worker.cpu()
+            started = time.monotonic()
+            jobs = [
+                services.job_submit(
+                    user=owner,
+                    base_class=klass,
+                    request=CourseRequest(topic=f"Pool test {pool} {i}", num_modules=4),
+                ).pk
+                for i in range(POOL_COURSES)
+            ]
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                open_jobs = CourseGenerationJob.objects.filter(
+                    pk__in=jobs, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]
+                ).count()
+                if not open_jobs:
+                    break
+                time.sleep(0.25)
+            wall = time.monotonic() - started
+            cpu = worker.cpu() - cpu_before
+            worker.rss_peak()
+            done = CourseGenerationJob.objects.filter(pk__in=jobs, status=JobStatus.SUCCEEDED)
+            worker.stop()
+            beat.stop()
+            connection.close()
+            self.rows.append(
+                (
+                    "pools",
+                    f"{pool} -c {concurrency}: {POOL_COURSES} courses at once, wall s "
+                    "/ worker CPU-s per course / peak RSS MB / succeeded",
+                    f"{wall:.1f} / {cpu / POOL_COURSES:.3f} / {worker.peak_rss:.0f} / "
+                    f"{done.count()}",
+                )
+            )
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def drive(self, users: list[tuple[str, str]], *, budget: int, poll: float) -> load.LoadResult:
+        """Users submit until `budget` courses were submitted; returns when all have ended."""
+        stop = threading.Event()
+        result, threads = load.run_users(
+            port=self.web_port,
+            tokens=[t for t, _ in users],
+            base_class=users[0][1],
+            poll_s=poll,
+            stop=stop,
+            budget=load.Budget(budget),
+        )
+        for thread in threads:
+            thread.join(timeout=600)
+        return result
+
+    def cpu_snapshot(self, fleet: procs.Fleet) -> dict[str, float]:
+        snapshot = fleet.cpu_by_role()
+        snapshot["redis"] = self.redis_proc.cpu()
+        return snapshot
+
+    def cancel_running(self) -> None:
+        from generation.models import QueueEntry, QueueState
+
+        open_jobs = CourseGenerationJob.objects.filter(
+            status__in=[JobStatus.QUEUED, JobStatus.RUNNING]
+        )
+        QueueEntry.objects.filter(job__in=open_jobs).update(state=QueueState.CANCELLED)
+        open_jobs.update(status=JobStatus.CANCELLED, error="benchmark ended")
+        connection.close()
+
+    def start_profiler(self, fleet: procs.Fleet) -> subprocess.Popen[bytes] | None:
+        path = self.opts["profile"]
+        if not path:
+            return None
+        worker = fleet.of("worker")[0]
+        command = [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "-p",
+            str(worker.pid),
+            "-o",
+            path,
+            "-r",
+            "200",
+            "--gil",
+            "--nonblocking",
+        ]
+        if path.endswith(".txt"):
+            command += ["-f", "raw"]
+        elif path.endswith(".json"):
+            command += ["-f", "speedscope"]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def start_web_profiler(self, fleet: procs.Fleet) -> subprocess.Popen[bytes] | None:
+        path = self.opts["profile_web"]
+        if not path:
+            return None
+        child = procs.children_of(fleet.of("web")[0].pid)[0]
+        command = [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(child)]
+        command += ["-o", path, "-r", "100", "--gil", "--nonblocking", "-f", "raw"]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def stop_profiler(self, profiler: subprocess.Popen[bytes] | None) -> None:
+        if profiler is not None:
+            profiler.send_signal(2)
+            profiler.wait(timeout=60)
+
+    def report(self) -> None:
+        width = max(len(r[1]) for r in self.rows) if self.rows else 40
+        out = self.stdout
+        out.write(f"{'phase':<11} {'measure':<{width}} value")
+        for phase, name, value in self.rows:
+            out.write(f"{phase:<11} {name:<{width}} {value}")
+        out.write("")
+        for key, (op, target) in TARGETS.items():
+            got = self.results.get(key)
+            met = got is not None and (got <= target if op == "<=" else got >= target)
+            out.write(f"target {key} {op} {target}: {got} ({'met' if met else 'NOT met'})")
+        self.results["settings"] = {
+            "workers": self.opts["workers"],
+            "pool": self.opts["pool"],
+            "concurrency": self.opts["concurrency"],
+            "web": f"gunicorn gthread {self.opts['web_workers']}x{self.opts['web_threads']}",
+            "users": self.opts["users"],
+            "poll_s": self.opts["poll"],
+            "global_max_running_jobs": settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS,
+        }
+        out.write(json.dumps(self.results))
+
+
+def _ms(values: list[float]) -> str:
+    return f"{load.percentile(values, 50):.1f} / {load.percentile(values, 99):.1f}"
+
+
+def raise_rate_limits() -> None:
+    """The benchmark's users are admins under a raised policy: per-user admission must not be
+    what the benchmark measures (see the README's Throughput section)."""
+    from ratelimits.models import RateLimitPolicy
+
+    RateLimitPolicy.objects.filter(role=Role.ADMIN).update(
+        per_minute=1_000_000, per_hour=1_000_000, per_day=1_000_000, max_concurrent=1_000
+    )

@@ -1,0 +1,118 @@
+"""Queue order: priority with aging, and the priority that Celery messages carry."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import celery
+import pytest
+from django.utils import timezone
+
+from accounts.models import Role
+from generation import services, tasks
+from generation.models import CourseGenerationJob, Priority, QueueEntry
+from generation.schemas import CourseRequest
+from generation.selectors import queue_position
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def no_dispatch(monkeypatch: Any) -> None:
+    monkeypatch.setattr(services, "send_dispatch", lambda: None)  # the test dispatches
+
+
+def _queued(user: Any, base_class: Any, *, priority: int, waited_s: float) -> CourseGenerationJob:
+    job = services.job_submit(
+        user=user, base_class=base_class, request=CourseRequest(topic="Tides and the moon")
+    )
+    QueueEntry.objects.filter(job=job).update(
+        priority=priority, enqueued_at=timezone.now() - timedelta(seconds=waited_s)
+    )
+    return job
+
+
+def test_it_starts_the_higher_priority_job_first(
+    make_member: Any, base_class: Any, settings: Any, no_dispatch: None, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(services, "_send_outlines", lambda job_ids: None)
+    settings.COURSEGEN_QUEUE_AGING_S = 60
+    user = make_member(Role.ADMIN)
+    low = _queued(user, base_class, priority=Priority.LOW, waited_s=30)
+    high = _queued(user, base_class, priority=Priority.HIGH, waited_s=0)
+
+    assert queue_position(job=high) == 1 and queue_position(job=low) == 2
+    assert services.queue_dispatch(limit=1) == [high.pk]
+
+
+def test_it_ages_a_waiting_low_priority_job_past_newer_high_priority_ones(
+    make_member: Any, base_class: Any, settings: Any, no_dispatch: None, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(services, "_send_outlines", lambda job_ids: None)
+    settings.COURSEGEN_QUEUE_AGING_S = 60
+    user = make_member(Role.ADMIN)
+    # LOW (8) after 7 minutes is 8 - 7 = 1: ahead of a fresh HIGH (2), behind a fresh URGENT (0).
+    low = _queued(user, base_class, priority=Priority.LOW, waited_s=7 * 60 + 5)
+    high = _queued(user, base_class, priority=Priority.HIGH, waited_s=0)
+    urgent = _queued(user, base_class, priority=Priority.URGENT, waited_s=0)
+
+    assert [queue_position(job=j) for j in (urgent, low, high)] == [1, 2, 3]
+    assert services.queue_dispatch(limit=1) == [urgent.pk]
+    assert services.queue_dispatch(limit=1) == [low.pk]
+    assert services.queue_dispatch(limit=1) == [high.pk]
+
+
+def test_it_sends_the_jobs_messages_at_the_jobs_priority(
+    teacher: Any,
+    base_class: Any,
+    no_dispatch: None,
+    monkeypatch: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    sent: list[tuple[str, int | None]] = []
+    chords: list[tuple[list[Any], Any]] = []
+
+    class CapturedChord:
+        def __init__(self, header: list[Any], body: Any) -> None:
+            chords.append((header, body))
+
+        def apply_async(self) -> None:
+            pass
+
+    monkeypatch.setattr(
+        tasks.run_outline,
+        "apply_async",
+        lambda *args, **kwargs: sent.append((tasks.run_outline.name, kwargs.get("priority"))),
+    )
+    monkeypatch.setattr(celery, "chord", CapturedChord)
+    monkeypatch.setitem(tasks.run_task.app.conf, "task_always_eager", False)  # a real chord
+    job = services.job_submit(
+        user=teacher, base_class=base_class, request=CourseRequest(topic="Tides and the moon")
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        services.queue_dispatch()
+        services.job_plan_tasks(job_id=job.pk, outline=_outline())
+        services.job_dispatch_chord(job_id=job.pk)
+
+    assert sent == [("generation.tasks.run_outline", Priority.NORMAL)]  # a teacher's job
+    [(header, body)] = chords
+    assert {s.task for s in header} == {tasks.run_task.name}
+    assert {s.options["priority"] for s in header} == {Priority.NORMAL}
+    assert len(header) == job.tasks.count() - 1  # every task but the outline
+    # The body frees a running slot: it keeps finalize_job's own (urgent) priority.
+    assert body.task == tasks.finalize_job.name and "priority" not in body.options
+
+
+def test_housekeeping_messages_go_first() -> None:
+    router = tasks.run_task.app.amqp.router
+    for task in (tasks.dispatch_queue, tasks.finalize_job):
+        assert router.route({}, task.name)["priority"] == Priority.URGENT
+    assert router.route({"priority": Priority.LOW}, tasks.run_task.name)["priority"] == Priority.LOW
+
+
+def _outline() -> dict[str, Any]:
+    from generation.providers.offline import build_content
+    from generation.schemas import TaskKind
+
+    return build_content(TaskKind.OUTLINE, {"topic": "Tides and the moon", "num_modules": 1})
