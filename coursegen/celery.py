@@ -1,11 +1,32 @@
 """The Celery application. All of its settings live in settings.py under the CELERY_ prefix."""
 
+import logging
 import os
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coursegen.settings")
 
 app = Celery("coursegen")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+logger = logging.getLogger("coursegen")
+
+
+@signals.worker_init.connect
+def unpool_prefork(sender: Any = None, **kwargs: Any) -> None:
+    """A psycopg pool is not fork-safe: a prefork child that inherits one hangs for ever when
+    Celery closes it after the fork (its pool threads exist only in the parent), and Celery
+    closes the pool after every task anyway. Prefork workers use plain connections instead."""
+    from django.db import connections
+
+    pool_cls = getattr(sender, "pool_cls", None)
+    name = pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "")
+    if "prefork" not in str(name):
+        return
+    for alias in connections:
+        options = connections[alias].settings_dict.get("OPTIONS", {})
+        if options.pop("pool", None):
+            logger.warning("prefork pool: DATABASE_POOL ignored for %r (not fork-safe)", alias)

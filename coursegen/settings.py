@@ -355,6 +355,9 @@ COURSEGEN_TASK_DEADLINE_S = env_float(
 # Reconciler (celery beat): re-send work whose message was lost after this long without progress.
 COURSEGEN_RECONCILE_INTERVAL_S = env_float("COURSEGEN_RECONCILE_INTERVAL_S", 10.0, minimum=0.5)
 COURSEGEN_REDISPATCH_AFTER_S = env_float("COURSEGEN_REDISPATCH_AFTER_S", 120.0, minimum=1.0)
+# A job whose tasks all ended is finalized by its chord body within moments; the reconciler only
+# finalizes it itself (a lost chord) when its last task ended at least this long ago.
+COURSEGEN_FINALIZE_GRACE_S = env_float("COURSEGEN_FINALIZE_GRACE_S", 15.0, minimum=0.0)
 COURSEGEN_IDEMPOTENCY_TTL_S = env_int("COURSEGEN_IDEMPOTENCY_TTL_S", 24 * 3600, minimum=60)
 if COURSEGEN_TASK_LEASE_S <= COURSEGEN_TASK_DEADLINE_S:
     raise ImproperlyConfigured("COURSEGEN_TASK_LEASE_S must exceed COURSEGEN_TASK_DEADLINE_S")

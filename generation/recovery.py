@@ -55,7 +55,9 @@ def reconcile(*, now: datetime | None = None) -> ReconcileReport:
     report = ReconcileReport(
         redispatched_tasks=_redispatch_tasks(now=now, stale=stale),
         redispatched_outlines=_redispatch_outlines(now=now, stale=stale),
-        finalized_jobs=_finalize_finished_jobs(stale=now - timedelta(seconds=5)),
+        finalized_jobs=_finalize_finished_jobs(
+            stale=now - timedelta(seconds=settings.COURSEGEN_FINALIZE_GRACE_S)
+        ),
         started_jobs=len(services.queue_dispatch()),
         pruned_keys=IdempotencyKey.objects.filter(expires_at__lt=now).delete()[0],
     )
@@ -108,9 +110,12 @@ def _redispatch_outlines(*, now: datetime, stale: datetime) -> int:
 
 
 def _finalize_finished_jobs(*, stale: datetime) -> int:
+    """Jobs whose chord body never ran: every task ended, the last one before `stale`. A job
+    that just ended is left to its chord body, so the two rarely both finalize (either may)."""
     jobs = (
         CourseGenerationJob.objects.filter(status=JobStatus.RUNNING, chord_dispatched_at__lt=stale)
         .exclude(tasks__status__in=[TaskStatus.PENDING, TaskStatus.RUNNING])
+        .exclude(tasks__finished_at__gte=stale)
         .values_list("pk", flat=True)[:BATCH]
     )
     finalized = 0
