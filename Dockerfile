@@ -8,6 +8,7 @@ COPY accounts ./accounts
 COPY generation ./generation
 COPY ratelimits ./ratelimits
 COPY monitoring ./monitoring
+COPY perf ./perf
 RUN pip install '.[server]'
 COPY manage.py ./
 COPY templates ./templates

@@ -249,13 +249,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
+# Generation messages carry their job's priority; housekeeping (dispatch, reconcile, finalize)
+# is sent at 0 explicitly. A route's priority would not apply: the default wins over routes.
 CELERY_TASK_DEFAULT_PRIORITY = 5
-# Housekeeping goes first (0 is consumed first): it is short, starts waiting jobs and frees
-# running slots. Generation messages carry their job's priority (generation.services).
-CELERY_TASK_ROUTES = {
-    "generation.tasks.dispatch_queue": {"priority": 0},
-    "generation.tasks.finalize_job": {"priority": 0},
-}
+HOUSEKEEPING_PRIORITY = 0
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Must exceed the hard time limit, or Redis re-delivers tasks that are still running.
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
@@ -399,10 +396,12 @@ CELERY_BEAT_SCHEDULE.update(
         "dispatch-queued-jobs": {
             "task": "generation.tasks.dispatch_queue",
             "schedule": env_float("COURSEGEN_DISPATCH_INTERVAL_S", 5.0, minimum=0.5),
+            "options": {"priority": HOUSEKEEPING_PRIORITY},
         },
         "reconcile": {
             "task": "generation.tasks.reconcile",
             "schedule": COURSEGEN_RECONCILE_INTERVAL_S,
+            "options": {"priority": HOUSEKEEPING_PRIORITY},
         },
         "prune-logs": {"task": "monitoring.tasks.prune_logs", "schedule": 24 * 3600.0},
     }

@@ -156,7 +156,7 @@ def send_dispatch() -> None:
     except Exception:  # the cache is only an optimisation: ask anyway
         asked = True
     if asked:
-        dispatch_queue.delay()
+        dispatch_queue.apply_async(priority=settings.HOUSEKEEPING_PRIORITY)
 
 
 def dispatch_asked_clear() -> None:
@@ -586,7 +586,8 @@ def _send_chord(job_id: UUID, task_ids: list[int], priority: int) -> None:
     from generation.tasks import finalize_job, run_task
 
     header = [run_task.si(task_id).set(priority=priority) for task_id in task_ids]
-    body = finalize_job.si(str(job_id))  # its own urgent priority: it frees a running slot
+    # The body goes before queued generation messages: it frees a running slot.
+    body = finalize_job.si(str(job_id)).set(priority=settings.HOUSEKEEPING_PRIORITY)
     if run_task.app.conf.task_always_eager:
         # In-process, a chord is its header then its body. Celery's eager chord joins results
         # under a process-wide "may block" flag that races when several threads run jobs at once.

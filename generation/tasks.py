@@ -33,8 +33,8 @@ def _run_deferrable(task: Task, call: Callable[[], float | None]) -> None:
 logger = logging.getLogger("coursegen.generation")
 
 
-# dispatch_queue and finalize_job are routed at priority 0 (CELERY_TASK_ROUTES): housekeeping
-# that starts waiting jobs and frees running slots goes before queued generation messages.
+# dispatch_queue, reconcile and finalize_job are sent at HOUSEKEEPING_PRIORITY (0): short work that
+# starts waiting jobs and frees running slots goes before queued generation messages.
 @shared_task(name="generation.tasks.dispatch_queue", ignore_result=True)
 def dispatch_queue() -> int:
     services.dispatch_asked_clear()  # before reading the queue: asks from now on send a new run

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import celery
 import pytest
+import redis
 from django.utils import timezone
 
 from accounts.models import Role
@@ -100,15 +102,37 @@ def test_it_sends_the_jobs_messages_at_the_jobs_priority(
     assert {s.task for s in header} == {tasks.run_task.name}
     assert {s.options["priority"] for s in header} == {Priority.NORMAL}
     assert len(header) == job.tasks.count() - 1  # every task but the outline
-    # The body frees a running slot: it keeps finalize_job's own (urgent) priority.
-    assert body.task == tasks.finalize_job.name and "priority" not in body.options
+    # The body frees a running slot: it goes before queued generation messages.
+    assert body.task == tasks.finalize_job.name
+    assert body.options["priority"] == Priority.URGENT
 
 
-def test_housekeeping_messages_go_first() -> None:
-    router = tasks.run_task.app.amqp.router
-    for task in (tasks.dispatch_queue, tasks.finalize_job):
-        assert router.route({}, task.name)["priority"] == Priority.URGENT
-    assert router.route({"priority": Priority.LOW}, tasks.run_task.name)["priority"] == Priority.LOW
+def test_housekeeping_messages_go_first(monkeypatch: Any, settings: Any) -> None:
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(tasks.dispatch_queue, "apply_async", lambda *a, **kw: sent.append(kw))
+    services.dispatch_asked_clear()
+    services.send_dispatch()
+    assert sent == [{"priority": Priority.URGENT}]
+    for entry in ("dispatch-queued-jobs", "reconcile"):
+        assert settings.CELERY_BEAT_SCHEDULE[entry]["options"]["priority"] == Priority.URGENT
+
+
+def test_an_explicit_priority_reaches_the_brokers_priority_list(monkeypatch: Any) -> None:
+    """On the real Redis broker (a queue of the test's own): an urgent message lands on the list
+    consumed first, a job's message on its priority's list. (The default priority would beat a
+    route's, which is why housekeeping passes its priority explicitly.)"""
+    app = tasks.run_task.app
+    monkeypatch.setitem(app.conf, "task_always_eager", False)
+    queue = f"priority-test-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(app.conf.broker_url)
+    try:
+        tasks.finalize_job.si("x").set(priority=Priority.URGENT, queue=queue).apply_async()
+        tasks.run_task.apply_async(args=(1,), priority=Priority.NORMAL, queue=queue)
+        tasks.dispatch_queue.apply_async(queue=queue)  # no priority: the default (NORMAL)
+        assert client.llen(queue) == 1  # priority 0 has no suffix
+        assert client.llen(f"{queue}:{int(Priority.NORMAL)}") == 2
+    finally:
+        client.delete(queue, *(f"{queue}:{p}" for p in range(10)))
 
 
 def _outline() -> dict[str, Any]:

@@ -96,25 +96,31 @@ class Command(BaseCommand):
             self.redis_proc = redis_proc
             users = self.users = self.seed(opts["users"])
             if "queries" in phases:
+                self.progress("queries")
                 self.phase_queries(users[0])
             fleet = self.fleet()
             try:
                 if "priority" in phases:
+                    self.progress("priority")
                     self.phase_priority(fleet)
                 if "pools" in phases:
+                    self.progress("pools")
                     self.phase_pools(fleet)
                 if not phases & {"cpu", "critical", "throughput"}:
                     return self.report()
                 self.start_web_and_beat(fleet)
                 if "cpu" in phases:
+                    self.progress("cpu")
                     self.start_workers(fleet, latency=0.0)
                     self.phase_cpu(fleet, users)
                     fleet.stop("worker")
                 if phases & {"critical", "throughput"}:
                     self.start_workers(fleet, latency=1.0)
                     if "critical" in phases:
+                        self.progress("critical")
                         self.phase_critical(users[0])
                     if "throughput" in phases:
+                        self.progress("throughput")
                         self.phase_throughput(fleet, users)
             finally:
                 fleet.stop()
@@ -124,6 +130,10 @@ class Command(BaseCommand):
         self.report()
         if not opts["keep_logs"]:
             shutil.rmtree(self.logdir, ignore_errors=True)
+
+    def progress(self, phase: str) -> None:
+        """Where a long run is (stderr: stdout is the report)."""
+        self.stderr.write(f"bench: {time.strftime('%H:%M:%S')} phase {phase}")
 
     # --- set-up ----------------------------------------------------------------------------------
     @contextmanager
