@@ -158,6 +158,11 @@ if IS_POSTGRES:
             "max_size": env_int("DATABASE_POOL_MAX_SIZE", 40, minimum=1),
             "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0, minimum=0.1),
         }
+        _pool = _default_db["OPTIONS"]["pool"]
+        if _pool["min_size"] > _pool["max_size"]:
+            raise ImproperlyConfigured(
+                "DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE"
+            )
     else:
         _default_db["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
         _default_db["CONN_HEALTH_CHECKS"] = True

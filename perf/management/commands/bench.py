@@ -207,7 +207,10 @@ class Command(BaseCommand):
                 "--log-level",
                 "warning",
             ),
-            {"DATABASE_POOL_MAX_SIZE": str(self.opts["web_threads"])},
+            {
+                "DATABASE_POOL_MAX_SIZE": str(self.opts["web_threads"]),
+                "DATABASE_POOL_MIN_SIZE": str(min(2, self.opts["web_threads"])),
+            },
         )
         schedule = self.logdir / "beat-schedule"
         fleet.start(
@@ -691,7 +694,7 @@ class Command(BaseCommand):
             return None
         child = procs.children_of(fleet.of("web")[0].pid)[0]
         command = [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(child)]
-        command += ["-o", path, "-r", "100", "--gil", "--nonblocking", "-f", "raw"]
+        command += ["-o", path, "-r", "100", "--idle", "--nonblocking", "-f", "raw"]
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
     def stop_profiler(self, profiler: subprocess.Popen[bytes] | None) -> None:
