@@ -90,7 +90,7 @@ web: $(STAMP)
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
 worker: $(STAMP)
-	$(BIN)/celery -A coursegen worker -P threads -c 32 -l info
+	DATABASE_POOL_MAX_SIZE=$${DATABASE_POOL_MAX_SIZE:-12} $(BIN)/celery -A coursegen worker -P threads -c 300 -l info
 
 beat: $(STAMP)
 	$(BIN)/celery -A coursegen beat -l info

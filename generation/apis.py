@@ -18,10 +18,16 @@ from rest_framework.views import APIView
 
 from generation import idempotency, recovery, regeneration, services
 from generation.models import CourseGenerationJob, GenerationTask, IdempotencyKey, JobStatus
-from generation.selectors import job_get_visible, job_status_visible, jobs_visible_to
+from generation.selectors import (
+    job_get_visible,
+    job_progress_visible,
+    job_status_visible,
+    jobs_visible_to,
+)
 from generation.serializers import (
     JobDetailOutputSerializer,
     JobOutputSerializer,
+    JobProgressOutputSerializer,
     JobSubmitInputSerializer,
     TaskRegenerateInputSerializer,
     TaskRegenerateOutputSerializer,
@@ -149,6 +155,17 @@ class JobDetailApi(APIView):
         if job is None:
             raise Http404("No such job.")
         return Response(JobDetailOutputSerializer(job).data)
+
+
+class JobProgressApi(APIView):
+    """The cheap poll: status, progress and queue position, without the 43 task rows."""
+
+    @extend_schema(responses=JobProgressOutputSerializer, operation_id="jobs_progress")
+    def get(self, request: Request, job_id: UUID) -> Response:
+        job = job_progress_visible(user=request.user, job_id=job_id)
+        if job is None:
+            raise Http404("No such job.")
+        return Response(JobProgressOutputSerializer(job).data)
 
 
 class JobCourseApi(APIView):

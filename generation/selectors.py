@@ -71,6 +71,28 @@ def job_status_visible(
     return job
 
 
+PROGRESS_FIELDS = (
+    "id", "status", "progress", "priority", "error", "created_at", "started_at", "finished_at",
+    "owner_id", "organisation_id",
+)  # fmt: skip
+
+
+def job_progress_visible(*, user: User | AnonymousUser, job_id: UUID) -> CourseGenerationJob | None:
+    """The job's progress columns only: what a waiting client polls every few seconds."""
+    if not user.is_authenticated:
+        return None
+    has_course = ExpressionWrapper(Q(course__isnull=False), output_field=BooleanField())
+    job = (
+        CourseGenerationJob.objects.filter(pk=job_id)
+        .only(*PROGRESS_FIELDS)
+        .annotate(has_course=has_course)
+        .first()
+    )
+    if job is None or not _may_see(user=user, job=job):
+        return None
+    return job
+
+
 def _may_see(*, user: User, job: CourseGenerationJob) -> bool:
     """jobs_visible_to for one job: the organisation's teachers and admins, or its member owner."""
     role = (

@@ -151,6 +151,30 @@ class JobDetailOutputSerializer(JobOutputSerializer):
         return f"/api/jobs/{job.id}/course/"
 
 
+class JobProgressOutputSerializer(serializers.ModelSerializer):
+    """What a client waiting for its course polls: no tasks, no documents."""
+
+    queue_position = serializers.SerializerMethodField()
+    course_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = CourseGenerationJob
+        fields = [
+            "id",
+            "status",
+            "progress",
+            "queue_position",
+            "course_url",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+    get_queue_position = JobDetailOutputSerializer.get_queue_position
+    get_course_url = JobDetailOutputSerializer.get_course_url
+
+
 class TaskRegenerateInputSerializer(serializers.Serializer):
     instruction = serializers.CharField(
         max_length=1000,

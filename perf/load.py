@@ -1,5 +1,5 @@
-"""The load generator: simulated users who submit a course through the real HTTP API, poll it
-until it ends, and submit the next one. Each user is a thread with its own keep-alive connection.
+"""The load generator: simulated users who submit a course through the real HTTP API, poll its
+progress until it ends, fetch the course, and submit the next one. Each user is a thread with its own keep-alive connection.
 """
 
 from __future__ import annotations
@@ -121,9 +121,12 @@ class User(threading.Thread):
         self.result.add(course)
         while not self.stop.is_set():
             time.sleep(self.poll_s)
-            status, data = self.request("GET", f"/api/jobs/{course.job_id}/")
+            # The cheap poll a waiting client uses; the course is fetched once when it is done.
+            status, data = self.request("GET", f"/api/jobs/{course.job_id}/progress/")
             if status == 200 and data.get("status") in TERMINAL:
                 course.finished_at, course.status = time.monotonic(), str(data["status"])
+                if data.get("course_url"):
+                    self.request("GET", str(data["course_url"]))
                 return
 
 

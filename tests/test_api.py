@@ -41,9 +41,33 @@ def test_it_submits_a_job_and_returns_the_finished_course(
     assert [len(m["lessons"]) for m in course["modules"]] == [2, 2]
 
 
-def test_it_rejects_unauthenticated_requests(api_client: Any, base_class: Any) -> None:
+def test_it_rejects_unauthenticated_requests(
+    api_client: Any, client_for: Any, teacher: Any, base_class: Any
+) -> None:
+    job_id = _submit(client_for(teacher), base_class).json()["id"]
     assert api_client.get("/api/jobs/").status_code == 401
     assert _submit(api_client, base_class).status_code == 401
+    assert api_client.get(f"/api/jobs/{job_id}/progress/").status_code == 401
+
+
+def test_the_progress_poll_agrees_with_the_job_detail(
+    client_for: Any, teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    from generation import services
+
+    client = client_for(teacher)
+    done = _submit(client, base_class).json()["id"]  # eager Celery: finished on return
+    monkeypatch.setattr(services, "send_dispatch", lambda: None)  # stays queued
+    queued = _submit(client, base_class).json()["id"]
+
+    for job_id, status, position in ((queued, "queued", 1), (done, "succeeded", None)):
+        progress = client.get(f"/api/jobs/{job_id}/progress/").json()
+        detail = client.get(f"/api/jobs/{job_id}/").json()
+        assert progress["status"] == status and progress["queue_position"] == position
+        assert progress == {key: detail[key] for key in progress}
+    assert client.get(f"/api/jobs/{done}/progress/").json()["course_url"] == (
+        f"/api/jobs/{done}/course/"
+    )
 
 
 def test_it_answers_400_with_field_errors_and_creates_nothing(
@@ -91,6 +115,7 @@ def test_it_hides_other_organisations_jobs(
     client = client_for(outsider)
 
     assert client.get(f"/api/jobs/{job_id}/").status_code == 404
+    assert client.get(f"/api/jobs/{job_id}/progress/").status_code == 404
     assert client.get(f"/api/jobs/{job_id}/course/").status_code == 404
     assert client.post(f"/api/jobs/{job_id}/cancel/").status_code == 404
     assert client.get("/api/jobs/").json()["count"] == 0

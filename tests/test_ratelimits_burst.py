@@ -163,7 +163,7 @@ def test_it_never_runs_more_than_the_global_cap_and_runs_every_queued_job(
 ) -> None:
     settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS = CAP
     # No dispatcher or worker consumes these messages: the test plays both parts below.
-    monkeypatch.setattr(tasks.dispatch_queue, "delay", lambda *args, **kwargs: None)
+    monkeypatch.setattr(tasks.dispatch_queue, "apply_async", lambda *args, **kwargs: None)
     monkeypatch.setattr(tasks.run_outline, "apply_async", lambda *args, **kwargs: None)
     users = _students(base_class, USERS)
 

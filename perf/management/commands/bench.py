@@ -4,8 +4,11 @@ Processes: our own redis-server, gunicorn (the web API), Celery workers and beat
 PostgreSQL database named by DATABASE_URL. Phases:
 
 1. queries — one 4x3 course runs in this process with Celery eager, counting every SQL statement.
-2. cpu — latency 0: 100 users submit courses through the HTTP API until `--cpu-courses` are done;
-   CPU-seconds of web, workers, beat, Redis and this database's PostgreSQL backends per course.
+   priority — a backlog of low-priority probes, then high-priority ones: priority steps on one
+   queue against two queues. pools — 10 courses at once on threads, gevent and prefork workers.
+2. cpu — latency 0: `--cpu-users` users submit courses through the HTTP API until `--cpu-courses`
+   are done; CPU-seconds of web, workers, beat, Redis and this database's PostgreSQL backends per
+   course.
 3. critical path — full latency, an idle system: one course; its slowest chain of provider calls
    (the outline, then the slowest chord task) against its wall time from submit to finish.
 4. throughput — full latency: 100 users, each submitting its next course when the last ends;
@@ -293,7 +296,27 @@ class Command(BaseCommand):
         self.rows.append(
             ("queries", f"per task ({tasks} tasks, job {job.status})", f"{per_task:.2f}")
         )
+        self.rows.append(
+            ("queries", "one API submit (POST /api/jobs/)", str(self.submit_queries(user)))
+        )
         connection.close()
+
+    def submit_queries(self, user: tuple[str, str]) -> int:
+        """Statements of one submit through the API, in this process; the job is then cancelled
+        (its dispatch message waits in Redis for the first workers, which find nothing to do)."""
+        from django.test import Client
+
+        from generation import services
+
+        token, class_id = user
+        client = Client(HTTP_AUTHORIZATION=f"Token {token}", HTTP_HOST="127.0.0.1")
+        body = {"base_class": class_id, "topic": "Counting a submit", "num_modules": 4}
+        with CaptureQueriesContext(connection) as queries:
+            response = client.post("/api/jobs/", body, content_type="application/json")
+        if response.status_code != 201:
+            raise SystemExit(f"submit failed: {response.status_code} {response.content[:300]!r}")
+        services.job_cancel(job_id=response.json()["id"], reason="benchmark: counted only")
+        return len(queries)
 
     def phase_cpu(self, fleet: procs.Fleet, users: list[tuple[str, str]]) -> None:
         count = self.opts["cpu_courses"]
