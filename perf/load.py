@@ -1,5 +1,6 @@
 """The load generator: simulated users who submit a course through the real HTTP API, poll its
-progress until it ends, fetch the course, and submit the next one. Each user is a thread with its own keep-alive connection.
+progress until it ends, fetch the course, and submit the next one. Each user is a thread with its
+own keep-alive connection.
 """
 
 from __future__ import annotations
