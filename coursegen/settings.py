@@ -180,7 +180,7 @@ REDIS_URL = env_url("REDIS_URL", None, ("redis", "rediss", "unix"))
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "coursegen.cache.SharedClientRedisCache",  # one client per pool
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "coursegen",
         }

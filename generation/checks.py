@@ -22,7 +22,7 @@ from typing import Any
 import textstat
 from django.conf import settings
 from pydantic import BaseModel
-from rapidfuzz import fuzz, utils
+from rapidfuzz import fuzz, process, utils
 
 from generation.schemas import (
     Assessment,
@@ -302,15 +302,30 @@ def course_duplicates(
     """Near-duplicate questions across a course's assessments (in reading order), each reported
     once, on the later question; duplicates inside one assessment are its own task's concern."""
     seen: list[tuple[str, str]] = []
+    seen_keys: list[str] = []  # the compared form of each seen stem, computed once
     found = []
+    threshold = settings.COURSEGEN_DUPLICATE_SIMILARITY
     for key, output in assessments:
         kept = []
         for index, question in enumerate(output.get("questions", [])):
             stem = question["stem"]
-            match = next((s for s in seen if is_near_duplicate(stem, s[1], topic=topic)), None)
-            if match:
-                found.append(Duplicate(key, index, *match))
+            compared = utils.default_process(_stem_key(stem, topic))
+            # The first earlier stem at or above the threshold (rapidfuzz scores the list in C:
+            # a course has ~60 questions, so ~1,800 pairs at finalize).
+            match = next(
+                process.extract_iter(
+                    compared,
+                    seen_keys,
+                    scorer=fuzz.token_sort_ratio,
+                    processor=None,
+                    score_cutoff=threshold,
+                ),
+                None,
+            )
+            if match is not None:
+                found.append(Duplicate(key, index, *seen[match[2]]))
             else:
-                kept.append((key, stem))  # a duplicate will be replaced: nothing to compare with
-        seen += kept
+                kept.append((key, stem, compared))  # a duplicate will be replaced: not compared
+        seen += [(k, s) for k, s, _ in kept]
+        seen_keys += [c for _, _, c in kept]
     return found

@@ -246,3 +246,32 @@ def test_it_builds_a_schema_and_merges_for_one_part() -> None:
     assert parts.part_schema(Assessment, "questions.1") is Question
     replaced = parts.merge(assessment, "questions.1", copy.deepcopy(assessment["questions"][0]))
     assert replaced["questions"][1] == assessment["questions"][0]
+
+
+def test_course_duplicates_matches_the_first_earlier_stem_like_the_pairwise_check() -> None:
+    """The vectorised comparison reports what comparing stem by stem would: the first earlier
+    kept stem that is a near-duplicate, for every later question."""
+    stems = [
+        "What carves a valley?",
+        "Which force carves a river valley?",
+        "What carves a valley ?",
+        "Where does a river begin?",
+        "Which force carves the river valley?",
+        "Where does the river begin?",
+        "What is a delta?",
+    ]
+    outputs = [(f"m1.l{i}", {"questions": [{"stem": s}]}) for i, s in enumerate(stems)]
+
+    expected: list[tuple[str, int, str]] = []
+    kept: list[tuple[str, str]] = []
+    for key, output in outputs:
+        stem = output["questions"][0]["stem"]
+        match = next((k for k in kept if checks.is_near_duplicate(stem, k[1], topic="")), None)
+        if match:
+            expected.append((key, 0, match[0]))
+        else:
+            kept.append((key, stem))
+    found = checks.course_duplicates(outputs, topic="")
+
+    assert [(d.key, d.index, d.earlier_key) for d in found] == expected
+    assert expected  # the set has duplicates to find
