@@ -80,6 +80,12 @@ class Command(BaseCommand):
         parser.add_argument("--worker-nice", type=int, default=0, help="nice value of workers")
         parser.add_argument("--web-workers", type=int, default=2)
         parser.add_argument("--web-threads", type=int, default=8)
+        parser.add_argument(
+            "--web-keepalive",
+            type=int,
+            default=30,
+            help="gunicorn keep-alive seconds (0: a connection per request, as behind a proxy)",
+        )
         parser.add_argument("--phases", default="queries,priority,pools,cpu,critical,throughput")
         parser.add_argument("--profile", default="", help="py-spy a worker in the cpu phase")
         parser.add_argument(
@@ -206,7 +212,7 @@ class Command(BaseCommand):
                 "-b",
                 f"127.0.0.1:{self.web_port}",
                 "--keep-alive",
-                "30",
+                str(self.opts["web_keepalive"]),
                 "--log-level",
                 "warning",
             ),
