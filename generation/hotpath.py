@@ -47,7 +47,7 @@ WITH attempts AS (
         input_tokens, cached_tokens, output_tokens, cost_usd, latency_ms, errors, created_at)
     SELECT %(id)s, a.number, a.kind, a.part, a.outcome, a.model, a.input_tokens,
         a.cached_tokens, a.output_tokens, a.cost_usd, a.latency_ms, a.errors, %(now)s
-    FROM jsonb_to_recordset(%(attempts)s) AS a(number int, kind text, part text, outcome text,
+    FROM jsonb_to_recordset(%(attempt_rows)s) AS a(number int, kind text, part text, outcome text,
         model text, input_tokens int, cached_tokens int, output_tokens int, cost_usd numeric,
         latency_ms int, errors jsonb)
     RETURNING 1
@@ -56,7 +56,7 @@ WITH attempts AS (
     SET status = %(status)s, output = %(output)s, model = %(model)s,
         validation_errors = %(validation_errors)s, error = %(error)s,
         duration_ms = %(duration_ms)s, lease_expires_at = NULL, finished_at = %(now)s,
-        attempts = attempts + %(n)s, input_tokens = input_tokens + %(input_tokens)s,
+        attempts = attempts + %(attempts)s, input_tokens = input_tokens + %(input_tokens)s,
         cached_tokens = cached_tokens + %(cached_tokens)s,
         output_tokens = output_tokens + %(output_tokens)s, cost_usd = cost_usd + %(cost_usd)s,
         reask_cost_usd = reask_cost_usd + %(reask_cost_usd)s
@@ -132,12 +132,11 @@ def record_and_progress(
     lease was lost and another worker's result stands."""
     params = {
         "id": task.pk,
-        "job": task.job_id,
         "worker": worker,
         "now": now,
         "status": status,
         "running": TaskStatus.RUNNING.value,
-        "attempts": Jsonb(attempts, dumps=_dumps),
+        "attempt_rows": Jsonb(attempts, dumps=_dumps),
         "output": Jsonb(fields["output"]) if fields["output"] is not None else None,
         "validation_errors": Jsonb(fields["validation_errors"]),
         "model": fields["model"],

@@ -52,22 +52,11 @@ def job_status_visible(
     """The job for its status page, polled often. Simple queries (compiling the visibility
     subqueries was the largest part of a poll), and the big JSON documents (the course, the
     outline, the tasks' outputs) stay in the database."""
-    if not user.is_authenticated:
-        return None
-    has_course = ExpressionWrapper(Q(course__isnull=False), output_field=BooleanField())
-    job = (
-        CourseGenerationJob.objects.filter(pk=job_id)
-        .select_related("owner")
-        .defer("course", "outline")
-        .annotate(has_course=has_course)
-        .first()
-    )
-    if job is None or not _may_see(user=user, job=job):
-        return None
-    only = GenerationTask.objects.only(
-        "job_id", *task_fields
-    )  # parsing the rest was most of a poll
-    prefetch_related_objects([job], Prefetch("tasks", only))
+    jobs = CourseGenerationJob.objects.select_related("owner").defer("course", "outline")
+    job = _one_visible(user=user, job_id=job_id, jobs=jobs)
+    if job is not None:
+        only = GenerationTask.objects.only("job_id", *task_fields)  # parsing the rest was most
+        prefetch_related_objects([job], Prefetch("tasks", only))
     return job
 
 
@@ -79,15 +68,18 @@ PROGRESS_FIELDS = (
 
 def job_progress_visible(*, user: User | AnonymousUser, job_id: UUID) -> CourseGenerationJob | None:
     """The job's progress columns only: what a waiting client polls every few seconds."""
+    jobs = CourseGenerationJob.objects.only(*PROGRESS_FIELDS)
+    return _one_visible(user=user, job_id=job_id, jobs=jobs)
+
+
+def _one_visible(
+    *, user: User | AnonymousUser, job_id: UUID, jobs: QuerySet[CourseGenerationJob]
+) -> CourseGenerationJob | None:
+    """One job, annotated with has_course, if `user` may see it (jobs_visible_to for one row)."""
     if not user.is_authenticated:
         return None
     has_course = ExpressionWrapper(Q(course__isnull=False), output_field=BooleanField())
-    job = (
-        CourseGenerationJob.objects.filter(pk=job_id)
-        .only(*PROGRESS_FIELDS)
-        .annotate(has_course=has_course)
-        .first()
-    )
+    job = jobs.filter(pk=job_id).annotate(has_course=has_course).first()
     if job is None or not _may_see(user=user, job=job):
         return None
     return job

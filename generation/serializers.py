@@ -131,13 +131,12 @@ class JobOutputSerializer(serializers.ModelSerializer):
         ]
 
 
-class JobDetailOutputSerializer(JobOutputSerializer):
-    tasks = TaskStatusSerializer(many=True, read_only=True)
+class _WaitingFieldsMixin(serializers.Serializer):
+    """What a client waiting for its course needs beyond the row: where it is in the queue and
+    where its course will be."""
+
     queue_position = serializers.SerializerMethodField()
     course_url = serializers.SerializerMethodField()
-
-    class Meta(JobOutputSerializer.Meta):
-        fields = [*JobOutputSerializer.Meta.fields, "queue_position", "course_url", "tasks"]
 
     def get_queue_position(self, job: CourseGenerationJob) -> int | None:
         from generation.selectors import queue_position
@@ -145,17 +144,21 @@ class JobDetailOutputSerializer(JobOutputSerializer):
         return queue_position(job=job)
 
     def get_course_url(self, job: CourseGenerationJob) -> str | None:
-        has_course = getattr(job, "has_course", None)  # annotated by job_status_visible
+        has_course = getattr(job, "has_course", None)  # annotated by the status selectors
         if not (job.course is not None if has_course is None else has_course):
             return None
         return f"/api/jobs/{job.id}/course/"
 
 
-class JobProgressOutputSerializer(serializers.ModelSerializer):
-    """What a client waiting for its course polls: no tasks, no documents."""
+class JobDetailOutputSerializer(_WaitingFieldsMixin, JobOutputSerializer):
+    tasks = TaskStatusSerializer(many=True, read_only=True)
 
-    queue_position = serializers.SerializerMethodField()
-    course_url = serializers.SerializerMethodField()
+    class Meta(JobOutputSerializer.Meta):
+        fields = [*JobOutputSerializer.Meta.fields, "queue_position", "course_url", "tasks"]
+
+
+class JobProgressOutputSerializer(_WaitingFieldsMixin, serializers.ModelSerializer):
+    """What a client waiting for its course polls: no tasks, no documents."""
 
     class Meta:
         model = CourseGenerationJob
@@ -170,9 +173,6 @@ class JobProgressOutputSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
         ]
-
-    get_queue_position = JobDetailOutputSerializer.get_queue_position
-    get_course_url = JobDetailOutputSerializer.get_course_url
 
 
 class TaskRegenerateInputSerializer(serializers.Serializer):

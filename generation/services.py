@@ -348,15 +348,20 @@ def _attempt_rows(task: GenerationTask, result: GenerationResult) -> list[Genera
     ]
 
 
-def _usage_updates(result: GenerationResult) -> dict[str, Any]:
+def _usage_totals(result: GenerationResult) -> dict[str, Any]:
+    """What one run adds to the task's counters (the columns of the same names)."""
     return {
-        "attempts": F("attempts") + len(result.attempts),
-        "input_tokens": F("input_tokens") + result.total("input_tokens"),
-        "cached_tokens": F("cached_tokens") + result.total("cached_tokens"),
-        "output_tokens": F("output_tokens") + result.total("output_tokens"),
-        "cost_usd": F("cost_usd") + result.cost_usd,
-        "reask_cost_usd": F("reask_cost_usd") + result.reask_cost_usd,
+        "attempts": len(result.attempts),
+        "input_tokens": result.total("input_tokens"),
+        "cached_tokens": result.total("cached_tokens"),
+        "output_tokens": result.total("output_tokens"),
+        "cost_usd": result.cost_usd,
+        "reask_cost_usd": result.reask_cost_usd,
     }
+
+
+def _usage_updates(result: GenerationResult) -> dict[str, Any]:
+    return {column: F(column) + value for column, value in _usage_totals(result).items()}
 
 
 @transaction.atomic
@@ -428,17 +433,6 @@ def _task_close(
             **_usage_updates(result),
         )
     )
-
-
-def _usage_totals(result: GenerationResult) -> dict[str, Any]:
-    return {
-        "n": len(result.attempts),
-        "input_tokens": result.total("input_tokens"),
-        "cached_tokens": result.total("cached_tokens"),
-        "output_tokens": result.total("output_tokens"),
-        "cost_usd": result.cost_usd,
-        "reask_cost_usd": result.reask_cost_usd,
-    }
 
 
 def _attempt_dict(row: GenerationAttempt) -> dict[str, Any]:

@@ -221,58 +221,72 @@ class Command(BaseCommand):
                 "DATABASE_POOL_MIN_SIZE": str(min(2, self.opts["web_threads"])),
             },
         )
-        schedule = self.logdir / "beat-schedule"
-        fleet.start(
-            "beat",
-            procs.python_command(
-                "-m", "celery", "-A", "coursegen", "beat", "-l", "warning", "-s", str(schedule)
-            ),
-            {"DATABASE_POOL_MIN_SIZE": "1", "DATABASE_POOL_MAX_SIZE": "2"},
-        )
+        self.start_beat(fleet, "beat", self.logdir / "beat-schedule")
         procs.wait_for(lambda: procs.port_open(self.web_port), 30, "gunicorn", web)
 
     def start_workers(self, fleet: procs.Fleet, *, latency: float) -> None:
-        from coursegen.celery import app
-
-        names = []
-        for i in range(self.opts["workers"]):
-            name = f"bench{i}-{latency:g}@{os.uname().nodename}"
-            names.append(name)
-            fleet.start(
+        names = [f"bench{i}-{latency:g}" for i in range(self.opts["workers"])]
+        for name in names:
+            self.start_worker(
+                fleet,
                 "worker",
-                [
-                    "nice",
-                    "-n",
-                    str(self.opts["worker_nice"]),
-                    *procs.python_command(
-                        "-m",
-                        "celery",
-                        "-A",
-                        "coursegen",
-                        "worker",
-                        "-P",
-                        self.opts["pool"],
-                        "-c",
-                        str(self.opts["concurrency"]),
-                        "-l",
-                        "warning",
-                        "-n",
-                        name,
-                        "--without-gossip",
-                        "--without-mingle",
-                    ),
-                ],
-                {
+                name,
+                pool=self.opts["pool"],
+                concurrency=self.opts["concurrency"],
+                env={
                     "COURSEGEN_OFFLINE_LATENCY_SCALE": str(latency),
                     "DATABASE_POOL_MAX_SIZE": "12",
                 },
+                nice=self.opts["worker_nice"],
+                wait=False,
             )
-        worker = fleet.of("worker")[-1]
+        self.wait_for_workers(fleet, "worker", names)
+
+    def start_worker(
+        self,
+        fleet: procs.Fleet,
+        role: str,
+        name: str,
+        *,
+        pool: str,
+        concurrency: int,
+        queues: str = "",
+        env: dict[str, str] | None = None,
+        nice: int = 0,
+        wait: bool = True,
+    ) -> procs.Proc:
+        """A Celery worker of this project as a child process; waits until it answers a ping."""
+        command = procs.python_command(
+            "-m", "celery", "-A", "coursegen", "worker", "-P", pool, "-c", str(concurrency),
+            "-l", "warning", "-n", self.node(name), "--without-gossip", "--without-mingle",
+            *(["-Q", queues] if queues else []),
+        )  # fmt: skip
+        proc = fleet.start(role, ["nice", "-n", str(nice), *command] if nice else command, env)
+        if wait:
+            self.wait_for_workers(fleet, role, [name])
+        return proc
+
+    def wait_for_workers(self, fleet: procs.Fleet, role: str, names: list[str]) -> None:
+        from coursegen.celery import app
+
+        nodes = [self.node(name) for name in names]
         procs.wait_for(
-            lambda: len(app.control.ping(destination=names, timeout=0.5) or []) == len(names),
+            lambda: len(app.control.ping(destination=nodes, timeout=0.5) or []) == len(nodes),
             60,
-            "celery workers",
-            worker,
+            f"celery {role}",
+            fleet.of(role)[-1],
+        )
+
+    @staticmethod
+    def node(name: str) -> str:
+        return f"{name}@{os.uname().nodename}"
+
+    def start_beat(self, fleet: procs.Fleet, role: str, schedule: Path) -> procs.Proc:
+        command = procs.python_command(
+            "-m", "celery", "-A", "coursegen", "beat", "-l", "warning", "-s", str(schedule)
+        )
+        return fleet.start(
+            role, command, {"DATABASE_POOL_MIN_SIZE": "1", "DATABASE_POOL_MAX_SIZE": "2"}
         )
 
     # --- phases ----------------------------------------------------------------------------------
@@ -552,38 +566,15 @@ class Command(BaseCommand):
         )
 
     def start_probe_worker(self, fleet: procs.Fleet, queues: str) -> procs.Proc:
-        from coursegen.celery import app
-
-        name = f"probe-{queues.replace(',', '-')}@{os.uname().nodename}"
-        proc = fleet.start(
+        name = f"probe-{queues.replace(',', '-')}"
+        return self.start_worker(
+            fleet,
             "probe-worker",
-            procs.python_command(
-                "-m",
-                "celery",
-                "-A",
-                "coursegen",
-                "worker",
-                "-P",
-                "threads",
-                "-c",
-                str(PROBE_CONCURRENCY),
-                "-Q",
-                queues,
-                "-l",
-                "warning",
-                "-n",
-                name,
-                "--without-gossip",
-                "--without-mingle",
-            ),
+            name,
+            pool="threads",
+            concurrency=PROBE_CONCURRENCY,
+            queues=queues,
         )
-        procs.wait_for(
-            lambda: len(app.control.ping(destination=[name], timeout=0.5) or []) == 1,
-            60,
-            "probe worker",
-            proc,
-        )
-        return proc
 
     def phase_pools(self, fleet: procs.Fleet) -> None:
         """Worker pools for I/O-bound calls: courses at a quarter of the latency, at once."""
@@ -593,41 +584,15 @@ class Command(BaseCommand):
         owner = Token.objects.get(key=token).user
         klass = BaseClass.objects.get(pk=class_id)
         for pool, concurrency in POOLS:
-            name = f"pool-{pool}-{concurrency}@{os.uname().nodename}"
-            worker = fleet.start(
+            worker = self.start_worker(
+                fleet,
                 "pool-worker",
-                procs.python_command(
-                    "-m",
-                    "celery",
-                    "-A",
-                    "coursegen",
-                    "worker",
-                    "-P",
-                    pool,
-                    "-c",
-                    str(concurrency),
-                    "-l",
-                    "warning",
-                    "-n",
-                    name,
-                    "--without-gossip",
-                    "--without-mingle",
-                ),
-                {"COURSEGEN_OFFLINE_LATENCY_SCALE": str(POOL_LATENCY_SCALE)},
+                f"pool-{pool}-{concurrency}",
+                pool=pool,
+                concurrency=concurrency,
+                env={"COURSEGEN_OFFLINE_LATENCY_SCALE": str(POOL_LATENCY_SCALE)},
             )
-            beat = fleet.start(
-                "pool-beat",
-                procs.python_command("-m", "celery", "-A", "coursegen", "beat", "-l", "warning",
-                                     "-s", str(self.logdir / f"beat-{pool}")),
-            )  # fmt: skip
-            from coursegen.celery import app
-
-            procs.wait_for(
-                lambda name=name: len(app.control.ping(destination=[name], timeout=0.5) or []) == 1,
-                60,
-                f"{pool} worker",
-                worker,
-            )
+            beat = self.start_beat(fleet, "pool-beat", self.logdir / f"beat-{pool}")
             cpu_before = worker.cpu()
             started = time.monotonic()
             jobs = [
