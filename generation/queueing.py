@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import F, Func, IntegerField, QuerySet
+from django.db.models import DateTimeField, F, Func, IntegerField, QuerySet, Value
 from django.db.models.sql.compiler import SQLCompiler
 
 from generation.models import QueueEntry
@@ -20,8 +20,9 @@ from generation.models import QueueEntry
 class AgedPriority(Func):
     output_field = IntegerField()
 
-    def __init__(self, aging_s: float) -> None:
-        super().__init__(F("priority"), F("enqueued_at"))
+    def __init__(self, aging_s: float, priority: Any = None, enqueued_at: Any = None) -> None:
+        """Of the row's own columns, or of given values (one entry's, to compare rows to it)."""
+        super().__init__(priority or F("priority"), enqueued_at or F("enqueued_at"))
         self.aging_s = float(aging_s)
 
     def _parts(self, compiler: SQLCompiler) -> tuple[str, str, list[Any]]:
@@ -44,8 +45,15 @@ class AgedPriority(Func):
         return f"({priority} - CAST({waited} / %s AS INTEGER))", params
 
 
-def aged_priority() -> AgedPriority:
-    return AgedPriority(settings.COURSEGEN_QUEUE_AGING_S)
+def aged_priority(entry: QueueEntry | None = None) -> AgedPriority:
+    """Every row's effective priority, or `entry`'s (as SQL, so it ages on the same clock)."""
+    if entry is None:
+        return AgedPriority(settings.COURSEGEN_QUEUE_AGING_S)
+    return AgedPriority(
+        settings.COURSEGEN_QUEUE_AGING_S,
+        Value(entry.priority, IntegerField()),
+        Value(entry.enqueued_at, DateTimeField()),
+    )
 
 
 def queued_in_order(entries: QuerySet[QueueEntry]) -> QuerySet[QueueEntry]:

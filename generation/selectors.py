@@ -27,7 +27,7 @@ from generation.models import (
     QueueEntry,
     QueueState,
 )
-from generation.queueing import queued_in_order
+from generation.queueing import aged_priority, queued_in_order
 
 
 def jobs_visible_to(*, user: User | AnonymousUser) -> QuerySet[CourseGenerationJob]:
@@ -99,12 +99,14 @@ def queue_position(*, job: CourseGenerationJob) -> int | None:
     """1 for the next job to start; None when the job is not waiting."""
     if job.status != JobStatus.QUEUED:  # known from the row already: no query
         return None
-    queued = queued_in_order(QueueEntry.objects.filter(state=QueueState.QUEUED))
-    entry = queued.filter(job=job).first()
-    if entry is None:
+    if CourseGenerationJob.queue_entry.is_cached(job):  # a fresh submit: its entry is in hand
+        entry: QueueEntry | None = job.queue_entry
+    else:
+        entry = QueueEntry.objects.filter(job=job).first()
+    if entry is None or entry.state != QueueState.QUEUED:
         return None
-    mine = entry.effective_priority  # type: ignore[attr-defined]  # the annotation
-    ahead = queued.filter(
+    mine = aged_priority(entry)
+    ahead = queued_in_order(QueueEntry.objects.filter(state=QueueState.QUEUED)).filter(
         Q(effective_priority__lt=mine)
         | Q(effective_priority=mine, enqueued_at__lt=entry.enqueued_at)
     )

@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Role
+from ratelimits import selectors
 from ratelimits.models import (
     LONGEST_WINDOW,
     Admission,
@@ -78,17 +81,64 @@ def admission_check_and_record(
     Must run inside the transaction that creates the job. `now` defaults to the time read after
     the lock is taken, so the admissions log is written in lock order.
     """
-    usage, _ = RateLimitUsage.objects.select_for_update().get_or_create(user=user)
+    postgresql = selectors.sql_path()
+    if postgresql:
+        _usage_lock_postgresql(user=user)
+    else:
+        RateLimitUsage.objects.select_for_update().get_or_create(user=user)
     now = now or timezone.now()
     report = usage_report(user=user, role=role, now=now)
     exceeded = _exceeded(report)
     if exceeded is not None:
         raise exceeded
-    Admission.objects.create(user=user, admitted_at=now)
-    _usage_snapshot(usage=usage, report=report)
-    # Keep the log bounded: nothing older than the longest window is ever counted again.
-    Admission.objects.filter(user=user, admitted_at__lte=now - LONGEST_WINDOW).delete()
+    counters = _usage_counters(report)
+    if postgresql:
+        _admission_write_postgresql(user=user, now=now, counters=counters)
+    else:
+        Admission.objects.create(user=user, admitted_at=now)
+        RateLimitUsage.objects.filter(user=user).update(**counters, updated_at=now)
+        # Keep the log bounded: nothing older than the longest window is ever counted again.
+        Admission.objects.filter(user=user, admitted_at__lte=now - LONGEST_WINDOW).delete()
     return report
+
+
+# On PostgreSQL the admission is three round trips (lock, read, write) instead of seven: it runs
+# on every submit. The lock must be its own statement: a statement's snapshot is taken before it
+# waits for a lock, so reading in the locking statement would miss the holder's admission.
+_LOCK_SQL = """
+INSERT INTO course_generation_rate_limits (user_id, role, minute_count, hour_count, day_count,
+    active_jobs, updated_at)
+VALUES (%(user)s, '', 0, 0, 0, 0, %(now)s)
+ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id
+"""
+
+
+def _usage_lock_postgresql(*, user: User) -> None:
+    """Create the user's usage row or lock it, in one statement (select_for_update on
+    get_or_create is two, three for a new user)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_SQL, {"user": user.pk, "now": timezone.now()})
+
+
+_WRITE_SQL = """
+WITH admitted AS (
+    INSERT INTO course_generation_rate_limit_admissions (user_id, admitted_at)
+    VALUES (%(user)s, %(now)s)
+), pruned AS (
+    DELETE FROM course_generation_rate_limit_admissions
+    WHERE user_id = %(user)s AND admitted_at <= %(prune_before)s
+)
+UPDATE course_generation_rate_limits SET {counters}, updated_at = %(now)s
+WHERE user_id = %(user)s
+"""
+
+
+def _admission_write_postgresql(*, user: User, now: datetime, counters: dict[str, Any]) -> None:
+    """The admission, the usage snapshot and the pruning of the log, in one statement."""
+    sql = _WRITE_SQL.format(counters=", ".join(f"{name} = %({name})s" for name in counters))
+    params = {"user": user.pk, "now": now, "prune_before": now - LONGEST_WINDOW, **counters}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _exceeded(report: UsageReport) -> RateLimitExceeded | None:
@@ -121,14 +171,15 @@ def _window_exceeded(report: UsageReport, usage: WindowUsage) -> RateLimitExceed
     )
 
 
-def _usage_snapshot(*, usage: RateLimitUsage, report: UsageReport) -> None:
-    """Write the counters as they stand with this admission included."""
+def _usage_counters(report: UsageReport) -> dict[str, Any]:
+    """The usage row's counters as they stand with this admission included."""
     now = report.now
+    counters: dict[str, Any] = {}
     for w in report.windows:
-        setattr(usage, f"{w.window}_count", w.used + 1)
-        setattr(usage, f"{w.window}_window_start", w.started_at or now)
-    usage.role, usage.active_jobs, usage.last_admitted_at = report.role, report.active_jobs + 1, now
-    usage.save()
+        counters[f"{w.window}_count"] = w.used + 1
+        counters[f"{w.window}_window_start"] = w.started_at or now
+    counters.update(role=str(report.role), active_jobs=report.active_jobs + 1, last_admitted_at=now)
+    return counters
 
 
 def violation_record(

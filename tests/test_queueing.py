@@ -32,6 +32,7 @@ def _queued(user: Any, base_class: Any, *, priority: int, waited_s: float) -> Co
     QueueEntry.objects.filter(job=job).update(
         priority=priority, enqueued_at=timezone.now() - timedelta(seconds=waited_s)
     )
+    job.refresh_from_db()  # job_submit's instance holds the entry as it was inserted
     return job
 
 

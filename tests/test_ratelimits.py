@@ -18,7 +18,9 @@ from django.utils.dateparse import parse_datetime
 from accounts.models import BaseClass, Membership, Role
 from generation.models import CourseGenerationJob
 from monitoring.models import Alert, AlertKind
-from ratelimits.models import RateLimitPolicy, RateLimitViolation, Window
+from ratelimits import selectors
+from ratelimits.models import Admission, RateLimitPolicy, RateLimitViolation, Window
+from ratelimits.selectors import PolicyMissingError
 from ratelimits.services import RateLimitExceeded, admission_check_and_record
 from tests.factories import OrganisationFactory
 
@@ -26,6 +28,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 BODY = {"topic": "Rate limited fractions", "num_modules": 1, "lessons_per_module": 1}
+
+
+@pytest.fixture(autouse=True, params=["sql", "orm"])
+def admission_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both paths: PostgreSQL's statements and the ORM's (SQLite, the demo)."""
+    if request.param == "orm":
+        monkeypatch.setattr(selectors, "sql_path", lambda: False)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -157,6 +167,32 @@ def test_it_counts_the_day_limit_across_hours(
     assert refused.retry_after_s == 12 * 3600
     clock.move_to(T0 + timedelta(days=1))
     assert _admit(student, Role.STUDENT) is None
+
+
+def test_it_prunes_admissions_older_than_the_longest_window(
+    make_member: Any, clock: time_machine.Traveller
+) -> None:
+    student = make_member(Role.STUDENT)
+    _unlimited_concurrency(Role.STUDENT)
+    assert _admit(student, Role.STUDENT) is None
+    clock.shift(timedelta(minutes=5))
+    assert _admit(student, Role.STUDENT) is None
+    clock.move_to(T0 + timedelta(days=1, minutes=1))
+
+    assert _admit(student, Role.STUDENT) is None
+
+    kept = list(Admission.objects.filter(user=student).values_list("admitted_at", flat=True))
+    assert kept == [T0 + timedelta(minutes=5), T0 + timedelta(days=1, minutes=1)]
+
+
+def test_it_refuses_to_admit_under_a_role_without_a_policy(make_member: Any) -> None:
+    student = make_member(Role.STUDENT)
+    RateLimitPolicy.objects.filter(role=Role.STUDENT).delete()
+
+    with pytest.raises(PolicyMissingError), transaction.atomic():
+        admission_check_and_record(user=student, role=Role.STUDENT)
+
+    assert not Admission.objects.filter(user=student).exists()
 
 
 def test_it_waits_for_enough_requests_to_leave_when_a_limit_was_lowered(
