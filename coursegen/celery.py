@@ -30,3 +30,12 @@ def unpool_prefork(sender: Any = None, **kwargs: Any) -> None:
         options = connections[alias].settings_dict.get("OPTIONS", {})
         if options.pop("pool", None):
             logger.warning("prefork pool: DATABASE_POOL ignored for %r (not fork-safe)", alias)
+
+
+@signals.worker_init.connect
+@signals.worker_ready.connect
+def freeze_heap(**kwargs: Any) -> None:
+    """Before the pool starts (prefork children inherit it) and once the consumer is up."""
+    from coursegen.runtime import freeze_startup_heap
+
+    freeze_startup_heap()

@@ -306,6 +306,9 @@ COURSEGEN_OFFLINE_TPM = env_int("COURSEGEN_OFFLINE_TPM", 0, minimum=0)
 # The web process's GIL switch interval (Python's default is 0.005 s): measured by make bench, a
 # tenth of it halves submit latency under load (coursegen/wsgi.py).
 WEB_GIL_SWITCH_INTERVAL_S = env_float("WEB_GIL_SWITCH_INTERVAL_S", 0.0005, minimum=0.0001)
+# gc.freeze() once web and worker processes have started (coursegen/runtime.py): full collections
+# then skip the start-up heap, which was the submit latency's tail in make bench.
+GC_FREEZE_AFTER_STARTUP = env_bool("GC_FREEZE_AFTER_STARTUP", True)
 COURSEGEN_GLOBAL_MAX_RUNNING_JOBS = env_int("COURSEGEN_GLOBAL_MAX_RUNNING_JOBS", 100, minimum=1)
 # A dispatcher run asked for but not started absorbs further asks for at most this long.
 COURSEGEN_DISPATCH_ASK_TTL_S = env_int("COURSEGEN_DISPATCH_ASK_TTL_S", 5, minimum=1)
