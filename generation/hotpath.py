@@ -162,3 +162,37 @@ def record_and_progress(
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=lambda v: str(v) if isinstance(v, Decimal) else repr(v))
+
+
+def insert_together(*objs: Model) -> None:
+    """INSERT new rows of different tables in one statement (data-modifying CTEs), as save()
+    would one by one: a submit's job, outline task and queue entry. Foreign keys are checked at
+    commit (Django creates them deferrable), so a row may reference one inserted beside it."""
+    qn = connection.ops.quote_name
+    statements: list[str] = []
+    params: list[Any] = []
+    returning: list[tuple[Model, str]] = []
+    for obj in objs:
+        meta = obj._meta
+        auto = meta.auto_field if obj.pk is None else None
+        fields = [f for f in meta.local_concrete_fields if f is not auto]
+        columns = ", ".join(qn(str(f.column)) for f in fields)  # concrete: never None
+        values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+        sql = (
+            f"INSERT INTO {qn(meta.db_table)} ({columns}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))})"
+        )
+        if auto is not None:
+            sql += f" RETURNING {qn(str(auto.column))}"
+            returning.append((obj, f"r{len(statements)}"))
+        statements.append(sql)
+        params.extend(values)
+    ctes = ", ".join(f"r{i} AS ({sql})" for i, sql in enumerate(statements))
+    select = ", ".join(f"(SELECT * FROM {name})" for _, name in returning) or "1"
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH {ctes} SELECT {select}", params)
+        row = cursor.fetchone()
+    for (obj, _), pk in zip(returning, row, strict=False):
+        obj.pk = pk
+    for obj in objs:
+        obj._state.adding, obj._state.db = False, connection.alias
