@@ -26,4 +26,15 @@ def web_process_ready() -> None:
     # (status polls) up to the switch interval, once per statement; a shorter interval shortens
     # that wait.
     sys.setswitchinterval(settings.WEB_GIL_SWITCH_INTERVAL_S)
+    _load_the_views()
     freeze_startup_heap()
+
+
+def _load_the_views() -> None:
+    """Import every view (and with them serializers, renderers, the schema) now rather than on
+    the first requests, so the heap frozen after start-up holds them."""
+    from django.urls import get_resolver
+
+    resolver = get_resolver()
+    resolver.url_patterns  # noqa: B018  (imports the URLconf and every view it names)
+    resolver.reverse_dict  # noqa: B018  (builds reverse()'s lookup tables)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from django.utils import timezone
 from pydantic import ValidationError as PydanticValidationError
@@ -96,7 +96,33 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class JobOutputSerializer(serializers.ModelSerializer):
+class FieldsOnceMixin(serializers.Serializer):
+    """An output serializer whose fields are built once per class, not per object: DRF rebuilds
+    them (model introspection, deep copies) for every object it renders, a large part of a submit
+    and of a status poll. The fields are stateless when rendering; method fields are called on
+    this serializer, so they see its context. The output is DRF's (a test checks)."""
+
+    _built_fields: ClassVar[list[serializers.Field]]
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for field in self._fields_once():
+            name = str(field.field_name)  # bound: never None
+            if isinstance(field, serializers.SerializerMethodField):
+                out[name] = getattr(self, str(field.method_name))(instance)
+                continue
+            value = field.get_attribute(instance)
+            out[name] = None if value is None else field.to_representation(value)
+        return out
+
+    @classmethod
+    def _fields_once(cls) -> list[serializers.Field]:
+        if "_built_fields" not in cls.__dict__:  # per class: a subclass has its own fields
+            cls._built_fields = [f for f in cls().fields.values() if not f.write_only]
+        return cls._built_fields
+
+
+class JobOutputSerializer(FieldsOnceMixin, serializers.ModelSerializer):
     topic = serializers.CharField(read_only=True)
     owner = serializers.CharField(source="owner.get_username", read_only=True)
     base_class = serializers.UUIDField(source="base_class_id", read_only=True)
@@ -157,7 +183,9 @@ class JobDetailOutputSerializer(_WaitingFieldsMixin, JobOutputSerializer):
         fields = [*JobOutputSerializer.Meta.fields, "queue_position", "course_url", "tasks"]
 
 
-class JobProgressOutputSerializer(_WaitingFieldsMixin, serializers.ModelSerializer):
+class JobProgressOutputSerializer(
+    FieldsOnceMixin, _WaitingFieldsMixin, serializers.ModelSerializer
+):
     """What a client waiting for its course polls: no tasks, no documents."""
 
     class Meta:
