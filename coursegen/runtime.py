@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import gc
-import logging
 import sys
 
 from django.conf import settings
-
-logger = logging.getLogger("coursegen")
 
 
 def freeze_startup_heap() -> None:

@@ -304,7 +304,7 @@ COURSEGEN_OFFLINE_RPM = env_int("COURSEGEN_OFFLINE_RPM", 0, minimum=0)
 COURSEGEN_OFFLINE_TPM = env_int("COURSEGEN_OFFLINE_TPM", 0, minimum=0)
 
 # The web process's GIL switch interval (Python's default is 0.005 s): measured by make bench, a
-# tenth of it halves submit latency under load (coursegen/wsgi.py).
+# tenth of it halves submit latency under load (coursegen/runtime.py).
 WEB_GIL_SWITCH_INTERVAL_S = env_float("WEB_GIL_SWITCH_INTERVAL_S", 0.0005, minimum=0.0001)
 # gc.freeze() once web and worker processes have started (coursegen/runtime.py): full collections
 # then skip the start-up heap, which was the submit latency's tail in make bench.

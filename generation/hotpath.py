@@ -76,10 +76,6 @@ WHERE j.id = %(job)s AND j.status = %(job_running)s
 """
 
 
-def supported() -> bool:
-    return connection.vendor == "postgresql"
-
-
 def claim_and_load(
     *, task_id: int, worker: str, now: datetime, lease: datetime
 ) -> GenerationTask | None:

@@ -29,6 +29,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from accounts.models import BaseClass, Membership, Role
+from coursegen import db
 from generation import assembly, hotpath
 from generation.llm import GenerationResult, TaskSpec, generate
 from generation.models import (
@@ -109,7 +110,7 @@ def job_submit(
     )
     outline = _task_new(job=job, kind=TaskKind.OUTLINE, key="course", position=0)
     entry = QueueEntry(job=job, priority=priority)
-    if hotpath.supported():  # one round trip for the three rows
+    if db.hand_written_sql():  # one round trip for the three rows
         hotpath.insert_together(job, outline, entry)
     else:
         for row in (job, outline, entry):
@@ -248,7 +249,7 @@ def task_claim(*, task_id: int, worker: str) -> bool:
 
 
 def _task_claim_and_load(*, task_id: int, worker: str) -> GenerationTask | None:
-    if hotpath.supported():
+    if db.hand_written_sql():
         now = timezone.now()
         lease = now + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S)
         return hotpath.claim_and_load(task_id=task_id, worker=worker, now=now, lease=lease)
@@ -381,7 +382,7 @@ def _record_result(
         "error": result.error,
         "duration_ms": round(wall_s * 1000),
     }
-    if hotpath.supported():
+    if db.hand_written_sql():
         updated = hotpath.record_and_progress(
             task=task,
             worker=worker,

@@ -16,6 +16,7 @@ from django.db import connection
 from django.db.models import Count, Min, Q
 
 from accounts.models import Membership, Role
+from coursegen import db
 from generation.models import JOB_TERMINAL, CourseGenerationJob
 from ratelimits.models import WINDOW_LENGTHS, Admission, RateLimitPolicy, Window
 
@@ -73,15 +74,9 @@ def active_jobs_count(*, user: User) -> int:
     return CourseGenerationJob.objects.filter(owner=user).exclude(status__in=JOB_TERMINAL).count()
 
 
-def sql_path() -> bool:
-    """PostgreSQL gets admission's hand-written statements; other databases (SQLite, for the
-    demo) the ORM's."""
-    return connection.vendor == "postgresql"
-
-
 def usage_report(*, user: User, role: Role, now: datetime) -> UsageReport:
     """The user's usage of every window and their unfinished jobs against `role`'s policy."""
-    if sql_path():
+    if db.hand_written_sql():
         policy, counted, active = _usage_postgresql(user=user, role=role, now=now)
     else:
         policy, counted, active = _usage_orm(user=user, role=role, now=now)

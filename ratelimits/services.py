@@ -21,7 +21,7 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Role
-from ratelimits import selectors
+from coursegen import db
 from ratelimits.models import (
     LONGEST_WINDOW,
     Admission,
@@ -81,7 +81,7 @@ def admission_check_and_record(
     Must run inside the transaction that creates the job. `now` defaults to the time read after
     the lock is taken, so the admissions log is written in lock order.
     """
-    postgresql = selectors.sql_path()
+    postgresql = db.hand_written_sql()
     if postgresql:
         _usage_lock_postgresql(user=user)
     else:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from coursegen import db
 from generation import hotpath, services
 from generation.models import CourseGenerationJob, GenerationTask, QueueEntry
 from generation.schemas import CourseRequest
@@ -38,7 +39,7 @@ def test_a_submit_inserts_the_same_rows_in_one_statement_as_the_orm_does(
     teacher: Any, base_class: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     one_statement = _submitted(teacher, base_class)
-    monkeypatch.setattr(hotpath, "supported", lambda: False)
+    monkeypatch.setattr(db, "hand_written_sql", lambda: False)
 
     assert _submitted(teacher, base_class) == one_statement
 

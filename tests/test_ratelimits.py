@@ -16,9 +16,9 @@ from django.db import connection, transaction
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import BaseClass, Membership, Role
+from coursegen import db
 from generation.models import CourseGenerationJob
 from monitoring.models import Alert, AlertKind
-from ratelimits import selectors
 from ratelimits.models import Admission, RateLimitPolicy, RateLimitViolation, Window
 from ratelimits.selectors import PolicyMissingError
 from ratelimits.services import RateLimitExceeded, admission_check_and_record
@@ -34,7 +34,7 @@ BODY = {"topic": "Rate limited fractions", "num_modules": 1, "lessons_per_module
 def admission_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test on both paths: PostgreSQL's statements and the ORM's (SQLite, the demo)."""
     if request.param == "orm":
-        monkeypatch.setattr(selectors, "sql_path", lambda: False)
+        monkeypatch.setattr(db, "hand_written_sql", lambda: False)
     return str(request.param)
 
 
