@@ -16,6 +16,13 @@ from django.db.models.sql.compiler import SQLCompiler
 
 from generation.models import QueueEntry
 
+# PostgreSQL's effective priority of a row; AgedPriority and the hand-written queue position
+# (selectors.queue_position) both use it, so the two cannot drift apart.
+PG_AGED_PRIORITY = (
+    "({priority} - FLOOR(EXTRACT(EPOCH FROM (STATEMENT_TIMESTAMP() - {enqueued_at})) / {aging_s}))"
+    "::integer"
+)
+
 
 class AgedPriority(Func):
     output_field = IntegerField()
@@ -34,8 +41,9 @@ class AgedPriority(Func):
         self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
     ) -> tuple[str, list[Any]]:
         priority, enqueued, params = self._parts(compiler)
-        waited = f"EXTRACT(EPOCH FROM (STATEMENT_TIMESTAMP() - {enqueued}))"
-        return f"({priority} - FLOOR({waited} / %s))::integer", params
+        return PG_AGED_PRIORITY.format(
+            priority=priority, enqueued_at=enqueued, aging_s="%s"
+        ), params
 
     def as_sqlite(  # type: ignore[override]  # the embedded demo
         self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any

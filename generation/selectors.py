@@ -7,9 +7,12 @@ invisible, so the API answers 404 rather than 403 and does not reveal that it ex
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
+from django.db import connection
 from django.db.models import (
     BooleanField,
     ExpressionWrapper,
@@ -20,6 +23,7 @@ from django.db.models import (
 )
 
 from accounts.models import Membership, Role
+from coursegen import db
 from generation.models import (
     CourseGenerationJob,
     GenerationTask,
@@ -27,7 +31,7 @@ from generation.models import (
     QueueEntry,
     QueueState,
 )
-from generation.queueing import aged_priority, queued_in_order
+from generation.queueing import PG_AGED_PRIORITY, aged_priority, queued_in_order
 
 
 def jobs_visible_to(*, user: User | AnonymousUser) -> QuerySet[CourseGenerationJob]:
@@ -99,10 +103,9 @@ def queue_position(*, job: CourseGenerationJob) -> int | None:
     """1 for the next job to start; None when the job is not waiting."""
     if job.status != JobStatus.QUEUED:  # known from the row already: no query
         return None
-    if CourseGenerationJob.queue_entry.is_cached(job):  # a fresh submit: its entry is in hand
-        entry: QueueEntry | None = job.queue_entry
-    else:
-        entry = QueueEntry.objects.filter(job=job).first()
+    if db.hand_written_sql():
+        return _queue_position_postgresql(job_id=job.pk)
+    entry = QueueEntry.objects.filter(job=job).first()
     if entry is None or entry.state != QueueState.QUEUED:
         return None
     mine = aged_priority(entry)
@@ -111,3 +114,34 @@ def queue_position(*, job: CourseGenerationJob) -> int | None:
         | Q(effective_priority=mine, enqueued_at__lt=entry.enqueued_at)
     )
     return ahead.count() + 1
+
+
+# The ORM version above in one statement without compiling: every submit and every poll of a
+# waiting job asks. Same order: effective priority, then the longest waiting.
+_QUEUE_POSITION_SQL = """
+SELECT (SELECT count(*) FROM course_generation_queue q
+        WHERE q.state = %(queued)s
+          AND ({q_aged} < {e_aged} OR ({q_aged} = {e_aged} AND q.enqueued_at < e.enqueued_at))
+       ) + 1
+FROM course_generation_queue e
+WHERE e.job_id = %(job)s AND e.state = %(queued)s
+""".format(
+    q_aged=PG_AGED_PRIORITY.format(
+        priority="q.priority", enqueued_at="q.enqueued_at", aging_s="%(aging_s)s"
+    ),
+    e_aged=PG_AGED_PRIORITY.format(
+        priority="e.priority", enqueued_at="e.enqueued_at", aging_s="%(aging_s)s"
+    ),
+)
+
+
+def _queue_position_postgresql(*, job_id: UUID) -> int | None:
+    params: dict[str, Any] = {
+        "job": job_id,
+        "queued": QueueState.QUEUED.value,
+        "aging_s": float(settings.COURSEGEN_QUEUE_AGING_S),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_QUEUE_POSITION_SQL, params)
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])

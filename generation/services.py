@@ -28,7 +28,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from accounts.models import BaseClass, Membership, Role
+from accounts.models import BaseClass, Role
 from coursegen import db
 from generation import assembly, hotpath
 from generation.llm import GenerationResult, TaskSpec, generate
@@ -50,6 +50,7 @@ from generation.schemas import TASK_TIERS, CourseOutline, CourseRequest, TaskKin
 from monitoring.correlation import correlation_scope, set_correlation_id
 from monitoring.logs import log_event
 from monitoring.services import job_outcome_record
+from ratelimits.selectors import NotAMemberError
 from ratelimits.services import admission_check_and_record
 
 logger = logging.getLogger("coursegen.generation")
@@ -92,15 +93,15 @@ def job_submit(
     request: CourseRequest,
     idempotency_key: IdempotencyKey | None = None,
 ) -> CourseGenerationJob:
-    membership = Membership.objects.filter(
-        user=user, organisation_id=base_class.organisation_id
-    ).first()
-    if membership is None:
-        raise GenerationError("you are not a member of this class's organisation")
-    role = Role(membership.role)
-    # Raises RateLimitExceeded (and this transaction rolls back) when over a limit.
-    admission_check_and_record(user=user, role=role)
-    priority = ROLE_PRIORITY[role]
+    """Admit and queue a course request. The job returned holds its rows as inserted: its queue
+    entry and its tasks (the outline), like a prefetch; `refresh_from_db()` reads them anew."""
+    try:
+        # The role is the user's in the class's organisation, read with the usage. Raises
+        # RateLimitExceeded (and this transaction rolls back) when over a limit.
+        admitted = admission_check_and_record(user=user, organisation_id=base_class.organisation_id)
+    except NotAMemberError as exc:
+        raise GenerationError("you are not a member of this class's organisation") from exc
+    priority = ROLE_PRIORITY[admitted.role]
     job = CourseGenerationJob(
         owner=user,
         organisation_id=base_class.organisation_id,
@@ -115,6 +116,7 @@ def job_submit(
     else:
         for row in (job, outline, entry):
             row.save(force_insert=True)
+    _tasks_in_hand(job, [outline])
     if idempotency_key is not None:  # linked in the same transaction: a replay finds this job
         IdempotencyKey.objects.filter(pk=idempotency_key.pk).update(job=job)
     set_correlation_id(job.correlation_id)  # the rest of this request, and its tasks, is the job's
@@ -127,6 +129,15 @@ def job_submit(
     )
     transaction.on_commit(send_dispatch)
     return job
+
+
+def _tasks_in_hand(job: CourseGenerationJob, tasks: list[GenerationTask]) -> None:
+    """Let `job.tasks.all()` return `tasks` without a query, as prefetch_related would: a new
+    job's tasks are the ones just inserted, and the submit response lists them."""
+    in_hand = job.tasks.all()  # lazy: filtered to the job, not run
+    in_hand._result_cache = tasks
+    in_hand._prefetch_done = True  # type: ignore[attr-defined]  # Django's own prefetch state
+    job._prefetched_objects_cache = {"tasks": in_hand}  # type: ignore[attr-defined]  # ditto
 
 
 def _task_new(

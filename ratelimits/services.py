@@ -14,6 +14,7 @@ import logging
 import math
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -74,9 +75,15 @@ class RateLimitExceeded(Exception):  # the name says what happened, like Http404
 
 
 def admission_check_and_record(
-    *, user: User, role: Role, now: datetime | None = None
+    *,
+    user: User,
+    role: Role | None = None,
+    organisation_id: UUID | None = None,
+    now: datetime | None = None,
 ) -> UsageReport:
-    """Admit one job request for `user` under `role`'s policy, or raise RateLimitExceeded.
+    """Admit one job request for `user`, or raise RateLimitExceeded. The policy is `role`'s or,
+    given `organisation_id` instead, that of the role the user holds there (read from the
+    database with the usage; NotAMemberError when there is none).
 
     Must run inside the transaction that creates the job. `now` defaults to the time read after
     the lock is taken, so the admissions log is written in lock order.
@@ -87,7 +94,7 @@ def admission_check_and_record(
     else:
         RateLimitUsage.objects.select_for_update().get_or_create(user=user)
     now = now or timezone.now()
-    report = usage_report(user=user, role=role, now=now)
+    report = usage_report(user=user, role=role, organisation_id=organisation_id, now=now)
     exceeded = _exceeded(report)
     if exceeded is not None:
         raise exceeded

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Role
 from generation.models import CourseGenerationJob, JobStatus
@@ -68,6 +70,25 @@ def test_the_progress_poll_agrees_with_the_job_detail(
     assert client.get(f"/api/jobs/{done}/progress/").json()["course_url"] == (
         f"/api/jobs/{done}/course/"
     )
+
+
+def test_a_submit_answers_what_the_job_detail_shows_without_reading_the_job_back(
+    client_for: Any, teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    from generation import services
+
+    client = client_for(teacher)
+    monkeypatch.setattr(services, "send_dispatch", lambda: None)  # stays queued
+
+    with CaptureQueriesContext(connection) as queries:
+        submitted = _submit(client, base_class).json()
+    # Read now: the next request clears the connection's query log.
+    reads = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith("SELECT")]
+
+    assert submitted == client.get(f"/api/jobs/{submitted['id']}/").json()
+    assert [t["kind"] for t in submitted["tasks"]] == ["outline"]
+    assert not [sql for sql in reads if 'FROM "course_generation_tasks"' in sql]
+    assert not [sql for sql in reads if 'FROM "course_generation_jobs"' in sql]
 
 
 def test_it_answers_400_with_field_errors_and_creates_nothing(

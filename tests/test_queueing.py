@@ -12,8 +12,9 @@ import redis
 from django.utils import timezone
 
 from accounts.models import Role
+from coursegen import db
 from generation import services, tasks
-from generation.models import CourseGenerationJob, Priority, QueueEntry
+from generation.models import CourseGenerationJob, Priority, QueueEntry, QueueState
 from generation.schemas import CourseRequest
 from generation.selectors import queue_position
 
@@ -66,6 +67,26 @@ def test_it_ages_a_waiting_low_priority_job_past_newer_high_priority_ones(
     assert services.queue_dispatch(limit=1) == [high.pk]
 
 
+def test_the_hand_written_queue_position_agrees_with_the_orms(
+    make_member: Any, base_class: Any, settings: Any, no_dispatch: None, monkeypatch: Any
+) -> None:
+    settings.COURSEGEN_QUEUE_AGING_S = 60
+    user = make_member(Role.ADMIN)
+    # Ties on effective priority (8 - 2 == 6 - 0), equal waits, and one entry already claimed.
+    waits = [(Priority.LOW, 125), (Priority.LOW - 2, 5), (Priority.NORMAL, 0), (Priority.HIGH, 0)]
+    waits += [(Priority.URGENT, 30), (Priority.NORMAL, 600), (Priority.LOW, 0), (Priority.HIGH, 0)]
+    jobs = [_queued(user, base_class, priority=p, waited_s=w) for p, w in waits]
+    QueueEntry.objects.filter(job=jobs[3]).update(state=QueueState.CLAIMED)
+
+    hand_written = [queue_position(job=job) for job in jobs]
+    monkeypatch.setattr(db, "hand_written_sql", lambda: False)
+    orm = [queue_position(job=job) for job in jobs]
+
+    assert hand_written == orm
+    assert sorted(p for p in orm if p is not None) == list(range(1, len(jobs)))
+    assert orm[3] is None
+
+
 def test_it_sends_the_jobs_messages_at_the_jobs_priority(
     teacher: Any,
     base_class: Any,
@@ -102,6 +123,7 @@ def test_it_sends_the_jobs_messages_at_the_jobs_priority(
     [(header, body)] = chords
     assert {s.task for s in header} == {tasks.run_task.name}
     assert {s.options["priority"] for s in header} == {Priority.NORMAL}
+    job.refresh_from_db()  # job_submit's instance holds the tasks as inserted: the outline
     assert len(header) == job.tasks.count() - 1  # every task but the outline
     # The body frees a running slot: it goes before queued generation messages.
     assert body.task == tasks.finalize_job.name

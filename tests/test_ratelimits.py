@@ -20,7 +20,7 @@ from coursegen import db
 from generation.models import CourseGenerationJob
 from monitoring.models import Alert, AlertKind
 from ratelimits.models import Admission, RateLimitPolicy, RateLimitViolation, Window
-from ratelimits.selectors import PolicyMissingError
+from ratelimits.selectors import NotAMemberError, PolicyMissingError
 from ratelimits.services import RateLimitExceeded, admission_check_and_record
 from tests.factories import OrganisationFactory
 
@@ -51,12 +51,16 @@ def nothing_starts(settings: Any) -> None:
 
 
 def _admit(user: Any, role: Role) -> RateLimitExceeded | None:
-    """One admission in its own transaction, as job_submit makes it; the refusal if refused."""
+    """One admission in its own transaction, as job_submit makes it: under the role the user
+    holds in the organisation, read by the admission itself. The refusal if refused."""
+    organisation_id = Membership.objects.get(user=user).organisation_id
     try:
         with transaction.atomic():
-            admission_check_and_record(user=user, role=role)
+            report = admission_check_and_record(user=user, organisation_id=organisation_id)
     except RateLimitExceeded as exc:
+        assert exc.role == role
         return exc
+    assert report.role == role
     return None
 
 
@@ -191,8 +195,28 @@ def test_it_refuses_to_admit_under_a_role_without_a_policy(make_member: Any) -> 
 
     with pytest.raises(PolicyMissingError), transaction.atomic():
         admission_check_and_record(user=student, role=Role.STUDENT)
+    organisation_id = Membership.objects.get(user=student).organisation_id
+    with pytest.raises(PolicyMissingError), transaction.atomic():
+        admission_check_and_record(user=student, organisation_id=organisation_id)
 
     assert not Admission.objects.filter(user=student).exists()
+
+
+def test_it_admits_only_members_of_the_organisation_under_their_role_there(
+    make_member: Any,
+) -> None:
+    student = make_member(Role.STUDENT)
+    elsewhere = OrganisationFactory.create()
+
+    with pytest.raises(NotAMemberError), transaction.atomic():
+        admission_check_and_record(user=student, organisation_id=elsewhere.pk)
+    assert not Admission.objects.filter(user=student).exists()
+
+    Membership.objects.create(user=student, organisation=elsewhere, role=Role.ADMIN)
+    with transaction.atomic():
+        there = admission_check_and_record(user=student, organisation_id=elsewhere.pk)
+    assert there.role == Role.ADMIN
+    assert there.max_concurrent == RateLimitPolicy.objects.get(role=Role.ADMIN).max_concurrent
 
 
 def test_it_waits_for_enough_requests_to_leave_when_a_limit_was_lowered(
