@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from django.core.cache import caches
 
 from coursegen.cache import SharedClientRedisCache
@@ -22,3 +23,33 @@ def test_it_reuses_one_client_and_still_works_as_a_cache() -> None:
     assert cache.incr("shared-client-counter") == 1
     cache.delete_many(["shared-client-test", "shared-client-counter"])
     assert cache.get("shared-client-test") is None
+
+
+def test_incr_is_one_round_trip_that_keeps_the_expiry_and_never_creates_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = caches["default"]
+    assert isinstance(cache, SharedClientRedisCache)
+    key = "shared-client-incr"
+    cache.delete(key)
+    raw_key = cache.make_and_validate_key(key)
+    client = cache._cache.get_client(write=True)
+    sent: list[str] = []
+    execute = client.execute_command
+
+    def counting(*args: object, **options: object) -> object:
+        sent.append(str(args[0]))
+        return execute(*args, **options)
+
+    monkeypatch.setattr(client, "execute_command", counting)
+    with pytest.raises(ValueError):
+        cache.incr(key)
+    assert execute("EXISTS", raw_key) == 0  # a plain INCR would have made a key with no TTL
+    cache.add(key, 5, timeout=30)
+    sent.clear()
+    assert cache.incr(key, 2) == 7
+    assert sent in (["EVALSHA"], ["EVALSHA", "EVAL"])  # EVAL only if the script was flushed
+    monkeypatch.undo()
+    assert 0 < client.ttl(raw_key) <= 30
+    assert cache.get(key) == 7
+    cache.delete(key)
