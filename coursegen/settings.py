@@ -177,12 +177,22 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (django-ratelimit and the circuit breaker need a shared one in production) ---------
 REDIS_URL = env_url("REDIS_URL", None, ("redis", "rediss", "unix"))
+# Connections per process to REDIS_URL, per pool (the cache's, the concurrency limiter's).
+# redis-py's plain pool raises "Too many connections" past its maximum (100 unless set); a worker
+# has hundreds of threads, so these pools make a thread wait for a free one instead.
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 100, minimum=1)
+REDIS_POOL_TIMEOUT_S = env_float("REDIS_POOL_TIMEOUT_S", 10.0, minimum=0.1)
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "coursegen.cache.SharedClientRedisCache",  # one client per pool
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "coursegen",
+            "OPTIONS": {
+                "pool_class": "redis.BlockingConnectionPool",
+                "max_connections": REDIS_MAX_CONNECTIONS,
+                "timeout": REDIS_POOL_TIMEOUT_S,
+            },
         }
     }
 else:

@@ -124,7 +124,14 @@ class Permit:
 
 @functools.cache
 def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=5, health_check_interval=30)
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.REDIS_MAX_CONNECTIONS,
+        timeout=settings.REDIS_POOL_TIMEOUT_S,  # waiting for a free connection
+        socket_timeout=5,
+        health_check_interval=30,
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 class ConcurrencyLimiter:

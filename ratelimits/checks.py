@@ -10,7 +10,7 @@ from django.core import checks
 
 @checks.register(checks.Tags.caches)
 def check_throttle_cache(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
-    backend = settings.CACHES["default"]["BACKEND"]
+    backend = str(settings.CACHES["default"]["BACKEND"])
     if settings.IS_POSTGRES and "redis" not in backend.lower():
         return [
             checks.Warning(

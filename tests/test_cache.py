@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import redis
 from django.core.cache import caches
 
 from coursegen.cache import SharedClientRedisCache
@@ -53,3 +56,27 @@ def test_incr_is_one_round_trip_that_keeps_the_expiry_and_never_creates_a_key(
     assert 0 < client.ttl(raw_key) <= 30
     assert cache.get(key) == 7
     cache.delete(key)
+
+
+def test_more_threads_than_connections_wait_for_one_instead_of_failing(settings: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from generation.concurrency import redis_client
+
+    options = {**settings.CACHES["default"]["OPTIONS"], "max_connections": 2}
+    small = SharedClientRedisCache(settings.REDIS_URL, {"OPTIONS": options})
+    small.set("pool-test", 0, timeout=30)
+
+    def hammer(_: int) -> None:
+        for _ in range(20):
+            small.incr("pool-test")
+            small.get("pool-test")
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(hammer, range(16)))  # a plain pool raises "Too many connections" here
+
+    assert small.get("pool-test") == 16 * 20
+    small.delete("pool-test")
+    limiter_pool = redis_client(settings.REDIS_URL).connection_pool
+    assert isinstance(limiter_pool, redis.BlockingConnectionPool)
+    assert limiter_pool.max_connections == settings.REDIS_MAX_CONNECTIONS
