@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Role
+from coursegen import db
 from generation.models import CourseGenerationJob, JobStatus
 from tests.factories import BaseClassFactory, OrganisationFactory
 
@@ -52,8 +54,16 @@ def test_it_rejects_unauthenticated_requests(
     assert api_client.get(f"/api/jobs/{job_id}/progress/").status_code == 401
 
 
+@pytest.fixture(params=["sql", "orm"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """PostgreSQL's hand-written reads, and the ORM's (SQLite, the demo)."""
+    if request.param == "orm":
+        monkeypatch.setattr(db, "hand_written_sql", lambda: False)
+    return str(request.param)
+
+
 def test_the_progress_poll_agrees_with_the_job_detail(
-    client_for: Any, teacher: Any, base_class: Any, monkeypatch: Any
+    client_for: Any, teacher: Any, base_class: Any, monkeypatch: Any, read_path: str
 ) -> None:
     from generation import services
 
@@ -129,7 +139,7 @@ def test_it_ignores_a_role_sent_in_the_request(
 
 
 def test_it_hides_other_organisations_jobs(
-    client_for: Any, teacher: Any, base_class: Any, make_member: Any
+    client_for: Any, teacher: Any, base_class: Any, make_member: Any, read_path: str
 ) -> None:
     job_id = _submit(client_for(teacher), base_class).json()["id"]
     outsider = make_member(Role.ADMIN, org=OrganisationFactory())
@@ -137,13 +147,14 @@ def test_it_hides_other_organisations_jobs(
 
     assert client.get(f"/api/jobs/{job_id}/").status_code == 404
     assert client.get(f"/api/jobs/{job_id}/progress/").status_code == 404
+    assert client_for(teacher).get(f"/api/jobs/{uuid.uuid4()}/progress/").status_code == 404
     assert client.get(f"/api/jobs/{job_id}/course/").status_code == 404
     assert client.post(f"/api/jobs/{job_id}/cancel/").status_code == 404
     assert client.get("/api/jobs/").json()["count"] == 0
 
 
 def test_it_shows_students_only_their_own_jobs(
-    client_for: Any, teacher: Any, base_class: Any, make_member: Any
+    client_for: Any, teacher: Any, base_class: Any, make_member: Any, read_path: str
 ) -> None:
     teacher_job = _submit(client_for(teacher), base_class).json()["id"]
     student = make_member(Role.STUDENT)
@@ -152,6 +163,9 @@ def test_it_shows_students_only_their_own_jobs(
     listed = {j["id"] for j in client_for(student).get("/api/jobs/").json()["results"]}
     assert listed == {student_job}
     assert client_for(student).get(f"/api/jobs/{teacher_job}/").status_code == 404
+    assert client_for(student).get(f"/api/jobs/{teacher_job}/progress/").status_code == 404
+    assert client_for(student).get(f"/api/jobs/{student_job}/progress/").status_code == 200
+    assert client_for(teacher).get(f"/api/jobs/{student_job}/progress/").status_code == 200
     teacher_sees = {j["id"] for j in client_for(teacher).get("/api/jobs/").json()["results"]}
     assert teacher_sees == {teacher_job, student_job}
 
