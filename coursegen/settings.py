@@ -216,7 +216,7 @@ LOGIN_URL = "/admin/login/"
 # --- DRF and OpenAPI --------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "accounts.authentication.UncompiledTokenAuthentication",  # DRF's, in one statement
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -11,6 +11,7 @@ from pydantic import ValidationError as PydanticValidationError
 from rest_framework import serializers
 
 from accounts.models import BaseClass
+from accounts.selectors import class_of_member_get
 from generation.models import CourseGenerationJob, GenerationTask, GenerationTaskVersion
 from generation.schemas import CourseRequest, Level
 
@@ -29,10 +30,7 @@ class JobSubmitInputSerializer(serializers.Serializer):
     instructions = serializers.CharField(max_length=2000, required=False, allow_blank=True)
 
     def validate_base_class(self, value: Any) -> BaseClass:
-        user = self.context["request"].user
-        base_class = BaseClass.objects.filter(
-            pk=value, organisation__memberships__user=user
-        ).first()
+        base_class = class_of_member_get(user=self.context["request"].user, class_id=value)
         if base_class is None:
             raise serializers.ValidationError("No such class in your organisations.")
         return base_class

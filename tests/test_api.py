@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -120,9 +121,11 @@ def test_it_rejects_a_class_of_another_organisation(client_for: Any, teacher: An
     foreign_class = BaseClassFactory(organisation=OrganisationFactory())
 
     response = _submit(client_for(teacher), foreign_class)
+    missing = _submit(client_for(teacher), SimpleNamespace(pk=uuid.uuid4()))
 
-    assert response.status_code == 400
-    assert "base_class" in response.json()
+    assert response.status_code == 400 and missing.status_code == 400
+    assert response.json()["base_class"] == ["No such class in your organisations."]
+    assert missing.json()["base_class"] == ["No such class in your organisations."]
     assert CourseGenerationJob.objects.count() == 0
 
 
