@@ -59,6 +59,7 @@ class Command(BaseCommand):
         org, _ = Organisation.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
         user, _ = get_user_model().objects.get_or_create(username=BENCH_USER)
         membership_set(user=user, organisation=org, role=role)
+        self.organisation_id = org.pk
         RateLimitUsage.objects.get_or_create(user=user)  # the steady state: the row exists
         # Spread the history over the day, older than an hour, below the day limit.
         history = min(history, policy_get(role=role).per_day - 1)
@@ -79,7 +80,9 @@ class Command(BaseCommand):
     def _one_outcome(self, user: Any, role: Role) -> bool:
         with transaction.atomic():
             try:
-                admission_check_and_record(user=user, role=role)
+                # As job_submit asks: the role is read from the membership, with the usage.
+                report = admission_check_and_record(user=user, organisation_id=self.organisation_id)
+                assert report.role == role
             except RateLimitExceeded:
                 return False
             finally:
