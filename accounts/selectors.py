@@ -37,7 +37,8 @@ WHERE c.id = %s
 
 
 def class_of_member_get(*, user: User | AnonymousUser, class_id: Any) -> BaseClass | None:
-    """The class, if `user` is a member of its organisation."""
+    """The class, if `user` is a member of its organisation: `classes_for(user=user)` narrowed to
+    one class, without compiling."""
     if not user.is_authenticated:
         return None
     pk = BaseClass._meta.pk.get_db_prep_value(class_id, connection)  # a UUID, or hex on SQLite

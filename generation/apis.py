@@ -141,7 +141,7 @@ class JobCollectionApi(APIView):
         except RateLimitExceeded as exc:
             violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]
             return too_many_requests(exc)
-        # `job` is the row as inserted, its owner and queue entry in hand: no need to re-read it.
+        # `job` is the row as inserted, its owner, queue entry and tasks in hand: no re-read.
         headers = {"Location": f"/api/jobs/{job.id}/"}
         return Response(JobDetailOutputSerializer(job).data, status=201, headers=headers)
 

@@ -10,9 +10,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Role
 from ratelimits.models import WINDOW_LENGTHS
-from ratelimits.selectors import membership_for_limits, usage_report
+from ratelimits.selectors import NotAMemberError, membership_for_limits, usage_report
 from ratelimits.serializers import (
     RateLimitExceededOutputSerializer,
     UserRateLimitsInputSerializer,
@@ -63,14 +62,17 @@ class UserRateLimitsApi(APIView):
             user=request.user,  # type: ignore[arg-type]  # IsAuthenticated ran
             organisation_id=organisation_id,
         )
+        where = "that organisation" if organisation_id else "any organisation"
         if membership is None:
-            where = "that organisation" if organisation_id else "any organisation"
             raise Http404(f"You are not a member of {where}.")
-        report = usage_report(
-            user=request.user,  # type: ignore[arg-type]
-            role=Role(membership.role),
-            now=timezone.now(),
-        )
+        try:
+            report = usage_report(
+                user=request.user,  # type: ignore[arg-type]
+                organisation_id=membership.organisation_id,
+                now=timezone.now(),
+            )
+        except NotAMemberError as exc:  # the membership went away since it was read
+            raise Http404(f"You are not a member of {where}.") from exc
         data = {
             "role": report.role,
             "organisation": membership.organisation_id,

@@ -78,26 +78,16 @@ def active_jobs_count(*, user: User) -> int:
     return CourseGenerationJob.objects.filter(owner=user).exclude(status__in=JOB_TERMINAL).count()
 
 
-def usage_report(
-    *,
-    user: User,
-    now: datetime,
-    role: Role | None = None,
-    organisation_id: UUID | None = None,
-) -> UsageReport:
-    """The user's usage of every window and their unfinished jobs against a role's policy:
-    `role`'s, or the role the user holds in `organisation_id` (read with the usage, so admission
-    needs no separate membership read). Raises NotAMemberError or PolicyMissingError."""
-    if (role is None) == (organisation_id is None):
-        raise TypeError("usage_report takes either role or organisation_id")
+def usage_report(*, user: User, organisation_id: UUID, now: datetime) -> UsageReport:
+    """The user's usage of every window and their unfinished jobs against the policy of the role
+    they hold in `organisation_id` (read with the usage, so admission needs no separate membership
+    read). Raises NotAMemberError or PolicyMissingError."""
     if db.hand_written_sql():
         policy, counted, active = _usage_postgresql(
-            user=user, role=role, organisation_id=organisation_id, now=now
+            user=user, organisation_id=organisation_id, now=now
         )
     else:
-        policy, counted, active = _usage_orm(
-            user=user, role=role, organisation_id=organisation_id, now=now
-        )
+        policy, counted, active = _usage_orm(user=user, organisation_id=organisation_id, now=now)
     windows = tuple(
         _window_usage(
             user=user,
@@ -119,15 +109,12 @@ def usage_report(
 
 
 def _usage_orm(
-    *, user: User, role: Role | None, organisation_id: UUID | None, now: datetime
+    *, user: User, organisation_id: UUID, now: datetime
 ) -> tuple[RateLimitPolicy, dict[str, Any], int]:
-    if role is None:
-        assert organisation_id is not None  # usage_report takes one of the two
-        membership = Membership.objects.filter(user=user, organisation_id=organisation_id).first()
-        if membership is None:
-            raise NotAMemberError(f"user {user.pk} is not a member of {organisation_id}")
-        role = Role(membership.role)
-    policy = policy_get(role=role)
+    membership = Membership.objects.filter(user=user, organisation_id=organisation_id).first()
+    if membership is None:
+        raise NotAMemberError(f"user {user.pk} is not a member of {organisation_id}")
+    policy = policy_get(role=Role(membership.role))
     aggregates: dict[str, Count | Min] = {}
     for window, length in WINDOW_LENGTHS.items():
         inside = Q(admitted_at__gt=now - length)
@@ -137,16 +124,16 @@ def _usage_orm(
     return policy, counted, active_jobs_count(user=user)
 
 
-# The same reads as _usage_orm (the role, its policy, window counts, unfinished jobs) in one
-# round trip: admission runs on every submit, and compiling these through the ORM was a third
-# of a submit. The role is the given one or the user's membership in the organisation.
+# The same reads as _usage_orm (the user's role in the organisation, its policy, the window
+# counts, unfinished jobs) in one round trip: admission runs on every submit, and compiling these
+# through the ORM was a third of a submit.
 _USAGE_SQL = """
-SELECT r.role, p.per_minute, p.per_hour, p.per_day, p.max_concurrent, a.*,
+SELECT m.role, p.per_minute, p.per_hour, p.per_day, p.max_concurrent, a.*,
     (SELECT count(*) FROM course_generation_jobs j
      WHERE j.owner_id = %(user)s AND NOT (j.status = ANY(%(terminal)s))) AS active_jobs
 FROM (SELECT {windows} FROM course_generation_rate_limit_admissions WHERE user_id = %(user)s) a
-LEFT JOIN ({{role}}) r ON true
-LEFT JOIN course_generation_rate_limit_policies p ON p.role = r.role
+LEFT JOIN memberships m ON m.user_id = %(user)s AND m.organisation_id = %(org)s
+LEFT JOIN course_generation_rate_limit_policies p ON p.role = m.role
 """.format(
     windows=", ".join(
         f"count(*) FILTER (WHERE admitted_at > %({w}_since)s) AS {w}_used, "
@@ -154,23 +141,19 @@ LEFT JOIN course_generation_rate_limit_policies p ON p.role = r.role
         for w in WINDOW_LENGTHS
     )
 )
-_GIVEN_ROLE = "SELECT %(role)s::varchar AS role"
-_MEMBER_ROLE = "SELECT role FROM memberships WHERE user_id = %(user)s AND organisation_id = %(org)s"
 
 
 def _usage_postgresql(
-    *, user: User, role: Role | None, organisation_id: UUID | None, now: datetime
+    *, user: User, organisation_id: UUID, now: datetime
 ) -> tuple[RateLimitPolicy, dict[str, Any], int]:
     params: dict[str, Any] = {
         "user": user.pk,
-        "role": None if role is None else str(role),
         "org": organisation_id,
         "terminal": [str(s) for s in JOB_TERMINAL],
         **{f"{w}_since": now - length for w, length in WINDOW_LENGTHS.items()},
     }
-    sql = _USAGE_SQL.format(role=_GIVEN_ROLE if role is not None else _MEMBER_ROLE)
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_USAGE_SQL, params)
         names = [column[0] for column in cursor.description]
         row = dict(zip(names, cursor.fetchone(), strict=True))
     if row["role"] is None:

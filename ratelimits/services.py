@@ -75,15 +75,11 @@ class RateLimitExceeded(Exception):  # the name says what happened, like Http404
 
 
 def admission_check_and_record(
-    *,
-    user: User,
-    role: Role | None = None,
-    organisation_id: UUID | None = None,
-    now: datetime | None = None,
+    *, user: User, organisation_id: UUID, now: datetime | None = None
 ) -> UsageReport:
-    """Admit one job request for `user`, or raise RateLimitExceeded. The policy is `role`'s or,
-    given `organisation_id` instead, that of the role the user holds there (read from the
-    database with the usage; NotAMemberError when there is none).
+    """Admit one job request for `user` under the policy of the role they hold in
+    `organisation_id` (read from the database with the usage; NotAMemberError when there is
+    none), or raise RateLimitExceeded.
 
     Must run inside the transaction that creates the job. `now` defaults to the time read after
     the lock is taken, so the admissions log is written in lock order.
@@ -94,7 +90,7 @@ def admission_check_and_record(
     else:
         RateLimitUsage.objects.select_for_update().get_or_create(user=user)
     now = now or timezone.now()
-    report = usage_report(user=user, role=role, organisation_id=organisation_id, now=now)
+    report = usage_report(user=user, organisation_id=organisation_id, now=now)
     exceeded = _exceeded(report)
     if exceeded is not None:
         raise exceeded
