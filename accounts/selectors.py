@@ -6,26 +6,8 @@ from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import connection
-from django.db.models import QuerySet
 
-from accounts.models import BaseClass, Membership, Organisation
-
-
-def membership_get(*, user: User | AnonymousUser, organisation: Organisation) -> Membership | None:
-    if not user.is_authenticated:
-        return None
-    return Membership.objects.filter(user=user, organisation=organisation).first()
-
-
-def organisations_for(*, user: User | AnonymousUser) -> QuerySet[Organisation]:
-    if not user.is_authenticated:
-        return Organisation.objects.none()
-    return Organisation.objects.filter(memberships__user=user)
-
-
-def classes_for(*, user: User | AnonymousUser) -> QuerySet[BaseClass]:
-    return BaseClass.objects.filter(organisation__in=organisations_for(user=user))
-
+from accounts.models import BaseClass
 
 # Every submit names its class: checked in one statement that needs no compiling (the ORM's join
 # through organisations was most of the check's time). Standard SQL: SQLite runs it too.
@@ -37,8 +19,7 @@ WHERE c.id = %s
 
 
 def class_of_member_get(*, user: User | AnonymousUser, class_id: Any) -> BaseClass | None:
-    """The class, if `user` is a member of its organisation: `classes_for(user=user)` narrowed to
-    one class, without compiling."""
+    """The class, if `user` is a member of its organisation (None otherwise)."""
     if not user.is_authenticated:
         return None
     pk = BaseClass._meta.pk.get_db_prep_value(class_id, connection)  # a UUID, or hex on SQLite
