@@ -12,7 +12,9 @@ COPY perf ./perf
 RUN pip install '.[server]'
 COPY manage.py ./
 COPY templates ./templates
+RUN python manage.py collectstatic --noinput -v 0
 RUN useradd --create-home coursegen && mkdir -p /app/.cache && chown -R coursegen /app
 USER coursegen
 EXPOSE 8000
-CMD ["gunicorn", "coursegen.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3"]
+# gthread, 2 processes x 8 threads (coursegen/gunicorn_conf.py; WEB_WORKERS, WEB_THREADS).
+CMD ["gunicorn", "-c", "python:coursegen.gunicorn_conf", "coursegen.wsgi:application"]

@@ -114,6 +114,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "monitoring.correlation.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's (the dashboard's) and the API docs' static files in production, where
+    # Django does not; `collectstatic` gathers them into STATIC_ROOT (the image does at build).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -210,7 +213,12 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = env_str("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Compressed copies at collectstatic; no manifest, so templates render before it has run.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 LOGIN_URL = "/admin/login/"
 
 # --- DRF and OpenAPI --------------------------------------------------------------------------

@@ -204,8 +204,9 @@ class Command(BaseCommand):
                 "-m",
                 "gunicorn",
                 "coursegen.wsgi:application",
-                "-k",
-                "gthread",
+                # The shipped configuration; the options below override only what the bench varies.
+                "-c",
+                "python:coursegen.gunicorn_conf",
                 "-w",
                 str(self.opts["web_workers"]),
                 "--threads",

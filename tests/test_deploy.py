@@ -1,0 +1,162 @@
+"""The shipped deployment: gunicorn's settings, static files, the image and docker-compose.yml.
+
+No Docker engine runs here, so the compose file and the Dockerfile are checked as text against the
+code they name: a renamed setting, module or command breaks these tests, not a deployment.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from django.conf import settings
+from django.core.management import call_command, get_commands
+from django.test import Client, override_settings
+from gunicorn.config import Config
+
+ROOT = Path(settings.BASE_DIR)
+WEB_ENV = ("WEB_BIND", "WEB_WORKERS", "WEB_THREADS", "WEB_KEEPALIVE_S", "WEB_TIMEOUT_S")
+
+
+def gunicorn_config(monkeypatch: pytest.MonkeyPatch, **env: str) -> Config:
+    """The settings gunicorn takes from `-c python:coursegen.gunicorn_conf`, validated by its own
+    Config (an unknown or mistyped setting fails here as it would at start-up)."""
+    for name in (*WEB_ENV, "WEB_ACCESS_LOG"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    module: ModuleType = importlib.reload(importlib.import_module("coursegen.gunicorn_conf"))
+    config = Config()
+    for name, value in vars(module).items():
+        helper = isinstance(value, ModuleType) or callable(value)
+        if not (name.startswith("_") or helper or name == "annotations"):  # the __future__ import
+            config.set(name, value)  # KeyError for a name gunicorn does not know
+    return config
+
+
+def test_gunicorn_defaults_are_the_benchmarked_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = gunicorn_config(monkeypatch)
+    assert config.worker_class_str == "gthread"
+    assert (config.workers, config.threads) == (2, 8)
+    assert config.address == [("0.0.0.0", 8000)]
+    assert config.keepalive == 5
+    assert config.accesslog is None
+
+
+def test_gunicorn_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = gunicorn_config(
+        monkeypatch,
+        WEB_BIND="127.0.0.1:9001",
+        WEB_WORKERS="4",
+        WEB_THREADS="16",
+        WEB_KEEPALIVE_S="30",
+        WEB_ACCESS_LOG="-",
+    )
+    assert config.address == [("127.0.0.1", 9001)]
+    assert (config.workers, config.threads, config.keepalive) == (4, 16, 30)
+    assert config.accesslog == "-"
+
+
+@pytest.mark.parametrize("value", ["zero", "0", "-2", "1.5"])
+def test_gunicorn_rejects_a_bad_count_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    with pytest.raises(ValueError, match=f"WEB_THREADS must be a positive integer, got '{value}'"):
+        gunicorn_config(monkeypatch, WEB_THREADS=value)
+    monkeypatch.delenv("WEB_THREADS")
+    importlib.reload(importlib.import_module("coursegen.gunicorn_conf"))  # leave it loaded
+
+
+def test_static_files_are_served_without_debug(tmp_path: Path) -> None:
+    """The admin is the staff dashboard: its CSS and JS must load in production (DEBUG off),
+    where Django's own static view does not run."""
+    with override_settings(
+        STATIC_ROOT=str(tmp_path),
+        STORAGES={
+            **settings.STORAGES,
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        },
+    ):
+        call_command("collectstatic", interactive=False, verbosity=0)
+        assert not settings.DEBUG
+        response = Client().get("/static/admin/css/base.css")  # a new handler reads STATIC_ROOT
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/css")
+    assert b"".join(response.streaming_content)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def app_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in compose["services"].items() if s.get("build") == "."}
+
+
+def test_compose_runs_every_part_from_the_one_image(compose: dict[str, Any]) -> None:
+    assert set(app_services(compose)) == {"migrate", "web", "worker", "beat", "flower"}
+    assert set(compose["services"]) - set(app_services(compose)) == {"postgres", "redis"}
+
+
+def test_compose_workers_scale_out(compose: dict[str, Any]) -> None:
+    """`docker compose up --scale worker=N` needs a worker with no fixed name or host port."""
+    worker = compose["services"]["worker"]
+    assert "container_name" not in worker and "ports" not in worker
+    command = worker["command"]
+    assert command[:4] == ["celery", "-A", "coursegen", "worker"]
+    assert command[command.index("-P") + 1] == "threads"  # the measured pool (README)
+    assert worker["environment"]["DATABASE_POOL"] == "true"
+
+
+def test_compose_web_uses_the_shipped_gunicorn_settings(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
+    assert cmd is not None
+    assert yaml.safe_load(cmd.group(1)) == [
+        "gunicorn",
+        "-c",
+        "python:coursegen.gunicorn_conf",
+        "coursegen.wsgi:application",
+    ]
+    web = compose["services"]["web"]
+    assert "command" not in web  # the image's CMD
+    # One pooled connection per request thread, or threads queue for connections.
+    assert web["environment"]["DATABASE_POOL"] == "true"
+    threads = gunicorn_config(monkeypatch).threads
+    assert int(web["environment"]["DATABASE_POOL_MAX_SIZE"]) >= threads
+
+
+def test_compose_commands_exist(compose: dict[str, Any]) -> None:
+    for service in app_services(compose).values():
+        command = service.get("command")
+        if command and command[:2] == ["python", "manage.py"]:
+            assert command[2] in get_commands()
+        elif command:
+            assert command[:3] == ["celery", "-A", "coursegen"]
+
+
+def test_compose_sets_only_variables_the_code_reads(compose: dict[str, Any]) -> None:
+    """A misspelt variable would be ignored silently, leaving the default in production."""
+    code = "\n".join(
+        path.read_text() for path in (ROOT / "coursegen").glob("*.py") if path.is_file()
+    )
+    for name, service in app_services(compose).items():
+        for variable in service["environment"]:
+            assert re.search(rf"[\"']{variable}[\"']", code), f"{name}: {variable} is not read"
+
+
+def test_image_holds_every_project_app() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.MULTILINE))
+    local_apps = {app for app in settings.INSTALLED_APPS if (ROOT / app).is_dir()}
+    assert local_apps | {"coursegen", "templates"} <= copied
+    assert "collectstatic --noinput" in dockerfile
