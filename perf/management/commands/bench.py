@@ -731,7 +731,10 @@ class Command(BaseCommand):
         out.write("")
         for key, (op, target) in TARGETS.items():
             got = self.results.get(key)
-            met = got is not None and (got <= target if op == "<=" else got >= target)
+            if got is None:  # its phase did not run (--phases)
+                out.write(f"target {key} {op} {target}: not measured in this run")
+                continue
+            met = got <= target if op == "<=" else got >= target
             out.write(f"target {key} {op} {target}: {got} ({'met' if met else 'NOT met'})")
         self.results["settings"] = {
             "workers": self.opts["workers"],
