@@ -11,6 +11,7 @@ from django.utils.html import format_html
 
 from generation import recovery, regeneration, services
 from generation.models import (
+    CourseEvaluation,
     CourseGenerationJob,
     GenerationAttempt,
     GenerationTask,
@@ -43,6 +44,39 @@ class TaskInline(admin.TabularInline):
         return False
 
 
+EVALUATION_FIELDS: tuple[str, ...] = ("created_at", "evaluator", "overall", "criteria", "feedback")
+
+
+class EvaluationInline(admin.TabularInline):
+    model = CourseEvaluation
+    extra = 0
+    can_delete = False
+    fields = EVALUATION_FIELDS
+    readonly_fields = EVALUATION_FIELDS
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(CourseEvaluation)
+class EvaluationAdmin(admin.ModelAdmin):
+    """Evaluation scores across jobs: sort by `overall` to find the weakest courses."""
+
+    list_display = ["job", "overall", "evaluator", "created_at"]
+    list_filter = ["evaluator", "created_at"]
+    search_fields = ["job__id", "job__request__topic"]
+    list_select_related = ["job"]
+    date_hierarchy = "created_at"
+    readonly_fields = ("job", *EVALUATION_FIELDS)
+    fields = ("job", *EVALUATION_FIELDS)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # recorded by the evaluator at finalize
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(CourseGenerationJob)
 class JobAdmin(admin.ModelAdmin):
     list_display = [
@@ -54,6 +88,7 @@ class JobAdmin(admin.ModelAdmin):
         "organisation",
         "cost_usd",
         "reask_share_display",
+        "quality_score",
         "output_tokens",
         "created_at",
         "finished_at",
@@ -78,6 +113,7 @@ class JobAdmin(admin.ModelAdmin):
         "cost_usd",
         "reask_cost_usd",
         "reask_share_display",
+        "quality_score",
         "correlation_id",
         "error",
         "chord_dispatched_at",
@@ -87,7 +123,7 @@ class JobAdmin(admin.ModelAdmin):
         "updated_at",
     ]
     fields = ["priority", *readonly_fields]
-    inlines = [TaskInline]
+    inlines = [EvaluationInline, TaskInline]
     actions = ["cancel_jobs", "resume_jobs"]
 
     def save_model(

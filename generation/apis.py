@@ -25,6 +25,7 @@ from generation.selectors import (
     jobs_visible_to,
 )
 from generation.serializers import (
+    EvaluationOutputSerializer,
     JobDetailOutputSerializer,
     JobOutputSerializer,
     JobProgressOutputSerializer,
@@ -187,6 +188,15 @@ class JobCourseApi(APIView):
                 status=status.HTTP_409_CONFLICT,
             )
         return Response(job.course)
+
+
+class JobEvaluationsApi(APIView):
+    """The course's evaluations, newest first: one at finalize, one more per regeneration."""
+
+    @extend_schema(responses=EvaluationOutputSerializer(many=True), operation_id="jobs_evaluations")
+    def get(self, request: Request, job_id: UUID) -> Response:
+        job = _visible_job(request, job_id)
+        return Response(EvaluationOutputSerializer(job.evaluations.all(), many=True).data)
 
 
 class JobCancelApi(APIView):

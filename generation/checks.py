@@ -140,8 +140,13 @@ def check_assessment(
             )
         )
     for index, question in enumerate(model.questions):
-        errors += _catch_all_options(index, question) + _distractor_lengths(index, question)
+        errors += question_flaws(index, question)
     return errors + _duplicate_stems(model.questions, request.topic)
+
+
+def question_flaws(index: int, question: Question) -> list[FieldError]:
+    """What gives a question's answer away: catch-all options, a stand-out answer length."""
+    return _catch_all_options(index, question) + _distractor_lengths(index, question)
 
 
 # --- Lesson section -----------------------------------------------------------------------------
@@ -163,12 +168,21 @@ def objective_keywords(objective: str) -> list[str]:
     return list(dict.fromkeys(w for w in words if w not in _STOP_WORDS and len(w) > 2))
 
 
+def text_stems(text: str) -> set[str]:
+    return {_stem(w) for w in _words(text)}
+
+
+def objective_missing(objective: str, stems: set[str]) -> tuple[list[str], list[str]]:
+    """The objective's key words, and those of them missing from `stems` (see text_stems)."""
+    keywords = objective_keywords(objective)
+    return keywords, [w for w in keywords if _stem(w) not in stems]
+
+
 def _missing_objectives(text: str, objectives: Iterable[str]) -> list[FieldError]:
-    present = {_stem(w) for w in _words(text)}
+    present = text_stems(text)
     errors = []
     for objective in objectives:
-        keywords = objective_keywords(objective)
-        missing = [w for w in keywords if _stem(w) not in present]
+        keywords, missing = objective_missing(objective, present)
         # Covered when at least half of its key words appear: paraphrase is fine, silence is not.
         if keywords and 2 * len(missing) > len(keywords):
             errors.append(
@@ -191,15 +205,29 @@ def prose_grade(text: str, *, terms: Iterable[str] = ()) -> float:
     return float(textstat.flesch_kincaid_grade(text))
 
 
+def reading_applies(request: CourseRequest) -> bool:
+    return request.language.startswith("en")  # Flesch-Kincaid is calibrated for English only
+
+
+def prose_grade_of(section: LessonSectionContent, request: CourseRequest) -> float:
+    """The section's prose grade (see prose_grade), the course's own terms discounted."""
+    text = "\n\n".join([section.introduction, section.detailed_explanation, section.summary])
+    terms = [request.topic, *(c.term for c in section.key_concepts)]
+    return prose_grade(text, terms=terms)
+
+
+def reading_band(request: CourseRequest) -> tuple[float, float]:
+    low, high = settings.COURSEGEN_READING_GRADE_BANDS[request.level.value]
+    return low, high
+
+
 def _reading_level(
     section: LessonSectionContent, request: CourseRequest, context: Context
 ) -> list[FieldError]:
-    if not request.language.startswith("en"):
-        return []  # Flesch-Kincaid is calibrated for English only
-    low, high = settings.COURSEGEN_READING_GRADE_BANDS[request.level.value]
-    text = "\n\n".join([section.introduction, section.detailed_explanation, section.summary])
-    terms = [request.topic, *(c.term for c in section.key_concepts)]
-    grade = prose_grade(text, terms=terms)
+    if not reading_applies(request):
+        return []
+    grade = prose_grade_of(section, request)
+    low, high = reading_band(request)
     if low <= grade <= high:
         return []
     advice = (
@@ -216,10 +244,9 @@ def _reading_level(
     ]
 
 
-def check_lesson_section(
-    model: LessonSectionContent, request: CourseRequest, context: Context
-) -> list[FieldError]:
-    text = " ".join(
+def lesson_text(model: LessonSectionContent) -> str:
+    """Everything a lesson section teaches, for matching its objectives' words."""
+    return " ".join(
         [
             model.introduction,
             model.detailed_explanation,
@@ -228,8 +255,15 @@ def check_lesson_section(
             *(f"{e.title} {e.description}" for e in model.examples),
         ]
     )
+
+
+def check_lesson_section(
+    model: LessonSectionContent, request: CourseRequest, context: Context
+) -> list[FieldError]:
     objectives = context.get("learning_objectives") or []
-    return _missing_objectives(text, objectives) + _reading_level(model, request, context)
+    return _missing_objectives(lesson_text(model), objectives) + _reading_level(
+        model, request, context
+    )
 
 
 # --- Outline and mind map -----------------------------------------------------------------------

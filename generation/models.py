@@ -64,6 +64,9 @@ class CourseGenerationJob(models.Model):
     correlation_id = models.UUIDField(default=uuid.uuid4, editable=False, db_index=True)
     error = models.TextField(blank=True)
     chord_dispatched_at = models.DateTimeField(null=True, blank=True)
+    quality_score = models.FloatField(
+        null=True, blank=True, help_text="Overall score of the latest evaluation (0-1)."
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -280,6 +283,36 @@ class QueueEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} [{self.state}, priority {self.priority}]"
+
+
+class CourseEvaluation(models.Model):
+    """One evaluation of a finished course (`generation/evaluation.py`): a score per criterion,
+    the weighted overall, and what to improve. A regenerated course is evaluated again; the job
+    keeps the latest overall in `quality_score`."""
+
+    job = models.ForeignKey(
+        CourseGenerationJob, on_delete=models.CASCADE, related_name="evaluations"
+    )
+    evaluator = models.CharField(max_length=64, help_text="Which evaluator, and its version.")
+    overall = models.FloatField(help_text="Weighted mean of the criteria (0-1).")
+    criteria = models.JSONField(help_text="Score per criterion (0-1).")
+    feedback = models.JSONField(default=list, blank=True, help_text="What to improve.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        db_table = "course_generation_evaluations"
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["job", "-created_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(overall__gte=0, overall__lte=1),
+                name="evaluation_overall_0_to_1",
+            )
+        ]
+        verbose_name = "evaluation"
+
+    def __str__(self) -> str:
+        return f"{self.job_id}: {self.overall:.2f} ({self.evaluator})"
 
 
 class IdempotencyState(models.TextChoices):

@@ -227,7 +227,8 @@ def job_reassemble(*, job_id: UUID) -> CourseGenerationJob:
     fields = ["input_tokens", "cached_tokens", "output_tokens", "cost_usd", "reask_cost_usd"]
     if job.status == JobStatus.SUCCEEDED and all(t.status == TaskStatus.SUCCEEDED for t in tasks):
         job.course = assembly.assemble_course(job=job, tasks=tasks)
-        fields.append("course")
+        services.job_evaluate(job=job, tasks=tasks)  # the course changed: score it again
+        fields += ["course", "quality_score"]
     job.save(update_fields=[*fields, "updated_at"])
     return job
 

@@ -12,7 +12,12 @@ from rest_framework import serializers
 
 from accounts.models import BaseClass
 from accounts.selectors import class_of_member_get
-from generation.models import CourseGenerationJob, GenerationTask, GenerationTaskVersion
+from generation.models import (
+    CourseEvaluation,
+    CourseGenerationJob,
+    GenerationTask,
+    GenerationTaskVersion,
+)
 from generation.schemas import CourseRequest, Level
 
 COST_QUANTUM = Decimal(10) ** -GenerationTask._meta.get_field("cost_usd").decimal_places
@@ -147,6 +152,7 @@ class JobOutputSerializer(FieldsOnceMixin, serializers.ModelSerializer):
             "cost_usd",
             "reask_cost_usd",
             "reask_share",
+            "quality_score",
             "correlation_id",
             "error",
             "created_at",
@@ -245,3 +251,9 @@ class TaskRegenerateOutputSerializer(TaskOutputSerializer):
 
     class Meta(TaskOutputSerializer.Meta):
         fields = [*TaskOutputSerializer.Meta.fields, "output", "versions"]
+
+
+class EvaluationOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CourseEvaluation
+        fields = ["evaluator", "overall", "criteria", "feedback", "created_at"]

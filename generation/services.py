@@ -30,9 +30,10 @@ from django.utils import timezone
 
 from accounts.models import BaseClass, Role
 from coursegen import db
-from generation import assembly, hotpath
+from generation import assembly, evaluation, hotpath
 from generation.llm import GenerationResult, TaskSpec, generate
 from generation.models import (
+    CourseEvaluation,
     CourseGenerationJob,
     GenerationAttempt,
     GenerationTask,
@@ -637,6 +638,7 @@ def job_finalize(*, job_id: UUID) -> CourseGenerationJob:
         else:
             job.status, job.progress = JobStatus.SUCCEEDED, 100
             job.course = assembly.assemble_course(job=job, tasks=tasks)
+            job_evaluate(job=job, tasks=tasks)  # in this transaction: every course is scored
         job.finished_at = timezone.now()
         job.save(update_fields=FINALIZED_FIELDS)  # not the request and outline documents again
         _queue_entry_close(job=job, state=QueueState.DONE)
@@ -648,7 +650,22 @@ def job_finalize(*, job_id: UUID) -> CourseGenerationJob:
 FINALIZED_FIELDS = [
     "status", "progress", "error", "course", "finished_at", "updated_at",
     "input_tokens", "cached_tokens", "output_tokens", "cost_usd", "reask_cost_usd",
+    "quality_score",
 ]  # fmt: skip
+
+
+def job_evaluate(*, job: CourseGenerationJob, tasks: list[GenerationTask]) -> CourseEvaluation:
+    """Score the job's assembled course and record it; sets `job.quality_score`, which the
+    caller saves with the rest of the job."""
+    card = evaluation.evaluate_job(job=job, tasks=tasks)
+    job.quality_score = card.overall
+    return CourseEvaluation.objects.create(
+        job=job,
+        evaluator=evaluation.EVALUATOR,
+        overall=card.overall,
+        criteria=card.criteria,
+        feedback=card.feedback,
+    )
 
 
 def _apply_totals(job: CourseGenerationJob, tasks: list[GenerationTask]) -> None:

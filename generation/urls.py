@@ -7,6 +7,9 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/", apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/progress/", apis.JobProgressApi.as_view(), name="job-progress"),
     path("jobs/<uuid:job_id>/course/", apis.JobCourseApi.as_view(), name="job-course"),
+    path(
+        "jobs/<uuid:job_id>/evaluations/", apis.JobEvaluationsApi.as_view(), name="job-evaluations"
+    ),
     path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),
     path("jobs/<uuid:job_id>/resume/", apis.JobResumeApi.as_view(), name="job-resume"),
     path(

@@ -207,17 +207,10 @@ def capacity_now() -> dict[str, int]:
 
 
 def quality_scores(*, since: datetime, limit: int = 5000) -> list[float]:
-    """Overall quality scores of recent jobs, once an evaluator records them (none does yet).
-
-    Reads CourseGenerationJob.quality_score when that column exists; until then the dashboard's
-    distribution chart says that no scores are recorded.
-    """
-    field = "quality_score"  # a name, not a lookup: the column arrives with the evaluator
-    if field not in {f.name for f in CourseGenerationJob._meta.get_fields()}:
-        return []
+    """Overall quality scores of recent evaluated jobs (`generation/evaluation.py`)."""
     values = (
-        CourseGenerationJob.objects.filter(created_at__gte=since, **{f"{field}__isnull": False})
+        CourseGenerationJob.objects.filter(created_at__gte=since, quality_score__isnull=False)
         .order_by("-created_at")
-        .values_list(field, flat=True)[:limit]
+        .values_list("quality_score", flat=True)[:limit]
     )
-    return [float(v) for v in values]
+    return [v for v in values if v is not None]

@@ -181,9 +181,8 @@ def capacity_check() -> list[Alert]:
 
 
 def job_quality_score(job: CourseGenerationJob) -> float | None:
-    """The job's overall quality score, once an evaluator records one (none does yet)."""
-    score = getattr(job, "quality_score", None)
-    return float(score) if score is not None else None
+    """The job's overall quality score, recorded by the evaluator at finalize (None before)."""
+    return job.quality_score
 
 
 def quality_check(*, job: CourseGenerationJob, score: float | None = None) -> Alert | None:

@@ -67,7 +67,10 @@ def test_the_admin_index_shows_charts_alerts_and_running_jobs(
     for chart_id in CHART_IDS:
         assert re.search(rf'<svg id="{chart_id}" class="cg-chart"', html), chart_id
     assert html.count('class="cg-bar"') >= 2  # bars drawn for today's jobs and cost
-    assert "No quality scores recorded yet" in html  # no evaluator on this branch
+    # The finished course was evaluated at finalize: its score is in the distribution.
+    quality = re.search(r'<svg id="chart-quality".*?</svg>', html, re.DOTALL)
+    assert quality is not None and 'class="cg-bar"' in quality.group(0)
+    assert "No quality scores recorded yet" not in html
     alerts = re.findall(r'<tr class="alert-row" data-kind="([a-z_]+)"', html)
     assert sorted(alerts) == sorted(Alert.objects.values_list("kind", flat=True))
     assert {"capacity_warning", "critical_error"} <= set(alerts)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from accounts.models import BaseClass
 from generation import services
+from generation.evaluation import CRITERIA
 from generation.models import CourseGenerationJob, GenerationAttempt, GenerationTask, JobStatus
 from generation.schemas import CourseRequest, Level
 
@@ -147,6 +148,16 @@ class Command(BaseCommand):
             f"Re-asks:   ${job.reask_cost_usd:.4f} ({job.reask_share:.1%} of the cost) on re-asks, "
             f"part repairs and failed attempts; {calls / max(tasks, 1):.2f} calls per task"
         )
+        evaluation = job.evaluations.first()  # the newest
+        if evaluation is not None:
+            scores = ", ".join(
+                f"{name} {evaluation.criteria[name]:.2f}"
+                for name in CRITERIA
+                if name in evaluation.criteria
+            )
+            out(f"Quality:   {evaluation.overall:.2f} ({evaluation.evaluator}): {scores}")
+            for line in evaluation.feedback:
+                out(f"  to improve: {line}")
         out(f"Job id:    {job.id}")
         out(
             f"Admin:     run `make web`, then open "

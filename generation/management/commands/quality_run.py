@@ -67,6 +67,7 @@ class Tally:
     duplicates_replaced: int = 0
     cached_tokens: int = 0
     failures: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
 
 
 class Command(BaseCommand):
@@ -125,12 +126,15 @@ class Command(BaseCommand):
         tally.reask_cost += job.reask_cost_usd
         tally.input_tokens += job.input_tokens
         tally.cached_tokens += job.cached_tokens
+        if job.quality_score is not None:
+            tally.scores.append(job.quality_score)
         if problems:
             tally.failures.append(f"{job.topic}: {'; '.join(problems[:3])}")
         calls = sum(kinds.values())
         self.stdout.write(
             f"{tally.courses:3d}. {job.status:9s} {job.topic[:38]:38s} tasks {len(tasks):3d}  "
-            f"calls {calls:3d}  ${job.cost_usd:.4f}  re-ask share {job.reask_share:6.1%}"
+            f"calls {calls:3d}  ${job.cost_usd:.4f}  re-ask share {job.reask_share:6.1%}  "
+            f"quality {job.quality_score if job.quality_score is not None else float('nan'):.2f}"
             + ("" if not problems else "  INVALID")
         )
 
@@ -156,6 +160,11 @@ class Command(BaseCommand):
         )
         out(f"Mean cost per course:       ${tally.cost / max(tally.courses, 1):.4f} at list prices")
         out(f"Duplicate questions replaced at finalize: {tally.duplicates_replaced}")
+        if tally.scores:
+            out(
+                f"Quality score (evaluator):  mean {sum(tally.scores) / len(tally.scores):.3f}, "
+                f"lowest {min(tally.scores):.3f} over {len(tally.scores)} course(s)"
+            )
         cached = tally.cached_tokens / tally.input_tokens if tally.input_tokens else 0
         out(f"Input tokens from cache:    {cached:.1%}")
         for failure in tally.failures:

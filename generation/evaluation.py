@@ -1,0 +1,205 @@
+"""Scores a finished course: how good it is, and what to improve (course_generation_evaluations).
+
+The evaluator is deterministic and offline: it reads the assembled course and the task rows and
+scores six criteria from 0 to 1, with feedback for each shortfall. Validation already rejects
+output that breaks a rule outright; these scores measure how far above that floor the course is
+(coverage of the objectives as a share, not a pass), and how much it cost to get there.
+
+Criteria and weights (`CRITERIA`):
+- first_pass: share of tasks accepted on their first provider call;
+- objective_coverage: share of each lesson objective's key words the lesson teaches;
+- readability: lessons inside the level's Flesch-Kincaid band, less for each grade outside
+  (English only: the formula is calibrated for English, so other languages skip it);
+- assessment_quality: questions free of catch-all options and of stand-out answer lengths, and a
+  spread of Bloom levels across the course;
+- uniqueness: questions that are not near-duplicates of an earlier one in the course;
+- cost_efficiency: the share of the cost not spent on repairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from generation import checks
+from generation.models import CourseGenerationJob, GenerationTask
+from generation.schemas import CourseRequest, LessonSectionContent, Question
+
+EVALUATOR = "heuristic-v1"
+CRITERIA: dict[str, float] = {
+    "first_pass": 0.15,
+    "objective_coverage": 0.25,
+    "readability": 0.15,
+    "assessment_quality": 0.2,
+    "uniqueness": 0.1,
+    "cost_efficiency": 0.15,
+}
+_GRADES_TO_ZERO = 4.0  # a lesson this many grades outside its band scores 0 for readability
+_BLOOM_LEVELS_WANTED = 3  # a course's questions should reach at least three Bloom levels
+_FEEDBACK_PER_CRITERION = 3  # the worst few, to stay readable; the score counts them all
+_REPAIR_SHARE_NOTED = 0.2  # a repair share from which the feedback mentions it
+
+
+@dataclass
+class Scorecard:
+    criteria: dict[str, float] = field(default_factory=dict)
+    feedback: list[str] = field(default_factory=list)
+
+    @property
+    def overall(self) -> float:
+        """The weighted mean of the criteria scored (a skipped criterion's weight is spread)."""
+        weights = {name: CRITERIA[name] for name in self.criteria}
+        total = sum(weights.values())
+        return round(sum(self.criteria[n] * w for n, w in weights.items()) / total, 4)
+
+    def add(self, name: str, score: float, feedback: Iterable[str] = ()) -> None:
+        self.criteria[name] = round(min(1.0, max(0.0, score)), 4)
+        self.feedback += list(feedback)[:_FEEDBACK_PER_CRITERION]
+
+
+def evaluate_course(
+    *,
+    course: Mapping[str, Any],
+    request: CourseRequest,
+    tasks: Sequence[GenerationTask],
+    reask_share: float,
+) -> Scorecard:
+    """Score an assembled course (`assembly.assemble_course`) made by `tasks`."""
+    card = Scorecard()
+    lessons = [
+        Lesson(
+            key=lesson["key"],
+            objectives=lesson["learning_objectives"],
+            section=LessonSectionContent.model_validate(lesson["section"]),
+            assessment=lesson["assessment"],
+        )
+        for module in course["modules"]
+        for lesson in module["lessons"]
+    ]
+    card.add(*_first_pass(tasks))
+    card.add(*_objective_coverage(lessons))
+    if checks.reading_applies(request):
+        card.add(*_readability(lessons, request))
+    card.add(*_assessment_quality(lessons))
+    card.add(*_uniqueness(lessons, request.topic))
+    card.add(
+        "cost_efficiency",
+        1.0 - reask_share,
+        [f"{reask_share:.0%} of the cost went on repairs"]
+        if reask_share >= _REPAIR_SHARE_NOTED
+        else [],
+    )
+    return card
+
+
+def evaluate_job(*, job: CourseGenerationJob, tasks: Sequence[GenerationTask]) -> Scorecard:
+    if job.course is None:
+        raise ValueError(f"job {job.id} has no assembled course to evaluate")
+    return evaluate_course(
+        course=job.course, request=job.course_request, tasks=tasks, reask_share=job.reask_share
+    )
+
+
+@dataclass(frozen=True)
+class Lesson:
+    key: str
+    objectives: list[str]
+    section: LessonSectionContent
+    assessment: Mapping[str, Any]
+
+    @property
+    def questions(self) -> list[Question]:
+        return [Question.model_validate(q) for q in self.assessment.get("questions", [])]
+
+
+# --- Criteria: each returns its name, a score and feedback -----------------------------------
+Scored = tuple[str, float, list[str]]
+
+
+def _first_pass(tasks: Sequence[GenerationTask]) -> Scored:
+    repaired = [t for t in tasks if t.attempts > 1]
+    share = 1.0 - len(repaired) / len(tasks) if tasks else 1.0
+    feedback = [
+        f"{t.kind} {t.key} took {t.attempts} provider calls"
+        for t in sorted(repaired, key=lambda t: -t.attempts)
+    ]
+    return "first_pass", share, feedback
+
+
+def _objective_coverage(lessons: Sequence[Lesson]) -> Scored:
+    scores: list[float] = []
+    gaps: list[tuple[float, str]] = []
+    for lesson in lessons:
+        stems = checks.text_stems(checks.lesson_text(lesson.section))
+        for objective in lesson.objectives:
+            keywords, missing = checks.objective_missing(objective, stems)
+            if not keywords:
+                continue
+            covered = 1.0 - len(missing) / len(keywords)
+            scores.append(covered)
+            if missing:
+                gaps.append(
+                    (
+                        covered,
+                        f'lesson {lesson.key} covers {covered:.0%} of "{objective}" '
+                        f"(missing: {', '.join(missing)})",
+                    )
+                )
+    return "objective_coverage", _mean(scores), [text for _, text in sorted(gaps)]
+
+
+def _readability(lessons: Sequence[Lesson], request: CourseRequest) -> Scored:
+    low, high = checks.reading_band(request)
+    scores, feedback = [], []
+    for lesson in lessons:
+        grade = checks.prose_grade_of(lesson.section, request)
+        outside = max(low - grade, grade - high, 0.0)
+        scores.append(1.0 - outside / _GRADES_TO_ZERO)
+        if outside:
+            feedback.append(
+                f"lesson {lesson.key} reads at grade {grade:.1f}; "
+                f"a {request.level.value} course needs {low:g}-{high:g}"
+            )
+    return "readability", _mean(scores), feedback
+
+
+def _assessment_quality(lessons: Sequence[Lesson]) -> Scored:
+    questions = [(lesson.key, q) for lesson in lessons for q in lesson.questions]
+    flawed = [
+        f"lesson {key} question {index + 1}: {errors[0].message}"
+        for key, question, index in _numbered(questions)
+        if (errors := checks.question_flaws(index, question))
+    ]
+    clean = 1.0 - len(flawed) / len(questions) if questions else 1.0
+    levels = {question.bloom_level for _, question in questions}
+    spread = min(1.0, len(levels) / _BLOOM_LEVELS_WANTED) if questions else 1.0
+    if spread < 1.0:
+        flawed.append(
+            f"questions reach {len(levels)} Bloom level(s); aim for {_BLOOM_LEVELS_WANTED} or more"
+        )
+    return "assessment_quality", 0.8 * clean + 0.2 * spread, flawed
+
+
+def _uniqueness(lessons: Sequence[Lesson], topic: str) -> Scored:
+    assessments = [(lesson.key, lesson.assessment) for lesson in lessons]
+    count = sum(len(a.get("questions", [])) for _, a in assessments)
+    duplicates = checks.course_duplicates(assessments, topic=topic)
+    feedback = [
+        f'lesson {d.key} question {d.index + 1} repeats lesson {d.earlier_key}: "{d.earlier_stem}"'
+        for d in duplicates
+    ]
+    return "uniqueness", 1.0 - len(duplicates) / count if count else 1.0, feedback
+
+
+def _numbered(questions: Sequence[tuple[str, Question]]) -> Iterable[tuple[str, Question, int]]:
+    """Each question with its index in its own lesson's assessment."""
+    index, previous = 0, None
+    for key, question in questions:
+        index = index + 1 if key == previous else 0
+        previous = key
+        yield key, question, index
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 1.0

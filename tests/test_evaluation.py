@@ -1,0 +1,200 @@
+"""The course evaluator (generation/evaluation.py): criteria, feedback, the record at finalize,
+the evaluations endpoint and the admin."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from accounts.models import Role
+from generation import services
+from generation.evaluation import CRITERIA, EVALUATOR, evaluate_course
+from generation.models import CourseEvaluation, CourseGenerationJob, JobStatus
+from generation.schemas import CourseRequest, TaskKind
+from tests.factories import BaseClassFactory, OrganisationFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _finished_job(user: Any, base_class: Any, **overrides: Any) -> CourseGenerationJob:
+    fields = {"topic": "Rivers and valleys", "num_modules": 1, "lessons_per_module": 2}
+    request = CourseRequest(**{**fields, "questions_per_lesson": 3, **overrides})
+    job = services.job_submit(user=user, base_class=base_class, request=request)
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    return job
+
+
+def _evaluate(job: CourseGenerationJob, course: dict[str, Any], **kwargs: Any) -> Any:
+    request = kwargs.pop("request", job.course_request)
+    tasks = kwargs.pop("tasks", list(job.tasks.all()))
+    return evaluate_course(
+        course=course, request=request, tasks=tasks, reask_share=kwargs.pop("reask_share", 0.0)
+    )
+
+
+def _lessons(course: dict[str, Any]) -> list[dict[str, Any]]:
+    return [lesson for module in course["modules"] for lesson in module["lessons"]]
+
+
+@pytest.fixture
+def job(teacher: Any, base_class: Any) -> CourseGenerationJob:
+    return _finished_job(teacher, base_class)
+
+
+def test_it_scores_every_finished_course_at_finalize(job: CourseGenerationJob) -> None:
+    evaluation = CourseEvaluation.objects.get(job=job)
+
+    assert evaluation.evaluator == EVALUATOR
+    assert set(evaluation.criteria) == set(CRITERIA)
+    assert all(0.0 <= score <= 1.0 for score in evaluation.criteria.values())
+    assert job.quality_score == evaluation.overall
+    # The offline simulator writes clean, on-level content on the first call.
+    assert evaluation.overall == 1.0 and evaluation.feedback == []
+
+
+def test_the_overall_is_the_weighted_mean_of_the_criteria(job: CourseGenerationJob) -> None:
+    assert job.course is not None
+    card = _evaluate(job, job.course, reask_share=0.5)
+
+    assert card.criteria["cost_efficiency"] == 0.5
+    expected = sum(card.criteria[n] * w for n, w in CRITERIA.items()) / sum(CRITERIA.values())
+    assert card.overall == pytest.approx(expected, abs=1e-4)
+    assert "50% of the cost went on repairs" in card.feedback
+
+
+def test_it_scores_objective_coverage_as_a_share_and_names_the_gap(
+    job: CourseGenerationJob,
+) -> None:
+    assert job.course is not None
+    course = copy.deepcopy(job.course)
+    lesson = _lessons(course)[1]
+    lesson["learning_objectives"].append("Measure quasar redshift spectroscopically")
+
+    card = _evaluate(job, course)
+
+    objectives = sum(len(item["learning_objectives"]) for item in _lessons(course))
+    assert card.criteria["objective_coverage"] == pytest.approx(1 - 1 / objectives, abs=1e-4)
+    assert any(
+        f"lesson {lesson['key']} covers 0%" in line and "quasar, redshift" in line
+        for line in card.feedback
+    )
+
+
+def test_it_marks_down_give_away_questions_and_repeats(job: CourseGenerationJob) -> None:
+    assert job.course is not None
+    course = copy.deepcopy(job.course)
+    first, second = _lessons(course)
+    question = first["assessment"]["questions"][0]
+    question["options"][-1] = "All of the above"
+    second["assessment"]["questions"][2]["stem"] = question["stem"]
+
+    card = _evaluate(job, course)
+
+    assert card.criteria["assessment_quality"] == pytest.approx(1 - 0.8 / 6, abs=1e-4)
+    assert card.criteria["uniqueness"] == pytest.approx(1 - 1 / 6, abs=1e-4)
+    assert any("lesson m1.l1 question 1" in line and "catch-all" in line for line in card.feedback)
+    assert any(
+        line.startswith("lesson m1.l2 question 3 repeats lesson m1.l1") for line in card.feedback
+    )
+
+
+def test_it_counts_tasks_that_needed_more_than_one_call(job: CourseGenerationJob) -> None:
+    assert job.course is not None
+    tasks = list(job.tasks.all())
+    outline = next(t for t in tasks if t.kind == TaskKind.OUTLINE)
+    outline.attempts = 3
+
+    card = _evaluate(job, job.course, tasks=tasks)
+
+    assert card.criteria["first_pass"] == pytest.approx(1 - 1 / len(tasks), abs=1e-4)
+    assert "outline course took 3 provider calls" in card.feedback
+
+
+def test_it_scores_reading_level_by_distance_from_the_band(
+    job: CourseGenerationJob, settings: Any
+) -> None:
+    assert job.course is not None
+    settings.COURSEGEN_READING_GRADE_BANDS = {
+        **settings.COURSEGEN_READING_GRADE_BANDS,
+        "beginner": (30.0, 40.0),  # no lesson reads this hard
+    }
+    card = _evaluate(job, job.course)
+
+    assert card.criteria["readability"] == 0.0  # more than four grades below the band
+    assert any("reads at grade" in line and "needs 30-40" in line for line in card.feedback)
+    # Outside English, Flesch-Kincaid does not apply: the criterion is skipped, not failed.
+    french = job.course_request.model_copy(update={"language": "fr"})
+    card = _evaluate(job, job.course, request=french)
+    assert "readability" not in card.criteria
+    assert card.overall == 1.0
+
+
+def test_it_feeds_the_score_to_the_quality_alert(
+    teacher: Any, base_class: Any, settings: Any
+) -> None:
+    from monitoring.models import Alert, AlertKind
+
+    settings.MONITORING_QUALITY_THRESHOLD = 0.7
+    _finished_job(teacher, base_class)
+    assert not Alert.objects.filter(kind=AlertKind.QUALITY_BELOW_THRESHOLD).exists()
+
+
+# --- The endpoint and the admin ------------------------------------------------------------------
+def test_the_job_and_its_evaluations_are_in_the_api(
+    job: CourseGenerationJob, client_for: Any, teacher: Any
+) -> None:
+    client = client_for(teacher)
+
+    detail = client.get(f"/api/jobs/{job.id}/").json()
+    evaluations = client.get(f"/api/jobs/{job.id}/evaluations/")
+
+    assert detail["quality_score"] == 1.0
+    assert evaluations.status_code == 200
+    [body] = evaluations.json()
+    assert body["evaluator"] == EVALUATOR and body["overall"] == 1.0
+    assert set(body["criteria"]) == set(CRITERIA)
+
+
+def test_evaluations_are_hidden_outside_the_organisation(
+    job: CourseGenerationJob, client_for: Any, make_member: Any, api_client: Any
+) -> None:
+    other_org = OrganisationFactory.create()
+    BaseClassFactory.create(organisation=other_org)
+    outsider = make_member(Role.ADMIN, org=other_org)
+
+    assert client_for(outsider).get(f"/api/jobs/{job.id}/evaluations/").status_code == 404
+    assert api_client.get(f"/api/jobs/{job.id}/evaluations/").status_code in (401, 403)
+
+
+def test_a_regenerated_course_is_evaluated_again(
+    job: CourseGenerationJob, client_for: Any, teacher: Any
+) -> None:
+    task = job.tasks.get(kind=TaskKind.ASSESSMENT, key="m1.l1")
+
+    response = client_for(teacher).post(
+        f"/api/jobs/{job.id}/tasks/{task.pk}/regenerate/", {}, format="json"
+    )
+
+    assert response.status_code == 202, response.json()
+    assert job.evaluations.count() == 2
+    job.refresh_from_db()
+    assert job.quality_score == job.evaluations.first().overall  # type: ignore[union-attr]
+
+
+def test_staff_see_evaluations_in_the_admin(job: CourseGenerationJob) -> None:
+    staff = get_user_model().objects.create_superuser("ops", "ops@example.com", "pw")
+    client = Client()
+    client.force_login(staff)
+
+    listing = client.get("/admin/generation/courseevaluation/?o=2")  # by overall, weakest first
+    change = client.get(f"/admin/generation/coursegenerationjob/{job.id}/change/")
+
+    assert listing.status_code == 200 and EVALUATOR in listing.content.decode()
+    assert change.status_code == 200
+    assert "objective_coverage" in change.content.decode()  # the evaluation inline
+    assert client.get("/admin/generation/courseevaluation/add/").status_code == 403
