@@ -654,10 +654,17 @@ FINALIZED_FIELDS = [
 ]  # fmt: skip
 
 
-def job_evaluate(*, job: CourseGenerationJob, tasks: list[GenerationTask]) -> CourseEvaluation:
+def job_evaluate(
+    *, job: CourseGenerationJob, tasks: list[GenerationTask]
+) -> CourseEvaluation | None:
     """Score the job's assembled course and record it; sets `job.quality_score`, which the
-    caller saves with the rest of the job."""
-    card = evaluation.evaluate_job(job=job, tasks=tasks)
+    caller saves with the rest of the job. A failing evaluator leaves the course unscored: it
+    must not keep a finished course from its owner (nor fail the finalize for ever)."""
+    try:
+        card = evaluation.evaluate_job(job=job, tasks=tasks)
+    except Exception:
+        logger.exception("job %s: the evaluation failed; the course stays unscored", job.id)
+        return None
     job.quality_score = card.overall
     return CourseEvaluation.objects.create(
         job=job,

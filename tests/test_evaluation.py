@@ -144,6 +144,20 @@ def test_it_feeds_the_score_to_the_quality_alert(
     assert not Alert.objects.filter(kind=AlertKind.QUALITY_BELOW_THRESHOLD).exists()
 
 
+def test_a_failing_evaluator_leaves_the_course_unscored_not_unfinished(
+    teacher: Any, base_class: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(**kwargs: Any) -> Any:
+        raise KeyError("modules")
+
+    monkeypatch.setattr("generation.evaluation.evaluate_job", broken)
+
+    job = _finished_job(teacher, base_class)
+
+    assert job.course is not None and job.quality_score is None
+    assert not job.evaluations.exists()
+
+
 # --- The endpoint and the admin ------------------------------------------------------------------
 def test_the_job_and_its_evaluations_are_in_the_api(
     job: CourseGenerationJob, client_for: Any, teacher: Any
