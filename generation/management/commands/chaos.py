@@ -32,7 +32,13 @@ from django.db.models import Count, Q
 
 from accounts.models import BaseClass, Role
 from generation import services
-from generation.models import CourseGenerationJob, GenerationAttempt, GenerationTask, TaskStatus
+from generation.models import (
+    CourseGenerationJob,
+    GenerationAttempt,
+    GenerationTask,
+    JobStatus,
+    TaskStatus,
+)
 from generation.schemas import CourseRequest
 
 ROOT = Path(settings.BASE_DIR)
@@ -195,6 +201,8 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(report))
         if report["completed"] != report["courses"] or report["duplicate_provider_calls"]:
             raise CommandError("chaos run lost work or paid twice")
+        if report["courses_not_scored_once"]:
+            raise CommandError("a finished course was not evaluated exactly once")
 
     def _check_environment(self) -> None:
         if settings.CELERY_TASK_ALWAYS_EAGER or not settings.IS_POSTGRES:
@@ -347,4 +355,11 @@ def _report(jobs: list[UUID], call_log: Path, twice: int) -> dict[str, Any]:
         "redispatched_runs": tasks.filter(runs__gt=1).count(),
         "deferred_tasks": tasks.filter(deferrals__gt=0).count(),
         "tasks_not_succeeded": tasks.filter(~Q(status=TaskStatus.SUCCEEDED)).count(),
+        # Finalize may run twice (chord body and reconciler): each course is still scored once.
+        "courses_not_scored_once": CourseGenerationJob.objects.filter(
+            pk__in=jobs, status=JobStatus.SUCCEEDED
+        )
+        .annotate(evaluations_n=Count("evaluations"))
+        .exclude(evaluations_n=1)
+        .count(),
     }
