@@ -70,11 +70,18 @@ class EvaluationAdmin(admin.ModelAdmin):
     readonly_fields = ("job", *EVALUATION_FIELDS)
     fields = ("job", *EVALUATION_FIELDS)
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[CourseEvaluation]:
+        # The job column shows its topic and status, not its course and outline documents.
+        return super().get_queryset(request).defer("job__course", "job__outline")
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # recorded by the evaluator at finalize
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # the job's quality_score is the latest of these
 
 
 @admin.register(CourseGenerationJob)

@@ -17,7 +17,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from generation import idempotency, recovery, regeneration, services
-from generation.models import CourseGenerationJob, GenerationTask, IdempotencyKey, JobStatus
+from generation.models import (
+    CourseEvaluation,
+    CourseGenerationJob,
+    GenerationTask,
+    IdempotencyKey,
+    JobStatus,
+)
 from generation.selectors import (
     job_get_visible,
     job_progress_visible,
@@ -195,8 +201,11 @@ class JobEvaluationsApi(APIView):
 
     @extend_schema(responses=EvaluationOutputSerializer(many=True), operation_id="jobs_evaluations")
     def get(self, request: Request, job_id: UUID) -> Response:
-        job = _visible_job(request, job_id)
-        return Response(EvaluationOutputSerializer(job.evaluations.all(), many=True).data)
+        # Only whether the job is visible: its course and outline documents stay in the database.
+        if not jobs_visible_to(user=request.user).filter(pk=job_id).exists():
+            raise Http404("No such job.")
+        evaluations = CourseEvaluation.objects.filter(job_id=job_id)
+        return Response(EvaluationOutputSerializer(evaluations, many=True).data)
 
 
 class JobCancelApi(APIView):

@@ -49,7 +49,9 @@ _CATCH_ALL = re.compile(
 # few characters of it (short options such as numbers differ a lot in ratio, not to a reader).
 _LENGTH_RATIO = 2.0
 _LENGTH_SLACK = 12
-_WORD = re.compile(r"[a-z][a-z'-]*")
+# A word: a letter of any script, then letters, apostrophes or hyphens (the same as [a-z][a-z'-]*
+# for English; other scripts keep their words instead of losing them all).
+_WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|['-])*")
 _STOP_WORDS = frozenset(
     """a about after all also an and any are as at be been before being between both but by can
     could did do does doing each for from had has have how i if in into is it its itself more
@@ -97,7 +99,10 @@ def _stem_key(stem: str, topic: str) -> str:
     """The stem without the course topic's words: every question of a course names the topic,
     which says nothing about whether two questions ask the same thing."""
     words = set(_words(topic))
-    return " ".join(w for w in _words(stem) if w not in words)
+    key = " ".join(w for w in _words(stem) if w not in words)
+    # A stem of the topic's words alone (or of no words) is compared whole: two empty keys would
+    # score as identical.
+    return key or stem.lower()
 
 
 def similarity(a: str, b: str, *, topic: str = "") -> float:

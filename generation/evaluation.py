@@ -63,9 +63,11 @@ def evaluate_course(
     course: Mapping[str, Any],
     request: CourseRequest,
     tasks: Sequence[GenerationTask],
+    invalid_replies: Mapping[int, int],
     reask_share: float,
 ) -> Scorecard:
-    """Score an assembled course (`assembly.assemble_course`) made by `tasks`."""
+    """Score an assembled course (`assembly.assemble_course`) made by `tasks`;
+    `invalid_replies` counts each task's replies that failed validation (by task id)."""
     card = Scorecard()
     lessons = [
         Lesson(
@@ -77,9 +79,9 @@ def evaluate_course(
         for module in course["modules"]
         for lesson in module["lessons"]
     ]
-    card.add(*_first_pass(tasks))
-    card.add(*_objective_coverage(lessons))
-    if checks.reading_applies(request):
+    card.add(*_first_pass(tasks, invalid_replies))
+    if checks.reading_applies(request):  # both are tuned for English words and prose
+        card.add(*_objective_coverage(lessons))
         card.add(*_readability(lessons, request))
     card.add(*_assessment_quality(lessons))
     card.add(*_uniqueness(lessons, request.topic))
@@ -93,11 +95,17 @@ def evaluate_course(
     return card
 
 
-def evaluate_job(*, job: CourseGenerationJob, tasks: Sequence[GenerationTask]) -> Scorecard:
+def evaluate_job(
+    *, job: CourseGenerationJob, tasks: Sequence[GenerationTask], invalid_replies: Mapping[int, int]
+) -> Scorecard:
     if job.course is None:
         raise ValueError(f"job {job.id} has no assembled course to evaluate")
     return evaluate_course(
-        course=job.course, request=job.course_request, tasks=tasks, reask_share=job.reask_share
+        course=job.course,
+        request=job.course_request,
+        tasks=tasks,
+        invalid_replies=invalid_replies,
+        reask_share=job.reask_share,
     )
 
 
@@ -117,12 +125,17 @@ class Lesson:
 Scored = tuple[str, float, list[str]]
 
 
-def _first_pass(tasks: Sequence[GenerationTask]) -> Scored:
-    repaired = [t for t in tasks if t.attempts > 1]
+def _first_pass(tasks: Sequence[GenerationTask], invalid_replies: Mapping[int, int]) -> Scored:
+    """Transport retries, deferrals and regenerations are not the content's fault: only
+    replies that failed validation count against it."""
+    repaired = sorted(
+        (t for t in tasks if invalid_replies.get(t.pk, 0)), key=lambda t: -invalid_replies[t.pk]
+    )
     share = 1.0 - len(repaired) / len(tasks) if tasks else 1.0
     feedback = [
-        f"{t.kind} {t.key} took {t.attempts} provider calls"
-        for t in sorted(repaired, key=lambda t: -t.attempts)
+        f"{t.kind} {t.key}: {invalid_replies[t.pk]} invalid repl"
+        f"{'y' if invalid_replies[t.pk] == 1 else 'ies'} repaired"
+        for t in repaired
     ]
     return "first_pass", share, feedback
 
@@ -151,17 +164,20 @@ def _objective_coverage(lessons: Sequence[Lesson]) -> Scored:
 
 def _readability(lessons: Sequence[Lesson], request: CourseRequest) -> Scored:
     low, high = checks.reading_band(request)
-    scores, feedback = [], []
+    scores, misses = [], []
     for lesson in lessons:
         grade = checks.prose_grade_of(lesson.section, request)
         outside = max(low - grade, grade - high, 0.0)
         scores.append(1.0 - outside / _GRADES_TO_ZERO)
         if outside:
-            feedback.append(
-                f"lesson {lesson.key} reads at grade {grade:.1f}; "
-                f"a {request.level.value} course needs {low:g}-{high:g}"
+            misses.append(
+                (
+                    -outside,
+                    f"lesson {lesson.key} reads at grade {grade:.1f}; "
+                    f"a {request.level.value} course needs {low:g}-{high:g}",
+                )
             )
-    return "readability", _mean(scores), feedback
+    return "readability", _mean(scores), [text for _, text in sorted(misses)]
 
 
 def _assessment_quality(lessons: Sequence[Lesson]) -> Scored:
@@ -174,9 +190,10 @@ def _assessment_quality(lessons: Sequence[Lesson]) -> Scored:
     clean = 1.0 - len(flawed) / len(questions) if questions else 1.0
     levels = {question.bloom_level for _, question in questions}
     spread = min(1.0, len(levels) / _BLOOM_LEVELS_WANTED) if questions else 1.0
-    if spread < 1.0:
-        flawed.append(
-            f"questions reach {len(levels)} Bloom level(s); aim for {_BLOOM_LEVELS_WANTED} or more"
+    if spread < 1.0:  # first: one line about the course before the per-question ones
+        flawed.insert(
+            0,
+            f"questions reach {len(levels)} Bloom level(s); aim for {_BLOOM_LEVELS_WANTED} or more",
         )
     return "assessment_quality", 0.8 * clean + 0.2 * spread, flawed
 

@@ -41,6 +41,7 @@ from generation.schemas import TaskKind
 from generation.services import GenerationError
 from generation.validation import FieldError
 from monitoring.logs import log_event
+from monitoring.services import quality_check
 
 logger = logging.getLogger("coursegen.generation")
 
@@ -226,9 +227,12 @@ def job_reassemble(*, job_id: UUID) -> CourseGenerationJob:
     services._apply_totals(job, tasks)
     fields = ["input_tokens", "cached_tokens", "output_tokens", "cost_usd", "reask_cost_usd"]
     if job.status == JobStatus.SUCCEEDED and all(t.status == TaskStatus.SUCCEEDED for t in tasks):
-        job.course = assembly.assemble_course(job=job, tasks=tasks)
-        services.job_evaluate(job=job, tasks=tasks)  # the course changed: score it again
-        fields += ["course", "quality_score"]
+        course = assembly.assemble_course(job=job, tasks=tasks)
+        if course != job.course:  # a failed regeneration keeps the course, and its score
+            job.course = course
+            services.job_evaluate(job=job, tasks=tasks)
+            fields += ["course", "quality_score"]
+            transaction.on_commit(lambda: quality_check(job=job))
     job.save(update_fields=[*fields, "updated_at"])
     return job
 

@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -33,6 +34,7 @@ from coursegen import db
 from generation import assembly, evaluation, hotpath
 from generation.llm import GenerationResult, TaskSpec, generate
 from generation.models import (
+    AttemptOutcome,
     CourseEvaluation,
     CourseGenerationJob,
     GenerationAttempt,
@@ -661,18 +663,26 @@ def job_evaluate(
     caller saves with the rest of the job. A failing evaluator leaves the course unscored: it
     must not keep a finished course from its owner (nor fail the finalize for ever)."""
     try:
-        card = evaluation.evaluate_job(job=job, tasks=tasks)
+        with transaction.atomic():  # a savepoint: an error here leaves the caller's work intact
+            invalid = Counter(
+                GenerationAttempt.objects.filter(
+                    task__job=job, outcome=AttemptOutcome.INVALID
+                ).values_list("task_id", flat=True)
+            )
+            card = evaluation.evaluate_job(job=job, tasks=tasks, invalid_replies=invalid)
+            record = CourseEvaluation.objects.create(
+                job=job,
+                evaluator=evaluation.EVALUATOR,
+                overall=card.overall,
+                criteria=card.criteria,
+                feedback=card.feedback,
+            )
     except Exception:
         logger.exception("job %s: the evaluation failed; the course stays unscored", job.id)
+        job.quality_score = None
         return None
     job.quality_score = card.overall
-    return CourseEvaluation.objects.create(
-        job=job,
-        evaluator=evaluation.EVALUATOR,
-        overall=card.overall,
-        criteria=card.criteria,
-        feedback=card.feedback,
-    )
+    return record
 
 
 def _apply_totals(job: CourseGenerationJob, tasks: list[GenerationTask]) -> None:

@@ -275,3 +275,20 @@ def test_course_duplicates_matches_the_first_earlier_stem_like_the_pairwise_chec
 
     assert [(d.key, d.index, d.earlier_key) for d in found] == expected
     assert expected  # the set has duplicates to find
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "topic"),
+    [
+        # Words of any script count: these used to reduce to "" and compare as identical.
+        ("光合成とは何ですか", "火山はどのようにできますか", ""),
+        ("Qu'est-ce que la photosynthèse ?", "Où se forment les volcans ?", ""),
+        # Stems of the topic's words alone are compared whole, not as two empty keys.
+        ("Photosynthesis?", "Volcanoes?", "Photosynthesis and volcanoes"),
+    ],
+)
+def test_it_does_not_take_different_questions_for_duplicates_in_any_script(
+    a: str, b: str, topic: str
+) -> None:
+    assert not checks.is_near_duplicate(a, b, topic=topic)
+    assert checks.is_near_duplicate(a, a, topic=topic)

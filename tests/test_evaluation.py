@@ -31,9 +31,12 @@ def _finished_job(user: Any, base_class: Any, **overrides: Any) -> CourseGenerat
 
 def _evaluate(job: CourseGenerationJob, course: dict[str, Any], **kwargs: Any) -> Any:
     request = kwargs.pop("request", job.course_request)
-    tasks = kwargs.pop("tasks", list(job.tasks.all()))
     return evaluate_course(
-        course=course, request=request, tasks=tasks, reask_share=kwargs.pop("reask_share", 0.0)
+        course=course,
+        request=request,
+        tasks=list(job.tasks.all()),
+        invalid_replies=kwargs.pop("invalid_replies", {}),
+        reask_share=kwargs.pop("reask_share", 0.0),
     )
 
 
@@ -103,16 +106,50 @@ def test_it_marks_down_give_away_questions_and_repeats(job: CourseGenerationJob)
     )
 
 
-def test_it_counts_tasks_that_needed_more_than_one_call(job: CourseGenerationJob) -> None:
+def test_it_counts_tasks_whose_replies_failed_validation(job: CourseGenerationJob) -> None:
     assert job.course is not None
     tasks = list(job.tasks.all())
     outline = next(t for t in tasks if t.kind == TaskKind.OUTLINE)
-    outline.attempts = 3
 
-    card = _evaluate(job, job.course, tasks=tasks)
+    card = _evaluate(job, job.course, invalid_replies={outline.pk: 2})
 
     assert card.criteria["first_pass"] == pytest.approx(1 - 1 / len(tasks), abs=1e-4)
-    assert "outline course took 3 provider calls" in card.feedback
+    assert "outline course: 2 invalid replies repaired" in card.feedback
+
+
+def test_transport_retries_do_not_count_against_the_content(
+    teacher: Any, base_class: Any, settings: Any
+) -> None:
+    from generation.models import AttemptKind, GenerationAttempt
+    from generation.providers import get_provider
+
+    settings.COURSEGEN_OFFLINE_FAULTS = "server_error=0.3"
+    settings.COURSEGEN_TRANSIENT_BASE_WAIT_S = 0.0
+    get_provider.cache_clear()  # the provider is built once per process
+
+    job = _finished_job(teacher, base_class)
+
+    retried = GenerationAttempt.objects.filter(task__job=job, kind=AttemptKind.TRANSPORT_RETRY)
+    assert retried.exists()  # the faults happened
+    evaluation = job.evaluations.get()
+    assert evaluation.criteria["first_pass"] == 1.0
+
+
+def test_invalid_replies_lower_the_score_and_name_the_task(
+    teacher: Any, base_class: Any, settings: Any
+) -> None:
+    from generation.providers import get_provider
+
+    settings.COURSEGEN_OFFLINE_FAULTS = "invalid=0.3"
+    get_provider.cache_clear()
+
+    job = _finished_job(teacher, base_class)
+
+    evaluation = job.evaluations.get()
+    assert evaluation.criteria["first_pass"] < 1.0
+    assert evaluation.criteria["cost_efficiency"] == pytest.approx(1 - job.reask_share, abs=1e-4)
+    assert job.quality_score is not None and job.quality_score < 1.0
+    assert any("invalid repl" in line for line in evaluation.feedback)
 
 
 def test_it_scores_reading_level_by_distance_from_the_band(
@@ -127,21 +164,12 @@ def test_it_scores_reading_level_by_distance_from_the_band(
 
     assert card.criteria["readability"] == 0.0  # more than four grades below the band
     assert any("reads at grade" in line and "needs 30-40" in line for line in card.feedback)
-    # Outside English, Flesch-Kincaid does not apply: the criterion is skipped, not failed.
+    # Outside English, Flesch-Kincaid and the objective-word match do not apply: skipped, not
+    # failed, their weight spread over the rest.
     french = job.course_request.model_copy(update={"language": "fr"})
     card = _evaluate(job, job.course, request=french)
-    assert "readability" not in card.criteria
+    assert set(CRITERIA) - set(card.criteria) == {"readability", "objective_coverage"}
     assert card.overall == 1.0
-
-
-def test_it_feeds_the_score_to_the_quality_alert(
-    teacher: Any, base_class: Any, settings: Any
-) -> None:
-    from monitoring.models import Alert, AlertKind
-
-    settings.MONITORING_QUALITY_THRESHOLD = 0.7
-    _finished_job(teacher, base_class)
-    assert not Alert.objects.filter(kind=AlertKind.QUALITY_BELOW_THRESHOLD).exists()
 
 
 def test_a_failing_evaluator_leaves_the_course_unscored_not_unfinished(
@@ -185,19 +213,42 @@ def test_evaluations_are_hidden_outside_the_organisation(
     assert api_client.get(f"/api/jobs/{job.id}/evaluations/").status_code in (401, 403)
 
 
-def test_a_regenerated_course_is_evaluated_again(
-    job: CourseGenerationJob, client_for: Any, teacher: Any
+def test_a_regenerated_course_is_evaluated_again_and_checked(
+    job: CourseGenerationJob, client_for: Any, teacher: Any, settings: Any
 ) -> None:
+    from monitoring.models import Alert, AlertKind
+
     task = job.tasks.get(kind=TaskKind.ASSESSMENT, key="m1.l1")
+    settings.MONITORING_QUALITY_THRESHOLD = 1.01  # any score is below: the check must run
 
     response = client_for(teacher).post(
         f"/api/jobs/{job.id}/tasks/{task.pk}/regenerate/", {}, format="json"
     )
 
     assert response.status_code == 202, response.json()
-    assert job.evaluations.count() == 2
+    newest, first = job.evaluations.all()
+    assert newest.created_at > first.created_at
     job.refresh_from_db()
-    assert job.quality_score == job.evaluations.first().overall  # type: ignore[union-attr]
+    assert job.quality_score == newest.overall
+    alert = Alert.objects.get(kind=AlertKind.QUALITY_BELOW_THRESHOLD)
+    assert alert.subject == f"job:{job.pk}"
+
+
+def test_a_failed_regeneration_keeps_the_course_and_its_score(
+    job: CourseGenerationJob, client_for: Any, teacher: Any, settings: Any
+) -> None:
+    from generation.providers import get_provider
+
+    task = job.tasks.get(kind=TaskKind.ASSESSMENT, key="m1.l1")
+    settings.COURSEGEN_OFFLINE_FAULTS = "malformed=1.0"  # every reply fails to parse
+    get_provider.cache_clear()
+    course = job.course
+
+    client_for(teacher).post(f"/api/jobs/{job.id}/tasks/{task.pk}/regenerate/", {}, format="json")
+
+    job.refresh_from_db()
+    assert job.course == course
+    assert job.evaluations.count() == 1 and job.quality_score == 1.0
 
 
 def test_staff_see_evaluations_in_the_admin(job: CourseGenerationJob) -> None:
