@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from django.contrib import admin, messages
@@ -19,6 +20,29 @@ from generation.models import (
     QueueEntry,
 )
 
+
+class ReadOnlyInline(admin.options.InlineModelAdmin):
+    """Rows written by the pipeline, shown as they are: every field read-only, none added or
+    deleted here."""
+
+    extra = 0
+    can_delete = False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> Any:
+        return self.fields
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class ReadOnlyTabularInline(ReadOnlyInline, admin.TabularInline):
+    pass
+
+
+class ReadOnlyStackedInline(ReadOnlyInline, admin.StackedInline):
+    pass
+
+
 TASK_INLINE_FIELDS: tuple[str, ...] = (
     "kind",
     "key",
@@ -32,30 +56,18 @@ TASK_INLINE_FIELDS: tuple[str, ...] = (
 )
 
 
-class TaskInline(admin.TabularInline):
+class TaskInline(ReadOnlyTabularInline):
     model = GenerationTask
-    extra = 0
-    can_delete = False
     show_change_link = True
     fields = TASK_INLINE_FIELDS
-    readonly_fields = TASK_INLINE_FIELDS
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 EVALUATION_FIELDS: tuple[str, ...] = ("created_at", "evaluator", "overall", "criteria", "feedback")
 
 
-class EvaluationInline(admin.TabularInline):
+class EvaluationInline(ReadOnlyTabularInline):
     model = CourseEvaluation
-    extra = 0
-    can_delete = False
     fields = EVALUATION_FIELDS
-    readonly_fields = EVALUATION_FIELDS
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 @admin.register(CourseEvaluation)
@@ -197,15 +209,9 @@ def _recover_each(
     model_admin.message_user(request, f"Resumed {resumed} job(s).")
 
 
-class AttemptInline(admin.TabularInline):
+class AttemptInline(ReadOnlyTabularInline):
     model = GenerationAttempt
-    extra = 0
-    can_delete = False
     fields = ATTEMPT_INLINE_FIELDS
-    readonly_fields = ATTEMPT_INLINE_FIELDS
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 VERSION_INLINE_FIELDS: tuple[str, ...] = (
@@ -221,15 +227,9 @@ VERSION_INLINE_FIELDS: tuple[str, ...] = (
 )
 
 
-class VersionInline(admin.StackedInline):
+class VersionInline(ReadOnlyStackedInline):
     model = GenerationTaskVersion
-    extra = 0
-    can_delete = False
     fields = VERSION_INLINE_FIELDS
-    readonly_fields = VERSION_INLINE_FIELDS
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 @admin.register(GenerationTask)

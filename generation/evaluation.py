@@ -181,15 +181,17 @@ def _readability(lessons: Sequence[Lesson], request: CourseRequest) -> Scored:
 
 
 def _assessment_quality(lessons: Sequence[Lesson]) -> Scored:
-    questions = [(lesson.key, q) for lesson in lessons for q in lesson.questions]
+    by_lesson = [(lesson.key, lesson.questions) for lesson in lessons]
+    count = sum(len(questions) for _, questions in by_lesson)
     flawed = [
         f"lesson {key} question {index + 1}: {errors[0].message}"
-        for key, question, index in _numbered(questions)
+        for key, questions in by_lesson
+        for index, question in enumerate(questions)
         if (errors := checks.question_flaws(index, question))
     ]
-    clean = 1.0 - len(flawed) / len(questions) if questions else 1.0
-    levels = {question.bloom_level for _, question in questions}
-    spread = min(1.0, len(levels) / _BLOOM_LEVELS_WANTED) if questions else 1.0
+    clean = 1.0 - len(flawed) / count if count else 1.0
+    levels = {question.bloom_level for _, questions in by_lesson for question in questions}
+    spread = min(1.0, len(levels) / _BLOOM_LEVELS_WANTED) if count else 1.0
     if spread < 1.0:  # first: one line about the course before the per-question ones
         flawed.insert(
             0,
@@ -207,15 +209,6 @@ def _uniqueness(lessons: Sequence[Lesson], topic: str) -> Scored:
         for d in duplicates
     ]
     return "uniqueness", 1.0 - len(duplicates) / count if count else 1.0, feedback
-
-
-def _numbered(questions: Sequence[tuple[str, Question]]) -> Iterable[tuple[str, Question, int]]:
-    """Each question with its index in its own lesson's assessment."""
-    index, previous = 0, None
-    for key, question in questions:
-        index = index + 1 if key == previous else 0
-        previous = key
-        yield key, question, index
 
 
 def _mean(values: Sequence[float]) -> float:

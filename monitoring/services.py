@@ -180,13 +180,9 @@ def capacity_check() -> list[Alert]:
     return raised
 
 
-def job_quality_score(job: CourseGenerationJob) -> float | None:
-    """The job's overall quality score, recorded by the evaluator at finalize (None before)."""
-    return job.quality_score
-
-
 def quality_check(*, job: CourseGenerationJob, score: float | None = None) -> Alert | None:
-    score = job_quality_score(job) if score is None else score
+    """Alert when the job's score (the evaluator's, recorded at finalize) is below threshold."""
+    score = job.quality_score if score is None else score
     threshold = settings.MONITORING_QUALITY_THRESHOLD
     if score is None or score >= threshold:
         return None

@@ -11,22 +11,13 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from accounts.models import Role
-from generation import services
 from generation.evaluation import CRITERIA, EVALUATOR, evaluate_course
-from generation.models import CourseEvaluation, CourseGenerationJob, JobStatus
-from generation.schemas import CourseRequest, TaskKind
+from generation.models import CourseEvaluation, CourseGenerationJob
+from generation.schemas import TaskKind
+from tests.courses import finished_job
 from tests.factories import BaseClassFactory, OrganisationFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _finished_job(user: Any, base_class: Any, **overrides: Any) -> CourseGenerationJob:
-    fields = {"topic": "Rivers and valleys", "num_modules": 1, "lessons_per_module": 2}
-    request = CourseRequest(**{**fields, "questions_per_lesson": 3, **overrides})
-    job = services.job_submit(user=user, base_class=base_class, request=request)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    return job
 
 
 def _evaluate(job: CourseGenerationJob, course: dict[str, Any], **kwargs: Any) -> Any:
@@ -46,7 +37,7 @@ def _lessons(course: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def job(teacher: Any, base_class: Any) -> CourseGenerationJob:
-    return _finished_job(teacher, base_class)
+    return finished_job(teacher, base_class)
 
 
 def test_it_scores_every_finished_course_at_finalize(job: CourseGenerationJob) -> None:
@@ -127,7 +118,7 @@ def test_transport_retries_do_not_count_against_the_content(
     settings.COURSEGEN_TRANSIENT_BASE_WAIT_S = 0.0
     get_provider.cache_clear()  # the provider is built once per process
 
-    job = _finished_job(teacher, base_class)
+    job = finished_job(teacher, base_class)
 
     retried = GenerationAttempt.objects.filter(task__job=job, kind=AttemptKind.TRANSPORT_RETRY)
     assert retried.exists()  # the faults happened
@@ -143,7 +134,7 @@ def test_invalid_replies_lower_the_score_and_name_the_task(
     settings.COURSEGEN_OFFLINE_FAULTS = "invalid=0.3"
     get_provider.cache_clear()
 
-    job = _finished_job(teacher, base_class)
+    job = finished_job(teacher, base_class)
 
     evaluation = job.evaluations.get()
     assert evaluation.criteria["first_pass"] < 1.0
@@ -180,7 +171,7 @@ def test_a_failing_evaluator_leaves_the_course_unscored_not_unfinished(
 
     monkeypatch.setattr("generation.evaluation.evaluate_job", broken)
 
-    job = _finished_job(teacher, base_class)
+    job = finished_job(teacher, base_class)
 
     assert job.course is not None and job.quality_score is None
     assert not job.evaluations.exists()

@@ -11,7 +11,6 @@ import pytest
 from django.db.models import Q, Sum
 
 from accounts.models import Role
-from generation import services
 from generation.checks import course_duplicates, is_near_duplicate
 from generation.models import (
     CourseGenerationJob,
@@ -23,10 +22,11 @@ from generation.models import (
 from generation.prompts import task_context
 from generation.providers.base import Completion, CompletionRequest, Provider
 from generation.providers.offline import OfflineProvider
-from generation.schemas import CourseOutline, CourseRequest, Question, TaskKind
+from generation.schemas import CourseOutline, Question, TaskKind
 from generation.validation import validate_output
 from monitoring.logs import flush_all
 from monitoring.models import CourseGenerationLog
+from tests.courses import finished_job
 from tests.factories import BaseClassFactory, OrganisationFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -54,15 +54,6 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[SpyProvider]:
     yield provider
 
 
-def _finished_job(user: Any, base_class: Any, **overrides: Any) -> CourseGenerationJob:
-    fields = {"topic": "Rivers and valleys", "num_modules": 1, "lessons_per_module": 2}
-    request = CourseRequest(**{**fields, "questions_per_lesson": 3, **overrides})
-    job = services.job_submit(user=user, base_class=base_class, request=request)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    return job
-
-
 def _url(job: CourseGenerationJob, task: GenerationTask) -> str:
     return f"/api/jobs/{job.id}/tasks/{task.pk}/regenerate/"
 
@@ -71,7 +62,7 @@ def _url(job: CourseGenerationJob, task: GenerationTask) -> str:
 def test_it_regenerates_a_task_through_the_api_keeping_the_previous_version(
     client_for: Any, teacher: Any, base_class: Any, spy: SpyProvider
 ) -> None:
-    job = _finished_job(teacher, base_class)
+    job = finished_job(teacher, base_class)
     task = job.tasks.get(kind=TaskKind.LESSON_SECTION, key="m1.l2")
     old_output, old_cost, old_course = task.output, job.cost_usd, job.course
     calls_before = len(spy.requests)
@@ -107,7 +98,7 @@ def test_it_lets_the_owner_and_org_staff_regenerate_and_hides_the_task_from_othe
     client_for: Any, make_member: Any, base_class: Any
 ) -> None:
     owner = make_member(Role.STUDENT)
-    job = _finished_job(owner, base_class)
+    job = finished_job(owner, base_class)
     task = job.tasks.get(kind=TaskKind.METADATA)
     other_org = OrganisationFactory.create()
     outsider = make_member(Role.ADMIN, org=other_org)
@@ -115,7 +106,7 @@ def test_it_lets_the_owner_and_org_staff_regenerate_and_hides_the_task_from_othe
 
     for user in (outsider, classmate):
         assert client_for(user).post(_url(job, task), {}, format="json").status_code == 404
-    other_job = _finished_job(outsider, BaseClassFactory.create(organisation=other_org))
+    other_job = finished_job(outsider, BaseClassFactory.create(organisation=other_org))
     foreign = other_job.tasks.get(kind=TaskKind.METADATA)
     assert client_for(owner).post(_url(job, foreign), {}, format="json").status_code == 404
     assert task.versions.count() == 0
@@ -132,7 +123,7 @@ def test_it_lets_the_owner_and_org_staff_regenerate_and_hides_the_task_from_othe
 def test_it_rejects_a_bad_body_and_changes_nothing(
     client_for: Any, teacher: Any, base_class: Any, body: dict[str, str], field: str
 ) -> None:
-    job = _finished_job(teacher, base_class)
+    job = finished_job(teacher, base_class)
     task = job.tasks.get(kind=TaskKind.MIND_MAP)
 
     response = client_for(teacher).post(_url(job, task), body, format="json")
@@ -146,7 +137,7 @@ def test_it_rejects_a_bad_body_and_changes_nothing(
 def test_it_refuses_to_regenerate_the_outline_or_a_running_course(
     client_for: Any, teacher: Any, base_class: Any
 ) -> None:
-    job = _finished_job(teacher, base_class)
+    job = finished_job(teacher, base_class)
     outline = job.tasks.get(kind=TaskKind.OUTLINE)
     metadata = job.tasks.get(kind=TaskKind.METADATA)
 
@@ -162,7 +153,7 @@ def test_it_refuses_to_regenerate_the_outline_or_a_running_course(
 def test_it_regenerates_tasks_from_the_admin(
     client: Any, admin_user: Any, teacher: Any, base_class: Any
 ) -> None:
-    job = _finished_job(teacher, base_class)
+    job = finished_job(teacher, base_class)
     task = job.tasks.get(kind=TaskKind.BRAIN_BYTES, key="m1.l1")
     client.force_login(admin_user)
 
@@ -202,7 +193,7 @@ def test_it_regenerates_only_the_later_duplicate_question_at_finalize(
     monkeypatch.setattr("generation.services.get_provider", lambda: provider)
     monkeypatch.setattr("generation.regeneration.get_provider", lambda: provider)
 
-    job = _finished_job(teacher, base_class)
+    job = finished_job(teacher, base_class)
 
     parts = [r for r in provider.requests if r.context.get("part")]
     assert [(r.context["task_key"], r.context["part"], r.schema) for r in parts] == [
@@ -232,7 +223,7 @@ def test_it_completes_every_course_with_valid_content_when_30_percent_of_replies
     settings.COURSEGEN_OFFLINE_FAULTS = "invalid=0.3"
 
     jobs = [
-        _finished_job(teacher, base_class, topic=topic, num_modules=2, level=level)
+        finished_job(teacher, base_class, topic=topic, num_modules=2, level=level)
         for topic, level in zip(
             TOPICS, ["beginner", "intermediate", "advanced", "beginner"], strict=True
         )
