@@ -113,7 +113,7 @@ def test_it_alerts_when_a_finished_jobs_quality_is_below_the_threshold(
 @pytest.mark.parametrize(
     ("kind", "subject"),
     [
-        # No rate-limit or breaker code on this branch yet: those raise through alert_raise.
+        # The rate-limit and breaker paths raise through alert_raise (their own tests cover them).
         (AlertKind.RATE_LIMIT_VIOLATION, "user:42"),
         (AlertKind.CIRCUIT_BREAKER_OPENED, "model:gpt-4.1-mini"),
     ],
