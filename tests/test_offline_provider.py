@@ -295,7 +295,7 @@ def test_it_returns_instantly_at_latency_scale_zero(monkeypatch: pytest.MonkeyPa
     def no_sleep(seconds: float) -> None:
         raise AssertionError(f"slept {seconds}s at latency scale 0")
 
-    monkeypatch.setattr(offline.time, "sleep", no_sleep)
+    monkeypatch.setattr(offline.latency.time, "sleep", no_sleep)
 
     completion = OfflineProvider(latency_scale=0).complete(
         _request(TaskKind.LESSON_SECTION, _lesson_context())
@@ -317,7 +317,7 @@ def test_it_sleeps_as_modelled_when_scaled(kind: TaskKind, ttft: float, rate: fl
 
 def test_it_takes_latency_parameters_per_tier(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(offline.time, "sleep", slept.append)
+    monkeypatch.setattr(offline.latency.time, "sleep", slept.append)
     provider = OfflineProvider(
         latency_scale=0.5,
         latency={Tier.SIMPLE: TierLatency(time_to_first_token_s=2.0, output_tokens_per_s=100.0)},

@@ -1,6 +1,6 @@
 """The one provider seam: a request in, a completion out, errors classified.
 
-Every vendor module (offline.py, openai.py) implements `Provider.complete`. Callers never see a
+Every vendor module (offline/, openai.py) implements `Provider.complete`. Callers never see a
 vendor exception: transport trouble is `TransientProviderError` (retry with backoff) or
 `PermanentProviderError` (fail fast), and output that is not JSON is `InvalidOutputError` (re-ask).
 Schema validation happens above this seam, in generation/validation.py.

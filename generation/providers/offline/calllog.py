@@ -1,0 +1,30 @@
+"""The call log: one JSON line per simulated call, safe across threads and processes (tests and
+`make chaos` count provider calls per task from it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from generation.providers.base import CompletionRequest
+
+
+def call_log_append(path: str, request: CompletionRequest) -> None:
+    context = request.context
+    entry = {
+        "ts": time.time(),
+        "pid": os.getpid(),
+        "model": request.model,
+        "kind": request.task_kind.value,
+        "task_key": context.get("task_key"),
+        "job_id": context.get("job_id"),
+        "attempt": context.get("attempt"),
+    }
+    line = (json.dumps(entry, default=str) + "\n").encode()
+    # O_APPEND plus one write() per line: concurrent writers never interleave within a line.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

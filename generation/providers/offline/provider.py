@@ -1,0 +1,156 @@
+"""The offline provider: each step of a simulated call, in order (call log, outage, fault roll,
+content, usage, rate limit, latency), built from this package's modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import NoReturn
+
+from django.conf import settings
+
+from generation.providers.base import (
+    Completion,
+    CompletionRequest,
+    InvalidOutputError,
+    Provider,
+    TransientProviderError,
+)
+from generation.providers.offline.calllog import call_log_append
+from generation.providers.offline.content import Data, build_content, part_content
+from generation.providers.offline.faults import (
+    TRANSIENT_FAULTS,
+    FaultRates,
+    OutageFile,
+    make_invalid,
+)
+from generation.providers.offline.latency import DEFAULT_LATENCY, TierLatency, wait
+from generation.providers.offline.ratelimit import admit, rate_limit_from_settings
+from generation.providers.offline.seeding import stable_int
+from generation.providers.offline.usage import SeenPrefixes, usage_of
+from generation.providers.ratelimit import ProviderRateLimit
+from generation.schemas import Tier
+from generation.tokens import count_tokens, encoding
+
+
+class OfflineProvider(Provider):
+    """Simulated LLM provider (no network, no key): templated content, real token counts,
+    modelled latency and injectable faults. See the package docstring."""
+
+    name = "offline"
+
+    def __init__(
+        self,
+        *,
+        latency_scale: float = 0.0,
+        faults: FaultRates | str = "",
+        seed: int = 0,
+        call_log: str = "",
+        outage_file: str = "",
+        latency: Mapping[Tier, TierLatency] | None = None,
+        rate_limit: ProviderRateLimit | None = None,
+    ) -> None:
+        if not latency_scale >= 0.0:
+            raise ValueError(f"latency_scale must be >= 0, got {latency_scale!r}")
+        self.latency_scale = float(latency_scale)
+        self.faults = faults if isinstance(faults, FaultRates) else FaultRates.parse(faults)
+        self.seed = int(seed)
+        self.call_log = call_log
+        self.latency: dict[Tier, TierLatency] = {**DEFAULT_LATENCY, **(latency or {})}
+        self._outage = OutageFile(outage_file)
+        self.rate_limit = rate_limit if rate_limit is not None and rate_limit.enabled else None
+        self._prefixes = SeenPrefixes()
+        # Faults come from their own stream so content stays deterministic per request, while
+        # the fault sequence is reproducible for one process given the seed.
+        self._fault_rng = random.Random(stable_int("faults", self.seed))
+        self._fault_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls) -> OfflineProvider:
+        outage_file = getattr(settings, "COURSEGEN_OFFLINE_OUTAGE_FILE", "") or os.environ.get(
+            "COURSEGEN_OFFLINE_OUTAGE_FILE", ""
+        )
+        return cls(
+            latency_scale=float(settings.COURSEGEN_OFFLINE_LATENCY_SCALE),
+            faults=FaultRates.parse(settings.COURSEGEN_OFFLINE_FAULTS),
+            seed=int(settings.COURSEGEN_OFFLINE_SEED),
+            call_log=settings.COURSEGEN_OFFLINE_CALL_LOG,
+            outage_file=outage_file,
+            rate_limit=rate_limit_from_settings(),
+        )
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        started = time.perf_counter()
+        if self.call_log:
+            call_log_append(self.call_log, request)
+        self._check_outage(started)
+        fault = self._roll_fault()
+        if fault in TRANSIENT_FAULTS:
+            self._fail_transiently(fault, request.tier, started)
+        data, raw_text, problem = self._render(request, fault)
+        usage = usage_of(request, raw_text, self._prefixes)
+        headers = admit(self.rate_limit, request.model, usage, started)
+        latency_s = self._wait(self.latency[request.tier].seconds(usage.output_tokens), started)
+        if problem:
+            raise InvalidOutputError(problem, raw_text=raw_text, usage=usage, latency_s=latency_s)
+        return Completion(
+            data=data,
+            raw_text=raw_text,
+            usage=usage,
+            latency_s=latency_s,
+            model=request.model,
+            provider=self.name,
+            headers=headers,
+        )
+
+    # --- steps of complete() ---------------------------------------------------------------------
+    def _render(self, request: CompletionRequest, fault: str | None) -> tuple[Data, str, str]:
+        """The response body, and a problem message when it is not a usable JSON object."""
+        data = build_content(request.task_kind, request.context, seed=self.seed)
+        part = request.context.get("part") or ""
+        if part:  # targeted regeneration: a request for one part of the object
+            data = part_content(request.task_kind, request.context, data, part, self.seed)
+        if fault == "invalid":
+            with self._fault_lock:
+                pick = self._fault_rng.random()
+            data = make_invalid(request.task_kind, data, part=part, pick=pick)
+        raw_text, problem = json.dumps(data), ""
+        if fault == "malformed":
+            raw_text = raw_text[: max(1, len(raw_text) * 3 // 5)]  # a proper prefix never parses
+            problem = "simulated malformed output: the response is truncated JSON"
+        limit = request.max_output_tokens
+        if limit is not None and count_tokens(raw_text) > limit:
+            # A real model stops mid-JSON at the token limit; the caller sees unparseable text.
+            raw_text = encoding().decode(encoding().encode(raw_text, disallowed_special=())[:limit])
+            problem = f"output reached max_output_tokens={limit} and was cut off"
+        return data, raw_text, problem
+
+    def _wait(self, modelled_s: float, started: float) -> float:
+        return wait(modelled_s, scale=self.latency_scale, started=started)
+
+    def _roll_fault(self) -> str | None:
+        with self._fault_lock:
+            roll = self._fault_rng.random()
+        return self.faults.pick(roll)
+
+    def _fail_transiently(self, fault: str, tier: Tier, started: float) -> NoReturn:
+        message, status, ttft_units = TRANSIENT_FAULTS[fault]
+        latency_s = self._wait(self.latency[tier].time_to_first_token_s * ttft_units, started)
+        # Short enough that retry tests never stall, scaled like the rest of the simulation.
+        retry_after = min(1.0, 0.05 * max(self.latency_scale, 0.01)) if status == 429 else None
+        raise TransientProviderError(
+            message, status_code=status, retry_after=retry_after, latency_s=latency_s
+        )
+
+    def _check_outage(self, started: float) -> None:
+        until = self._outage.until()
+        if until is not None and until > time.time():
+            raise TransientProviderError(
+                f"simulated outage until {until:.0f} (503 Service Unavailable)",
+                status_code=503,
+                latency_s=time.perf_counter() - started,
+            )
