@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Browser-side test tools (playwright-core drives Debian's chromium; scorm-again plays SCORM).
+NODE_STAMP := node_modules/.installed
 
 # Tests run against the real local services; override on the command line if yours differ.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/coursegen
@@ -44,6 +46,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
 # Generates one 4x3 course end to end on the embedded default: SQLite, eager Celery, offline provider.
 demo: $(STAMP)
 	env -u DATABASE_URL -u CELERY_BROKER_URL -u CELERY_RESULT_BACKEND $(BIN)/python manage.py migrate --noinput -v 0
@@ -52,7 +58,7 @@ demo: $(STAMP)
 		--user demo-teacher --topic "Photosynthesis and plant energy" --modules 4 --lessons 3 \
 		--audience "secondary school students" --level beginner
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 chaos: $(STAMP)

@@ -219,7 +219,9 @@ STORAGES = {
     # Compressed copies at collectstatic; no manifest, so templates render before it has run.
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
-LOGIN_URL = "/admin/login/"
+# Members (not only staff) sign in here to read course pages; the admin keeps its own login.
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/api/jobs/"
 
 # --- DRF and OpenAPI --------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.utils.html import format_html
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.http import content_disposition_header
 
-from generation import recovery, regeneration, services
+from generation import exports, recovery, regeneration, services
 from generation.models import (
     CourseEvaluation,
     CourseGenerationJob,
@@ -96,6 +101,35 @@ class EvaluationAdmin(admin.ModelAdmin):
         return False  # the job's quality_score is the latest of these
 
 
+def _formats() -> list[tuple[str, exports.ExportFormat]]:
+    return list(exports.FORMATS.items())
+
+
+def _export_action(name: str) -> Callable[..., HttpResponse | None]:
+    def export(
+        model_admin: JobAdmin, request: HttpRequest, queryset: QuerySet[CourseGenerationJob]
+    ) -> HttpResponse | None:
+        return model_admin.export_selected(request, queryset, name)
+
+    export.__name__ = f"export_{name}"
+    label = exports.FORMATS[name].label
+    return admin.action(description=f"Export the selected courses as {label}")(export)
+
+
+def _download(content: bytes, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = content_disposition_header(True, filename)
+    return response
+
+
+def _zip(files: list[tuple[CourseGenerationJob, exports.ExportFile]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for job, export in files:
+            archive.writestr(f"{str(job.pk)[:8]}-{export.filename}", export.content)
+    return buffer.getvalue()
+
+
 @admin.register(CourseGenerationJob)
 class JobAdmin(admin.ModelAdmin):
     list_display = [
@@ -118,6 +152,7 @@ class JobAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     readonly_fields = [
         "id",
+        "course_links",
         "owner",
         "organisation",
         "base_class",
@@ -143,7 +178,7 @@ class JobAdmin(admin.ModelAdmin):
     ]
     fields = ["priority", *readonly_fields]
     inlines = [EvaluationInline, TaskInline]
-    actions = ["cancel_jobs", "resume_jobs"]
+    actions = ["cancel_jobs", "resume_jobs", *(_export_action(name) for name in exports.FORMATS)]
 
     def save_model(
         self, request: HttpRequest, obj: CourseGenerationJob, form: object, change: bool
@@ -156,6 +191,40 @@ class JobAdmin(admin.ModelAdmin):
         return format_html(
             '<progress value="{}" max="100"></progress> {}%', job.progress, job.progress
         )
+
+    @admin.display(description="course")
+    def course_links(self, job: CourseGenerationJob) -> str:
+        if job.course is None:
+            return "not ready"
+        downloads = format_html_join(
+            " · ",
+            '<a href="{}" class="course-export" download>{}</a>',
+            ((reverse("job-export", args=[job.pk, name]), f.label) for name, f in _formats()),
+        )
+        page = reverse("course-page", args=[job.pk])
+        return format_html(
+            '<a href="{}" id="course-page-link">Open the course page</a> · download: {}',
+            page,
+            downloads,
+        )
+
+    def export_selected(
+        self, request: HttpRequest, queryset: QuerySet[CourseGenerationJob], name: str
+    ) -> HttpResponse | None:
+        files: list[tuple[CourseGenerationJob, exports.ExportFile]] = []
+        for job in queryset.select_related("organisation", "base_class"):
+            try:
+                export = exports.course_export(job=job, export_format_name=name, by=request.user)  # type: ignore[arg-type]
+            except exports.ExportError as exc:
+                self.message_user(request, f"{job}: {exc}", level=messages.WARNING)
+            else:
+                files.append((job, export))
+        if not files:
+            return None
+        if len(files) == 1:
+            export = files[0][1]
+            return _download(export.content, export.content_type, export.filename)
+        return _download(_zip(files), "application/zip", f"courses-{name}.zip")
 
     @admin.display(description="re-ask share")
     def reask_share_display(self, job: CourseGenerationJob) -> str:

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-from django.http import Http404
+from django.http import Http404, HttpResponse
+from django.utils.http import content_disposition_header
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.pagination import LimitOffsetPagination
@@ -16,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation import idempotency, recovery, regeneration, services
+from generation import exports, idempotency, recovery, regeneration, services
 from generation.models import (
     CourseEvaluation,
     CourseGenerationJob,
@@ -25,6 +27,7 @@ from generation.models import (
     JobStatus,
 )
 from generation.selectors import (
+    course_job_visible,
     job_get_visible,
     job_progress_visible,
     job_status_visible,
@@ -194,6 +197,43 @@ class JobCourseApi(APIView):
                 status=status.HTTP_409_CONFLICT,
             )
         return Response(job.course)
+
+
+class JobExportApi(APIView):
+    """The course as a file: md, html, pdf, qti (QTI 2.1 package) or scorm (SCORM 1.2 package).
+    Built from the current version of every task, so it follows regenerations."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "export_format", str, OpenApiParameter.PATH, enum=list(exports.FORMATS)
+            )
+        ],
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            404: OpenApiResponse(description="No such job, or no such format"),
+            409: OpenApiResponse(description="The course is not ready"),
+        },
+        operation_id="jobs_export",
+    )
+    def get(self, request: Request, job_id: UUID, export_format: str) -> HttpResponse | Response:
+        job = course_job_visible(user=request.user, job_id=job_id)
+        if job is None:
+            raise Http404("No such job.")
+        try:
+            export = exports.course_export(
+                job=job,
+                export_format_name=export_format,
+                by=request.user,  # type: ignore[arg-type]
+            )
+        except exports.UnknownFormat as exc:
+            return Response({"detail": str(exc), "formats": list(exports.FORMATS)}, status=404)
+        except exports.CourseNotReady as exc:
+            return Response({"detail": str(exc), "status": exc.status}, status=409)
+        response = HttpResponse(export.content, content_type=export.content_type)
+        response["Content-Disposition"] = content_disposition_header(True, export.filename)
+        response["Cache-Control"] = "private, no-store"
+        return response
 
 
 class JobEvaluationsApi(APIView):

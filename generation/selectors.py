@@ -50,6 +50,26 @@ def job_get_visible(*, user: User | AnonymousUser, job_id: UUID) -> CourseGenera
     return jobs_visible_to(user=user).filter(pk=job_id).first()
 
 
+def course_job_visible(*, user: User | AnonymousUser, job_id: UUID) -> CourseGenerationJob | None:
+    """The job for its course page and its exports: whoever may see it through the API, and
+    staff who may view jobs in the admin (where they see its course already)."""
+    if (
+        user.is_authenticated
+        and user.is_staff
+        and user.has_perm("generation.view_coursegenerationjob")
+    ):
+        jobs = CourseGenerationJob.objects.select_related("owner", "base_class", "organisation")
+        return jobs.filter(pk=job_id).first()
+    return job_get_visible(user=user, job_id=job_id)
+
+
+def latest_course_job() -> CourseGenerationJob | None:
+    """The newest succeeded job with a course (`export_course --latest`)."""
+    jobs = CourseGenerationJob.objects.select_related("organisation", "base_class")
+    finished = jobs.filter(status=JobStatus.SUCCEEDED, course__isnull=False)
+    return finished.order_by("-finished_at", "-created_at").first()
+
+
 def job_status_visible(
     *, user: User | AnonymousUser, job_id: UUID, task_fields: Sequence[str]
 ) -> CourseGenerationJob | None:

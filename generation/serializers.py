@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from accounts.models import BaseClass
 from accounts.selectors import class_of_member_get
+from generation.exports import FORMATS
 from generation.models import (
     CourseEvaluation,
     CourseGenerationJob,
@@ -182,9 +183,30 @@ class _WaitingFieldsMixin(serializers.Serializer):
 
 class JobDetailOutputSerializer(_WaitingFieldsMixin, JobOutputSerializer):
     tasks = TaskStatusSerializer(many=True, read_only=True)
+    course_page_url = serializers.SerializerMethodField(
+        help_text="The course as a page for people (/courses/<id>/), once it is ready."
+    )
+    export_urls = serializers.SerializerMethodField(
+        help_text="Format name to download URL (md, html, pdf, qti, scorm), once it is ready."
+    )
 
     class Meta(JobOutputSerializer.Meta):
-        fields = [*JobOutputSerializer.Meta.fields, "queue_position", "course_url", "tasks"]
+        fields = [
+            *JobOutputSerializer.Meta.fields,
+            "queue_position",
+            "course_url",
+            "course_page_url",
+            "export_urls",
+            "tasks",
+        ]
+
+    def get_course_page_url(self, job: CourseGenerationJob) -> str | None:
+        return None if self.get_course_url(job) is None else f"/courses/{job.id}/"
+
+    def get_export_urls(self, job: CourseGenerationJob) -> dict[str, str] | None:
+        if self.get_course_url(job) is None:
+            return None
+        return {name: f"/api/jobs/{job.id}/export/{name}/" for name in FORMATS}
 
 
 class JobProgressOutputSerializer(

@@ -8,6 +8,11 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/progress/", apis.JobProgressApi.as_view(), name="job-progress"),
     path("jobs/<uuid:job_id>/course/", apis.JobCourseApi.as_view(), name="job-course"),
     path(
+        "jobs/<uuid:job_id>/export/<str:export_format>/",
+        apis.JobExportApi.as_view(),
+        name="job-export",
+    ),
+    path(
         "jobs/<uuid:job_id>/evaluations/", apis.JobEvaluationsApi.as_view(), name="job-evaluations"
     ),
     path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),

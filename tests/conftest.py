@@ -23,6 +23,16 @@ from ratelimits.services import policies_seed
 from tests.factories import BaseClassFactory, MembershipFactory, OrganisationFactory, UserFactory
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.browser import SAVED
+
+    saved = [path for path in SAVED if path.exists()]
+    if saved:
+        terminalreporter.write_sep("-", f"{len(saved)} screenshot(s) saved")
+        for path in saved:
+            terminalreporter.write_line(str(path))
+
+
 @pytest.fixture(autouse=True)
 def celery_eager(request: pytest.FixtureRequest) -> Iterator[None]:
     eager = request.node.get_closest_marker("worker") is None

@@ -17,3 +17,46 @@ def finished_job(user: Any, base_class: Any, **overrides: Any) -> CourseGenerati
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED, job.error
     return job
+
+
+# Model output that tries to become markup: script tags, event handlers, javascript: URLs, an
+# iframe, an image that would fetch a URL, and a tag that breaks out of an SVG <text>.
+HOSTILE = {
+    "title": "<script>alert('title')</script>Rivers",
+    "description": "Fine text <img src=x onerror=\"alert('description')\"> and more.",
+    "markdown": "See [this link](javascript:alert('link')) and <iframe src=\"javascript:alert(1)\">"
+    "</iframe> and **bold** text.",
+    "option": "<b onmouseover=\"alert('option')\">A trap</b>",
+    "mind_map": "</text><script>alert('svg')</script><text>",
+    "term": "\"><svg onload=alert('term')>",
+}
+
+
+def make_hostile(job: CourseGenerationJob) -> CourseGenerationJob:
+    """Put HOSTILE text into every kind of field of `job`'s course document."""
+    course = job.course or {}
+    course["title"] = HOSTILE["title"]
+    course["description"] = HOSTILE["description"]
+    course["mind_map"]["central_topic"] = HOSTILE["mind_map"]
+    course["mind_map"]["nodes"][0]["label"] = HOSTILE["mind_map"]
+    for module in course["modules"]:
+        module["title"] = HOSTILE["title"]
+        module["summary"]["summary"] = HOSTILE["markdown"]
+        for lesson in module["lessons"]:
+            lesson["title"] = HOSTILE["title"]
+            lesson["learning_objectives"][0] = HOSTILE["option"]
+            section = lesson["section"]
+            section["introduction"] = HOSTILE["description"]
+            section["detailed_explanation"] = HOSTILE["markdown"]
+            section["key_concepts"][0]["term"] = HOSTILE["term"]
+            section["examples"][0]["description"] = HOSTILE["markdown"]
+            lesson["brain_bytes"]["script"] = HOSTILE["markdown"]
+            question = lesson["assessment"]["questions"][0]
+            question["stem"] = HOSTILE["title"]
+            question["explanation"] = HOSTILE["markdown"]
+            if question["options"]:
+                question["options"][0] = HOSTILE["option"]
+                question["correct_answer"] = HOSTILE["option"]
+    job.course = course
+    job.save(update_fields=["course"])
+    return job
