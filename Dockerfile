@@ -2,6 +2,9 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
+# pango and a font for WeasyPrint, which lays out the PDF export.
+RUN apt-get update && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 \
+    fonts-dejavu-core && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY coursegen ./coursegen
 COPY accounts ./accounts

@@ -36,7 +36,7 @@ BENCH_ENV := DATABASE_URL=$(BENCH_THROUGHPUT_DATABASE_URL) DATABASE_POOL=true CO
 	CELERY_RESULT_BACKEND=redis://127.0.0.1:$(BENCH_REDIS_PORT)/0 \
 	REDIS_URL=redis://127.0.0.1:$(BENCH_REDIS_PORT)/1 DJANGO_DEBUG=false LOG_LEVEL=warning
 
-.PHONY: venv demo test chaos bench lint typecheck check migrations-check worker beat flower web clean bench-admission
+.PHONY: system-deps browser-deps venv demo test chaos bench lint typecheck check migrations-check worker beat flower web clean bench-admission
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -46,19 +46,29 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Debian packages: pango for WeasyPrint (the PDF export), chromium for the browser tests.
+PDF_DEBS := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
+system-deps:
+	@ldconfig -p | grep -q libpangoft2-1.0 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PDF_DEBS) >/dev/null; }
+
+browser-deps: system-deps
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
 # Generates one 4x3 course end to end on the embedded default: SQLite, eager Celery, offline provider.
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	env -u DATABASE_URL -u CELERY_BROKER_URL -u CELERY_RESULT_BACKEND $(BIN)/python manage.py migrate --noinput -v 0
 	env -u DATABASE_URL -u CELERY_BROKER_URL -u CELERY_RESULT_BACKEND $(BIN)/python manage.py seed_demo
 	env -u DATABASE_URL -u CELERY_BROKER_URL -u CELERY_RESULT_BACKEND $(BIN)/python manage.py generate_course \
 		--user demo-teacher --topic "Photosynthesis and plant energy" --modules 4 --lessons 3 \
 		--audience "secondary school students" --level beginner
 
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) browser-deps
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 chaos: $(STAMP)

@@ -50,6 +50,7 @@ FORMATS: dict[str, ExportFormat] = {
     for f in (
         ExportFormat("md", "Markdown", "md", "text/markdown; charset=utf-8", "markdown"),
         ExportFormat("html", "HTML", "html", "text/html; charset=utf-8", "html"),
+        ExportFormat("pdf", "PDF", "pdf", "application/pdf", "pdf"),
     )
 }
 

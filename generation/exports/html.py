@@ -19,13 +19,14 @@ from generation.exports.mindmap import mind_map_svg
 QUIZ_TEMPLATE = "courses/_quiz.html"
 
 
-def course_context(course: Course, **extra: Any) -> dict[str, Any]:
-    svg = mind_map_svg(course.mind_map) if course.mind_map is not None else ""
+def course_context(course: Course, *, printable: bool = False, **extra: Any) -> dict[str, Any]:
+    root = course.mind_map
+    svg = mind_map_svg(root, fluid=printable) if root is not None else ""
     return {
         "course": course,
         "mind_map_svg": mark_safe(svg),  # built by mind_map_svg, every label escaped
         "quiz_template": QUIZ_TEMPLATE,
-        "printable": False,
+        "printable": printable,
         "downloads": (),
         **extra,
     }

@@ -25,11 +25,14 @@ MAX_LINES = 4
 CHARS_PER_LINE = {1: 19, 2: 22}  # by depth: bold branch labels are wider; 13 px in BOX_W - 12
 ROOT_CHARS = 20  # at 15 px bold in ROOT_W
 MIN_SCALE = 0.8  # shrink a wide map to fit no further than this; scroll instead
-_STYLE = (
-    ".mm-centre{font:600 15px system-ui,sans-serif;fill:#fff}"
-    ".mm-branch{font:600 13px system-ui,sans-serif;fill:#fff}"
-    ".mm-leaf{font:13px system-ui,sans-serif;fill:#111827}"
-)
+# Presentation attributes, not a <style>: every SVG renderer reads them (WeasyPrint misreads
+# the `font` shorthand), and the SVG looks the same when it is taken out of the page.
+_FONT = 'font-family="system-ui, -apple-system, \'DejaVu Sans\', sans-serif"'
+_TEXT = {
+    "mm-centre": f'{_FONT} font-size="15" font-weight="600" fill="#ffffff"',
+    "mm-branch": f'{_FONT} font-size="13" font-weight="600" fill="#ffffff"',
+    "mm-leaf": f'{_FONT} font-size="13" fill="#111827"',
+}
 PALETTE = ("#2563eb", "#059669", "#d97706", "#db2777", "#7c3aed", "#0891b2", "#65a30d", "#dc2626")
 
 
@@ -97,7 +100,10 @@ def _label(x: float, y: float, lines: list[str], *, css: str) -> str:
         f'<tspan x="{x:.1f}" y="{first + i * LINE_H:.1f}">{escape(line)}</tspan>'
         for i, line in enumerate(lines)
     )
-    return f'<text class="{css}" text-anchor="middle" dominant-baseline="central">{spans}</text>'
+    return (
+        f'<text class="{css}" {_TEXT[css]} text-anchor="middle" dominant-baseline="central">'
+        f"{spans}</text>"
+    )
 
 
 def _link(parent_x: float, parent_w: float, child: _Box, side: int, colour: str) -> str:
@@ -106,7 +112,7 @@ def _link(parent_x: float, parent_w: float, child: _Box, side: int, colour: str)
     mid = (start + end) / 2
     return (
         f'<path d="M{start:.1f},{child.parent_y:.1f} C{mid:.1f},{child.parent_y:.1f} '
-        f'{mid:.1f},{child.y:.1f} {end:.1f},{child.y:.1f}" stroke="{colour}" />'
+        f'{mid:.1f},{child.y:.1f} {end:.1f},{child.y:.1f}" stroke="{colour}" fill="none" />'
     )
 
 
@@ -126,8 +132,18 @@ def _draw(box: _Box, *, side: int, colour: str, out: list[str], links: list[str]
         _draw(child, side=side, colour=colour, out=out, links=links)
 
 
-def mind_map_svg(root: MindMapNode, *, element_id: str = "mind-map") -> str:
-    """The mind map as an SVG element (a string of markup, every label escaped)."""
+def _size(width: float, height: float) -> str:
+    # Shrink to fit a narrow column no further than MIN_SCALE; past that, its box scrolls.
+    return (
+        f'width="{width:.0f}" height="{height:.0f}" '
+        f'style="min-width:{max(640, width * MIN_SCALE):.0f}px" '
+    )
+
+
+def mind_map_svg(root: MindMapNode, *, element_id: str = "mind-map", fluid: bool = False) -> str:
+    """The mind map as an SVG element (a string of markup, every label escaped). A `fluid` one
+    has no size of its own and fills its container's width (for print: WeasyPrint keeps an SVG's
+    own width even past the page's edge)."""
     branches = [_build(child, 1) for child in root.children]
     right, left = branches[0::2], branches[1::2]
     depth = max(_deepest(b) for b in branches)
@@ -158,14 +174,13 @@ def mind_map_svg(root: MindMapNode, *, element_id: str = "mind-map") -> str:
     title = escape(root.label)
     return (
         f'<svg id="{element_id}" class="mind-map" xmlns="http://www.w3.org/2000/svg" '
-        f'viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" height="{height:.0f}" '
-        f'style="min-width:{max(640, width * MIN_SCALE):.0f}px" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" {"" if fluid else _size(width, height)}'
         f'role="img" aria-labelledby="{element_id}-title">'
-        f'<title id="{element_id}-title">Mind map: {title}</title><style>{_STYLE}</style>'
+        f'<title id="{element_id}-title">Mind map: {title}</title>'
         f'<g class="mm-links" fill="none" stroke-width="2">{"".join(links)}</g>'
         f'<g class="mm-root"><rect x="{centre_x - ROOT_W / 2:.1f}" '
         f'y="{height / 2 - root_h / 2:.1f}" width="{ROOT_W}" height="{root_h:.1f}" rx="14" '
-        f'fill="#111827" /><text class="mm-centre" text-anchor="middle" '
+        f'fill="#111827" /><text class="mm-centre" {_TEXT["mm-centre"]} text-anchor="middle" '
         f'dominant-baseline="central">{root_spans}</text></g>'
         f"{''.join(nodes)}</svg>"
     )
