@@ -27,7 +27,7 @@ ROOT_CHARS = 20  # at 15 px bold in ROOT_W
 MIN_SCALE = 0.8  # shrink a wide map to fit no further than this; scroll instead
 # Presentation attributes, not a <style>: every SVG renderer reads them (WeasyPrint misreads
 # the `font` shorthand), and the SVG looks the same when it is taken out of the page.
-_FONT = 'font-family="system-ui, -apple-system, \'DejaVu Sans\', sans-serif"'
+_FONT = "font-family=\"system-ui, -apple-system, 'DejaVu Sans', sans-serif\""
 _TEXT = {
     "mm-centre": f'{_FONT} font-size="15" font-weight="600" fill="#ffffff"',
     "mm-branch": f'{_FONT} font-size="13" font-weight="600" fill="#ffffff"',
