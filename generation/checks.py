@@ -24,6 +24,7 @@ from django.conf import settings
 from pydantic import BaseModel
 from rapidfuzz import fuzz, process, utils
 
+from generation.field_errors import FieldError
 from generation.schemas import (
     Assessment,
     CourseOutline,
@@ -34,7 +35,6 @@ from generation.schemas import (
     QuestionType,
     TaskKind,
 )
-from generation.validation import FieldError
 
 Context = Mapping[str, Any]
 Check = Callable[[Any, CourseRequest, Context], list[FieldError]]

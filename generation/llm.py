@@ -38,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 from generation import parts
 from generation.breaker import CircuitBreaker, CircuitOpenError
 from generation.concurrency import call_limited
+from generation.field_errors import FieldError
 from generation.pricing import cost_of
 from generation.prompts import build_messages, dumps, part_messages, reask_messages
 from generation.providers.base import (
@@ -53,7 +54,7 @@ from generation.providers.base import (
 from generation.retry import transport_retrying
 from generation.schemas import OUTPUT_SCHEMAS, CourseOutline, CourseRequest, TaskKind, Tier
 from generation.tokens import count_message_tokens
-from generation.validation import FieldError, validate_output
+from generation.validation import validate_output
 
 logger = logging.getLogger("coursegen.generation")
 INFRASTRUCTURE_ERRORS = (redis.RedisError, DatabaseError, InterfaceError, ConnectionError)

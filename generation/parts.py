@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, create_model
 
+from generation.field_errors import FieldError
 from generation.schemas import Strict
-from generation.validation import FieldError
 
 
 def _item_model(schema: type[BaseModel], field: str) -> type[BaseModel] | None:

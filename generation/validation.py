@@ -1,7 +1,8 @@
 """Validation of provider output: the schema, then the content checks (generation/checks.py).
 
-Errors come back as (path, message) pairs so a re-ask can name exactly what to fix, and so a
-failure confined to one part can be regenerated alone (generation/parts.py).
+Errors come back as (path, message) pairs (`FieldError`, generation/field_errors.py) so a re-ask
+can name exactly what to fix, and so a failure confined to one part can be regenerated alone
+(generation/parts.py).
 """
 
 from __future__ import annotations
@@ -12,19 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from generation.checks import run_checks
+from generation.field_errors import FieldError
 from generation.schemas import OUTPUT_SCHEMAS, CourseRequest, TaskKind
-
-
-@dataclass(frozen=True)
-class FieldError:
-    path: str
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"path": self.path, "message": self.message}
-
-    def __str__(self) -> str:
-        return f"{self.path or '(root)'}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -51,7 +42,5 @@ def validate_output(
         model = schema.model_validate(data)
     except ValidationError as exc:
         return ValidationOutcome(None, _pydantic_errors(exc))
-    from generation.checks import run_checks  # checks build on FieldError from this module
-
     errors = run_checks(kind, model, request, context or {})
     return ValidationOutcome(model if not errors else None, tuple(errors))
