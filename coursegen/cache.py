@@ -5,6 +5,9 @@ one copies redis-py's table of ~200 response callbacks: in a worker's profile th
 CPU (the circuit breaker and the dispatch flag touch the cache on every provider call and every
 submit). `redis.Redis` objects are thread-safe and only wrap the pool, so one per pool is enough.
 
+`redis_client(url)` is the one client per URL for code that talks to Redis directly (the
+concurrency limiter, the offline simulator's rate limit).
+
 `incr` is also one atomic script instead of EXISTS then INCR: the request throttle increments on
 every API request, and between Django's two commands the key could expire, so the INCR would
 recreate it without an expiry (a counter that never resets).
@@ -12,9 +15,12 @@ recreate it without an expiry (a counter that never resets).
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
+import redis
+from django.conf import settings
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
 # Django's incr contract: ValueError for a missing key, else the new value; the TTL is kept.
@@ -56,3 +62,15 @@ class SharedClientRedisCache(RedisCache):
     def __init__(self, server: str, params: dict[str, Any]) -> None:
         super().__init__(server, params)
         self._class = SharedClientRedisCacheClient
+
+
+@functools.cache
+def redis_client(url: str) -> redis.Redis:
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.REDIS_MAX_CONNECTIONS,
+        timeout=settings.REDIS_POOL_TIMEOUT_S,  # waiting for a free connection
+        socket_timeout=5,
+        health_check_interval=30,
+    )
+    return redis.Redis(connection_pool=pool)

@@ -19,7 +19,6 @@ and machines share one limit. If Redis is unreachable the limiter fails open (ca
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from coursegen.cache import redis_client
 from generation.breaker import CircuitOpenError
 from generation.providers.base import (
     Completion,
@@ -120,18 +120,6 @@ class LimiterConfig:
 class Permit:
     token: str
     epoch: int
-
-
-@functools.cache
-def redis_client(url: str) -> redis.Redis:
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=settings.REDIS_MAX_CONNECTIONS,
-        timeout=settings.REDIS_POOL_TIMEOUT_S,  # waiting for a free connection
-        socket_timeout=5,
-        health_check_interval=30,
-    )
-    return redis.Redis(connection_pool=pool)
 
 
 class ConcurrencyLimiter:

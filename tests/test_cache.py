@@ -61,7 +61,7 @@ def test_incr_is_one_round_trip_that_keeps_the_expiry_and_never_creates_a_key(
 def test_more_threads_than_connections_wait_for_one_instead_of_failing(settings: Any) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from generation.concurrency import redis_client
+    from coursegen.cache import redis_client
 
     options = {**settings.CACHES["default"]["OPTIONS"], "max_connections": 2}
     small = SharedClientRedisCache(settings.REDIS_URL, {"OPTIONS": options})

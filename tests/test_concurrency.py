@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from coursegen.cache import redis_client
 from generation import concurrency
 from generation.concurrency import (
     ConcurrencyLimiter,
     LimiterConfig,
     ProviderBusyError,
     call_limited,
-    redis_client,
     runs_low,
 )
 from generation.providers.base import (

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from coursegen.cache import redis_client
 from generation import concurrency
-from generation.concurrency import call_limited, redis_client
+from generation.concurrency import call_limited
 from generation.providers.base import CompletionRequest, Message, TransientProviderError
 from generation.providers.offline import OfflineProvider
 from generation.providers.ratelimit import ProviderRateLimit

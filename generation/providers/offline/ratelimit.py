@@ -7,6 +7,7 @@ import time
 
 from django.conf import settings
 
+from coursegen.cache import redis_client
 from generation.providers.base import TransientProviderError, Usage
 from generation.providers.ratelimit import ProviderRateLimit
 
@@ -15,8 +16,6 @@ def rate_limit_from_settings() -> ProviderRateLimit | None:
     rpm, tpm = settings.COURSEGEN_OFFLINE_RPM, settings.COURSEGEN_OFFLINE_TPM
     if not rpm and not tpm:
         return None
-    from generation.concurrency import redis_client
-
     client = redis_client(settings.REDIS_URL) if settings.REDIS_URL else None
     return ProviderRateLimit(rpm=rpm, tpm=tpm, client=client)
 
