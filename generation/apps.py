@@ -6,4 +6,9 @@ class GenerationConfig(AppConfig):
     verbose_name = "Course generation"
 
     def ready(self) -> None:
-        from generation import warmup  # noqa: F401  (connects the worker_init warm-up)
+        # The services send these Celery tasks by name (generation/messages.py): registered in
+        # every process, web and worker alike.
+        from generation import (
+            tasks,  # noqa: F401
+            warmup,  # noqa: F401  (connects the worker_init warm-up)
+        )

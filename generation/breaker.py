@@ -22,6 +22,8 @@ from django.conf import settings
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
 
+from monitoring.signals import breaker_changed
+
 logger = logging.getLogger("coursegen.breaker")
 
 BUCKET_S = 10
@@ -173,10 +175,8 @@ class CircuitBreaker:
 
 
 def _notify(model: str, state: BreakerState, reason: str) -> None:
-    """Hook for alerts (monitoring); kept separate so the breaker has no import cycle."""
-    from generation import signals
-
-    signals.breaker_changed.send(sender=CircuitBreaker, model=model, state=state, reason=reason)
+    """Tell monitoring (a signal: the breaker does not decide what deserves an alert)."""
+    breaker_changed.send(sender=CircuitBreaker, model=model, state=state, reason=reason)
 
 
 def breaker_states(models: list[str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from generation import services
+from generation import messages, services
 from generation.models import (
     CourseGenerationJob,
     GenerationTask,
@@ -79,8 +79,7 @@ def _claim_batch(tasks: QuerySet[GenerationTask], now: datetime) -> list[tuple[i
 
 
 def _redispatch_tasks(*, now: datetime, stale: datetime) -> int:
-    from generation.tasks import run_task
-
+    run_task = messages.task(messages.RUN_TASK)
     open_jobs = Q(job__status=JobStatus.RUNNING, job__chord_dispatched_at__isnull=False)
     overdue = Q(dispatched_at__lt=stale) | Q(dispatched_at__isnull=True)
     expired = Q(status=TaskStatus.RUNNING, lease_expires_at__lt=now) & overdue
@@ -93,8 +92,7 @@ def _redispatch_tasks(*, now: datetime, stale: datetime) -> int:
 
 
 def _redispatch_outlines(*, now: datetime, stale: datetime) -> int:
-    from generation.tasks import run_outline
-
+    run_outline = messages.task(messages.RUN_OUTLINE)
     live_lease = Q(status=TaskStatus.RUNNING, lease_expires_at__gte=now)
     overdue = Q(dispatched_at__lt=stale) | Q(dispatched_at__isnull=True)
     outlines = GenerationTask.objects.filter(

@@ -1,12 +1,8 @@
-"""Regenerating part of a course after its tasks ran: one task on request, duplicate questions
-at finalize. Both keep the attempts ledger and the job's totals, and the course re-assembles.
-
-* `task_regenerate` re-runs one task of a finished course, optionally with a teacher's
-  instruction appended to the task-specific part of the prompt. The output it had is kept as a
-  `GenerationTaskVersion` (so is the new one: the latest version is always the current output).
-* `job_dedupe_questions` compares questions across a course's assessments, which ran in parallel
-  and could not see each other, and regenerates only the later question of each near-duplicate
-  pair (a request for that one question), merging it into its assessment.
+"""Regenerating one task of a finished course, on request, optionally with a teacher's
+instruction appended to the task-specific part of the prompt. The output it had is kept as a
+`GenerationTaskVersion` (so is the new one: the latest version is always the current output).
+The attempts ledger and the job's totals are kept, questions are de-duplicated across the course
+again (`services.job_dedupe_questions`) and the course re-assembles.
 """
 
 from __future__ import annotations
@@ -24,12 +20,10 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from generation import assembly, services
-from generation.checks import Duplicate, course_duplicates, is_near_duplicate
-from generation.llm import GenerationResult, generate, regenerate_part
+from generation import assembly, messages, services
+from generation.llm import GenerationResult, generate
 from generation.models import (
     CourseGenerationJob,
-    GenerationAttempt,
     GenerationTask,
     GenerationTaskVersion,
     JobStatus,
@@ -39,14 +33,11 @@ from generation.prompts import PROMPT_VERSIONS
 from generation.providers import Provider, get_provider
 from generation.schemas import TaskKind
 from generation.services import GenerationError
-from generation.validation import FieldError
 from monitoring.logs import log_event
-from monitoring.services import quality_check
 
 logger = logging.getLogger("coursegen.generation")
 
 
-# --- One task of a finished course ---------------------------------------------------------------
 def _check_regenerable(task: GenerationTask) -> None:
     if task.kind == TaskKind.OUTLINE:
         raise GenerationError(
@@ -64,8 +55,7 @@ def _check_regenerable(task: GenerationTask) -> None:
 
 def task_regenerate_enqueue(*, task_id: int, instruction: str = "", by: User) -> GenerationTask:
     """Check that the task can be regenerated now, then run it on a worker after commit."""
-    from generation.tasks import regenerate_task
-
+    regenerate_task = messages.task(messages.REGENERATE_TASK)
     with transaction.atomic():
         task = GenerationTask.objects.select_related("job").get(pk=task_id)
         _check_regenerable(task)
@@ -80,7 +70,7 @@ def task_regenerate(
     the course. When the new output fails validation the previous one stays, with the error."""
     worker = f"regenerate:{services.worker_name()}"
     task, number = _regeneration_claim(task_id=task_id, worker=worker)
-    spec = services._spec_for(task, worker)
+    spec = services.task_spec_build(task=task, worker=worker)
     # The new version number makes the offline simulator draw anew; real providers ignore it.
     spec = dataclasses.replace(
         spec, instruction=instruction, context={**spec.context, "variant": number}
@@ -101,7 +91,7 @@ def task_regenerate(
         wall_s=time.monotonic() - started,
     )
     if result.ok:
-        job_dedupe_questions(job_id=task.job_id, provider=provider, finished=True)
+        services.job_dedupe_questions(job_id=task.job_id, provider=provider, finished=True)
     job_reassemble(job_id=task.job_id)
     task.refresh_from_db()
     return task
@@ -175,9 +165,9 @@ def _regeneration_record(
     wall_s: float,
 ) -> None:
     task.refresh_from_db(fields=["attempts"])
-    GenerationAttempt.objects.bulk_create(services._attempt_rows(task, result))
+    services.task_attempts_record(task=task, result=result)
     changes: dict[str, Any] = {
-        **services._usage_updates(result),
+        **services.usage_increments(result=result),
         "status": TaskStatus.SUCCEEDED,  # the previous output stands if the new one failed
         "duration_ms": round(wall_s * 1000),
         "lease_expires_at": None,
@@ -224,7 +214,7 @@ def job_reassemble(*, job_id: UUID) -> CourseGenerationJob:
     """Re-total a finished job and re-assemble its course from the tasks' current outputs."""
     job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
     tasks = list(job.tasks.all())
-    services._apply_totals(job, tasks)
+    services.job_totals_apply(job=job, tasks=tasks)
     fields = ["input_tokens", "cached_tokens", "output_tokens", "cost_usd", "reask_cost_usd"]
     if job.status == JobStatus.SUCCEEDED and all(t.status == TaskStatus.SUCCEEDED for t in tasks):
         course = assembly.assemble_course(job=job, tasks=tasks)
@@ -232,124 +222,6 @@ def job_reassemble(*, job_id: UUID) -> CourseGenerationJob:
             job.course = course
             services.job_evaluate(job=job, tasks=tasks)
             fields += ["course", "quality_score"]
-            transaction.on_commit(lambda: quality_check(job=job))
+            transaction.on_commit(lambda: services.quality_check(job=job))
     job.save(update_fields=[*fields, "updated_at"])
     return job
-
-
-# --- Near-duplicate questions across a course ----------------------------------------------------
-def job_dedupe_questions(
-    *, job_id: UUID, provider: Provider | None = None, finished: bool = False
-) -> int:
-    """Regenerate the later question of every near-duplicate pair across the course's
-    assessments; return how many were found. Runs when every task has succeeded (on a running
-    job at finalize, or on a finished one after a regeneration when `finished`)."""
-    job = CourseGenerationJob.objects.get(pk=job_id)
-    wanted = JobStatus.SUCCEEDED if finished else JobStatus.RUNNING
-    tasks = list(job.tasks.all())
-    if job.status != wanted or any(t.status != TaskStatus.SUCCEEDED for t in tasks):
-        return 0
-    assessments = sorted((t for t in tasks if t.kind == TaskKind.ASSESSMENT), key=_reading_order)
-    duplicates = course_duplicates(
-        [(t.key, t.output or {}) for t in assessments], topic=job.course_request.topic
-    )
-    by_key = {t.key: t for t in assessments}
-    for duplicate in duplicates:
-        _dedupe_one(
-            task=by_key[duplicate.key], duplicate=duplicate, provider=provider, finished=finished
-        )
-    if duplicates:
-        logger.info("job %s: regenerated %s near-duplicate question(s)", job_id, len(duplicates))
-    return len(duplicates)
-
-
-def _reading_order(task: GenerationTask) -> tuple[int, int]:
-    module, _, lesson = task.key.partition(".")
-    return int(module[1:]), int(lesson[1:] or 0)
-
-
-def _course_stems(job_id: UUID, *, except_key: str) -> list[tuple[str, str]]:
-    outputs = GenerationTask.objects.filter(job_id=job_id, kind=TaskKind.ASSESSMENT).exclude(
-        key=except_key
-    )
-    return [
-        (key, q["stem"])
-        for key, output in outputs.values_list("key", "output")
-        for q in (output or {}).get("questions", [])
-    ]
-
-
-def _dedupe_one(
-    *, task: GenerationTask, duplicate: Duplicate, provider: Provider | None, finished: bool
-) -> None:
-    worker = f"dedupe:{services.worker_name()}"
-    lease = timezone.now() + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S)
-    claimed = GenerationTask.objects.filter(pk=task.pk, status=TaskStatus.SUCCEEDED).update(
-        status=TaskStatus.RUNNING, worker=worker, lease_expires_at=lease
-    )
-    if not claimed:
-        return  # another finalize is on it
-    task.refresh_from_db()
-    data = task.output or {}
-    part = f"questions.{duplicate.index}"
-    others = _course_stems(task.job_id, except_key=task.key)
-    topic = task.job.course_request.topic
-
-    def elsewhere(merged: dict[str, Any]) -> list[FieldError]:
-        stem = merged["questions"][duplicate.index]["stem"]
-        match = next((o for o in others if is_near_duplicate(stem, o[1], topic=topic)), None)
-        if match is None:
-            return []
-        return [Duplicate(task.key, duplicate.index, *match).error()]
-
-    try:
-        result = regenerate_part(
-            services._spec_for(task, worker),
-            provider or get_provider(),
-            data=data,
-            part=part,
-            errors=[duplicate.error()],
-            extra=elsewhere,
-            # The simulator reads this; a real model sees the duplicate and siblings in the prompt.
-            context={"avoid": [s for _, s in others] + _siblings(data, duplicate.index)},
-        )
-    except Exception as exc:  # a bug must not leave the task claimed for ever
-        logger.exception("replacing question %s of task %s crashed", part, task.pk)
-        result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
-    _dedupe_record(task=task, worker=worker, result=result, finished=finished)
-
-
-def _siblings(data: dict[str, Any], index: int) -> list[str]:
-    return [q["stem"] for i, q in enumerate(data.get("questions", [])) if i != index]
-
-
-@transaction.atomic
-def _dedupe_record(
-    *, task: GenerationTask, worker: str, result: GenerationResult, finished: bool
-) -> None:
-    """Merge the replacement question. If none passed, the task fails while its course is being
-    made (the content is not valid); on a finished course the current version stays."""
-    GenerationAttempt.objects.bulk_create(services._attempt_rows(task, result))
-    changes: dict[str, Any] = {
-        **services._usage_updates(result),
-        "status": TaskStatus.SUCCEEDED,
-        "lease_expires_at": None,
-    }
-    if result.ok:
-        changes["output"] = result.data
-    else:
-        changes |= {
-            "status": TaskStatus.SUCCEEDED if finished else TaskStatus.FAILED,
-            "validation_errors": result.validation_errors,
-            "error": f"a near-duplicate question could not be replaced: {result.error}",
-        }
-    GenerationTask.objects.filter(pk=task.pk, worker=worker).update(**changes)
-    log_event(
-        "question.replaced" if result.ok else "question.not_replaced",
-        f"{task.kind} {task.key}: near-duplicate question "
-        + ("replaced" if result.ok else f"kept: {result.error}"),
-        level="info" if result.ok else "error",
-        job=task.job,
-        task=task,
-        data={"attempts": len(result.attempts), "validation_errors": result.validation_errors},
-    )

@@ -15,6 +15,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db import connection
 from django.db.models import (
     BooleanField,
+    Count,
     ExpressionWrapper,
     Prefetch,
     Q,
@@ -188,3 +189,12 @@ def _queue_position_postgresql(*, job_id: UUID) -> int | None:
         cursor.execute(_QUEUE_POSITION_SQL, params)
         row = cursor.fetchone()
     return None if row is None else int(row[0])
+
+
+def capacity_now() -> dict[str, int]:
+    """Jobs waiting in the queue and jobs running now (claimed entries), in one query."""
+    counts = QueueEntry.objects.filter(state__in=[QueueState.QUEUED, QueueState.CLAIMED]).aggregate(
+        queued=Count("pk", filter=Q(state=QueueState.QUEUED)),
+        running=Count("pk", filter=Q(state=QueueState.CLAIMED)),
+    )
+    return {"queued": counts["queued"], "running": counts["running"]}

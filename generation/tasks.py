@@ -17,7 +17,7 @@ from uuid import UUID
 from celery import Task, shared_task
 
 from generation import recovery, services
-from monitoring.services import capacity_check
+from generation.regeneration import task_regenerate
 
 
 def _run_deferrable(task: Task, call: Callable[[], float | None]) -> None:
@@ -39,7 +39,7 @@ logger = logging.getLogger("coursegen.generation")
 def dispatch_queue() -> int:
     services.dispatch_asked_clear()  # before reading the queue: asks from now on send a new run
     started = services.queue_dispatch()
-    capacity_check()  # beat runs this every few seconds: the capacity alert's heartbeat
+    services.capacity_check()  # beat runs this every few seconds: the capacity alert's heartbeat
     return len(started)
 
 
@@ -75,8 +75,6 @@ def finalize_job(job_id: str) -> str:
 @shared_task(name="generation.tasks.regenerate_task", ignore_result=True)
 def regenerate_task(task_id: int, instruction: str, user_id: int) -> None:
     from django.contrib.auth import get_user_model
-
-    from generation.regeneration import task_regenerate
 
     user = get_user_model().objects.get(pk=user_id)
     try:

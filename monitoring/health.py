@@ -19,7 +19,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from monitoring import metrics
+from generation.selectors import capacity_now
 
 # Other code (the circuit breaker) registers a function returning {model: "closed"|"open"|...}.
 BREAKER_STATE_PROVIDERS: list[Callable[[], dict[str, str]]] = []
@@ -117,7 +117,7 @@ def check_workers(*, broker_ok: bool) -> Check:
 
 def check_capacity() -> Check:
     def probe() -> dict[str, Any]:
-        now = metrics.capacity_now()
+        now = capacity_now()
         cap = settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS
         return {"ok": now["running"] <= cap, "running": now["running"], "cap": cap}
 
@@ -130,7 +130,7 @@ def check_capacity() -> Check:
 
 
 def check_queue() -> Check:
-    check = _timed("queue", lambda: {"depth": metrics.capacity_now()["queued"]})
+    check = _timed("queue", lambda: {"depth": capacity_now()["queued"]})
     threshold = (
         settings.MONITORING_CAPACITY_WARN_FRACTION * settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS
     )

@@ -21,8 +21,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.core.serializers.json import DjangoJSONEncoder
 
@@ -31,7 +32,24 @@ from monitoring.correlation import get_correlation_id
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
-    from generation.models import CourseGenerationJob, GenerationTask
+
+# What a row needs of a job and of a task (generation's CourseGenerationJob and GenerationTask):
+# described here, because monitoring imports no other app.
+class JobRef(Protocol):
+    @property
+    def pk(self) -> Any: ...
+    @property
+    def organisation_id(self) -> Any: ...
+    @property
+    def correlation_id(self) -> Any: ...
+
+
+class TaskRef(Protocol):
+    @property
+    def pk(self) -> Any: ...
+    @property
+    def job_id(self) -> Any: ...
+
 
 EVENT_LOGGER = logging.getLogger("coursegen.events")
 # Records from these loggers never raise critical-error alerts themselves (no alert loops).
@@ -46,6 +64,9 @@ LEVELS = {
 LEVEL_NUMBERS = {name: number for number, name in LEVELS.items()}
 _SOURCE = f"{socket.gethostname()}:{os.getpid()}"
 _handlers: list[DatabaseLogHandler] = []
+# Called with each critical row once it is written: monitoring.apps registers the alert for it
+# (monitoring/services.py), which logs through this module, so this module cannot import it.
+CRITICAL_ROW_HOOKS: list[Callable[..., object]] = []
 
 
 def level_name(levelno: int) -> str:
@@ -60,8 +81,8 @@ def log_event(
     message: str,
     *,
     level: str = "info",
-    job: CourseGenerationJob | None = None,
-    task: GenerationTask | None = None,
+    job: JobRef | None = None,
+    task: TaskRef | None = None,
     user: AbstractBaseUser | None = None,
     data: dict[str, Any] | None = None,
     duration_ms: int | float | None = None,
@@ -224,10 +245,9 @@ class DatabaseLogHandler(logging.Handler):
         if not critical:
             return
         try:
-            from monitoring.services import alert_for_critical_log
-
             for row in critical:
-                alert_for_critical_log(row=row)
+                for hook in CRITICAL_ROW_HOOKS:
+                    hook(row=row)
         except Exception as exc:
             self._report(f"could not raise an alert for a critical log: {exc!r}")
 

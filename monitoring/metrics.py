@@ -24,8 +24,6 @@ from generation.models import (
     CourseGenerationJob,
     GenerationAttempt,
     JobStatus,
-    QueueEntry,
-    QueueState,
 )
 
 
@@ -196,14 +194,6 @@ def window_totals(*, since: datetime) -> dict[str, Any]:
     )
     cost = row["cost"] or Decimal(0)
     return {**row, "cost": cost, "cost_per_course": cost / row["courses"] if row["courses"] else 0}
-
-
-def capacity_now() -> dict[str, int]:
-    counts = QueueEntry.objects.filter(state__in=[QueueState.QUEUED, QueueState.CLAIMED]).aggregate(
-        queued=Count("pk", filter=Q(state=QueueState.QUEUED)),
-        running=Count("pk", filter=Q(state=QueueState.CLAIMED)),
-    )
-    return {"queued": counts["queued"], "running": counts["running"]}
 
 
 def quality_scores(*, since: datetime, limit: int = 5000) -> list[float]:

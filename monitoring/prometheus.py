@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from generation.models import CourseGenerationJob
+from generation.selectors import capacity_now
 from monitoring import metrics
 from monitoring.models import Alert
 
@@ -33,7 +34,7 @@ class CourseGenerationCollector(Collector):
         yield from self._courses(since, hours)
 
     def _state(self) -> Iterator[Metric]:
-        now = metrics.capacity_now()
+        now = capacity_now()
         yield GaugeMetricFamily(
             "coursegen_running_jobs", "Jobs holding a slot", value=now["running"]
         )

@@ -9,6 +9,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus
+from generation.selectors import capacity_now
 from monitoring import charts, metrics
 from monitoring.models import Alert, CourseGenerationLog
 
@@ -65,7 +66,7 @@ def dashboard_context(*, now: datetime | None = None) -> dict[str, Any]:
             .select_related("owner", "organisation")
             .order_by("started_at")[:RUNNING_JOBS]
         ),
-        "capacity": metrics.capacity_now(),
+        "capacity": capacity_now(),
         "since_days": DASHBOARD_DAYS,
     }
 

@@ -1,12 +1,16 @@
-"""Writes for monitoring: alerts (raise with deduplication, acknowledge), the checks that raise
-them, and log retention.
+"""Writes for monitoring: alerts (raise with deduplication, acknowledge) and log retention.
 
+Monitoring imports no other app: every app raises its own alerts through `alert_raise`.
 Alert kinds and the code that raises them:
-- critical_error: a failed job (`job_outcome_record`, called by generation's job_finalize) and any
-  critical log record (`alert_for_critical_log`, called by the database log handler).
-- capacity_warning: `capacity_check`, called after every queue_dispatch (so also every 5 s by beat).
-- quality_below_threshold: `quality_check`, called for every succeeded job.
-- rate_limit_violation, circuit_breaker_opened: raised by the rate-limit and breaker code with
+- critical_error: a failed job (`job_outcome_record` in generation/services/alerts.py, called by
+  job_finalize) and any critical log record (`alert_for_critical_log`, called by the database log
+  handler).
+- capacity_warning: `capacity_check` (generation/services/alerts.py), called after every
+  queue_dispatch (so also every 5 s by beat).
+- quality_below_threshold: `quality_check` (generation/services/alerts.py), for every succeeded
+  job.
+- rate_limit_violation, circuit_breaker_opened: raised by the rate-limit code and, on the
+  breaker_changed signal (monitoring/signals.py), with
   `alert_raise(kind=AlertKind.RATE_LIMIT_VIOLATION, subject=f"user:{user_id}", ...)` and
   `alert_raise(kind=AlertKind.CIRCUIT_BREAKER_OPENED, subject=f"model:{model}", ...)`.
 """
@@ -29,8 +33,6 @@ from monitoring.models import Alert, AlertKind, AlertSeverity, CourseGenerationL
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
-
-    from generation.models import CourseGenerationJob
 
 # Everything monitoring logs about itself goes here; such records never raise alerts (no loops).
 logger = logging.getLogger("coursegen.monitoring")
@@ -130,67 +132,6 @@ def alert_for_critical_log(*, row: dict[str, Any]) -> Alert:
             "job_id": str(row["job_id"]) if row.get("job_id") else None,
             "source": row.get("source"),
         },
-    )
-
-
-def job_outcome_record(*, job: CourseGenerationJob) -> None:
-    """After job_finalize: log the outcome, alert on failure, check quality. Never raises."""
-    try:
-        failed = job.status == "failed"
-        log_event(
-            f"job.{job.status}",
-            f"job {job.id} {job.status}: cost ${job.cost_usd}, {job.output_tokens} output tokens",
-            level="error" if failed else "info",
-            job=job,
-            duration_ms=job.duration_s * 1000 if job.duration_s is not None else None,
-            data={"cost_usd": job.cost_usd, "output_tokens": job.output_tokens, "error": job.error},
-        )
-        if failed:
-            alert_raise(
-                kind=AlertKind.CRITICAL_ERROR,
-                subject="job failed",
-                message=f"Job {job.id} ({job.topic}) failed: {job.error[:1000]}",
-                severity=AlertSeverity.CRITICAL,
-                data={"job_id": str(job.id), "correlation_id": str(job.correlation_id)},
-            )
-        elif job.status == "succeeded":
-            quality_check(job=job)
-    except Exception:
-        logger.exception("monitoring could not record the outcome of job %s", job.id)
-
-
-def capacity_check() -> list[Alert]:
-    """Warn when running jobs or the queue reach MONITORING_CAPACITY_WARN_FRACTION of the cap."""
-    from monitoring.metrics import capacity_now
-
-    cap = settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS
-    threshold = settings.MONITORING_CAPACITY_WARN_FRACTION * cap
-    now = capacity_now()
-    raised = []
-    for subject, count in (("running jobs", now["running"]), ("queue depth", now["queued"])):
-        if count >= threshold:
-            raised.append(
-                alert_raise(
-                    kind=AlertKind.CAPACITY_WARNING,
-                    subject=subject,
-                    message=f"{subject}: {count} against a global cap of {cap} running jobs",
-                    data={"count": count, "cap": cap, "threshold": threshold},
-                )
-            )
-    return raised
-
-
-def quality_check(*, job: CourseGenerationJob, score: float | None = None) -> Alert | None:
-    """Alert when the job's score (the evaluator's, recorded at finalize) is below threshold."""
-    score = job.quality_score if score is None else score
-    threshold = settings.MONITORING_QUALITY_THRESHOLD
-    if score is None or score >= threshold:
-        return None
-    return alert_raise(
-        kind=AlertKind.QUALITY_BELOW_THRESHOLD,
-        subject=f"job:{job.id}",
-        message=f"Job {job.id} ({job.topic}) scored {score:.2f}, below {threshold:.2f}",
-        data={"job_id": str(job.id), "score": score, "threshold": threshold},
     )
 
 

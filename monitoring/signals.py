@@ -2,7 +2,8 @@
 
 Publishing copies the current correlation id into a message header; a worker restores it for the
 time the task runs (the threads pool reuses threads, so it is reset afterwards). Eager tasks run
-inside their caller's context and need neither.
+inside their caller's context and need neither. Also the circuit breaker's signal, whose changes
+become alerts.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from celery.signals import (
     worker_shutdown,
 )
 from django.conf import settings
-from django.dispatch import receiver
+from django.dispatch import Signal, receiver
 
-from generation.signals import breaker_changed
 from monitoring.correlation import (
     CELERY_HEADER,
     get_correlation_id,
@@ -31,6 +31,11 @@ from monitoring.correlation import (
 )
 from monitoring.logs import flush_all, log_event
 from monitoring.models import AlertKind, AlertSeverity
+
+# Sent by the circuit breaker (generation/breaker.py) when a model's breaker opens or closes;
+# kwargs: model (str), state (BreakerState), reason (str). Defined here, so the sender imports
+# monitoring and monitoring imports no other app.
+breaker_changed = Signal()
 
 _running: dict[tuple[str, int], tuple[Token[str | None], float]] = {}
 

@@ -70,7 +70,7 @@ def test_the_progress_poll_agrees_with_the_job_detail(
 
     client = client_for(teacher)
     done = _submit(client, base_class).json()["id"]  # eager Celery: finished on return
-    monkeypatch.setattr(services, "send_dispatch", lambda: None)  # stays queued
+    monkeypatch.setattr(services.dispatch, "send_dispatch", lambda: None)  # stays queued
     queued = _submit(client, base_class).json()["id"]
 
     for job_id, status, position in ((queued, "queued", 1), (done, "succeeded", None)):
@@ -89,7 +89,7 @@ def test_a_submit_answers_what_the_job_detail_shows_without_reading_the_job_back
     from generation import services
 
     client = client_for(teacher)
-    monkeypatch.setattr(services, "send_dispatch", lambda: None)  # stays queued
+    monkeypatch.setattr(services.dispatch, "send_dispatch", lambda: None)  # stays queued
 
     with CaptureQueriesContext(connection) as queries:
         submitted = _submit(client, base_class).json()

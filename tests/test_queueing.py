@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def no_dispatch(monkeypatch: Any) -> None:
-    monkeypatch.setattr(services, "send_dispatch", lambda: None)  # the test dispatches
+    monkeypatch.setattr(services.dispatch, "send_dispatch", lambda: None)  # the test dispatches
 
 
 def _queued(user: Any, base_class: Any, *, priority: int, waited_s: float) -> CourseGenerationJob:
@@ -40,7 +40,7 @@ def _queued(user: Any, base_class: Any, *, priority: int, waited_s: float) -> Co
 def test_it_starts_the_higher_priority_job_first(
     make_member: Any, base_class: Any, settings: Any, no_dispatch: None, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(services, "_send_outlines", lambda job_ids: None)
+    monkeypatch.setattr(services.dispatch, "_send_outlines", lambda job_ids: None)
     settings.COURSEGEN_QUEUE_AGING_S = 60
     user = make_member(Role.ADMIN)
     low = _queued(user, base_class, priority=Priority.LOW, waited_s=30)
@@ -53,7 +53,7 @@ def test_it_starts_the_higher_priority_job_first(
 def test_it_ages_a_waiting_low_priority_job_past_newer_high_priority_ones(
     make_member: Any, base_class: Any, settings: Any, no_dispatch: None, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(services, "_send_outlines", lambda job_ids: None)
+    monkeypatch.setattr(services.dispatch, "_send_outlines", lambda job_ids: None)
     settings.COURSEGEN_QUEUE_AGING_S = 60
     user = make_member(Role.ADMIN)
     # LOW (8) after 7 minutes is 8 - 7 = 1: ahead of a fresh HIGH (2), behind a fresh URGENT (0).

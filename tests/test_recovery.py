@@ -202,7 +202,7 @@ def _later(seconds: float = 600) -> Any:
 def test_it_starts_a_committed_job_whose_publish_was_lost(
     teacher: Any, base_class: Any, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(services, "send_dispatch", lambda: None)  # crash after commit
+    monkeypatch.setattr(services.dispatch, "send_dispatch", lambda: None)  # crash after commit
     job = _submit(teacher, base_class)
     assert job.status == JobStatus.QUEUED
     monkeypatch.undo()
@@ -215,7 +215,7 @@ def test_it_starts_a_committed_job_whose_publish_was_lost(
 
 
 def test_it_resends_a_lost_outline_message(teacher: Any, base_class: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr(services, "_send_outlines", lambda job_ids: None)
+    monkeypatch.setattr(services.dispatch, "_send_outlines", lambda job_ids: None)
     job = _submit(teacher, base_class)
     assert job.status == JobStatus.RUNNING
     monkeypatch.undo()
@@ -232,7 +232,7 @@ def test_it_finishes_a_job_whose_chord_was_lost_without_recalling_succeeded_task
     teacher: Any, base_class: Any, monkeypatch: Any, settings: Any, tmp_path: Path
 ) -> None:
     settings.COURSEGEN_OFFLINE_CALL_LOG = str(tmp_path / "calls.log")
-    monkeypatch.setattr(services, "_send_chord", lambda *args: None)  # every message lost
+    monkeypatch.setattr(services.planning, "_send_chord", lambda *args: None)  # every message lost
     job = _submit(teacher, base_class, lessons_per_module=2)
     monkeypatch.undo()
     done = GenerationTask.objects.filter(job=job, kind=TaskKind.METADATA)
@@ -252,7 +252,7 @@ def test_it_finishes_a_job_whose_chord_was_lost_without_recalling_succeeded_task
 def test_it_redispatches_a_task_whose_worker_died(
     teacher: Any, base_class: Any, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(services, "_send_chord", lambda *args: None)
+    monkeypatch.setattr(services.planning, "_send_chord", lambda *args: None)
     job = _submit(teacher, base_class)
     monkeypatch.undo()
     dead = GenerationTask.objects.filter(job=job, kind=TaskKind.LESSON_SECTION).get()
@@ -271,7 +271,7 @@ def test_it_redispatches_a_task_whose_worker_died(
 def test_it_leaves_healthy_running_jobs_alone(
     teacher: Any, base_class: Any, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(services, "_send_chord", lambda *args: None)
+    monkeypatch.setattr(services.planning, "_send_chord", lambda *args: None)
     job = _submit(teacher, base_class)
     monkeypatch.undo()
     task = GenerationTask.objects.filter(job=job, kind=TaskKind.LESSON_SECTION).get()
@@ -406,7 +406,7 @@ def test_it_resumes_failed_jobs_from_the_command(
 def test_it_cancels_pending_tasks_and_frees_the_slot(
     teacher: Any, base_class: Any, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(services, "_send_chord", lambda *args: None)
+    monkeypatch.setattr(services.planning, "_send_chord", lambda *args: None)
     job = _submit(teacher, base_class)
     monkeypatch.undo()
 

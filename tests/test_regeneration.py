@@ -49,7 +49,8 @@ class SpyProvider(Provider):
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[SpyProvider]:
     provider = SpyProvider()
-    monkeypatch.setattr("generation.services.get_provider", lambda: provider)
+    monkeypatch.setattr("generation.services.runs.get_provider", lambda: provider)
+    monkeypatch.setattr("generation.services.dedupe.get_provider", lambda: provider)
     monkeypatch.setattr("generation.regeneration.get_provider", lambda: provider)
     yield provider
 
@@ -190,7 +191,8 @@ def test_it_regenerates_only_the_later_duplicate_question_at_finalize(
     monkeypatch: pytest.MonkeyPatch, teacher: Any, base_class: Any
 ) -> None:
     provider = DuplicatingProvider()
-    monkeypatch.setattr("generation.services.get_provider", lambda: provider)
+    monkeypatch.setattr("generation.services.runs.get_provider", lambda: provider)
+    monkeypatch.setattr("generation.services.dedupe.get_provider", lambda: provider)
     monkeypatch.setattr("generation.regeneration.get_provider", lambda: provider)
 
     job = finished_job(teacher, base_class)

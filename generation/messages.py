@@ -1,0 +1,32 @@
+"""The Celery tasks the services send, looked up by their registered names.
+
+The services sit below the Celery tasks that call them (generation/tasks.py), so they cannot
+import those tasks back: they name them, and take the task object from the Celery app's
+registry when they send. `GenerationConfig.ready` imports generation.tasks, so every process
+that sends has them registered (tests/test_architecture.py checks that each name here is one).
+What is sent is unchanged: the same task objects, the same calls, eager or not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, current_app
+
+DISPATCH_QUEUE = "generation.tasks.dispatch_queue"
+RUN_OUTLINE = "generation.tasks.run_outline"
+RUN_TASK = "generation.tasks.run_task"
+FINALIZE_JOB = "generation.tasks.finalize_job"
+REGENERATE_TASK = "generation.tasks.regenerate_task"
+
+NAMES = (DISPATCH_QUEUE, RUN_OUTLINE, RUN_TASK, FINALIZE_JOB, REGENERATE_TASK)
+
+
+def task(name: str) -> Task[Any, Any]:
+    """The registered Celery task of that name (KeyError if generation.tasks is not loaded)."""
+    return current_app.tasks[name]
+
+
+def always_eager() -> bool:
+    """True when tasks run in-process (the embedded demo, the tests): nothing is published."""
+    return bool(current_app.conf.task_always_eager)

@@ -1,0 +1,43 @@
+"""Controls over a job from staff and owners: its priority in the queue, and cancelling it."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+
+from generation.models import (
+    CourseGenerationJob,
+    JobStatus,
+    Priority,
+    QueueEntry,
+    QueueState,
+    TaskStatus,
+)
+from generation.services import common, dispatch
+from monitoring.logs import log_event
+
+
+@transaction.atomic
+def job_set_priority(*, job_id: UUID, priority: int) -> None:
+    if priority not in Priority.values:
+        raise common.GenerationError(f"priority must be one of {Priority.values}")
+    CourseGenerationJob.objects.filter(pk=job_id).update(priority=priority)
+    QueueEntry.objects.filter(job_id=job_id, state=QueueState.QUEUED).update(priority=priority)
+
+
+def job_cancel(*, job_id: UUID, reason: str = "cancelled by user") -> CourseGenerationJob:
+    with transaction.atomic():
+        job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
+        if job.is_terminal:
+            raise common.GenerationError(f"the job has already {job.status}")
+        job.tasks.filter(status=TaskStatus.PENDING).update(
+            status=TaskStatus.CANCELLED, error=reason
+        )
+        job.status, job.error, job.finished_at = JobStatus.CANCELLED, reason, timezone.now()
+        job.save(update_fields=["status", "error", "finished_at", "updated_at"])
+        dispatch.queue_entry_close(job=job, state=QueueState.CANCELLED)
+        transaction.on_commit(dispatch.send_dispatch)
+    log_event("job.cancelled", f"job {job.id} cancelled: {reason}", level="warning", job=job)
+    return job

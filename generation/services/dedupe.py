@@ -1,0 +1,143 @@
+"""Near-duplicate questions across a course. Assessments run in parallel and cannot see each
+other, so at finalize (and after a regeneration) the questions are compared across the course,
+and only the later question of each near-duplicate pair is regenerated (a request for that one
+question), then merged into its assessment."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from generation.checks import Duplicate, course_duplicates, is_near_duplicate
+from generation.field_errors import FieldError
+from generation.llm import GenerationResult, regenerate_part
+from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
+from generation.providers import Provider, get_provider
+from generation.schemas import TaskKind
+from generation.services import common, ledger, runs
+from monitoring.logs import log_event
+
+logger = logging.getLogger("coursegen.generation")
+
+
+def job_dedupe_questions(
+    *, job_id: UUID, provider: Provider | None = None, finished: bool = False
+) -> int:
+    """Regenerate the later question of every near-duplicate pair across the course's
+    assessments; return how many were found. Runs when every task has succeeded (on a running
+    job at finalize, or on a finished one after a regeneration when `finished`)."""
+    job = CourseGenerationJob.objects.get(pk=job_id)
+    wanted = JobStatus.SUCCEEDED if finished else JobStatus.RUNNING
+    tasks = list(job.tasks.all())
+    if job.status != wanted or any(t.status != TaskStatus.SUCCEEDED for t in tasks):
+        return 0
+    assessments = sorted((t for t in tasks if t.kind == TaskKind.ASSESSMENT), key=_reading_order)
+    duplicates = course_duplicates(
+        [(t.key, t.output or {}) for t in assessments], topic=job.course_request.topic
+    )
+    by_key = {t.key: t for t in assessments}
+    for duplicate in duplicates:
+        _dedupe_one(
+            task=by_key[duplicate.key], duplicate=duplicate, provider=provider, finished=finished
+        )
+    if duplicates:
+        logger.info("job %s: regenerated %s near-duplicate question(s)", job_id, len(duplicates))
+    return len(duplicates)
+
+
+def _reading_order(task: GenerationTask) -> tuple[int, int]:
+    module, _, lesson = task.key.partition(".")
+    return int(module[1:]), int(lesson[1:] or 0)
+
+
+def _course_stems(job_id: UUID, *, except_key: str) -> list[tuple[str, str]]:
+    outputs = GenerationTask.objects.filter(job_id=job_id, kind=TaskKind.ASSESSMENT).exclude(
+        key=except_key
+    )
+    return [
+        (key, q["stem"])
+        for key, output in outputs.values_list("key", "output")
+        for q in (output or {}).get("questions", [])
+    ]
+
+
+def _dedupe_one(
+    *, task: GenerationTask, duplicate: Duplicate, provider: Provider | None, finished: bool
+) -> None:
+    worker = f"dedupe:{common.worker_name()}"
+    lease = timezone.now() + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S)
+    claimed = GenerationTask.objects.filter(pk=task.pk, status=TaskStatus.SUCCEEDED).update(
+        status=TaskStatus.RUNNING, worker=worker, lease_expires_at=lease
+    )
+    if not claimed:
+        return  # another finalize is on it
+    task.refresh_from_db()
+    data = task.output or {}
+    part = f"questions.{duplicate.index}"
+    others = _course_stems(task.job_id, except_key=task.key)
+    topic = task.job.course_request.topic
+
+    def elsewhere(merged: dict[str, Any]) -> list[FieldError]:
+        stem = merged["questions"][duplicate.index]["stem"]
+        match = next((o for o in others if is_near_duplicate(stem, o[1], topic=topic)), None)
+        if match is None:
+            return []
+        return [Duplicate(task.key, duplicate.index, *match).error()]
+
+    try:
+        result = regenerate_part(
+            runs.task_spec_build(task=task, worker=worker),
+            provider or get_provider(),
+            data=data,
+            part=part,
+            errors=[duplicate.error()],
+            extra=elsewhere,
+            # The simulator reads this; a real model sees the duplicate and siblings in the prompt.
+            context={"avoid": [s for _, s in others] + _siblings(data, duplicate.index)},
+        )
+    except Exception as exc:  # a bug must not leave the task claimed for ever
+        logger.exception("replacing question %s of task %s crashed", part, task.pk)
+        result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
+    _dedupe_record(task=task, worker=worker, result=result, finished=finished)
+
+
+def _siblings(data: dict[str, Any], index: int) -> list[str]:
+    return [q["stem"] for i, q in enumerate(data.get("questions", [])) if i != index]
+
+
+@transaction.atomic
+def _dedupe_record(
+    *, task: GenerationTask, worker: str, result: GenerationResult, finished: bool
+) -> None:
+    """Merge the replacement question. If none passed, the task fails while its course is being
+    made (the content is not valid); on a finished course the current version stays."""
+    ledger.task_attempts_record(task=task, result=result)
+    changes: dict[str, Any] = {
+        **ledger.usage_increments(result=result),
+        "status": TaskStatus.SUCCEEDED,
+        "lease_expires_at": None,
+    }
+    if result.ok:
+        changes["output"] = result.data
+    else:
+        changes |= {
+            "status": TaskStatus.SUCCEEDED if finished else TaskStatus.FAILED,
+            "validation_errors": result.validation_errors,
+            "error": f"a near-duplicate question could not be replaced: {result.error}",
+        }
+    GenerationTask.objects.filter(pk=task.pk, worker=worker).update(**changes)
+    log_event(
+        "question.replaced" if result.ok else "question.not_replaced",
+        f"{task.kind} {task.key}: near-duplicate question "
+        + ("replaced" if result.ok else f"kept: {result.error}"),
+        level="info" if result.ok else "error",
+        job=task.job,
+        task=task,
+        data={"attempts": len(result.attempts), "validation_errors": result.validation_errors},
+    )

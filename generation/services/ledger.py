@@ -1,0 +1,86 @@
+"""What a run adds to the record: its attempts ledger rows, its usage on the task's counters,
+and a job's totals over its tasks. The task runner, the finalize, question de-duplication and
+regeneration all account for their provider calls through these."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import F
+
+from generation.llm import GenerationResult
+from generation.models import CourseGenerationJob, GenerationAttempt, GenerationTask
+
+
+def task_attempts_record(*, task: GenerationTask, result: GenerationResult) -> None:
+    """Insert one ledger row per provider call of the run, numbered after the task's earlier
+    attempts. Every call is paid for, so it is kept whatever became of the run."""
+    GenerationAttempt.objects.bulk_create(_attempt_rows(task, result))
+
+
+def attempt_dicts(*, task: GenerationTask, result: GenerationResult) -> list[dict[str, Any]]:
+    """The same rows as plain dicts, for hand-written SQL (generation/hotpath.py)."""
+    return [_attempt_dict(row) for row in _attempt_rows(task, result)]
+
+
+def _attempt_rows(task: GenerationTask, result: GenerationResult) -> list[GenerationAttempt]:
+    return [
+        GenerationAttempt(
+            task=task,
+            number=task.attempts + a.number,
+            kind=a.kind,
+            part=a.part,
+            outcome=a.outcome,
+            model=a.model,
+            input_tokens=a.usage.input_tokens,
+            cached_tokens=a.usage.cached_tokens,
+            output_tokens=a.usage.output_tokens,
+            cost_usd=a.cost_usd,
+            latency_ms=a.latency_ms,
+            errors=a.errors,
+        )
+        for a in result.attempts
+    ]
+
+
+def _attempt_dict(row: GenerationAttempt) -> dict[str, Any]:
+    return {
+        "number": row.number,
+        "kind": row.kind,
+        "part": row.part,
+        "outcome": row.outcome,
+        "model": row.model,
+        "input_tokens": row.input_tokens,
+        "cached_tokens": row.cached_tokens,
+        "output_tokens": row.output_tokens,
+        "cost_usd": str(row.cost_usd),
+        "latency_ms": row.latency_ms,
+        "errors": row.errors,
+    }
+
+
+def usage_totals(*, result: GenerationResult) -> dict[str, Any]:
+    """What one run adds to the task's counters (the columns of the same names)."""
+    return {
+        "attempts": len(result.attempts),
+        "input_tokens": result.total("input_tokens"),
+        "cached_tokens": result.total("cached_tokens"),
+        "output_tokens": result.total("output_tokens"),
+        "cost_usd": result.cost_usd,
+        "reask_cost_usd": result.reask_cost_usd,
+    }
+
+
+def usage_increments(*, result: GenerationResult) -> dict[str, Any]:
+    """`usage_totals` as column updates (`F(column) + value`) for a task's update()."""
+    return {column: F(column) + value for column, value in usage_totals(result=result).items()}
+
+
+def job_totals_apply(*, job: CourseGenerationJob, tasks: list[GenerationTask]) -> None:
+    """Set the job's token and cost totals to the sum over its tasks (the caller saves)."""
+    job.input_tokens = sum(t.input_tokens for t in tasks)
+    job.cached_tokens = sum(t.cached_tokens for t in tasks)
+    job.output_tokens = sum(t.output_tokens for t in tasks)
+    job.cost_usd = sum((t.cost_usd for t in tasks), Decimal(0))
+    job.reask_cost_usd = sum((t.reask_cost_usd for t in tasks), Decimal(0))

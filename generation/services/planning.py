@@ -1,0 +1,129 @@
+"""From the outline to the chord: run the outline task, plan one task row per unit of the
+course, and send every row as a chord whose body finalizes the job (once per job)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from generation import messages
+from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
+from generation.prompts import PROMPT_VERSIONS
+from generation.providers import Provider
+from generation.schemas import TASK_TIERS, CourseOutline, TaskKind
+from generation.services import common, finalize, runs
+from monitoring.logs import log_event
+
+logger = logging.getLogger("coursegen.generation")
+
+
+def job_run_outline(
+    *, job_id: UUID, worker: str | None = None, provider: Provider | None = None
+) -> float | None:
+    """Write the outline, plan the tasks and send the chord. Returns a delay when deferred."""
+    job = CourseGenerationJob.objects.get(pk=job_id)
+    if job.status != JobStatus.RUNNING:
+        return None
+    outline_task = job.tasks.get(kind=TaskKind.OUTLINE)
+    result = runs.task_run(task_id=outline_task.pk, worker=worker, provider=provider)
+    if result.retry_in is not None:
+        return result.retry_in
+    outline_task.refresh_from_db()
+    if outline_task.status == TaskStatus.FAILED:
+        finalize.job_finalize(job_id=job_id)
+        return None
+    if outline_task.status != TaskStatus.SUCCEEDED:
+        logger.info("job %s: outline %s elsewhere (%s)", job_id, outline_task.status, result)
+        return None
+    job_plan_tasks(job_id=job_id, outline=outline_task.output or {})
+    log_event("job.outline_done", f"job {job_id}: outline done", job=job, task=outline_task)
+    job_dispatch_chord(job_id=job_id)
+    return None
+
+
+@transaction.atomic
+def job_plan_tasks(*, job_id: UUID, outline: dict[str, Any]) -> None:
+    job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
+    if job.outline is not None:
+        return  # planned already (a repeated message)
+    parsed = CourseOutline.model_validate(outline)
+    job.outline = outline
+    job.save(update_fields=["outline", "updated_at"])
+    rows = [
+        GenerationTask(
+            job=job,
+            kind=kind,
+            key=key,
+            position=position,
+            tier=TASK_TIERS[kind],
+            model=common.model_for(TASK_TIERS[kind]),
+            prompt_version=PROMPT_VERSIONS[kind],
+        )
+        for position, (kind, key) in enumerate(plan_units(parsed), start=1)
+    ]
+    GenerationTask.objects.bulk_create(rows, ignore_conflicts=True)
+    runs.job_refresh_progress(job_id=job_id)
+
+
+def plan_units(outline: CourseOutline) -> list[tuple[TaskKind, str]]:
+    """Every unit of a course after its outline, in reading order."""
+    units: list[tuple[TaskKind, str]] = []
+    for m, module in enumerate(outline.modules, start=1):
+        for n in range(1, len(module.lessons) + 1):
+            key = f"m{m}.l{n}"
+            units += [
+                (TaskKind.LESSON_SECTION, key),
+                (TaskKind.ASSESSMENT, key),
+                (TaskKind.BRAIN_BYTES, key),
+            ]
+        units.append((TaskKind.MODULE_SUMMARY, f"m{m}"))
+    units += [(TaskKind.MIND_MAP, "course"), (TaskKind.METADATA, "course")]
+    return units
+
+
+def job_dispatch_chord(*, job_id: UUID) -> bool:
+    """Send the chord once per job: only the caller that sets chord_dispatched_at sends it."""
+    won = CourseGenerationJob.objects.filter(
+        pk=job_id, status=JobStatus.RUNNING, chord_dispatched_at__isnull=True
+    ).update(chord_dispatched_at=timezone.now())
+    if not won:
+        return False
+    job = CourseGenerationJob.objects.only("priority").get(pk=job_id)
+    pending_tasks = GenerationTask.objects.filter(job_id=job_id, status=TaskStatus.PENDING).exclude(
+        kind=TaskKind.OUTLINE
+    )
+    pending = list(pending_tasks.values_list("pk", flat=True))
+    pending_tasks.update(dispatched_at=timezone.now())
+    transaction.on_commit(lambda: _send_chord(job_id, pending, job.priority))
+    return True
+
+
+def _send_chord(job_id: UUID, task_ids: list[int], priority: int) -> None:
+    """The job's tasks as a chord header at the job's priority; its body finalizes the job.
+
+    Header tasks store a small result, which is how the Redis result backend counts the chord
+    down (one INCR per task); everything else ignores results. A lost chord (Redis restarted)
+    is the reconciler's to find: it re-sends open tasks and finalizes jobs with none left.
+    """
+    from celery import chord
+
+    run_task = messages.task(messages.RUN_TASK)
+    finalize_job = messages.task(messages.FINALIZE_JOB)
+    header = [run_task.si(task_id).set(priority=priority) for task_id in task_ids]
+    # The body goes before queued generation messages: it frees a running slot.
+    body = finalize_job.si(str(job_id)).set(priority=settings.HOUSEKEEPING_PRIORITY)
+    if messages.always_eager():
+        # In-process, a chord is its header then its body. Celery's eager chord joins results
+        # under a process-wide "may block" flag that races when several threads run jobs at once.
+        for signature in header:
+            signature.apply()
+        body.apply()
+    elif not header:  # a resumed job with nothing left to run: the body alone
+        body.apply_async()
+    else:
+        chord(header, body).apply_async()

@@ -1,0 +1,100 @@
+"""Admission and queueing of a course request: the job, its outline task and its queue entry."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import User
+from django.db import transaction
+
+from accounts.models import BaseClass, Role
+from coursegen import db
+from generation import hotpath
+from generation.models import (
+    CourseGenerationJob,
+    GenerationTask,
+    IdempotencyKey,
+    Priority,
+    QueueEntry,
+)
+from generation.prompts import PROMPT_VERSIONS
+from generation.schemas import TASK_TIERS, CourseRequest, TaskKind
+from generation.services import common, dispatch
+from monitoring.correlation import set_correlation_id
+from monitoring.logs import log_event
+from ratelimits.selectors import NotAMemberError
+from ratelimits.services import admission_check_and_record
+
+ROLE_PRIORITY = {
+    Role.ADMIN: Priority.HIGH,
+    Role.TEACHER: Priority.NORMAL,
+    Role.STUDENT: Priority.LOW,
+}
+
+
+@transaction.atomic
+def job_submit(
+    *,
+    user: User,
+    base_class: BaseClass,
+    request: CourseRequest,
+    idempotency_key: IdempotencyKey | None = None,
+) -> CourseGenerationJob:
+    """Admit and queue a course request. The job returned holds its rows as inserted: its queue
+    entry and its tasks (the outline), like a prefetch; `refresh_from_db()` reads them anew."""
+    try:
+        # The role is the user's in the class's organisation, read with the usage. Raises
+        # RateLimitExceeded (and this transaction rolls back) when over a limit.
+        admitted = admission_check_and_record(user=user, organisation_id=base_class.organisation_id)
+    except NotAMemberError as exc:
+        raise common.GenerationError("you are not a member of this class's organisation") from exc
+    priority = ROLE_PRIORITY[admitted.role]
+    job = CourseGenerationJob(
+        owner=user,
+        organisation_id=base_class.organisation_id,
+        base_class=base_class,
+        request=request.model_dump(mode="json"),
+        priority=priority,
+    )
+    outline = _task_new(job=job, kind=TaskKind.OUTLINE, key="course", position=0)
+    entry = QueueEntry(job=job, priority=priority)
+    if db.hand_written_sql():  # one round trip for the three rows
+        hotpath.insert_together(job, outline, entry)
+    else:
+        for row in (job, outline, entry):
+            row.save(force_insert=True)
+    _tasks_in_hand(job, [outline])
+    if idempotency_key is not None:  # linked in the same transaction: a replay finds this job
+        IdempotencyKey.objects.filter(pk=idempotency_key.pk).update(job=job)
+    set_correlation_id(job.correlation_id)  # the rest of this request, and its tasks, is the job's
+    log_event(
+        "job.submitted",
+        f"job {job.id} submitted by {user.pk}: {request.topic}",
+        job=job,
+        user=user,
+        data={"topic": request.topic, "priority": priority},
+    )
+    transaction.on_commit(dispatch.send_dispatch)
+    return job
+
+
+def _tasks_in_hand(job: CourseGenerationJob, tasks: list[GenerationTask]) -> None:
+    """Let `job.tasks.all()` return `tasks` without a query, as prefetch_related would: a new
+    job's tasks are the ones just inserted, and the submit response lists them."""
+    in_hand = job.tasks.all()  # lazy: filtered to the job, not run
+    in_hand._result_cache = tasks
+    in_hand._prefetch_done = True  # type: ignore[attr-defined]  # Django's own prefetch state
+    job._prefetched_objects_cache = {"tasks": in_hand}  # type: ignore[attr-defined]  # ditto
+
+
+def _task_new(
+    *, job: CourseGenerationJob, kind: TaskKind, key: str, position: int
+) -> GenerationTask:
+    tier = TASK_TIERS[kind]
+    return GenerationTask(
+        job=job,
+        kind=kind,
+        key=key,
+        position=position,
+        tier=tier,
+        model=common.model_for(tier),
+        prompt_version=PROMPT_VERSIONS[kind],
+    )
