@@ -1,14 +1,16 @@
 """The layout the code keeps: no import cycles between modules of the project's apps, no module
 reaching into another's private names, no module in generation/ over 600 lines, and every Celery
-task the services send by name is a registered one.
+task the services send by name is a registered one; and every module sits in a layer.
 
-The layer contracts themselves are in pyproject.toml and run with `lint-imports` (make lint).
-These checks read the source (ast, grimp); nothing is imported or run.
+The layer contracts themselves are in pyproject.toml and run with `lint-imports` (make lint);
+here, every module must sit in one of their layers. These checks read the source (ast, grimp,
+pyproject.toml).
 """
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,28 @@ def earlier_log_rows_written(django_db_blocker: Any) -> None:
     # during these tests, which have no database, that write would be refused and reported.
     with django_db_blocker.unblock():
         flush_all()
+
+
+# --- Every module in a layer ---------------------------------------------------------------------
+def _layer_modules() -> set[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    (layers,) = [
+        c["layers"] for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"
+    ]
+    return {name.strip() for layer in layers for name in layer.replace("|", ":").split(":")}
+
+
+def test_it_places_every_module_of_the_apps_in_a_layer() -> None:
+    # A module left out of the layers contract would be free to import anything.
+    layers = _layer_modules()
+    outside = [
+        name
+        for name in MODULES
+        if name not in APPS and not any(name == m or name.startswith(f"{m}.") for m in layers)
+    ]
+
+    assert outside == [], "add these to the layers contract in pyproject.toml"
+    assert not layers - set(MODULES), "the layers contract names modules that do not exist"
 
 
 # --- No cycles ------------------------------------------------------------------------------------
