@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -16,6 +14,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import content_disposition_header
 
 from generation import exports, recovery, regeneration, services
+from generation.exports.archive import zip_files
 from generation.models import (
     CourseEvaluation,
     CourseGenerationJob,
@@ -123,11 +122,9 @@ def _download(content: bytes, content_type: str, filename: str) -> HttpResponse:
 
 
 def _zip(files: list[tuple[CourseGenerationJob, exports.ExportFile]]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for job, export in files:
-            archive.writestr(f"{str(job.pk)[:8]}-{export.filename}", export.content)
-    return buffer.getvalue()
+    return zip_files(
+        (f"{str(job.pk)[:8]}-{export.filename}", export.content) for job, export in files
+    )
 
 
 @admin.register(CourseGenerationJob)

@@ -51,6 +51,8 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat("md", "Markdown", "md", "text/markdown; charset=utf-8", "markdown"),
         ExportFormat("html", "HTML", "html", "text/html; charset=utf-8", "html"),
         ExportFormat("pdf", "PDF", "pdf", "application/pdf", "pdf"),
+        ExportFormat("qti", "QTI 2.1", "qti.zip", "application/zip", "qti"),
+        ExportFormat("scorm", "SCORM 1.2", "scorm.zip", "application/zip", "scorm"),
     )
 }
 

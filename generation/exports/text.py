@@ -62,3 +62,12 @@ def md_inline(text: str) -> str:
 def md_block(text: str) -> str:
     """Long model text for a Markdown document: its Markdown kept, raw HTML made inert."""
     return (text or "").replace("&", "&amp;").replace("<", "&lt;").strip()
+
+
+# Characters XML 1.0 does not allow at all, even escaped.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """Model text for an XML text node or attribute (the serializer escapes the rest)."""
+    return _NOT_XML.sub("", text or "")
