@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 
+from generation import exports
 from generation.exports import course_of_job, render_course
+from generation.regeneration import task_regenerate
+from generation.schemas import TaskKind
+from monitoring.logs import flush_all
+from monitoring.models import CourseGenerationLog
 from tests.courses import HOSTILE, finished_job, make_hostile
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -62,3 +67,33 @@ def test_a_hostile_course_prints_as_text(teacher: Any, base_class: Any) -> None:
     ]
     assert [uri for uri in links if uri is not None] == []  # contents links are internal only
     assert "/JavaScript" not in str(reader.trailer["/Root"])
+
+
+def test_a_pdf_is_made_once_per_version_of_the_course(
+    teacher: Any, base_class: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = finished_job(teacher, base_class)
+    made: list[str] = []
+    render = exports.render_course
+
+    def counting(course: Any, name: str) -> bytes:
+        made.append(name)
+        return render(course, name)
+
+    monkeypatch.setattr(exports, "render_course", counting)
+
+    first = exports.course_export(job=job, export_format_name="pdf")
+    again = exports.course_export(job=job, export_format_name="pdf")
+    assert made == ["pdf"] and again.content == first.content  # the second from the cache
+    exports.course_export(job=job, export_format_name="md")
+    exports.course_export(job=job, export_format_name="md")
+    assert made == ["pdf", "md", "md"]  # fast formats are made every time
+
+    task = job.tasks.get(kind=TaskKind.LESSON_SECTION, key="m1.l1")
+    task_regenerate(task_id=task.pk, by=teacher)
+    job.refresh_from_db()
+    newer = exports.course_export(job=job, export_format_name="pdf")
+    assert made == ["pdf", "md", "md", "pdf"] and newer.content != first.content
+    flush_all()
+    logged = CourseGenerationLog.objects.filter(event="course.exported", data__format="pdf")
+    assert sorted(row.data["cached"] for row in logged) == [False, False, True]

@@ -7,10 +7,13 @@ document.py, built from `job.course` (the current version of every task after re
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from django.core.cache import cache
 
 from generation.exports.document import Course, course_from_document, course_of_job
 from generation.exports.text import file_stem
@@ -43,6 +46,7 @@ class ExportFormat:
     extension: str
     content_type: str
     module: str  # imported on first use: WeasyPrint and lxml load only for their formats
+    cached: bool = False  # slow to make: kept in the cache per version of the course
 
 
 FORMATS: dict[str, ExportFormat] = {
@@ -50,7 +54,7 @@ FORMATS: dict[str, ExportFormat] = {
     for f in (
         ExportFormat("md", "Markdown", "md", "text/markdown; charset=utf-8", "markdown"),
         ExportFormat("html", "HTML", "html", "text/html; charset=utf-8", "html"),
-        ExportFormat("pdf", "PDF", "pdf", "application/pdf", "pdf"),
+        ExportFormat("pdf", "PDF", "pdf", "application/pdf", "pdf", cached=True),
         ExportFormat("qti", "QTI 2.1", "qti.zip", "application/zip", "qti"),
         ExportFormat("scorm", "SCORM 1.2", "scorm.zip", "application/zip", "scorm"),
     )
@@ -93,6 +97,30 @@ def render_course(course: Course, name: str) -> bytes:
     return content
 
 
+# Bump when the templates or a renderer change what a cached export looks like.
+RENDER_VERSION = "1"
+CACHE_SECONDS = 6 * 3600
+
+
+def _cache_key(course: Course, fmt: ExportFormat) -> str:
+    """Per version of the course: a regeneration (or a renamed class) changes the course."""
+    digest = hashlib.sha256(repr(course).encode()).hexdigest()[:32]
+    return f"export:{RENDER_VERSION}:{fmt.name}:{course.job_id}:{digest}"
+
+
+def _render(course: Course, fmt: ExportFormat) -> tuple[bytes, bool]:
+    """The file's bytes, and whether they came from the cache."""
+    if not fmt.cached:
+        return render_course(course, fmt.name), False
+    key = _cache_key(course, fmt)
+    content = cache.get(key)
+    if isinstance(content, bytes):
+        return content, True
+    content = render_course(course, fmt.name)
+    cache.set(key, content, CACHE_SECONDS)
+    return content, False
+
+
 def course_export(
     *, job: CourseGenerationJob, export_format_name: str, by: AbstractBaseUser | None = None
 ) -> ExportFile:
@@ -102,14 +130,14 @@ def course_export(
         raise CourseNotReady(job)
     started = time.monotonic()
     course = course_of_job(job)
-    content = render_course(course, fmt.name)
+    content, cached = _render(course, fmt)
     elapsed = time.monotonic() - started
     log_event(
         "course.exported",
-        f"course exported as {fmt.label} ({len(content)} bytes)",
+        f"course exported as {fmt.label} ({len(content)} bytes{', cached' if cached else ''})",
         job=job,
         user=by,
-        data={"format": fmt.name, "bytes": len(content)},
+        data={"format": fmt.name, "bytes": len(content), "cached": cached},
         duration_ms=elapsed * 1000,
     )
     filename = f"{file_stem(course.title)}.{fmt.extension}"
