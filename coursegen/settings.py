@@ -373,8 +373,10 @@ COURSEGEN_CONCURRENCY_LEASE_S = env_float(
 COURSEGEN_CONCURRENCY_WAIT_S = env_float("COURSEGEN_CONCURRENCY_WAIT_S", 60.0, minimum=0.0)
 if COURSEGEN_CONCURRENCY_DECREASE >= 1:
     raise ImproperlyConfigured("COURSEGEN_CONCURRENCY_DECREASE must be below 1")
-# A task that cannot reach the provider is deferred (rescheduled), at most this many times.
-COURSEGEN_TASK_MAX_DEFERRALS = env_int("COURSEGEN_TASK_MAX_DEFERRALS", 20, minimum=0)
+# A task that cannot reach the provider is deferred (rescheduled with a growing back-off of at
+# most COURSEGEN_TASK_DEFER_MAX_S) until it has been deferred for this long: an outage shorter
+# than the budget is waited out, however many tries it takes.
+COURSEGEN_TASK_DEFER_BUDGET_S = env_float("COURSEGEN_TASK_DEFER_BUDGET_S", 1800.0, minimum=1.0)
 COURSEGEN_TASK_DEFER_MAX_S = env_float("COURSEGEN_TASK_DEFER_MAX_S", 60.0, minimum=0.1)
 # The threads pool cannot enforce Celery's time limits, so each task keeps its own deadline.
 COURSEGEN_TASK_DEADLINE_S = env_float(

@@ -26,15 +26,21 @@ from psycopg.types.json import Jsonb
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 
 M = TypeVar("M", bound=Model)
-_JOB_FIELDS = ("status", "priority", "request", "outline", "organisation_id", "correlation_id")
+_JOB_FIELDS = (
+    "status", "priority", "request", "outline", "organisation_id", "correlation_id", "created_at",
+)  # fmt: skip
 
+# Leases on the database's clock (generation/leases.py). A claim is a pick-up: the reconciler's
+# back-off for lost messages starts again from zero.
 _CLAIM = f"""
 WITH claimed AS (
     UPDATE course_generation_tasks
-    SET status = %(running)s, lease_expires_at = %(lease)s, worker = %(worker)s,
-        runs = runs + 1, started_at = %(now)s
+    SET status = %(running)s,
+        lease_expires_at = STATEMENT_TIMESTAMP() + make_interval(secs => %(lease_s)s),
+        worker = %(worker)s, runs = runs + 1, started_at = STATEMENT_TIMESTAMP(), redispatches = 0
     WHERE id = %(id)s
-      AND (status = %(pending)s OR (status = %(running)s AND lease_expires_at < %(now)s))
+      AND (status = %(pending)s
+           OR (status = %(running)s AND lease_expires_at < STATEMENT_TIMESTAMP()))
     RETURNING *
 )
 SELECT claimed.*, {", ".join(f"j.{f} AS job__{f}" for f in _JOB_FIELDS)}
@@ -60,7 +66,7 @@ WITH attempts AS (
         cached_tokens = cached_tokens + %(cached_tokens)s,
         output_tokens = output_tokens + %(output_tokens)s, cost_usd = cost_usd + %(cost_usd)s,
         reask_cost_usd = reask_cost_usd + %(reask_cost_usd)s
-    WHERE id = %(id)s AND status = %(running)s AND worker = %(worker)s
+    WHERE id = %(id)s AND status = %(running)s AND worker = %(worker)s AND runs = %(runs)s
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM closed), (SELECT count(*) FROM attempts)
@@ -76,15 +82,13 @@ WHERE j.id = %(job)s AND j.status = %(job_running)s
 """
 
 
-def claim_and_load(
-    *, task_id: int, worker: str, now: datetime, lease: datetime
-) -> GenerationTask | None:
-    """Take the task's lease and load it with its job; None when it is not claimable."""
+def claim_and_load(*, task_id: int, worker: str, lease_s: float) -> GenerationTask | None:
+    """Take the task's lease and load it with its job; None when it is not claimable. The row's
+    `runs` is the claim's run number (with `worker`, the fencing token of its writes)."""
     params: dict[str, Any] = {
         "id": task_id,
         "worker": worker,
-        "now": now,
-        "lease": lease,
+        "lease_s": lease_s,
         "pending": TaskStatus.PENDING.value,
         "running": TaskStatus.RUNNING.value,
     }
@@ -125,10 +129,11 @@ def record_and_progress(
     attempts: list[dict[str, Any]],
 ) -> bool:
     """Close the task and store the job's progress; call inside a transaction. False when our
-    lease was lost and another worker's result stands."""
+    lease was lost and another worker's result stands (the attempt rows are inserted anyway)."""
     params = {
         "id": task.pk,
         "worker": worker,
+        "runs": task.runs,
         "now": now,
         "status": status,
         "running": TaskStatus.RUNNING.value,

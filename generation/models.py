@@ -152,6 +152,19 @@ class GenerationTask(models.Model):
     deferrals = models.PositiveIntegerField(
         default=0, help_text="Times the task was rescheduled because the provider was unavailable."
     )
+    deferred_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Start of the current run of deferrals (the budget is time, not tries).",
+    )
+    redispatches = models.PositiveIntegerField(
+        default=0,
+        help_text="Messages the reconciler re-sent since a worker last picked the task up "
+        "(each doubles the wait before the next).",
+    )
+    priority_sent = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Priority of the latest message (0 runs first)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -18,9 +18,9 @@ from uuid import UUID
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, QuerySet
-from django.utils import timezone
 
 from generation import messages, services
+from generation.leases import db_now
 from generation.models import (
     CourseGenerationJob,
     GenerationTask,
@@ -50,7 +50,8 @@ class ReconcileReport:
 
 
 def reconcile(*, now: datetime | None = None) -> ReconcileReport:
-    now = now or timezone.now()
+    """One pass over the rows; `now` (the database's clock unless given) decides what is late."""
+    now = now or db_now()
     stale = now - timedelta(seconds=settings.COURSEGEN_REDISPATCH_AFTER_S)
     report = ReconcileReport(
         redispatched_tasks=_redispatch_tasks(now=now, stale=stale),

@@ -10,7 +10,7 @@ from typing import Any
 from django.db.models import F
 
 from generation.llm import GenerationResult
-from generation.models import CourseGenerationJob, GenerationAttempt, GenerationTask
+from generation.models import JOB_TERMINAL, CourseGenerationJob, GenerationAttempt, GenerationTask
 
 
 def task_attempts_record(*, task: GenerationTask, result: GenerationResult) -> None:
@@ -75,6 +75,31 @@ def usage_totals(*, result: GenerationResult) -> dict[str, Any]:
 def usage_increments(*, result: GenerationResult) -> dict[str, Any]:
     """`usage_totals` as column updates (`F(column) + value`) for a task's update()."""
     return {column: F(column) + value for column, value in usage_totals(result=result).items()}
+
+
+JOB_TOTALS = ("input_tokens", "cached_tokens", "output_tokens", "cost_usd", "reask_cost_usd")
+
+
+def usage_add_unowned(*, task: GenerationTask, result: GenerationResult) -> None:
+    """Count a run's usage when the run no longer owns its task (its lease was taken over):
+    its calls are in the ledger and were paid for, so they go on the task's counters, and on
+    the job's totals too if the job was closed meanwhile. Call inside a transaction.
+
+    The task's row is written first and the job's locked second, the order every task write
+    takes: either a finalize that has not committed yet sums this task's new counters, or the
+    job is already closed when its lock is granted and gets the usage added here."""
+    usage = usage_totals(result=result)
+    GenerationTask.objects.filter(pk=task.pk).update(**usage_increments(result=result))
+    # Lock whatever its status: a filter on status would skip a row a finalize holds.
+    status = (
+        CourseGenerationJob.objects.select_for_update()
+        .values_list("status", flat=True)
+        .get(pk=task.job_id)
+    )
+    if status in JOB_TERMINAL:
+        CourseGenerationJob.objects.filter(pk=task.job_id).update(
+            **{column: F(column) + usage[column] for column in JOB_TOTALS}
+        )
 
 
 def job_totals_apply(*, job: CourseGenerationJob, tasks: list[GenerationTask]) -> None:

@@ -5,19 +5,23 @@ unavailable). A repeated message finds the row claimed or succeeded and does not
 from __future__ import annotations
 
 import logging
+import random
 import time
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Count, F, Q
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db.models import Count, F, Q, QuerySet
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
+from tenacity import Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
 from coursegen import db
 from generation import hotpath
+from generation.leases import db_now_plus
 from generation.llm import GenerationResult, TaskSpec, generate
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.prompts import task_context
@@ -31,29 +35,88 @@ logger = logging.getLogger("coursegen.generation")
 
 # --- Claims ---------------------------------------------------------------------------------------
 def task_claim(*, task_id: int, worker: str) -> bool:
-    """Take the task's lease; False when it already succeeded or another worker holds a lease."""
-    now = timezone.now()
+    """Take the task's lease; False when it already succeeded or another worker holds a lease.
+    Leases are on the database's clock. The row's new `runs` is the claim's run number (with
+    `worker`, the fencing token of its writes). A claim is a pick-up: the reconciler's
+    back-off for lost messages starts again."""
     claimable = Q(status=TaskStatus.PENDING) | Q(
-        status=TaskStatus.RUNNING, lease_expires_at__lt=now
+        status=TaskStatus.RUNNING, lease_expires_at__lt=Now()
     )
     updated = GenerationTask.objects.filter(claimable, pk=task_id).update(
         status=TaskStatus.RUNNING,
-        lease_expires_at=now + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S),
+        lease_expires_at=db_now_plus(settings.COURSEGEN_TASK_LEASE_S),
         worker=worker,
         runs=F("runs") + 1,
-        started_at=now,
+        started_at=Now(),
+        redispatches=0,
     )
     return updated == 1
 
 
 def _task_claim_and_load(*, task_id: int, worker: str) -> GenerationTask | None:
     if db.hand_written_sql():
-        now = timezone.now()
-        lease = now + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S)
-        return hotpath.claim_and_load(task_id=task_id, worker=worker, now=now, lease=lease)
+        return hotpath.claim_and_load(
+            task_id=task_id, worker=worker, lease_s=settings.COURSEGEN_TASK_LEASE_S
+        )
     if not task_claim(task_id=task_id, worker=worker):
         return None
     return GenerationTask.objects.select_related("job").get(pk=task_id)
+
+
+def _owned(task: GenerationTask, worker: str) -> QuerySet[GenerationTask]:
+    """The task's row while this run still holds it: its worker and its run number."""
+    return GenerationTask.objects.filter(
+        pk=task.pk, status=TaskStatus.RUNNING, worker=worker, runs=task.runs
+    )
+
+
+@dataclass
+class LeaseClock:
+    """When this process may assume its lease still holds (monotonic), moved on by renewals."""
+
+    seconds: float
+    until: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self.until = time.monotonic() + self.seconds
+
+    def renewed(self, ok: bool) -> bool:
+        if ok:
+            self.until = time.monotonic() + self.seconds
+        return ok
+
+    def left_s(self) -> float:
+        return max(self.until - time.monotonic() - 1.0, 0.0)
+
+
+T = TypeVar("T")
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+
+
+def while_lease_holds(lease: LeaseClock, write: Callable[[], T]) -> T:
+    """Run a write, retried through database errors (a restart, a failover, a dropped
+    connection) for as long as the lease holds: the write records calls already paid for.
+    Each retry starts on a new connection. Inside an outer transaction nothing can be retried."""
+
+    def retryable(exc: BaseException) -> bool:
+        return isinstance(exc, DATABASE_ERRORS) and not connection.in_atomic_block
+
+    retrying = Retrying(
+        retry=retry_if_exception(retryable),
+        stop=stop_before_delay(lease.left_s()),
+        wait=wait_exponential(multiplier=0.2, max=2.0),
+        before_sleep=_reconnect,
+        reraise=True,
+    )
+    return retrying(write)
+
+
+def _reconnect(state: Any) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    logger.warning(
+        "database error while recording (attempt %s), retrying: %s", state.attempt_number, exc
+    )
+    connection.close()
 
 
 # --- Running one task -----------------------------------------------------------------------------
@@ -73,10 +136,17 @@ def task_run(
     if task is None:
         status = GenerationTask.objects.filter(pk=task_id).values_list("status", flat=True).first()
         return TaskRunResult(task_id, str(status), ran=False)
+    lease = LeaseClock(settings.COURSEGEN_TASK_LEASE_S)
     if task.job.status == JobStatus.CANCELLED:
         _task_finish(task=task, worker=worker, status=TaskStatus.CANCELLED, error="job cancelled")
         return TaskRunResult(task_id, TaskStatus.CANCELLED, ran=False)
-    spec = task_spec_build(task=task, worker=worker)
+    spec = task_spec_build(
+        task=task,
+        worker=worker,
+        heartbeat=lambda: lease.renewed(
+            task_lease_renew(task_id=task.pk, worker=worker, run=task.runs)
+        ),
+    )
     _db_release_during_io()
     started = time.monotonic()
     try:
@@ -85,10 +155,15 @@ def task_run(
         logger.exception("task %s crashed", task_id)
         result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
     wall_s = time.monotonic() - started
-    if result.defer_s is not None and task.deferrals < settings.COURSEGEN_TASK_MAX_DEFERRALS:
-        delay = _task_defer(task=task, worker=worker, result=result)
-        return TaskRunResult(task_id, TaskStatus.PENDING, ran=True, retry_in=delay)
-    status = _record_result(task=task, worker=worker, result=result, wall_s=wall_s)
+    if result.defer_s is not None:
+        delay = while_lease_holds(
+            lease, lambda: _task_defer(task=task, worker=worker, result=result)
+        )
+        if delay is not None:
+            return TaskRunResult(task_id, TaskStatus.PENDING, ran=True, retry_in=delay)
+    status = while_lease_holds(
+        lease, lambda: _record_result(task=task, worker=worker, result=result, wall_s=wall_s)
+    )
     return TaskRunResult(task_id, status, ran=True)
 
 
@@ -99,9 +174,12 @@ def _db_release_during_io() -> None:
         connection.close()
 
 
-def task_spec_build(*, task: GenerationTask, worker: str) -> TaskSpec:
+def task_spec_build(
+    *, task: GenerationTask, worker: str, heartbeat: Callable[[], bool] | None = None
+) -> TaskSpec:
     """What a run of the task asks of the LLM conversation: its kind, tier and model, the
-    request and outline, the prompt context, a lease-renewing heartbeat and the deadline."""
+    request and outline, the prompt context, a lease-renewing heartbeat (the task's own lease
+    unless the caller holds another) and the deadline."""
     request = task.job.course_request
     outline = CourseOutline.model_validate(task.job.outline) if task.job.outline else None
     tier = Tier(task.tier)
@@ -116,7 +194,8 @@ def task_spec_build(*, task: GenerationTask, worker: str) -> TaskSpec:
             **task_context(task.task_kind, task.key, request=request, outline=outline),
             "job_id": str(task.job_id),
         },
-        heartbeat=lambda: task_lease_renew(task_id=task.pk, worker=worker),
+        heartbeat=heartbeat
+        or (lambda: task_lease_renew(task_id=task.pk, worker=worker, run=task.runs)),
         deadline=time.monotonic() + settings.COURSEGEN_TASK_DEADLINE_S,
         fallback_model=common.model_for(other)
         if settings.COURSEGEN_BREAKER_FALLBACK_TIER
@@ -124,14 +203,12 @@ def task_spec_build(*, task: GenerationTask, worker: str) -> TaskSpec:
     )
 
 
-def task_lease_renew(*, task_id: int, worker: str) -> bool:
-    """Extend our lease before another provider call; False if another worker owns the task."""
-    lease = timezone.now() + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S)
-    return bool(
-        GenerationTask.objects.filter(pk=task_id, status=TaskStatus.RUNNING, worker=worker).update(
-            lease_expires_at=lease
-        )
-    )
+def task_lease_renew(*, task_id: int, worker: str, run: int | None = None) -> bool:
+    """Extend our lease before another provider call; False if another run owns the task."""
+    owned = GenerationTask.objects.filter(pk=task_id, status=TaskStatus.RUNNING, worker=worker)
+    if run is not None:
+        owned = owned.filter(runs=run)
+    return bool(owned.update(lease_expires_at=db_now_plus(settings.COURSEGEN_TASK_LEASE_S)))
 
 
 @transaction.atomic
@@ -161,8 +238,12 @@ def _record_result(
         if updated:
             job_refresh_progress(job_id=task.job_id)
     if not updated:
-        # Our lease expired and another worker took the task over; its result stands.
-        logger.warning("task %s: lease lost by %s, result discarded", task.pk, worker)
+        # Our lease expired and another run took the task over; its result stands. Our calls
+        # were paid for all the same: they count in the task's and the job's totals.
+        ledger.usage_add_unowned(task=task, result=result)
+        logger.warning(
+            "task %s: lease lost by %s run %s, result discarded", task.pk, worker, task.runs
+        )
         return str(GenerationTask.objects.values_list("status", flat=True).get(pk=task.pk))
     log_event(
         f"task.{status}",
@@ -195,7 +276,7 @@ def _task_close(
     # Every call is paid for, so the ledger keeps it even when our lease was lost.
     ledger.task_attempts_record(task=task, result=result)
     return bool(
-        GenerationTask.objects.filter(pk=task.pk, status=TaskStatus.RUNNING, worker=worker).update(
+        _owned(task, worker).update(
             status=status,
             lease_expires_at=None,
             finished_at=timezone.now(),
@@ -205,26 +286,54 @@ def _task_close(
     )
 
 
+DEFER_BASE_S = 1.0  # the first deferral's back-off; each further one doubles it (with jitter)
+
+
+def defer_delay(*, defer_s: float | None, deferrals: int) -> float:
+    """How long a task waits before its next try: what the provider (or its breaker) asked
+    for, or an exponential back-off of the task's own deferrals if longer, at most
+    COURSEGEN_TASK_DEFER_MAX_S. The jitter spreads the retries of many tasks deferred together."""
+    backoff = DEFER_BASE_S * 2 ** min(deferrals, 16) * random.uniform(0.5, 1.0)
+    return min(max(defer_s or 0.0, backoff, 0.5), settings.COURSEGEN_TASK_DEFER_MAX_S)
+
+
 @transaction.atomic
-def _task_defer(*, task: GenerationTask, worker: str, result: GenerationResult) -> float:
-    """Give the task back (pending) to be sent again later: the provider is unavailable now."""
-    delay = min(max(result.defer_s or 0.0, 0.5), settings.COURSEGEN_TASK_DEFER_MAX_S)
-    ledger.task_attempts_record(task=task, result=result)
-    GenerationTask.objects.filter(pk=task.pk, status=TaskStatus.RUNNING, worker=worker).update(
-        status=TaskStatus.PENDING,
-        lease_expires_at=None,
-        worker="",
-        error=result.error,
-        deferrals=F("deferrals") + 1,
-        dispatched_at=timezone.now() + timedelta(seconds=delay),
-        **ledger.usage_increments(result=result),
+def _task_defer(*, task: GenerationTask, worker: str, result: GenerationResult) -> float | None:
+    """Give the task back (pending) to be sent again later: the provider is unavailable now.
+
+    Deferrals are budgeted by time (COURSEGEN_TASK_DEFER_BUDGET_S since the first of this run of
+    deferrals, on the database's clock), not by count, so an outage shorter than the budget is
+    waited out however often the task is tried. None when the budget is spent (or the lease was
+    lost): the caller records the result as it stands."""
+    delay = defer_delay(defer_s=result.defer_s, deferrals=task.deferrals)
+    budget = db_now_plus(-settings.COURSEGEN_TASK_DEFER_BUDGET_S)
+    within_budget = Q(deferred_since__isnull=True) | Q(deferred_since__gt=budget)
+    deferred = (
+        _owned(task, worker)
+        .filter(within_budget)
+        .update(
+            status=TaskStatus.PENDING,
+            lease_expires_at=None,
+            worker="",
+            error=result.error,
+            deferrals=F("deferrals") + 1,
+            deferred_since=Coalesce(F("deferred_since"), Now()),
+            dispatched_at=db_now_plus(delay),
+            **ledger.usage_increments(result=result),
+        )
     )
+    if not deferred:
+        if _owned(task, worker).exists():
+            budget_s = settings.COURSEGEN_TASK_DEFER_BUDGET_S
+            result.error = f"deferral budget of {budget_s:.0f}s spent: {result.error}"
+        return None
+    ledger.task_attempts_record(task=task, result=result)
     logger.warning("task %s deferred %.1fs: %s", task.pk, delay, result.error)
     return delay
 
 
 def _task_finish(*, task: GenerationTask, worker: str, status: TaskStatus, error: str) -> None:
-    GenerationTask.objects.filter(pk=task.pk, worker=worker).update(
+    _owned(task, worker).update(
         status=status, error=error, lease_expires_at=None, finished_at=timezone.now()
     )
 

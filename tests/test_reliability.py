@@ -1,0 +1,179 @@
+"""What production does to the pipeline (issue 20): clocks that disagree, leases taken over by a
+worker of the same name, database blips while a paid result is recorded, long provider outages.
+Each test here failed before its fix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connection
+from django.db.models import Sum
+from django.utils import timezone
+
+from generation import recovery, services
+from generation.breaker import CircuitBreaker
+from generation.models import (
+    CourseGenerationJob,
+    GenerationAttempt,
+    GenerationTask,
+    JobStatus,
+    TaskStatus,
+)
+from generation.providers.base import Completion, CompletionRequest, Provider
+from generation.providers.offline import OfflineProvider
+from generation.schemas import CourseRequest, TaskKind
+from tests import worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _planned_job(user: Any, base_class: Any, monkeypatch: Any) -> CourseGenerationJob:
+    """A running 1x1 job whose outline ran and whose tasks are planned, but no chord was sent."""
+    monkeypatch.setattr(services.planning, "_send_chord", lambda *args: None)
+    request = CourseRequest(topic="Tides and the moon", num_modules=1, lessons_per_module=1)
+    job = services.job_submit(user=user, base_class=base_class, request=request)
+    monkeypatch.undo()
+    job.refresh_from_db()
+    assert job.status == JobStatus.RUNNING and job.chord_dispatched_at is not None
+    return job
+
+
+class HookProvider(Provider):
+    """The offline simulator, running `hook` inside the first call (the call is in flight)."""
+
+    name = "hook"
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        self.inner, self.hook, self.calls = OfflineProvider(), hook, 0
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        self.calls += 1
+        if self.calls == 1:
+            self.hook()
+        return self.inner.complete(request)
+
+
+def _expire_lease(task: GenerationTask) -> None:
+    GenerationTask.objects.filter(pk=task.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+def _ledger_cost(job: CourseGenerationJob) -> Decimal:
+    total = GenerationAttempt.objects.filter(task__job=job).aggregate(s=Sum("cost_usd"))["s"]
+    return Decimal(total or 0).quantize(Decimal("0.000001"))
+
+
+# --- 9: leases on the database's clock, fencing with the run number, a lost run's cost ---------
+def test_it_compares_leases_on_the_database_clock_not_the_hosts(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    job = _planned_job(teacher, base_class, monkeypatch)
+    task = GenerationTask.objects.get(job=job, kind=TaskKind.LESSON_SECTION)
+    assert services.task_claim(task_id=task.pk, worker="alive")
+    # A host whose clock runs an hour ahead sees every lease as expired
+    ahead = timezone.now() + timedelta(hours=1)
+    monkeypatch.setattr("django.utils.timezone.now", lambda: ahead)
+
+    assert not services.task_claim(task_id=task.pk, worker="skewed")
+    assert services.task_run(task_id=task.pk, worker="skewed").ran is False
+    assert recovery.reconcile().redispatched_tasks == 0
+
+    task.refresh_from_db()
+    assert (task.status, task.worker, task.runs) == (TaskStatus.RUNNING, "alive", 1)
+
+
+def test_it_refuses_a_stale_runs_result_even_from_a_worker_of_the_same_name(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    job = _planned_job(teacher, base_class, monkeypatch)
+    task = GenerationTask.objects.get(job=job, kind=TaskKind.LESSON_SECTION)
+
+    def taken_over() -> None:  # the lease runs out mid-call; the same worker name claims again
+        _expire_lease(task)
+        assert services.task_claim(task_id=task.pk, worker="w")
+
+    services.task_run(task_id=task.pk, worker="w", provider=HookProvider(taken_over))
+
+    task.refresh_from_db()
+    assert (task.status, task.runs, task.output) == (TaskStatus.RUNNING, 2, None)
+    assert task.attempts == 1 and task.cost_usd > 0  # the stale run's call is still paid for
+
+
+def test_it_puts_the_cost_of_a_run_that_lost_its_lease_into_the_jobs_totals(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    job = _planned_job(teacher, base_class, monkeypatch)
+    victim = GenerationTask.objects.get(job=job, kind=TaskKind.LESSON_SECTION)
+    for other in GenerationTask.objects.filter(job=job, status=TaskStatus.PENDING).exclude(
+        pk=victim.pk
+    ):
+        services.task_run(task_id=other.pk)
+
+    def finished_elsewhere() -> None:  # another worker takes over, and the job is finalized
+        _expire_lease(victim)
+        assert services.task_run(task_id=victim.pk, worker="other").status == "succeeded"
+        assert services.job_finalize(job_id=job.pk).status == JobStatus.SUCCEEDED
+
+    services.task_run(task_id=victim.pk, worker="slow", provider=HookProvider(finished_elsewhere))
+
+    job.refresh_from_db()
+    victim.refresh_from_db()
+    assert victim.attempts == 2 == GenerationAttempt.objects.filter(task=victim).count()
+    assert job.cost_usd == _ledger_cost(job) > 0
+
+
+# --- 3: a database blip while recording a paid result ------------------------------------------
+def test_it_keeps_a_paid_result_through_a_database_blip_while_recording(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    job = _planned_job(teacher, base_class, monkeypatch)
+    task = GenerationTask.objects.get(job=job, kind=TaskKind.LESSON_SECTION)
+
+    def database_blip() -> None:  # our connection is cut while the provider answers
+        backend = connection.connection.info.backend_pid
+        with psycopg.connect(
+            worker.test_database_url().replace("postgres://", "postgresql://")
+        ) as c:
+            c.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+    provider = HookProvider(database_blip)
+    result = services.task_run(task_id=task.pk, provider=provider)
+
+    task.refresh_from_db()
+    assert result.status == TaskStatus.SUCCEEDED == task.status
+    assert provider.calls == 1 and task.attempts == 1 and task.output is not None
+
+
+# --- 4: deferrals budgeted by time --------------------------------------------------------------
+def test_it_waits_out_a_long_outage_and_gives_up_only_after_the_time_budget(
+    teacher: Any, base_class: Any, monkeypatch: Any, settings: Any
+) -> None:
+    settings.COURSEGEN_BREAKER_MIN_CALLS = 1
+    settings.COURSEGEN_BREAKER_OPEN_S = 600
+    job = _planned_job(teacher, base_class, monkeypatch)
+    task = GenerationTask.objects.get(job=job, kind=TaskKind.METADATA)
+    CircuitBreaker(settings.COURSEGEN_MODEL_SIMPLE).record_failure()  # the provider is down
+
+    delays = [services.task_run(task_id=task.pk).retry_in for _ in range(40)]
+
+    task.refresh_from_db()
+    assert (task.status, task.deferrals) == (TaskStatus.PENDING, 40)  # 40 tries: still waiting
+    assert all(d is not None and 0 < d <= settings.COURSEGEN_TASK_DEFER_MAX_S for d in delays)
+    # Once the outage has lasted longer than the budget, the task fails and says why
+    budget = settings.COURSEGEN_TASK_DEFER_BUDGET_S
+    assert budget >= 30 * 60
+    GenerationTask.objects.filter(pk=task.pk).update(
+        deferred_since=timezone.now() - timedelta(seconds=budget + 1)
+    )
+
+    result = services.task_run(task_id=task.pk)
+
+    task.refresh_from_db()
+    assert result.retry_in is None and task.status == TaskStatus.FAILED
+    assert "deferral budget" in task.error
