@@ -22,6 +22,8 @@ from generation.models import (
     GenerationTask,
     GenerationTaskVersion,
     QueueEntry,
+    RegenerationRequest,
+    RegenerationSource,
 )
 
 
@@ -298,6 +300,56 @@ class VersionInline(ReadOnlyStackedInline):
     fields = VERSION_INLINE_FIELDS
 
 
+REGENERATION_FIELDS: tuple[str, ...] = (
+    "created_at",
+    "source",
+    "requested_by",
+    "part",
+    "instruction",
+    "status",
+    "version",
+    "runs",
+    "error",
+    "finished_at",
+)
+
+
+class RegenerationInline(ReadOnlyTabularInline):
+    model = RegenerationRequest
+    fields = REGENERATION_FIELDS
+    show_change_link = True
+
+
+@admin.register(RegenerationRequest)
+class RegenerationRequestAdmin(admin.ModelAdmin):
+    """Every regeneration asked for, by whom, and how it went (a running one shows its
+    worker and lease; the reconciler re-sends one whose worker died)."""
+
+    list_display = [
+        "pk",
+        "task",
+        "source",
+        "requested_by",
+        "status",
+        "version",
+        "runs",
+        "worker",
+        "lease_expires_at",
+        "created_at",
+        "finished_at",
+    ]
+    list_filter = ["status", "source"]
+    search_fields = ["task__job__id", "worker", "error", "instruction"]
+    list_select_related = ["task", "requested_by"]
+    readonly_fields = [f.name for f in RegenerationRequest._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(GenerationTask)
 class TaskAdmin(admin.ModelAdmin):
     list_display = [
@@ -319,7 +371,7 @@ class TaskAdmin(admin.ModelAdmin):
     search_fields = ["job__id", "key", "worker", "error"]
     list_select_related = ["job"]
     readonly_fields = [f.name for f in GenerationTask._meta.fields]
-    inlines = [AttemptInline, VersionInline]
+    inlines = [AttemptInline, VersionInline, RegenerationInline]
     actions = ["retry_tasks", "regenerate_tasks"]
 
     @admin.action(description="Retry the selected failed tasks")
@@ -334,7 +386,11 @@ class TaskAdmin(admin.ModelAdmin):
         started = 0
         for task in queryset:
             try:
-                regeneration.task_regenerate_enqueue(task_id=task.pk, by=request.user)  # type: ignore[arg-type]
+                regeneration.task_regenerate_enqueue(
+                    task_id=task.pk,
+                    by=request.user,  # type: ignore[arg-type]  # staff only
+                    source=RegenerationSource.ADMIN,
+                )
                 started += 1
             except services.GenerationError as exc:
                 self.message_user(request, f"{task}: {exc}", level=messages.WARNING)

@@ -19,12 +19,22 @@ RUN_TASK = "generation.tasks.run_task"
 FINALIZE_JOB = "generation.tasks.finalize_job"
 REGENERATE_TASK = "generation.tasks.regenerate_task"
 
+MAX_PRIORITY = 9  # priorities run 0 (first) to 9 (last); RabbitMQ queues get x-max-priority 9
+
 NAMES = (DISPATCH_QUEUE, RUN_OUTLINE, RUN_TASK, FINALIZE_JOB, REGENERATE_TASK)
 
 
 def task(name: str) -> Task[Any, Any]:
     """The registered Celery task of that name (KeyError if generation.tasks is not loaded)."""
     return current_app.tasks[name]
+
+
+def broker_priority(priority: int) -> int:
+    """A message priority on our scale (0 runs first, as Celery's Redis transport orders them)
+    as the broker wants it: RabbitMQ runs the highest number first, up to x-max-priority."""
+    if str(current_app.conf.broker_url).startswith("amqp"):
+        return MAX_PRIORITY - priority
+    return priority
 
 
 def always_eager() -> bool:

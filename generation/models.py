@@ -64,6 +64,11 @@ class CourseGenerationJob(models.Model):
     correlation_id = models.UUIDField(default=uuid.uuid4, editable=False, db_index=True)
     error = models.TextField(blank=True)
     chord_dispatched_at = models.DateTimeField(null=True, blank=True)
+    # The finalize's claim: one finalizer at a time (the chord body, the reconciler), fenced by
+    # (finalize_worker, finalize_runs); a killed finalizer's lease runs out and another resumes.
+    finalize_worker = models.CharField(max_length=200, blank=True)
+    finalize_runs = models.PositiveIntegerField(default=0)
+    finalize_lease_expires_at = models.DateTimeField(null=True, blank=True)
     quality_score = models.FloatField(
         null=True, blank=True, help_text="Overall score of the latest evaluation (0-1)."
     )
@@ -267,6 +272,77 @@ class GenerationTaskVersion(models.Model):
 
     def __str__(self) -> str:
         return f"version {self.number} of {self.task}"
+
+
+class RegenerationStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+REGENERATION_OPEN = (RegenerationStatus.PENDING, RegenerationStatus.RUNNING)
+
+
+class RegenerationSource(models.TextChoices):
+    API = "api", "API (the course's owner or staff)"
+    ADMIN = "admin", "Admin action"
+
+
+class RegenerationRequest(models.Model):
+    """A request to regenerate one task of a finished course (or one part of its output).
+
+    Its id is what the message carries, so a message delivered twice runs the request once,
+    and a request whose worker died is found by the reconciler (running with an expired lease)
+    and run again. The task itself stays succeeded throughout: its current output stands until
+    the new version replaces it. At most one request per task is open at a time."""
+
+    task = models.ForeignKey(
+        GenerationTask, on_delete=models.CASCADE, related_name="regeneration_requests"
+    )
+    source = models.CharField(max_length=32, choices=RegenerationSource.choices)
+    part = models.CharField(
+        max_length=64, blank=True, help_text="The part to regenerate (questions.2); empty: whole."
+    )
+    instruction = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    status = models.CharField(
+        max_length=16, choices=RegenerationStatus.choices, default=RegenerationStatus.PENDING
+    )
+    version = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The version it produced, once recorded."
+    )
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    runs = models.PositiveIntegerField(default=0, help_text="Times a worker claimed it.")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    redispatches = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "course_generation_regenerations"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task"],
+                condition=models.Q(status__in=["pending", "running"]),
+                name="uniq_open_regeneration_per_task",
+            )
+        ]
+        indexes = [models.Index(fields=["status", "lease_expires_at"])]
+        verbose_name = "regeneration request"
+
+    def __str__(self) -> str:
+        return f"regeneration {self.pk} of {self.task_id} [{self.status}]"
 
 
 class QueueState(models.TextChoices):

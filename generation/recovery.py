@@ -17,9 +17,9 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
-from generation import messages, services
+from generation import messages, regeneration, services
 from generation.leases import db_now
 from generation.models import (
     CourseGenerationJob,
@@ -28,6 +28,8 @@ from generation.models import (
     JobStatus,
     QueueEntry,
     QueueState,
+    RegenerationRequest,
+    RegenerationStatus,
     TaskStatus,
 )
 from generation.schemas import TaskKind
@@ -41,6 +43,7 @@ BATCH = 500
 class ReconcileReport:
     redispatched_tasks: int = 0
     redispatched_outlines: int = 0
+    redispatched_regenerations: int = 0
     finalized_jobs: int = 0
     started_jobs: int = 0
     pruned_keys: int = 0
@@ -56,8 +59,9 @@ def reconcile(*, now: datetime | None = None) -> ReconcileReport:
     report = ReconcileReport(
         redispatched_tasks=_redispatch_tasks(now=now, stale=stale),
         redispatched_outlines=_redispatch_outlines(now=now, stale=stale),
+        redispatched_regenerations=_redispatch_regenerations(now=now, stale=stale),
         finalized_jobs=_finalize_finished_jobs(
-            stale=now - timedelta(seconds=settings.COURSEGEN_FINALIZE_GRACE_S)
+            now=now, stale=now - timedelta(seconds=settings.COURSEGEN_FINALIZE_GRACE_S)
         ),
         started_jobs=len(services.queue_dispatch()),
         pruned_keys=IdempotencyKey.objects.filter(expires_at__lt=now).delete()[0],
@@ -108,11 +112,35 @@ def _redispatch_outlines(*, now: datetime, stale: datetime) -> int:
     return len(rows)
 
 
-def _finalize_finished_jobs(*, stale: datetime) -> int:
+def _redispatch_regenerations(*, now: datetime, stale: datetime) -> int:
+    """Regeneration requests whose message was lost, or whose worker died (lease expired)."""
+    overdue = Q(dispatched_at__lt=stale) | Q(dispatched_at__isnull=True)
+    expired = Q(status=RegenerationStatus.RUNNING, lease_expires_at__lt=now)
+    lost = Q(status=RegenerationStatus.PENDING)
+    requests = RegenerationRequest.objects.filter(overdue, expired | lost)
+    with transaction.atomic():
+        rows = list(
+            requests.select_for_update(skip_locked=True, of=("self",)).values_list(
+                "pk", "task__job__priority"
+            )[:BATCH]
+        )
+        RegenerationRequest.objects.filter(pk__in=[pk for pk, _ in rows]).update(
+            dispatched_at=now, redispatches=F("redispatches") + 1
+        )
+    for request_id, priority in rows:
+        regeneration.regeneration_send(request_id=request_id, priority=priority)
+    return len(rows)
+
+
+def _finalize_finished_jobs(*, now: datetime, stale: datetime) -> int:
     """Jobs whose chord body never ran: every task ended, the last one before `stale`. A job
-    that just ended is left to its chord body, so the two rarely both finalize (either may)."""
+    that just ended is left to its chord body; one being finalized (a live finalize lease) is
+    left to its finalizer. Either may finalize: the finalize lease lets one do it."""
+    free = Q(finalize_lease_expires_at__isnull=True) | Q(finalize_lease_expires_at__lt=now)
     jobs = (
-        CourseGenerationJob.objects.filter(status=JobStatus.RUNNING, chord_dispatched_at__lt=stale)
+        CourseGenerationJob.objects.filter(
+            free, status=JobStatus.RUNNING, chord_dispatched_at__lt=stale
+        )
         .exclude(tasks__status__in=[TaskStatus.PENDING, TaskStatus.RUNNING])
         .exclude(tasks__finished_at__gte=stale)
         .values_list("pk", flat=True)[:BATCH]

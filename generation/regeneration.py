@@ -1,8 +1,21 @@
-"""Regenerating one task of a finished course, on request, optionally with a teacher's
-instruction appended to the task-specific part of the prompt. The output it had is kept as a
-`GenerationTaskVersion` (so is the new one: the latest version is always the current output).
-The attempts ledger and the job's totals are kept, questions are de-duplicated across the course
-again (`services.job_dedupe_questions`) and the course re-assembles.
+"""Regenerating one task of a finished course (or one part of its output), on request,
+optionally with a teacher's instruction appended to the task-specific part of the prompt.
+
+A regeneration is a request row (`RegenerationRequest`) whose id the message carries. Its run
+claims the row with a lease and a run number, as a task's run claims the task, so:
+
+* a message delivered twice runs the request once (the second finds it claimed or finished);
+* a worker killed mid-run leaves the request running with a lease that runs out, and the
+  reconciler sends it again; a resumed run skips what its predecessor recorded;
+* the task itself stays succeeded throughout: its output stands until the new one replaces it;
+* one regeneration of a course runs at a time (its claim holds the job's row lock), so the
+  question de-duplication pass and the re-assembly after it never race another one.
+
+The output it had is kept as a `GenerationTaskVersion` (so is the new one: the latest version is
+always the current output). The attempts ledger and the job's totals are kept, questions are
+de-duplicated across the course again (`services.job_dedupe_questions`) and the course
+re-assembles. Callers besides the API and the admin (an LLM judge, say) create requests with
+their own `source` through `regeneration_request_create`.
 """
 
 from __future__ import annotations
@@ -10,120 +23,371 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from datetime import timedelta
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
-from django.db.models import F
+from django.db import IntegrityError, transaction
+from django.db.models import F, Max, Q, QuerySet
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from generation import assembly, messages, services
-from generation.llm import GenerationResult, generate
+from generation import assembly, messages, parts, services
+from generation.field_errors import FieldError
+from generation.leases import db_now_plus
+from generation.llm import GenerationResult, generate, regenerate_part
 from generation.models import (
     CourseGenerationJob,
     GenerationTask,
     GenerationTaskVersion,
     JobStatus,
+    RegenerationRequest,
+    RegenerationSource,
+    RegenerationStatus,
     TaskStatus,
 )
 from generation.prompts import PROMPT_VERSIONS
 from generation.providers import Provider, get_provider
-from generation.schemas import TaskKind
-from generation.services import GenerationError
+from generation.schemas import OUTPUT_SCHEMAS, TaskKind
+from generation.services import GenerationError, LeaseClock, while_lease_holds
 from monitoring.logs import log_event
 
 logger = logging.getLogger("coursegen.generation")
 
+BUSY_RETRY_S = 5.0  # another regeneration of the same course is running: try again after this
 
-def _check_regenerable(task: GenerationTask) -> None:
+
+def _regenerable_problem(task: GenerationTask) -> str:
     if task.kind == TaskKind.OUTLINE:
-        raise GenerationError(
-            "the outline cannot be regenerated on its own: every other task is built on it"
-        )
+        return "the outline cannot be regenerated on its own: every other task is built on it"
     if task.job.status != JobStatus.SUCCEEDED:
-        raise GenerationError(
-            f"only tasks of a finished course can be regenerated; the job is {task.job.status}"
-        )
-    if task.status == TaskStatus.RUNNING:
-        raise GenerationError("this task is being regenerated already")
+        return f"only tasks of a finished course can be regenerated; the job is {task.job.status}"
     if task.status != TaskStatus.SUCCEEDED:
-        raise GenerationError(f"the task has {task.status}")
+        return f"the task has {task.status}"
+    return ""
 
 
-def task_regenerate_enqueue(*, task_id: int, instruction: str = "", by: User) -> GenerationTask:
-    """Check that the task can be regenerated now, then run it on a worker after commit."""
-    regenerate_task = messages.task(messages.REGENERATE_TASK)
+# --- Asking -------------------------------------------------------------------------------------
+def regeneration_request_create(
+    *,
+    task_id: int,
+    by: User | None,
+    source: str,
+    instruction: str = "",
+    part: str = "",
+    send: bool = True,
+) -> RegenerationRequest:
+    """Check that the task can be regenerated now, record the request and send it after
+    commit (unless the caller runs it itself). GenerationError (safe to show) when it cannot,
+    or when one is open already."""
     with transaction.atomic():
         task = GenerationTask.objects.select_related("job").get(pk=task_id)
-        _check_regenerable(task)
-        transaction.on_commit(lambda: regenerate_task.delay(task_id, instruction, by.pk))
-    return task
+        problem = _regenerable_problem(task)
+        schema = OUTPUT_SCHEMAS[task.task_kind]
+        if not problem and part and part not in parts.parts_of(schema, task.output or {}):
+            problem = f"{task.kind} has no part {part!r}"
+        if problem:
+            raise GenerationError(problem)
+        try:
+            with transaction.atomic():  # a savepoint: the unique constraint may refuse
+                request = RegenerationRequest.objects.create(
+                    task=task,
+                    source=source,
+                    part=part,
+                    instruction=instruction,
+                    requested_by=by,
+                    dispatched_at=Now(),
+                )
+        except IntegrityError:
+            raise GenerationError("this task is being regenerated already") from None
+        priority = task.job.priority
+        if send:
+            transaction.on_commit(
+                lambda: regeneration_send(request_id=request.pk, priority=priority)
+            )
+    return request
+
+
+def task_regenerate_enqueue(
+    *,
+    task_id: int,
+    instruction: str = "",
+    by: User,
+    source: str = RegenerationSource.API,
+) -> GenerationTask:
+    """The API's and the admin's way in: a request for the whole task. Returns the task."""
+    request = regeneration_request_create(
+        task_id=task_id, by=by, source=source, instruction=instruction
+    )
+    return request.task
 
 
 def task_regenerate(
     *, task_id: int, instruction: str = "", by: User, provider: Provider | None = None
 ) -> GenerationTask:
-    """Re-run one task of a finished course, keep its previous output as a version, re-assemble
-    the course. When the new output fails validation the previous one stays, with the error."""
+    """Regenerate a task in this process, now (a command, a test); returns the task."""
+    request = regeneration_request_create(
+        task_id=task_id, by=by, source=RegenerationSource.API, instruction=instruction, send=False
+    )
+    regeneration_run(request_id=request.pk, provider=provider)
+    return GenerationTask.objects.get(pk=task_id)
+
+
+def regeneration_send(*, request_id: int, priority: int) -> None:
+    messages.task(messages.REGENERATE_TASK).apply_async(
+        args=(request_id,), priority=messages.broker_priority(priority)
+    )
+
+
+# --- Running ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RegenerationRun:
+    request_id: int
+    status: str
+    ran: bool  # False when the message was a repeat (or the request cannot run any more)
+    retry_in: float | None = None  # set when it must wait: send it again after this
+
+
+def regeneration_run(*, request_id: int, provider: Provider | None = None) -> RegenerationRun:
+    """Run (or resume) one regeneration request. Safe to repeat."""
     worker = f"regenerate:{services.worker_name()}"
-    task, number = _regeneration_claim(task_id=task_id, worker=worker)
-    spec = services.task_spec_build(task=task, worker=worker)
-    # The new version number makes the offline simulator draw anew; real providers ignore it.
-    spec = dataclasses.replace(
-        spec, instruction=instruction, context={**spec.context, "variant": number}
+    claim = _regeneration_claim(request_id=request_id, worker=worker)
+    if isinstance(claim, float):
+        return RegenerationRun(request_id, RegenerationStatus.PENDING, ran=False, retry_in=claim)
+    if claim is None:
+        found = RegenerationRequest.objects.filter(pk=request_id).values_list("status", flat=True)
+        return RegenerationRun(request_id, str(found.first()), ran=False)
+    request, lease = claim, LeaseClock(settings.COURSEGEN_TASK_LEASE_S)
+
+    def holds() -> bool:
+        return lease.renewed(bool(_owned(request, worker).update(lease_expires_at=_lease())))
+
+    if request.version is None and not request.error:  # not recorded by an earlier run
+        delay = _regeneration_generate(
+            request=request, worker=worker, provider=provider, holds=holds, lease=lease
+        )
+        if delay is not None:
+            return RegenerationRun(request_id, RegenerationStatus.PENDING, ran=True, retry_in=delay)
+        request.refresh_from_db(fields=["version", "error"])
+    job_id = request.task.job_id
+    if request.version is not None:
+        services.job_dedupe_questions(job_id=job_id, provider=provider, finished=True, holds=holds)
+    status = while_lease_holds(lease, lambda: _regeneration_close(request=request, worker=worker))
+    return RegenerationRun(request_id, status, ran=True)
+
+
+def _lease() -> Any:
+    return db_now_plus(settings.COURSEGEN_TASK_LEASE_S)
+
+
+def _owned(request: RegenerationRequest, worker: str) -> QuerySet[RegenerationRequest]:
+    return RegenerationRequest.objects.filter(
+        pk=request.pk, status=RegenerationStatus.RUNNING, worker=worker, runs=request.runs
     )
-    started = time.monotonic()
-    try:
-        result = generate(spec, provider or get_provider())
-    except Exception as exc:  # a bug must not leave the task claimed for ever
-        logger.exception("regeneration of task %s crashed", task_id)
-        result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
-    _regeneration_record(
-        task=task,
-        worker=worker,
-        result=result,
-        number=number,
-        instruction=instruction,
-        by=by,
-        wall_s=time.monotonic() - started,
-    )
-    if result.ok:
-        services.job_dedupe_questions(job_id=task.job_id, provider=provider, finished=True)
-    job_reassemble(job_id=task.job_id)
-    task.refresh_from_db()
-    return task
 
 
 @transaction.atomic
-def _regeneration_claim(*, task_id: int, worker: str) -> tuple[GenerationTask, int]:
-    """Lock and check the task, keep its current output as version 1 if it has no versions
-    yet, and mark it running; return it with the number the new version will get."""
-    task = GenerationTask.objects.select_for_update().select_related("job").get(pk=task_id)
-    _check_regenerable(task)
-    latest = task.versions.order_by("-number").first()
-    if latest is None:
-        latest = _version_create(
-            task=task,
-            number=1,
-            output=task.output or {},
-            usage=(task.input_tokens, task.cached_tokens, task.output_tokens),
-            cost=task.cost_usd,
-            instruction="",
-            by=task.job.owner,
-            at=task.finished_at or timezone.now(),
+def _regeneration_claim(*, request_id: int, worker: str) -> RegenerationRequest | float | None:
+    """Claim the request: the request, a wait (another regeneration of the course is running),
+    or None (finished, claimed elsewhere, or the task can no longer be regenerated)."""
+    request = RegenerationRequest.objects.select_related("task__job").filter(pk=request_id).first()
+    if request is None or request.status not in (
+        RegenerationStatus.PENDING,
+        RegenerationStatus.RUNNING,
+    ):
+        return None
+    job_id = request.task.job_id
+    CourseGenerationJob.objects.select_for_update().filter(pk=job_id).values_list("pk").first()
+    busy = RegenerationRequest.objects.filter(
+        task__job_id=job_id, status=RegenerationStatus.RUNNING, lease_expires_at__gte=Now()
+    ).exclude(pk=request.pk)
+    if busy.exists():
+        RegenerationRequest.objects.filter(pk=request.pk, status=RegenerationStatus.PENDING).update(
+            dispatched_at=db_now_plus(BUSY_RETRY_S)
         )
-    now = timezone.now()
-    GenerationTask.objects.filter(pk=task.pk).update(
-        status=TaskStatus.RUNNING,
+        return BUSY_RETRY_S
+    problem = _regenerable_problem(request.task)
+    if problem and request.version is None:
+        RegenerationRequest.objects.filter(pk=request.pk).update(
+            status=RegenerationStatus.FAILED,
+            error=problem,
+            finished_at=Now(),
+            lease_expires_at=None,
+        )
+        return None
+    claimable = Q(status=RegenerationStatus.PENDING) | Q(
+        status=RegenerationStatus.RUNNING, lease_expires_at__lt=Now()
+    )
+    claimed = RegenerationRequest.objects.filter(claimable, pk=request.pk).update(
+        status=RegenerationStatus.RUNNING,
         worker=worker,
         runs=F("runs") + 1,
-        started_at=now,
-        lease_expires_at=now + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S),
+        lease_expires_at=_lease(),
+        started_at=Coalesce(F("started_at"), Now()),
+        redispatches=0,
     )
-    return task, latest.number + 1
+    if not claimed:
+        return None
+    request.refresh_from_db()
+    _first_version_keep(request.task)
+    return request
+
+
+def _first_version_keep(task: GenerationTask) -> None:
+    """Before its first regeneration, a task's output becomes its version 1."""
+    if task.versions.exists():
+        return
+    _version_create(
+        task=task,
+        number=1,
+        output=task.output or {},
+        usage=(task.input_tokens, task.cached_tokens, task.output_tokens),
+        cost=task.cost_usd,
+        instruction="",
+        by=task.job.owner,
+        at=task.finished_at or timezone.now(),
+    )
+
+
+def _regeneration_generate(
+    *,
+    request: RegenerationRequest,
+    worker: str,
+    provider: Provider | None,
+    holds: Any,
+    lease: LeaseClock,
+) -> float | None:
+    """Call the provider and record the outcome; a delay when the provider is unavailable."""
+    task = request.task
+    spec = services.task_spec_build(task=task, worker=worker, heartbeat=holds)
+    # The new version number makes the offline simulator draw anew; real providers ignore it.
+    number = (task.versions.aggregate(n=Max("number"))["n"] or 1) + 1
+    spec = dataclasses.replace(
+        spec, instruction=request.instruction, context={**spec.context, "variant": number}
+    )
+    started = time.monotonic()
+    try:
+        if request.part:
+            result = regenerate_part(
+                spec,
+                provider or get_provider(),
+                data=task.output or {},
+                part=request.part,
+                errors=[FieldError(request.part, request.instruction or "asked for a new version")],
+            )
+        else:
+            result = generate(spec, provider or get_provider())
+    except Exception as exc:  # a bug must not leave the request claimed for ever
+        logger.exception("regeneration %s of task %s crashed", request.pk, task.pk)
+        result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
+    wall_s = time.monotonic() - started
+    if result.defer_s is not None:
+        delay = while_lease_holds(
+            lease, lambda: _regeneration_defer(request=request, worker=worker, result=result)
+        )
+        if delay is not None:
+            return delay
+    while_lease_holds(
+        lease,
+        lambda: _regeneration_record(request=request, worker=worker, result=result, wall_s=wall_s),
+    )
+    return None
+
+
+@transaction.atomic
+def _regeneration_defer(
+    *, request: RegenerationRequest, worker: str, result: GenerationResult
+) -> float | None:
+    """The provider is unavailable: give the request back (pending) to be sent again later,
+    within the deferral budget counted from when it was asked for. None when it is spent (or
+    the run lost its lease): nothing is recorded here then, the caller records the result."""
+    task = GenerationTask.objects.select_for_update().get(pk=request.task_id)
+    delay = services.defer_delay(defer_s=result.defer_s, deferrals=request.runs - 1)
+    budget = db_now_plus(-settings.COURSEGEN_TASK_DEFER_BUDGET_S)
+    deferred = (
+        _owned(request, worker)
+        .filter(created_at__gt=budget)
+        .update(
+            status=RegenerationStatus.PENDING,
+            worker="",
+            lease_expires_at=None,
+            dispatched_at=db_now_plus(delay),
+        )
+    )
+    if not deferred:
+        result.error = f"deferral budget spent: {result.error}"
+        return None
+    services.task_attempts_record(task=task, result=result)
+    services.task_usage_add(task=task, result=result)
+    return delay
+
+
+@transaction.atomic
+def _regeneration_record(
+    *, request: RegenerationRequest, worker: str, result: GenerationResult, wall_s: float
+) -> None:
+    """Record the calls (always: they were paid for), then, while the run still owns the
+    request, the new version and the task's new output (or why there is none)."""
+    task = GenerationTask.objects.select_for_update().select_related("job").get(pk=request.task_id)
+    services.task_attempts_record(task=task, result=result)
+    services.task_usage_add(task=task, result=result)
+    number = (task.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+    error = "" if result.ok else f"regeneration failed, the previous version stays: {result.error}"
+    if not _owned(request, worker).update(version=number if result.ok else None, error=error):
+        logger.warning("regeneration %s: lease lost by %s; nothing recorded", request.pk, worker)
+        return
+    changes: dict[str, Any] = {"duration_ms": round(wall_s * 1000)}
+    if result.ok:
+        usage = tuple(result.total(n) for n in ("input_tokens", "cached_tokens", "output_tokens"))
+        _version_create(
+            task=task,
+            number=number,
+            output=result.data or {},
+            usage=usage,  # type: ignore[arg-type]
+            cost=result.cost_usd,
+            instruction=request.instruction,
+            by=request.requested_by,
+        )
+        changes |= {
+            "output": result.data,
+            "prompt_version": PROMPT_VERSIONS[task.task_kind],
+            "validation_errors": [],
+            "error": "",
+        }
+    else:
+        changes |= {"validation_errors": result.validation_errors, "error": error}
+    GenerationTask.objects.filter(pk=task.pk).update(**changes)
+    outcome = "regenerated" if result.ok else "regeneration_failed"
+    log_event(
+        f"task.{outcome}",
+        f"{task.kind} {task.key} {outcome.replace('_', ' ')} (version {number}) by "
+        f"{request.requested_by or request.source}",
+        level="info" if result.ok else "warning",
+        job=task.job,
+        task=task,
+        user=request.requested_by,
+        duration_ms=wall_s * 1000,
+        data={
+            "request": request.pk,
+            "source": request.source,
+            "part": request.part,
+            "instruction": request.instruction,
+            "attempts": len(result.attempts),
+            "error": result.error,
+        },
+    )
+
+
+@transaction.atomic
+def _regeneration_close(*, request: RegenerationRequest, worker: str) -> str:
+    """Re-assemble the course and close the request, in one transaction."""
+    job_reassemble(job_id=request.task.job_id)
+    recorded = RegenerationRequest.objects.values_list("version", flat=True).get(pk=request.pk)
+    status = RegenerationStatus.SUCCEEDED if recorded is not None else RegenerationStatus.FAILED
+    _owned(request, worker).update(status=status, lease_expires_at=None, finished_at=Now())
+    return str(status)
 
 
 def _version_create(
@@ -150,62 +414,6 @@ def _version_create(
         cost_usd=cost,
         created_by=by,
         created_at=at or timezone.now(),
-    )
-
-
-@transaction.atomic
-def _regeneration_record(
-    *,
-    task: GenerationTask,
-    worker: str,
-    result: GenerationResult,
-    number: int,
-    instruction: str,
-    by: User,
-    wall_s: float,
-) -> None:
-    task.refresh_from_db(fields=["attempts"])
-    services.task_attempts_record(task=task, result=result)
-    changes: dict[str, Any] = {
-        **services.usage_increments(result=result),
-        "status": TaskStatus.SUCCEEDED,  # the previous output stands if the new one failed
-        "duration_ms": round(wall_s * 1000),
-        "lease_expires_at": None,
-        "finished_at": timezone.now(),
-    }
-    if result.ok:
-        usage = tuple(result.total(n) for n in ("input_tokens", "cached_tokens", "output_tokens"))
-        _version_create(
-            task=task,
-            number=number,
-            output=result.data or {},
-            usage=usage,  # type: ignore[arg-type]
-            cost=result.cost_usd,
-            instruction=instruction,
-            by=by,
-        )
-        changes |= {
-            "output": result.data,
-            "prompt_version": PROMPT_VERSIONS[task.task_kind],
-            "validation_errors": [],
-            "error": "",
-        }
-    else:
-        changes |= {
-            "validation_errors": result.validation_errors,
-            "error": f"regeneration failed, the previous version stays: {result.error}",
-        }
-    GenerationTask.objects.filter(pk=task.pk, worker=worker).update(**changes)
-    outcome = "regenerated" if result.ok else "regeneration_failed"
-    log_event(
-        f"task.{outcome}",
-        f"{task.kind} {task.key} {outcome.replace('_', ' ')} (version {number}) by {by}",
-        level="info" if result.ok else "warning",
-        job=task.job,
-        task=task,
-        user=by,
-        duration_ms=wall_s * 1000,
-        data={"instruction": instruction, "attempts": len(result.attempts), "error": result.error},
     )
 
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from pydantic import ValidationError as PydanticValidationError
 from rest_framework import serializers
 
@@ -18,6 +19,7 @@ from generation.models import (
     CourseGenerationJob,
     GenerationTask,
     GenerationTaskVersion,
+    RegenerationRequest,
 )
 from generation.schemas import CourseRequest, Level
 
@@ -267,12 +269,32 @@ class TaskVersionOutputSerializer(serializers.ModelSerializer):
         ]
 
 
+class RegenerationOutputSerializer(serializers.ModelSerializer):
+    requested_by = serializers.CharField(
+        source="requested_by.get_username", read_only=True, default=None
+    )
+
+    class Meta:
+        model = RegenerationRequest
+        fields = ["id", "status", "source", "requested_by", "instruction", "version", "error"]
+        read_only_fields = fields
+
+
 class TaskRegenerateOutputSerializer(TaskOutputSerializer):
     versions = TaskVersionOutputSerializer(many=True, read_only=True)
     output = serializers.JSONField(read_only=True)
+    regeneration = serializers.SerializerMethodField(
+        help_text="The latest regeneration request of the task: pending or running until the "
+        "new version is in, then succeeded (or failed, the previous version kept)."
+    )
 
     class Meta(TaskOutputSerializer.Meta):
-        fields = [*TaskOutputSerializer.Meta.fields, "output", "versions"]
+        fields = [*TaskOutputSerializer.Meta.fields, "output", "versions", "regeneration"]
+
+    @extend_schema_field(RegenerationOutputSerializer(allow_null=True))
+    def get_regeneration(self, task: GenerationTask) -> dict[str, Any] | None:
+        latest = task.regeneration_requests.order_by("-created_at", "-pk").first()
+        return RegenerationOutputSerializer(latest).data if latest else None
 
 
 class EvaluationOutputSerializer(serializers.ModelSerializer):

@@ -16,8 +16,8 @@ from uuid import UUID
 
 from celery import Task, shared_task
 
-from generation import recovery, services
-from generation.regeneration import task_regenerate
+from generation import recovery, regeneration, services
+from generation.models import RegenerationSource
 
 
 def _run_deferrable(task: Task, call: Callable[[], float | None]) -> None:
@@ -72,12 +72,21 @@ def finalize_job(job_id: str) -> str:
     return str(services.job_finalize(job_id=UUID(job_id)).status)
 
 
-@shared_task(name="generation.tasks.regenerate_task", ignore_result=True)
-def regenerate_task(task_id: int, instruction: str, user_id: int) -> None:
+@shared_task(bind=True, name="generation.tasks.regenerate_task", ignore_result=True)
+def regenerate_task(self: Task, request_id: int, *legacy: Any) -> None:
+    if legacy:  # a message from before requests had ids: (task_id, instruction, user_id)
+        _regenerate_legacy(task_id=request_id, instruction=str(legacy[0]), user_id=legacy[1])
+        return
+    _run_deferrable(self, lambda: regeneration.regeneration_run(request_id=request_id).retry_in)
+
+
+def _regenerate_legacy(*, task_id: int, instruction: str, user_id: int) -> None:
     from django.contrib.auth import get_user_model
 
-    user = get_user_model().objects.get(pk=user_id)
+    user = get_user_model().objects.filter(pk=user_id).first()
     try:
-        task_regenerate(task_id=task_id, instruction=instruction, by=user)
+        regeneration.regeneration_request_create(
+            task_id=task_id, by=user, source=RegenerationSource.API, instruction=instruction
+        )
     except services.GenerationError as exc:  # e.g. a second request for the same task
         logger.warning("task %s not regenerated: %s", task_id, exc)

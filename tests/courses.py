@@ -6,7 +6,9 @@ from typing import Any
 
 from generation import services
 from generation.models import CourseGenerationJob, JobStatus
-from generation.schemas import CourseRequest
+from generation.providers.base import Completion, CompletionRequest, Provider
+from generation.providers.offline import OfflineProvider
+from generation.schemas import CourseRequest, TaskKind
 
 
 def finished_job(user: Any, base_class: Any, **overrides: Any) -> CourseGenerationJob:
@@ -17,6 +19,38 @@ def finished_job(user: Any, base_class: Any, **overrides: Any) -> CourseGenerati
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED, job.error
     return job
+
+
+class SpyProvider(Provider):
+    """The offline simulator, with a record of every request."""
+
+    name = "spy"
+
+    def __init__(self) -> None:
+        self.inner = OfflineProvider()
+        self.requests: list[CompletionRequest] = []
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        self.requests.append(request)
+        return self.inner.complete(request)
+
+
+class DuplicatingProvider(SpyProvider):
+    """Offline content, except that lesson 2's assessment repeats lesson 1's first question."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_stem = ""
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        completion = super().complete(request)
+        if request.task_kind is TaskKind.ASSESSMENT and not request.context.get("part"):
+            questions = completion.data["questions"]
+            if request.context["task_key"] == "m1.l1":
+                self.first_stem = questions[0]["stem"]
+            elif request.context["task_key"] == "m1.l2":
+                questions[0]["stem"] = self.first_stem
+        return completion
 
 
 # Model output that tries to become markup: script tags, event handlers, javascript: URLs, an

@@ -20,30 +20,14 @@ from generation.models import (
     TaskStatus,
 )
 from generation.prompts import task_context
-from generation.providers.base import Completion, CompletionRequest, Provider
-from generation.providers.offline import OfflineProvider
 from generation.schemas import CourseOutline, Question, TaskKind
 from generation.validation import validate_output
 from monitoring.logs import flush_all
 from monitoring.models import CourseGenerationLog
-from tests.courses import finished_job
+from tests.courses import DuplicatingProvider, SpyProvider, finished_job
 from tests.factories import BaseClassFactory, OrganisationFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class SpyProvider(Provider):
-    """The offline simulator, with a record of every request."""
-
-    name = "spy"
-
-    def __init__(self) -> None:
-        self.inner = OfflineProvider()
-        self.requests: list[CompletionRequest] = []
-
-    def complete(self, request: CompletionRequest) -> Completion:
-        self.requests.append(request)
-        return self.inner.complete(request)
 
 
 @pytest.fixture
@@ -78,6 +62,8 @@ def test_it_regenerates_a_task_through_the_api_keeping_the_previous_version(
     assert body["versions"][0]["instruction"] == ""
     assert body["versions"][1]["instruction"] == "Use simpler examples"
     assert body["versions"][1]["created_by"] == teacher.username
+    assert body["regeneration"]["status"] == "succeeded"
+    assert body["regeneration"]["version"] == 2
     versions = list(task.versions.order_by("number"))
     assert versions[0].output == old_output  # the previous version is kept
     assert versions[1].output == body["output"] != old_output
@@ -169,24 +155,6 @@ def test_it_regenerates_tasks_from_the_admin(
 
 
 # --- Near-duplicate questions across a course ------------------------------------------------
-class DuplicatingProvider(SpyProvider):
-    """Offline content, except that lesson 2's assessment repeats lesson 1's first question."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.first_stem = ""
-
-    def complete(self, request: CompletionRequest) -> Completion:
-        completion = super().complete(request)
-        if request.task_kind is TaskKind.ASSESSMENT and not request.context.get("part"):
-            questions = completion.data["questions"]
-            if request.context["task_key"] == "m1.l1":
-                self.first_stem = questions[0]["stem"]
-            elif request.context["task_key"] == "m1.l2":
-                questions[0]["stem"] = self.first_stem
-        return completion
-
-
 def test_it_regenerates_only_the_later_duplicate_question_at_finalize(
     monkeypatch: pytest.MonkeyPatch, teacher: Any, base_class: Any
 ) -> None:

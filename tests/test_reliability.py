@@ -4,6 +4,8 @@ Each test here failed before its fix."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
@@ -15,7 +17,7 @@ from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
-from generation import recovery, services
+from generation import recovery, regeneration, services, tasks
 from generation.breaker import CircuitBreaker
 from generation.models import (
     CourseGenerationJob,
@@ -27,7 +29,9 @@ from generation.models import (
 from generation.providers.base import Completion, CompletionRequest, Provider
 from generation.providers.offline import OfflineProvider
 from generation.schemas import CourseRequest, TaskKind
+from generation.services import dedupe
 from tests import worker
+from tests.courses import DuplicatingProvider, finished_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -177,3 +181,161 @@ def test_it_waits_out_a_long_outage_and_gives_up_only_after_the_time_budget(
     task.refresh_from_db()
     assert result.retry_in is None and task.status == TaskStatus.FAILED
     assert "deferral budget" in task.error
+
+
+# --- 1: a regeneration is a request with an id, resumed after a kill, run once -----------------
+class Killed(BaseException):
+    """kill -9 of the worker: nothing after this point runs in that process."""
+
+
+@pytest.fixture
+def short_leases(settings: Any) -> Any:
+    """Leases of two seconds, and a reconciler that re-sends after one: a killed worker's
+    work is found by waiting for its lease to run out for real (on the database's clock)."""
+    settings.COURSEGEN_TASK_LEASE_S = 2
+    settings.COURSEGEN_REDISPATCH_AFTER_S = 1
+    settings.COURSEGEN_FINALIZE_GRACE_S = 0
+    return settings
+
+
+def _after_the_lease() -> None:
+    time.sleep(2.5)
+
+
+def test_it_regenerates_a_task_whose_regeneration_worker_was_killed(
+    teacher: Any, base_class: Any, monkeypatch: Any, short_leases: Any, admin_client: Any
+) -> None:
+    job = finished_job(teacher, base_class)
+    task = job.tasks.get(kind=TaskKind.LESSON_SECTION, key="m1.l1")
+    old_output = task.output
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise Killed
+
+    monkeypatch.setattr("generation.regeneration.generate", killed)
+    with pytest.raises(Killed):
+        regeneration.task_regenerate_enqueue(task_id=task.pk, instruction="simpler", by=teacher)
+    monkeypatch.undo()
+    page = admin_client.get("/admin/generation/regenerationrequest/").content.decode()
+    assert 'class="field-status">Running<' in page  # staff see it, and its worker and lease
+
+    _after_the_lease()  # the worker is gone
+    recovery.reconcile()
+
+    task.refresh_from_db()
+    job.refresh_from_db()
+    assert task.status == TaskStatus.SUCCEEDED and task.output != old_output
+    assert list(task.versions.values_list("number", "instruction")) == [(1, ""), (2, "simpler")]
+    assert job.course is not None
+    assert job.course["modules"][0]["lessons"][0]["section"] == task.output
+
+
+def test_it_runs_a_regeneration_message_delivered_twice_only_once(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    job = finished_job(teacher, base_class)
+    task = job.tasks.get(kind=TaskKind.BRAIN_BYTES, key="m1.l2")
+    sent: list[dict[str, Any]] = []
+    real_send = tasks.regenerate_task.apply_async
+
+    def send(*args: Any, **kwargs: Any) -> Any:
+        sent.append({"args": kwargs.get("args", args[0] if args else ()), **kwargs})
+        return real_send(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.regenerate_task, "apply_async", send)
+    regeneration.task_regenerate_enqueue(task_id=task.pk, instruction="", by=teacher)
+    assert len(sent) == 1
+
+    tasks.regenerate_task.apply(args=sent[0]["args"], kwargs=sent[0].get("kwargs"))  # again
+
+    assert list(task.versions.values_list("number", flat=True)) == [1, 2]
+    assert GenerationAttempt.objects.filter(task=task).count() == 2  # the first run and one more
+
+
+# --- 2: finalize's duplicate-question pass ------------------------------------------------------
+def _duplicating(monkeypatch: Any) -> DuplicatingProvider:
+    provider = DuplicatingProvider()
+    for module in ("services.runs", "services.dedupe", "regeneration"):
+        monkeypatch.setattr(f"generation.{module}.get_provider", lambda: provider)
+    return provider
+
+
+def test_it_never_regenerates_a_whole_succeeded_task_after_a_finalize_was_killed(
+    teacher: Any, base_class: Any, monkeypatch: Any, short_leases: Any
+) -> None:
+    provider = _duplicating(monkeypatch)
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise Killed
+
+    with monkeypatch.context() as m:  # the chord body's worker dies replacing the question
+        m.setattr("generation.services.dedupe.regenerate_part", killed)
+        with pytest.raises(Killed):
+            finished_job(teacher, base_class)
+    job = CourseGenerationJob.objects.get()
+    whole_before = len([r for r in provider.requests if not r.context.get("part")])
+
+    _after_the_lease()
+    recovery.reconcile()
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert len([r for r in provider.requests if not r.context.get("part")]) == whole_before
+    assert [r.context["part"] for r in provider.requests if r.context.get("part")] == [
+        "questions.0"
+    ]
+    second = job.tasks.get(kind=TaskKind.ASSESSMENT, key="m1.l2")
+    assert second.runs == 1 and second.output is not None
+    assert second.output["questions"][0]["stem"] != provider.first_stem
+
+
+def test_it_replaces_a_duplicate_question_once_when_two_finalizers_race(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    provider = _duplicating(monkeypatch)
+    monkeypatch.setattr(services.planning, "_send_chord", lambda *args: None)
+    job = services.job_submit(
+        user=teacher,
+        base_class=base_class,
+        request=CourseRequest(topic="Rivers and valleys", num_modules=1, lessons_per_module=2),
+    )
+    for task in GenerationTask.objects.filter(job=job, status=TaskStatus.PENDING):
+        services.task_run(task_id=task.pk)
+    # The chord body and the reconciler both finalize: the second has read the duplicates
+    # before the first replaced the question, and goes on after the first has finished.
+    real_duplicates = dedupe.course_duplicates
+    second_read, first_done = threading.Event(), threading.Event()
+    readers: list[int] = []
+
+    def course_duplicates(*args: Any, **kwargs: Any) -> Any:
+        found = real_duplicates(*args, **kwargs)
+        readers.append(threading.get_ident())
+        if len(readers) == 1:
+            second_read.wait(3)
+        else:
+            second_read.set()
+            first_done.wait(10)
+        return found
+
+    monkeypatch.setattr(dedupe, "course_duplicates", course_duplicates)
+
+    def finalize(then: threading.Event) -> None:
+        try:
+            services.job_finalize(job_id=job.pk)
+        finally:
+            then.set()
+            connection.close()
+
+    first = threading.Thread(target=finalize, args=(first_done,))
+    first.start()
+    while not readers and first.is_alive():
+        time.sleep(0.01)
+    second = threading.Thread(target=finalize, args=(second_read,))
+    second.start()
+    first.join(20)
+    second.join(20)
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert len([r for r in provider.requests if r.context.get("part")]) == 1
+    assert GenerationAttempt.objects.filter(task__job=job, kind="part").count() == 1

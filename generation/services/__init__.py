@@ -31,6 +31,7 @@ from generation.services.finalize import FINALIZED_FIELDS, job_evaluate, job_fin
 from generation.services.ledger import (
     job_totals_apply,
     task_attempts_record,
+    task_usage_add,
     usage_increments,
     usage_totals,
 )
@@ -41,12 +42,15 @@ from generation.services.planning import (
     plan_units,
 )
 from generation.services.runs import (
+    LeaseClock,
     TaskRunResult,
+    defer_delay,
     job_refresh_progress,
     task_claim,
     task_lease_renew,
     task_run,
     task_spec_build,
+    while_lease_holds,
 )
 from generation.services.submit import ROLE_PRIORITY, job_submit
 
@@ -54,8 +58,10 @@ __all__ = [
     "FINALIZED_FIELDS",
     "ROLE_PRIORITY",
     "GenerationError",
+    "LeaseClock",
     "TaskRunResult",
     "capacity_check",
+    "defer_delay",
     "dispatch_asked_clear",
     "job_cancel",
     "job_dedupe_questions",
@@ -81,7 +87,9 @@ __all__ = [
     "task_lease_renew",
     "task_run",
     "task_spec_build",
+    "task_usage_add",
     "usage_increments",
     "usage_totals",
+    "while_lease_holds",
     "worker_name",
 ]

@@ -1,18 +1,22 @@
 """Near-duplicate questions across a course. Assessments run in parallel and cannot see each
 other, so at finalize (and after a regeneration) the questions are compared across the course,
 and only the later question of each near-duplicate pair is regenerated (a request for that one
-question), then merged into its assessment."""
+question), then merged into its assessment.
+
+The pass runs under its caller's lease (the job's finalize lease, or a regeneration request's),
+which `holds` renews and checks: it is never a task's own claim. A succeeded task stays
+succeeded while one of its questions is replaced, so a caller killed mid-pass leaves no task
+for the reconciler to run again from scratch; the next finalize redoes the pass."""
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from generation.checks import Duplicate, course_duplicates, is_near_duplicate
 from generation.field_errors import FieldError
@@ -27,11 +31,16 @@ logger = logging.getLogger("coursegen.generation")
 
 
 def job_dedupe_questions(
-    *, job_id: UUID, provider: Provider | None = None, finished: bool = False
+    *,
+    job_id: UUID,
+    provider: Provider | None = None,
+    finished: bool = False,
+    holds: Callable[[], bool] = lambda: True,
 ) -> int:
     """Regenerate the later question of every near-duplicate pair across the course's
     assessments; return how many were found. Runs when every task has succeeded (on a running
-    job at finalize, or on a finished one after a regeneration when `finished`)."""
+    job at finalize, or on a finished one after a regeneration when `finished`). `holds`
+    renews the caller's lease and says whether it still holds it: the pass stops when not."""
     job = CourseGenerationJob.objects.get(pk=job_id)
     wanted = JobStatus.SUCCEEDED if finished else JobStatus.RUNNING
     tasks = list(job.tasks.all())
@@ -43,8 +52,15 @@ def job_dedupe_questions(
     )
     by_key = {t.key: t for t in assessments}
     for duplicate in duplicates:
+        if not holds():
+            logger.warning("job %s: lease lost; question de-duplication stopped", job_id)
+            break
         _dedupe_one(
-            task=by_key[duplicate.key], duplicate=duplicate, provider=provider, finished=finished
+            task=by_key[duplicate.key],
+            duplicate=duplicate,
+            provider=provider,
+            finished=finished,
+            holds=holds,
         )
     if duplicates:
         logger.info("job %s: regenerated %s near-duplicate question(s)", job_id, len(duplicates))
@@ -68,15 +84,14 @@ def _course_stems(job_id: UUID, *, except_key: str) -> list[tuple[str, str]]:
 
 
 def _dedupe_one(
-    *, task: GenerationTask, duplicate: Duplicate, provider: Provider | None, finished: bool
+    *,
+    task: GenerationTask,
+    duplicate: Duplicate,
+    provider: Provider | None,
+    finished: bool,
+    holds: Callable[[], bool],
 ) -> None:
     worker = f"dedupe:{common.worker_name()}"
-    lease = timezone.now() + timedelta(seconds=settings.COURSEGEN_TASK_LEASE_S)
-    claimed = GenerationTask.objects.filter(pk=task.pk, status=TaskStatus.SUCCEEDED).update(
-        status=TaskStatus.RUNNING, worker=worker, lease_expires_at=lease
-    )
-    if not claimed:
-        return  # another finalize is on it
     task.refresh_from_db()
     data = task.output or {}
     part = f"questions.{duplicate.index}"
@@ -92,7 +107,7 @@ def _dedupe_one(
 
     try:
         result = regenerate_part(
-            runs.task_spec_build(task=task, worker=worker),
+            runs.task_spec_build(task=task, worker=worker, heartbeat=holds),
             provider or get_provider(),
             data=data,
             part=part,
@@ -101,10 +116,14 @@ def _dedupe_one(
             # The simulator reads this; a real model sees the duplicate and siblings in the prompt.
             context={"avoid": [s for _, s in others] + _siblings(data, duplicate.index)},
         )
-    except Exception as exc:  # a bug must not leave the task claimed for ever
+    except Exception as exc:  # a bug must not lose the ledger of the calls made
         logger.exception("replacing question %s of task %s crashed", part, task.pk)
         result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
-    _dedupe_record(task=task, worker=worker, result=result, finished=finished)
+    lease = runs.LeaseClock(settings.COURSEGEN_TASK_LEASE_S)
+    runs.while_lease_holds(
+        lease,
+        lambda: _dedupe_record(task=task, result=result, finished=finished, holds=holds),
+    )
 
 
 def _siblings(data: dict[str, Any], index: int) -> list[str]:
@@ -113,25 +132,29 @@ def _siblings(data: dict[str, Any], index: int) -> list[str]:
 
 @transaction.atomic
 def _dedupe_record(
-    *, task: GenerationTask, worker: str, result: GenerationResult, finished: bool
+    *, task: GenerationTask, result: GenerationResult, finished: bool, holds: Callable[[], bool]
 ) -> None:
     """Merge the replacement question. If none passed, the task fails while its course is being
-    made (the content is not valid); on a finished course the current version stays."""
+    made (the content is not valid); on a finished course the current version stays. The calls
+    are accounted for whatever happens, the merge only while the caller still holds its lease."""
+    locked = GenerationTask.objects.select_for_update().get(pk=task.pk)
+    task.attempts = locked.attempts
     ledger.task_attempts_record(task=task, result=result)
-    changes: dict[str, Any] = {
-        **ledger.usage_increments(result=result),
-        "status": TaskStatus.SUCCEEDED,
-        "lease_expires_at": None,
-    }
+    ledger.task_usage_add(task=task, result=result)
+    if not holds():
+        logger.warning("task %s: lease lost; the replacement question is not merged", task.pk)
+        return
+    changes: dict[str, Any] = {}
     if result.ok:
         changes["output"] = result.data
     else:
         changes |= {
-            "status": TaskStatus.SUCCEEDED if finished else TaskStatus.FAILED,
             "validation_errors": result.validation_errors,
             "error": f"a near-duplicate question could not be replaced: {result.error}",
         }
-    GenerationTask.objects.filter(pk=task.pk, worker=worker).update(**changes)
+        if not finished:
+            changes["status"] = TaskStatus.FAILED
+    GenerationTask.objects.filter(pk=task.pk, status=TaskStatus.SUCCEEDED).update(**changes)
     log_event(
         "question.replaced" if result.ok else "question.not_replaced",
         f"{task.kind} {task.key}: near-duplicate question "

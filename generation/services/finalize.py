@@ -7,10 +7,14 @@ import logging
 from collections import Counter
 from uuid import UUID
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from generation import assembly, evaluation
+from generation.leases import db_now_plus
 from generation.models import (
     AttemptOutcome,
     CourseEvaluation,
@@ -21,47 +25,113 @@ from generation.models import (
     QueueState,
     TaskStatus,
 )
-from generation.services import alerts, dedupe, dispatch, ledger
+from generation.services import alerts, common, dedupe, dispatch, ledger, runs
 
 logger = logging.getLogger("coursegen.generation")
 
 
 def job_finalize(*, job_id: UUID) -> CourseGenerationJob:
-    """Assemble the course and close the job, once every task has ended. Safe to repeat."""
+    """Assemble the course and close the job, once every task has ended. Safe to repeat.
+
+    One finalizer at a time (the chord body and the reconciler may both call this): the first
+    claims the job's finalize lease; the others return. The question de-duplication pass runs
+    under that lease and never takes a succeeded task back to running, so a finalizer killed
+    mid-pass leaves nothing for the reconciler to re-run but the finalize itself."""
+    worker = f"finalize:{common.worker_name()}"
+    run = _finalize_claim(job_id=job_id, worker=worker)
+    if run is None:
+        return CourseGenerationJob.objects.get(pk=job_id)
+    lease = runs.LeaseClock(settings.COURSEGEN_TASK_LEASE_S)
+
+    def holds() -> bool:
+        return lease.renewed(_finalize_renew(job_id=job_id, worker=worker, run=run))
+
     # Assessments ran in parallel: only now can questions be compared across the course.
-    dedupe.job_dedupe_questions(job_id=job_id)
-    with transaction.atomic():
-        job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
-        if job.is_terminal:
-            return job
-        tasks = list(job.tasks.all())
-        if any(
-            t.status not in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
-            for t in tasks
-        ):
-            logger.info("job %s: finalize called with tasks still open; leaving it running", job_id)
-            return job
-        ledger.job_totals_apply(job=job, tasks=tasks)
-        failed = [t for t in tasks if t.status != TaskStatus.SUCCEEDED]
-        if failed:
-            job.status = JobStatus.FAILED
-            job.error = "; ".join(f"{t.kind} {t.key}: {t.error or t.status}" for t in failed[:10])
-        else:
-            job.status, job.progress = JobStatus.SUCCEEDED, 100
-            job.course = assembly.assemble_course(job=job, tasks=tasks)
-            job_evaluate(job=job, tasks=tasks)  # in this transaction: every course is scored
-        job.finished_at = timezone.now()
-        job.save(update_fields=FINALIZED_FIELDS)  # not the request and outline documents again
-        dispatch.queue_entry_close(job=job, state=QueueState.DONE)
-        transaction.on_commit(dispatch.send_dispatch)
-    alerts.job_outcome_record(job=job)  # logs the outcome, alerts on failure, checks quality
+    dedupe.job_dedupe_questions(job_id=job_id, holds=holds)
+    job, closed = runs.while_lease_holds(
+        lease, lambda: _finalize_close(job_id=job_id, worker=worker, run=run)
+    )
+    if closed:
+        alerts.job_outcome_record(job=job)  # logs the outcome, alerts on failure, checks quality
     return job
+
+
+def _open_tasks() -> Exists:
+    return Exists(
+        GenerationTask.objects.filter(
+            job=OuterRef("pk"), status__in=[TaskStatus.PENDING, TaskStatus.RUNNING]
+        )
+    )
+
+
+def _finalize_claim(*, job_id: UUID, worker: str) -> int | None:
+    """Take the job's finalize lease (on the database's clock); its run number, or None when
+    the job is closed, has tasks still open, or another finalizer holds the lease."""
+    free = Q(finalize_lease_expires_at__isnull=True) | Q(finalize_lease_expires_at__lt=Now())
+    claimed = (
+        CourseGenerationJob.objects.filter(free, pk=job_id, status=JobStatus.RUNNING)
+        .exclude(_open_tasks())
+        .update(
+            finalize_worker=worker,
+            finalize_runs=F("finalize_runs") + 1,
+            finalize_lease_expires_at=db_now_plus(settings.COURSEGEN_TASK_LEASE_S),
+        )
+    )
+    if not claimed:
+        logger.info("job %s: not finalized here (closed, tasks open or being finalized)", job_id)
+        return None
+    return CourseGenerationJob.objects.values_list("finalize_runs", flat=True).get(pk=job_id)
+
+
+def _finalize_owned(*, job_id: UUID, worker: str, run: int) -> QuerySet[CourseGenerationJob]:
+    return CourseGenerationJob.objects.filter(
+        pk=job_id, status=JobStatus.RUNNING, finalize_worker=worker, finalize_runs=run
+    )
+
+
+def _finalize_renew(*, job_id: UUID, worker: str, run: int) -> bool:
+    owned = _finalize_owned(job_id=job_id, worker=worker, run=run)
+    return bool(
+        owned.update(finalize_lease_expires_at=db_now_plus(settings.COURSEGEN_TASK_LEASE_S))
+    )
+
+
+@transaction.atomic
+def _finalize_close(*, job_id: UUID, worker: str, run: int) -> tuple[CourseGenerationJob, bool]:
+    """Close the job if this finalizer still holds it; the job, and whether it closed it."""
+    job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
+    if job.is_terminal or (job.finalize_worker, job.finalize_runs) != (worker, run):
+        return job, False  # closed by another finalizer, or our lease was taken over
+    tasks = list(job.tasks.all())
+    if any(
+        t.status not in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+        for t in tasks
+    ):
+        logger.info("job %s: finalize called with tasks still open; leaving it running", job_id)
+        job.finalize_lease_expires_at = None
+        job.save(update_fields=["finalize_lease_expires_at", "updated_at"])
+        return job, False
+    ledger.job_totals_apply(job=job, tasks=tasks)
+    failed = [t for t in tasks if t.status != TaskStatus.SUCCEEDED]
+    if failed:
+        job.status = JobStatus.FAILED
+        job.error = "; ".join(f"{t.kind} {t.key}: {t.error or t.status}" for t in failed[:10])
+    else:
+        job.status, job.progress = JobStatus.SUCCEEDED, 100
+        job.course = assembly.assemble_course(job=job, tasks=tasks)
+        job_evaluate(job=job, tasks=tasks)  # in this transaction: every course is scored once
+    job.finished_at = timezone.now()
+    job.finalize_lease_expires_at = None
+    job.save(update_fields=FINALIZED_FIELDS)  # not the request and outline documents again
+    dispatch.queue_entry_close(job=job, state=QueueState.DONE)
+    transaction.on_commit(dispatch.send_dispatch)
+    return job, True
 
 
 FINALIZED_FIELDS = [
     "status", "progress", "error", "course", "finished_at", "updated_at",
     "input_tokens", "cached_tokens", "output_tokens", "cost_usd", "reask_cost_usd",
-    "quality_score",
+    "quality_score", "finalize_lease_expires_at",
 ]  # fmt: skip
 
 

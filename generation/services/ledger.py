@@ -80,10 +80,11 @@ def usage_increments(*, result: GenerationResult) -> dict[str, Any]:
 JOB_TOTALS = ("input_tokens", "cached_tokens", "output_tokens", "cost_usd", "reask_cost_usd")
 
 
-def usage_add_unowned(*, task: GenerationTask, result: GenerationResult) -> None:
-    """Count a run's usage when the run no longer owns its task (its lease was taken over):
-    its calls are in the ledger and were paid for, so they go on the task's counters, and on
-    the job's totals too if the job was closed meanwhile. Call inside a transaction.
+def task_usage_add(*, task: GenerationTask, result: GenerationResult) -> None:
+    """Count a run's usage apart from its result: a run that lost its task's lease (its calls
+    are in the ledger and were paid for), or a pass that replaces part of a succeeded task's
+    output. The usage goes on the task's counters, and on the job's totals too if the job is
+    closed (a finalize sums the tasks' counters before that). Call inside a transaction.
 
     The task's row is written first and the job's locked second, the order every task write
     takes: either a finalize that has not committed yet sums this task's new counters, or the

@@ -240,7 +240,7 @@ def _record_result(
     if not updated:
         # Our lease expired and another run took the task over; its result stands. Our calls
         # were paid for all the same: they count in the task's and the job's totals.
-        ledger.usage_add_unowned(task=task, result=result)
+        ledger.task_usage_add(task=task, result=result)
         logger.warning(
             "task %s: lease lost by %s run %s, result discarded", task.pk, worker, task.runs
         )
