@@ -34,7 +34,10 @@ BENCH_THROUGHPUT_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/$(BENCH_THRO
 BENCH_ENV := DATABASE_URL=$(BENCH_THROUGHPUT_DATABASE_URL) DATABASE_POOL=true COURSEGEN_PROVIDER=offline \
 	CELERY_BROKER_URL=redis://127.0.0.1:$(BENCH_REDIS_PORT)/0 \
 	CELERY_RESULT_BACKEND=redis://127.0.0.1:$(BENCH_REDIS_PORT)/0 \
-	REDIS_URL=redis://127.0.0.1:$(BENCH_REDIS_PORT)/1 DJANGO_DEBUG=false LOG_LEVEL=warning
+	REDIS_URL=redis://127.0.0.1:$(BENCH_REDIS_PORT)/1 DJANGO_DEBUG=false LOG_LEVEL=warning \
+	COURSEGEN_JUDGE_ENABLED=$(BENCH_JUDGE)
+# The bench measures generation: the LLM judge (its own calls, after finalize) is off unless asked.
+BENCH_JUDGE ?= false
 
 .PHONY: system-deps browser-deps venv demo test chaos bench lint typecheck check migrations-check worker beat flower web clean bench-admission
 

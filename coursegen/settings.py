@@ -421,6 +421,43 @@ def env_grade_bands(name: str, default: str) -> dict[str, tuple[float, float]]:
 COURSEGEN_READING_GRADE_BANDS = env_grade_bands(
     "COURSEGEN_READING_GRADE_BANDS", "beginner=4-12,intermediate=6-14,advanced=7-18"
 )
+
+
+def env_scores(name: str, default: str) -> dict[str, int]:
+    """Parse "accuracy=4,clarity_examples=3" (a 1-5 minimum per judge criterion; the names are
+    checked against the rubric by a system check, generation/quality/checks.py)."""
+    scores: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in env_str(name, default).split(","))):
+        criterion, _, value = part.partition("=")
+        try:
+            scores[criterion.strip()] = int(value)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {part!r} is not criterion=score") from exc
+        if not 1 <= scores[criterion.strip()] <= 5:
+            raise ImproperlyConfigured(f"{name}: {part!r}: scores run from 1 to 5")
+    return scores
+
+
+# The quality judge (generation/quality/): an LLM scores each lesson of a finished course against
+# a teaching rubric, after finalize, on its own Celery tasks; off, courses get the heuristic only.
+COURSEGEN_JUDGE_ENABLED = env_bool("COURSEGEN_JUDGE_ENABLED", True)
+COURSEGEN_JUDGE_TIER = env_choice("COURSEGEN_JUDGE_TIER", "simple", ("simple", "complex"))
+COURSEGEN_JUDGE_MODEL = env_str("COURSEGEN_JUDGE_MODEL", "")  # empty: the tier's model
+# A lesson below these is regenerated once with the judge's feedback, judged again, and alerted
+# on if still below: a 1-5 minimum per criterion, and a 0-1 minimum of the verdict's overall.
+COURSEGEN_JUDGE_MIN_SCORES = env_scores(
+    "COURSEGEN_JUDGE_MIN_SCORES",
+    "objectives_taught=3,accuracy=4,audience_fit=3,question_quality=3,clarity_examples=3",
+)
+COURSEGEN_JUDGE_MIN_OVERALL = env_float("COURSEGEN_JUDGE_MIN_OVERALL", 0.6, minimum=0.0)
+if COURSEGEN_JUDGE_MIN_OVERALL > 1:
+    raise ImproperlyConfigured("COURSEGEN_JUDGE_MIN_OVERALL is a 0-1 score")
+COURSEGEN_JUDGE_REGENERATE = env_bool("COURSEGEN_JUDGE_REGENERATE", True)
+# Celery priority of the judge's messages: after generation's (5), so a busy judge never delays
+# a course.
+COURSEGEN_JUDGE_PRIORITY = env_int("COURSEGEN_JUDGE_PRIORITY", 8, minimum=0)
+if COURSEGEN_JUDGE_PRIORITY > 9:
+    raise ImproperlyConfigured("COURSEGEN_JUDGE_PRIORITY must be 0-9 (Celery's Redis priorities)")
 # tiktoken reads its encodings from here; generation/tokens.py fills it from bpe-openai offline.
 TIKTOKEN_CACHE_DIR = env_str("TIKTOKEN_CACHE_DIR", str(BASE_DIR / ".cache" / "tiktoken"))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from uuid import UUID
 
 from django.contrib import admin, messages
@@ -14,6 +13,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import content_disposition_header
 
 from generation import exports, recovery, regeneration, services
+from generation.admin_base import ReadOnlyStackedInline, ReadOnlyTabularInline
 from generation.exports.archive import zip_files
 from generation.models import (
     CourseEvaluation,
@@ -25,29 +25,9 @@ from generation.models import (
     RegenerationRequest,
     RegenerationSource,
 )
-
-
-class ReadOnlyInline(admin.options.InlineModelAdmin):
-    """Rows written by the pipeline, shown as they are: every field read-only, none added or
-    deleted here."""
-
-    extra = 0
-    can_delete = False
-
-    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> Any:
-        return self.fields
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-
-class ReadOnlyTabularInline(ReadOnlyInline, admin.TabularInline):
-    pass
-
-
-class ReadOnlyStackedInline(ReadOnlyInline, admin.StackedInline):
-    pass
-
+from generation.quality import feedback
+from generation.quality_admin import JudgeRunInline, RatingInline
+from generation.rubric import HUMAN_EVALUATOR
 
 TASK_INLINE_FIELDS: tuple[str, ...] = (
     "kind",
@@ -68,29 +48,50 @@ class TaskInline(ReadOnlyTabularInline):
     fields = TASK_INLINE_FIELDS
 
 
-EVALUATION_FIELDS: tuple[str, ...] = ("created_at", "evaluator", "overall", "criteria", "feedback")
+EVALUATION_FIELDS: tuple[str, ...] = (
+    "created_at",
+    "evaluator",
+    "task",
+    "overall",
+    "criteria",
+    "feedback",
+)
 
 
 class EvaluationInline(ReadOnlyTabularInline):
+    """The heuristic's and the judge's evaluations (teachers' ratings have their own inline)."""
+
     model = CourseEvaluation
     fields = EVALUATION_FIELDS
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[CourseEvaluation]:
+        return super().get_queryset(request).exclude(evaluator=HUMAN_EVALUATOR)
 
 
 @admin.register(CourseEvaluation)
 class EvaluationAdmin(admin.ModelAdmin):
     """Evaluation scores across jobs: sort by `overall` to find the weakest courses."""
 
-    list_display = ["job", "overall", "evaluator", "created_at"]
-    list_filter = ["evaluator", "created_at"]
-    search_fields = ["job__id", "job__request__topic"]
-    list_select_related = ["job"]
+    list_display = ["job", "task", "overall", "evaluator", "rating", "rated_by", "created_at"]
+    list_filter = ["evaluator", "rating", "created_at"]
+    search_fields = ["job__id", "job__request__topic", "rated_by__username"]
+    list_select_related = ["job", "task", "rated_by"]
     date_hierarchy = "created_at"
-    readonly_fields = ("job", *EVALUATION_FIELDS)
-    fields = ("job", *EVALUATION_FIELDS)
+    readonly_fields = (
+        "job",
+        *EVALUATION_FIELDS,
+        "details",
+        "rated_by",
+        "rating",
+        "flags",
+        "superseded_at",
+    )
+    fields = readonly_fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[CourseEvaluation]:
         # The job column shows its topic and status, not its course and outline documents.
-        return super().get_queryset(request).defer("job__course", "job__outline")
+        evaluations = super().get_queryset(request).defer("job__course", "job__outline")
+        return feedback.ratings_for_staff(user=request.user, evaluations=evaluations)  # type: ignore[arg-type]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # recorded by the evaluator at finalize
@@ -141,6 +142,7 @@ class JobAdmin(admin.ModelAdmin):
         "cost_usd",
         "reask_share_display",
         "quality_score",
+        "judge_score",
         "output_tokens",
         "created_at",
         "finished_at",
@@ -166,7 +168,10 @@ class JobAdmin(admin.ModelAdmin):
         "cost_usd",
         "reask_cost_usd",
         "reask_share_display",
+        "judge_cost_usd",
         "quality_score",
+        "judge_status",
+        "judge_score",
         "correlation_id",
         "error",
         "chord_dispatched_at",
@@ -176,7 +181,7 @@ class JobAdmin(admin.ModelAdmin):
         "updated_at",
     ]
     fields = ["priority", *readonly_fields]
-    inlines = [EvaluationInline, TaskInline]
+    inlines = [EvaluationInline, RatingInline, JudgeRunInline, TaskInline]
     actions = ["cancel_jobs", "resume_jobs", *(_export_action(name) for name in exports.FORMATS)]
 
     def save_model(
@@ -404,6 +409,7 @@ class TaskAdmin(admin.ModelAdmin):
 class AttemptAdmin(admin.ModelAdmin):
     list_display = [
         "task",
+        "judge_run",
         "number",
         "kind",
         "part",
@@ -417,8 +423,8 @@ class AttemptAdmin(admin.ModelAdmin):
         "created_at",
     ]
     list_filter = ["outcome", "kind", "model"]
-    search_fields = ["task__job__id"]
-    list_select_related = ["task"]
+    search_fields = ["task__job__id", "judge_run__job__id"]
+    list_select_related = ["task", "judge_run"]
     readonly_fields = [f.name for f in GenerationAttempt._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

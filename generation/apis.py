@@ -26,6 +26,7 @@ from generation.models import (
     IdempotencyKey,
     JobStatus,
 )
+from generation.rubric import HUMAN_EVALUATOR
 from generation.selectors import (
     course_job_visible,
     job_get_visible,
@@ -237,14 +238,20 @@ class JobExportApi(APIView):
 
 
 class JobEvaluationsApi(APIView):
-    """The course's evaluations, newest first: one at finalize, one more per regeneration."""
+    """The course's machine evaluations, newest first: the heuristic's at finalize and after each
+    regeneration, the LLM judge's per lesson (task_key; details has the verdict with its 1-5
+    scores, justifications and evidence) and for the course. Teachers' ratings: /feedback/."""
 
     @extend_schema(responses=EvaluationOutputSerializer(many=True), operation_id="jobs_evaluations")
     def get(self, request: Request, job_id: UUID) -> Response:
         # Only whether the job is visible: its course and outline documents stay in the database.
         if not jobs_visible_to(user=request.user).filter(pk=job_id).exists():
             raise Http404("No such job.")
-        evaluations = CourseEvaluation.objects.filter(job_id=job_id)
+        evaluations = (
+            CourseEvaluation.objects.filter(job_id=job_id)
+            .exclude(evaluator=HUMAN_EVALUATOR)
+            .select_related("task")
+        )
         return Response(EvaluationOutputSerializer(evaluations, many=True).data)
 
 

@@ -12,3 +12,4 @@ class GenerationConfig(AppConfig):
             tasks,  # noqa: F401
             warmup,  # noqa: F401  (connects the worker_init warm-up)
         )
+        from generation.quality import checks  # noqa: F401  (registers the system checks)

@@ -24,9 +24,10 @@ from typing import Any
 
 from generation import checks
 from generation.models import CourseGenerationJob, GenerationTask
+from generation.rubric import HEURISTIC_EVALUATOR
 from generation.schemas import CourseRequest, LessonSectionContent, Question
 
-EVALUATOR = "heuristic-v1"
+EVALUATOR = HEURISTIC_EVALUATOR
 CRITERIA: dict[str, float] = {
     "first_pass": 0.15,
     "objective_coverage": 0.25,

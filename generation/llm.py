@@ -63,6 +63,7 @@ INFRASTRUCTURE_RETRY_S = 5.0
 Errors = tuple[FieldError, ...]
 ExtraCheck = Callable[[dict[str, Any]], list[FieldError]]
 REPAIR_KINDS = ("reask", "part")
+JUDGE_KIND = "judge"  # AttemptKind.JUDGE: every call of a review
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,16 @@ class GenerationResult:
         return sum((a.cost_usd for a in self.attempts if a.is_repair), Decimal(0))
 
 
+@dataclass(frozen=True)
+class Review:
+    """A request that reviews content instead of writing it (the quality judge): its own
+    messages and output schema, through the same breaker, limiter, retries and re-asks; every
+    call is recorded as attempt kind `judge`. An invalid verdict is re-asked whole."""
+
+    messages: tuple[Message, ...]
+    schema: type[BaseModel]
+
+
 @dataclass
 class TaskSpec:
     kind: TaskKind
@@ -135,6 +146,8 @@ class TaskSpec:
     outline: CourseOutline | None
     context: Mapping[str, Any]
     instruction: str = ""  # a teacher's wish for a regenerated version ("simpler examples")
+    prompt_version: str = ""  # the task template's version (generation/prompts.py); "" default
+    review: Review | None = None  # set for a judge request: `kind` is then what is judged
     # Renews the task's lease before each call; False means another worker owns the task now.
     heartbeat: Callable[[], bool] | None = None
     deadline: float | None = None  # time.monotonic() after which no new call starts
@@ -166,14 +179,18 @@ class _Conversation:
     def __init__(self, spec: TaskSpec, provider: Provider, policy: ReaskPolicy):
         self.spec, self.provider, self.policy = spec, provider, policy
         self.model = spec.model  # may switch to the fallback model while a breaker is open
-        self.schema = OUTPUT_SCHEMAS[spec.kind]
         self.result = GenerationResult()
+        if spec.review is not None:
+            self.schema, self.base = spec.review.schema, spec.review.messages
+            return
+        self.schema = OUTPUT_SCHEMAS[spec.kind]
         self.base = build_messages(
             spec.kind,
             request=spec.request,
             outline=spec.outline,
             context=spec.context,
             instruction=spec.instruction,
+            version=spec.prompt_version,
         )
 
     # --- the ledger and the budget ---------------------------------------------------------------
@@ -183,7 +200,7 @@ class _Conversation:
         self.result.attempts.append(
             AttemptRecord(
                 number=len(self.result.attempts) + 1,
-                kind=kind,
+                kind=JUDGE_KIND if self.spec.review else kind,
                 outcome=outcome or ("invalid" if errors else "ok"),
                 model=self.model,
                 usage=reply.usage,
@@ -258,6 +275,7 @@ class _Conversation:
                     "attempt": len(self.result.attempts) + 1,
                     "part": part,
                 },
+                purpose=JUDGE_KIND if self.spec.review else "generate",
             )
             started = time.monotonic()
             try:
@@ -285,6 +303,11 @@ class _Conversation:
     # --- validation ------------------------------------------------------------------------------
     def check(self, data: Any) -> tuple[Any, Errors]:
         """Validate a whole object; on success return it normalised by its schema."""
+        if self.spec.review is not None:  # a verdict: its schema is all there is to check
+            try:
+                return self.schema.model_validate(data).model_dump(mode="json"), ()
+            except ValidationError as exc:
+                return data, _part_errors("", exc)
         outcome = validate_output(
             self.spec.kind, data, request=self.spec.request, context=self.spec.context
         )
@@ -411,9 +434,10 @@ def _whole(convo: _Conversation) -> dict[str, Any]:
         reply, sent = convo.send(messages, schema=convo.schema, kind=kind)
         data, errors = (reply.data, reply.errors) if reply.errors else convo.check(reply.data)
         convo.record(sent, "", reply, errors)
-        data, errors = _keep_good_parts(convo, data, errors, best, previous or ())
-        if errors:
-            data, errors = _repair_parts(convo, data, errors)
+        if convo.spec.review is None:  # a verdict is re-asked whole
+            data, errors = _keep_good_parts(convo, data, errors, best, previous or ())
+            if errors:
+                data, errors = _repair_parts(convo, data, errors)
         if not errors:
             return dict(data)
         convo.result.validation_errors = [e.as_dict() for e in errors]

@@ -18,10 +18,20 @@ RUN_OUTLINE = "generation.tasks.run_outline"
 RUN_TASK = "generation.tasks.run_task"
 FINALIZE_JOB = "generation.tasks.finalize_job"
 REGENERATE_TASK = "generation.tasks.regenerate_task"
+JUDGE_JOB = "generation.tasks.judge_job"
+JUDGE_LESSON = "generation.tasks.judge_lesson"
 
 MAX_PRIORITY = 9  # priorities run 0 (first) to 9 (last); RabbitMQ queues get x-max-priority 9
 
-NAMES = (DISPATCH_QUEUE, RUN_OUTLINE, RUN_TASK, FINALIZE_JOB, REGENERATE_TASK)
+NAMES = (
+    DISPATCH_QUEUE,
+    RUN_OUTLINE,
+    RUN_TASK,
+    FINALIZE_JOB,
+    REGENERATE_TASK,
+    JUDGE_JOB,
+    JUDGE_LESSON,
+)
 
 
 def task(name: str) -> Task[Any, Any]:

@@ -33,6 +33,13 @@ class JobStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+class JudgeStatus(models.TextChoices):
+    OFF = "off", "Not judged (judge switched off, or the course did not finish)"
+    PENDING = "pending", "Waiting for the judge"
+    RUNNING = "running", "Being judged"
+    DONE = "done", "Judged"
+
+
 JOB_TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
@@ -70,7 +77,22 @@ class CourseGenerationJob(models.Model):
     finalize_runs = models.PositiveIntegerField(default=0)
     finalize_lease_expires_at = models.DateTimeField(null=True, blank=True)
     quality_score = models.FloatField(
-        null=True, blank=True, help_text="Overall score of the latest evaluation (0-1)."
+        null=True, blank=True, help_text="Overall score of the latest heuristic evaluation (0-1)."
+    )
+    judge_status = models.CharField(
+        max_length=16,
+        choices=JudgeStatus.choices,
+        default=JudgeStatus.OFF,
+        help_text="Where the LLM judge is with this course (generation/quality/judging.py).",
+    )
+    judge_score = models.FloatField(
+        null=True, blank=True, help_text="Overall score of the LLM judge's course evaluation (0-1)."
+    )
+    judge_cost_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        default=Decimal(0),
+        help_text="What the judge's calls cost; not part of cost_usd (the generation cost).",
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -170,6 +192,14 @@ class GenerationTask(models.Model):
     priority_sent = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="Priority of the latest message (0 runs first)."
     )
+    variant = models.ForeignKey(
+        "generation.ExperimentVariant",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="tasks",
+        help_text="The A/B experiment variant this task was generated with, if any.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -197,6 +227,7 @@ class AttemptKind(models.TextChoices):
     REASK = "reask", "Re-ask after invalid output"
     TRANSPORT_RETRY = "transport_retry", "Retry after a transport error"
     PART = "part", "Targeted regeneration of one part"
+    JUDGE = "judge", "Quality judge"
 
 
 # Attempts that repair output: their cost is the job's re-ask share (with every failed attempt).
@@ -211,9 +242,23 @@ class AttemptOutcome(models.TextChoices):
 
 
 class GenerationAttempt(models.Model):
-    """The ledger: one row per provider call, with what it cost and what went wrong."""
+    """The ledger: one row per provider call, with what it cost and what went wrong. A call of
+    the quality judge belongs to its judge run instead of a task (kind `judge`)."""
 
-    task = models.ForeignKey(GenerationTask, on_delete=models.CASCADE, related_name="attempt_rows")
+    task = models.ForeignKey(
+        GenerationTask,
+        on_delete=models.CASCADE,
+        related_name="attempt_rows",
+        null=True,
+        blank=True,
+    )
+    judge_run = models.ForeignKey(
+        "generation.JudgeRun",
+        on_delete=models.CASCADE,
+        related_name="attempt_rows",
+        null=True,
+        blank=True,
+    )
     number = models.PositiveIntegerField()
     kind = models.CharField(max_length=16, choices=AttemptKind.choices)
     part = models.CharField(
@@ -232,10 +277,17 @@ class GenerationAttempt(models.Model):
     class Meta:
         db_table = "course_generation_attempts"
         ordering = ["task", "number"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(task__isnull=False) | models.Q(judge_run__isnull=False),
+                name="attempt_of_a_task_or_a_judge_run",
+            )
+        ]
         verbose_name = "attempt"
 
     def __str__(self) -> str:
-        return f"attempt {self.number} of {self.task_id}: {self.outcome}"
+        owner = f"task {self.task_id}" if self.task_id else f"judge run {self.judge_run_id}"
+        return f"attempt {self.number} of {owner}: {self.outcome}"
 
 
 class GenerationTaskVersion(models.Model):
@@ -287,6 +339,7 @@ REGENERATION_OPEN = (RegenerationStatus.PENDING, RegenerationStatus.RUNNING)
 class RegenerationSource(models.TextChoices):
     API = "api", "API (the course's owner or staff)"
     ADMIN = "admin", "Admin action"
+    JUDGE = "judge", "LLM judge (a lesson below its thresholds)"
 
 
 class RegenerationRequest(models.Model):
@@ -375,33 +428,84 @@ class QueueEntry(models.Model):
 
 
 class CourseEvaluation(models.Model):
-    """One evaluation of a finished course (`generation/evaluation.py`): a score per criterion,
-    the weighted overall, and what to improve. A regenerated course is evaluated again; the job
-    keeps the latest overall in `quality_score`."""
+    """One evaluation of a finished course, or of one of its tasks: a score per criterion, the
+    overall, and what to improve. Three evaluators write here: `heuristic-v1` scores every course
+    at finalize (and again after a regeneration; the job keeps the latest in `quality_score`),
+    `llm-judge-v1` each lesson and then the course, and `human` a teacher's rating (one current
+    rating per user and target: a new one supersedes the previous)."""
 
     job = models.ForeignKey(
         CourseGenerationJob, on_delete=models.CASCADE, related_name="evaluations"
+    )
+    task = models.ForeignKey(
+        GenerationTask,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="evaluations",
+        help_text="The task evaluated; empty when the evaluation is of the whole course.",
     )
     evaluator = models.CharField(max_length=64, help_text="Which evaluator, and its version.")
     overall = models.FloatField(help_text="Weighted mean of the criteria (0-1).")
     criteria = models.JSONField(help_text="Score per criterion (0-1).")
     feedback = models.JSONField(default=list, blank=True, help_text="What to improve.")
+    details = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The judge's verdict (1-5 scores, justifications, evidence), or the rating.",
+    )
+    rated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="course_ratings",
+        help_text="The teacher who gave a human rating.",
+    )
+    rating = models.PositiveSmallIntegerField(null=True, blank=True, help_text="1-5 (human).")
+    flags = models.JSONField(default=list, blank=True, help_text="Problems a teacher flagged.")
+    superseded_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a newer rating by the same person replaced it."
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         db_table = "course_generation_evaluations"
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["job", "-created_at"])]
+        indexes = [
+            models.Index(fields=["job", "-created_at"]),
+            models.Index(fields=["evaluator", "-created_at"]),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(overall__gte=0, overall__lte=1),
                 name="evaluation_overall_0_to_1",
-            )
+            ),
+            models.CheckConstraint(
+                condition=models.Q(rating__isnull=True) | models.Q(rating__gte=1, rating__lte=5),
+                name="evaluation_rating_1_to_5",
+            ),
+            # One current rating per person and target (the course, or one task).
+            models.UniqueConstraint(
+                fields=["job", "rated_by"],
+                condition=models.Q(
+                    rated_by__isnull=False, task__isnull=True, superseded_at__isnull=True
+                ),
+                name="uniq_current_course_rating",
+            ),
+            models.UniqueConstraint(
+                fields=["task", "rated_by"],
+                condition=models.Q(
+                    rated_by__isnull=False, task__isnull=False, superseded_at__isnull=True
+                ),
+                name="uniq_current_task_rating",
+            ),
         ]
         verbose_name = "evaluation"
 
     def __str__(self) -> str:
-        return f"{self.job_id}: {self.overall:.2f} ({self.evaluator})"
+        target = f"task {self.task_id}" if self.task_id else str(self.job_id)
+        return f"{target}: {self.overall:.2f} ({self.evaluator})"
 
 
 class IdempotencyState(models.TextChoices):
@@ -432,3 +536,16 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.state})"
+
+
+# The quality judge's runs and the A/B experiments live in their own module (this one stays
+# readable); imported here so that Django registers them with the app.
+from generation.quality_models import (  # noqa: E402, F401
+    Experiment,
+    ExperimentStatus,
+    ExperimentVariant,
+    JudgeRun,
+    JudgeRunStatus,
+    PrimaryMetric,
+    Promotion,
+)

@@ -18,6 +18,9 @@ from django.conf import settings
 from generation.providers.base import Message
 from generation.schemas import CourseOutline, CourseRequest, TaskKind
 
+# The built-in default version of each kind's template. A promoted experiment variant
+# (generation/variants.py) can make another version the default; a task row stores the version
+# it was written with.
 PROMPT_VERSIONS: dict[TaskKind, str] = {kind: "v2" for kind in TaskKind}
 
 # The stable prefix. GUIDE is the same for every call of every course (over 1,024 tokens by itself,
@@ -159,6 +162,14 @@ TASK_TEMPLATES: dict[TaskKind, str] = {
     ),
 }
 
+# Candidate versions an A/B experiment can try against the default (TASK_TEMPLATES).
+CANDIDATE_TEMPLATES: dict[tuple[TaskKind, str], str] = {
+    (TaskKind.LESSON_SECTION, "v3"): TASK_TEMPLATES[TaskKind.LESSON_SECTION]
+    + " Teach every objective in a paragraph of its own that uses the objective's key words, "
+    "then practise it: give one worked example per learning objective, and name the objective "
+    "it practises in the example's title.",
+}
+
 INSTRUCTION_TEMPLATE = "\n\nThe teacher asked for a new version of this part: {instruction}"
 
 REASK_TEMPLATE = (
@@ -199,10 +210,26 @@ def system_message(request: CourseRequest, outline: CourseOutline | None) -> Mes
     return Message("system", GUIDE + COURSE_TEMPLATE.format(**values))
 
 
-def task_text(kind: TaskKind, *, request: CourseRequest, context: Mapping[str, Any]) -> str:
+def prompt_versions(kind: TaskKind) -> list[str]:
+    """Every version of the kind's template: the built-in default first."""
+    return [PROMPT_VERSIONS[kind], *(v for k, v in CANDIDATE_TEMPLATES if k is kind)]
+
+
+def task_template(kind: TaskKind, version: str = "") -> str:
+    if not version or version == PROMPT_VERSIONS[kind]:
+        return TASK_TEMPLATES[kind]
+    try:
+        return CANDIDATE_TEMPLATES[(kind, version)]
+    except KeyError:
+        raise ValueError(f"{kind} has no prompt version {version!r}") from None
+
+
+def task_text(
+    kind: TaskKind, *, request: CourseRequest, context: Mapping[str, Any], version: str = ""
+) -> str:
     values = {**request.model_dump(mode="json"), **context}
     values["objectives"] = "; ".join(context.get("learning_objectives", [])) or "(see outline)"
-    return TASK_TEMPLATES[kind].format(**values)
+    return task_template(kind, version).format(**values)
 
 
 def build_messages(
@@ -212,9 +239,10 @@ def build_messages(
     outline: CourseOutline | None,
     context: Mapping[str, Any],
     instruction: str = "",
+    version: str = "",
 ) -> tuple[Message, ...]:
     """The stable system message first, the task-specific part (and any instruction) last."""
-    text = task_text(kind, request=request, context=context)
+    text = task_text(kind, request=request, context=context, version=version)
     if instruction:
         text += INSTRUCTION_TEMPLATE.format(instruction=instruction)
     return (system_message(request, outline), Message("user", text))

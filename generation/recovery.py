@@ -32,6 +32,7 @@ from generation.models import (
     RegenerationStatus,
     TaskStatus,
 )
+from generation.quality import judging
 from generation.schemas import TaskKind
 
 logger = logging.getLogger("coursegen.recovery")
@@ -47,6 +48,7 @@ class ReconcileReport:
     finalized_jobs: int = 0
     started_jobs: int = 0
     pruned_keys: int = 0
+    judge_recovered: int = 0  # judge messages re-sent and courses closed (generation/quality/)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -65,6 +67,7 @@ def reconcile(*, now: datetime | None = None) -> ReconcileReport:
         ),
         started_jobs=len(services.queue_dispatch()),
         pruned_keys=IdempotencyKey.objects.filter(expires_at__lt=now).delete()[0],
+        judge_recovered=judging.judge_recover(now=now, stale=stale),
     )
     if any(report.as_dict().values()):
         logger.warning("reconcile: %s", report.as_dict())

@@ -48,7 +48,6 @@ from generation.models import (
     RegenerationStatus,
     TaskStatus,
 )
-from generation.prompts import PROMPT_VERSIONS
 from generation.providers import Provider, get_provider
 from generation.schemas import OUTPUT_SCHEMAS, TaskKind
 from generation.services import GenerationError, LeaseClock, while_lease_holds
@@ -351,8 +350,7 @@ def _regeneration_record(
             by=request.requested_by,
         )
         changes |= {
-            "output": result.data,
-            "prompt_version": PROMPT_VERSIONS[task.task_kind],
+            "output": result.data,  # written with the task's own prompt version (and variant)
             "validation_errors": [],
             "error": "",
         }
@@ -406,7 +404,7 @@ def _version_create(
         number=number,
         output=output,
         model=task.model,
-        prompt_version=PROMPT_VERSIONS[task.task_kind] if number > 1 else task.prompt_version,
+        prompt_version=task.prompt_version,
         instruction=instruction,
         input_tokens=usage[0],
         cached_tokens=usage[1],

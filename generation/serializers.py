@@ -24,6 +24,7 @@ from generation.models import (
 from generation.schemas import CourseRequest, Level
 
 COST_QUANTUM = Decimal(10) ** -GenerationTask._meta.get_field("cost_usd").decimal_places
+JOB_COST_QUANTUM = Decimal(10) ** -CourseGenerationJob._meta.get_field("cost_usd").decimal_places
 
 
 class JobSubmitInputSerializer(serializers.Serializer):
@@ -136,6 +137,10 @@ class JobOutputSerializer(FieldsOnceMixin, serializers.ModelSerializer):
     reask_share = serializers.FloatField(
         read_only=True, help_text="Share of the cost spent on re-asks, part repairs, failures."
     )
+    cost_breakdown = serializers.SerializerMethodField(
+        help_text="USD: generation (first attempts), repairs (re-asks, part repairs, failures), "
+        "judge (the quality judge's calls, not in cost_usd) and their total."
+    )
 
     class Meta:
         model = CourseGenerationJob
@@ -155,13 +160,28 @@ class JobOutputSerializer(FieldsOnceMixin, serializers.ModelSerializer):
             "cost_usd",
             "reask_cost_usd",
             "reask_share",
+            "cost_breakdown",
             "quality_score",
+            "judge_status",
+            "judge_score",
+            "judge_cost_usd",
             "correlation_id",
             "error",
             "created_at",
             "started_at",
             "finished_at",
         ]
+
+    def get_cost_breakdown(self, job: CourseGenerationJob) -> dict[str, str]:
+        parts = {
+            "generation_usd": job.cost_usd - job.reask_cost_usd,
+            "repairs_usd": job.reask_cost_usd,
+            "judge_usd": job.judge_cost_usd,
+            "total_usd": job.cost_usd + job.judge_cost_usd,
+        }
+        return {
+            name: format(value.quantize(JOB_COST_QUANTUM), "f") for name, value in parts.items()
+        }
 
 
 class _WaitingFieldsMixin(serializers.Serializer):
@@ -298,6 +318,17 @@ class TaskRegenerateOutputSerializer(TaskOutputSerializer):
 
 
 class EvaluationOutputSerializer(serializers.ModelSerializer):
+    task_key = serializers.CharField(source="task.key", default=None, read_only=True)
+
     class Meta:
         model = CourseEvaluation
-        fields = ["evaluator", "overall", "criteria", "feedback", "created_at"]
+        fields = [
+            "evaluator",
+            "task",
+            "task_key",
+            "overall",
+            "criteria",
+            "feedback",
+            "details",
+            "created_at",
+        ]

@@ -18,6 +18,7 @@ from celery import Task, shared_task
 
 from generation import recovery, regeneration, services
 from generation.models import RegenerationSource
+from generation.quality import judging
 
 
 def _run_deferrable(task: Task, call: Callable[[], float | None]) -> None:
@@ -90,3 +91,15 @@ def _regenerate_legacy(*, task_id: int, instruction: str, user_id: int) -> None:
         )
     except services.GenerationError as exc:  # e.g. a second request for the same task
         logger.warning("task %s not regenerated: %s", task_id, exc)
+
+
+# The quality judge, after finalize: its own messages at COURSEGEN_JUDGE_PRIORITY, so a slow judge
+# never holds up generation.
+@shared_task(name="generation.tasks.judge_job", ignore_result=True)
+def judge_job(job_id: str) -> int:
+    return len(judging.job_judge_start(job_id=UUID(job_id)))
+
+
+@shared_task(bind=True, name="generation.tasks.judge_lesson", ignore_result=True)
+def judge_lesson(self: Task, run_id: int) -> None:
+    _run_deferrable(self, lambda: judging.judge_run_execute(run_id=run_id))

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from generation import apis
+from generation import apis, quality_apis
 
 urlpatterns = [
     path("jobs/", apis.JobCollectionApi.as_view(), name="jobs"),
@@ -15,7 +15,16 @@ urlpatterns = [
     path(
         "jobs/<uuid:job_id>/evaluations/", apis.JobEvaluationsApi.as_view(), name="job-evaluations"
     ),
+    path(
+        "jobs/<uuid:job_id>/feedback/", quality_apis.JobFeedbackApi.as_view(), name="job-feedback"
+    ),
     path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),
+    path("experiments/", quality_apis.ExperimentCollectionApi.as_view(), name="experiments"),
+    path(
+        "experiments/<int:experiment_id>/",
+        quality_apis.ExperimentDetailApi.as_view(),
+        name="experiment-detail",
+    ),
     path("jobs/<uuid:job_id>/resume/", apis.JobResumeApi.as_view(), name="job-resume"),
     path(
         "jobs/<uuid:job_id>/tasks/<int:task_id>/retry/",

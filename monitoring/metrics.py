@@ -1,8 +1,10 @@
 """Read-side figures for the dashboard and /metrics, always over a bounded time window.
 
 Per model and task kind (from course_generation_attempts joined to their tasks): calls, success
-rate, latency p50/p95, tokens and cost. Per day (from course_generation_jobs): courses, cost per
-course, failures, jobs by status, and the provider error rate.
+rate, latency p50/p95, tokens and cost (the quality judge's calls as task kind "judge"). Per day
+(from course_generation_jobs): courses, cost per course, failures, jobs by status, and the
+provider error rate. Per course: the heuristic's, the judge's and teachers' scores side by side,
+and how often each pair agrees.
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
-from django.db.models import Aggregate, Count, FloatField, Q, Sum
+from django.db.models import Aggregate, Avg, Count, FloatField, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from generation.models import (
     AttemptOutcome,
+    CourseEvaluation,
     CourseGenerationJob,
     GenerationAttempt,
     JobStatus,
 )
+from generation.rubric import HUMAN_EVALUATOR, to_unit
 
 
 class PercentileCont(Aggregate):
@@ -76,7 +81,7 @@ def provider_stats(*, since: datetime) -> list[ProviderStats]:
         stats.append(
             ProviderStats(
                 model=row["model"],
-                task_kind=row["task__kind"],
+                task_kind=row["task__kind"] or "judge",  # the judge's calls have no task
                 calls=row["calls"],
                 ok=row["ok"],
                 p50_ms=float(p50 or 0),
@@ -204,3 +209,84 @@ def quality_scores(*, since: datetime, limit: int = 5000) -> list[float]:
         .values_list("quality_score", flat=True)[:limit]
     )
     return [v for v in values if v is not None]
+
+
+# --- Human vs judge vs heuristic ------------------------------------------------------------------
+@dataclass(frozen=True)
+class CourseScores:
+    """One course's scores on 0-1 from the three evaluators (None: not scored by it)."""
+
+    job_id: Any
+    topic: str
+    heuristic: float | None
+    judge: float | None
+    human: float | None  # the mean of the current course-level ratings
+    ratings: int
+
+
+@dataclass(frozen=True)
+class Agreement:
+    pair: str
+    courses: int  # scored by both
+    agree: int  # both on the same side of their pass lines
+    mean_abs_diff: float | None
+
+    @property
+    def rate(self) -> float | None:
+        return self.agree / self.courses if self.courses else None
+
+
+# What counts as acceptable for each evaluator: the heuristic's and the judge's own thresholds,
+# and a teacher's rating of 3 or more out of 5 (0.5 on 0-1).
+HUMAN_PASS = to_unit(3)
+
+
+def course_scores(*, since: datetime, limit: int = 500) -> list[CourseScores]:
+    """Recent finished courses that at least two evaluators scored, newest first."""
+    humans = (
+        CourseEvaluation.objects.filter(
+            evaluator=HUMAN_EVALUATOR, task__isnull=True, superseded_at__isnull=True
+        )
+        .values("job_id")
+        .annotate(mean=Avg("overall"), n=Count("pk"))
+    )
+    recent = humans.filter(job__finished_at__gte=since)
+    human = {row["job_id"]: (row["mean"], row["n"]) for row in recent}
+    jobs = (
+        CourseGenerationJob.objects.filter(finished_at__gte=since, status=JobStatus.SUCCEEDED)
+        .filter(Q(judge_score__isnull=False) | Q(pk__in=list(human)))
+        .order_by("-finished_at")
+        .only("id", "request", "quality_score", "judge_score")[:limit]
+    )
+    return [
+        CourseScores(
+            job_id=job.pk,
+            topic=job.topic,
+            heuristic=job.quality_score,
+            judge=job.judge_score,
+            human=human.get(job.pk, (None, 0))[0],
+            ratings=human.get(job.pk, (None, 0))[1],
+        )
+        for job in jobs
+    ]
+
+
+def agreement(scores: list[CourseScores]) -> list[Agreement]:
+    """For each pair of evaluators: how often they agree a course is acceptable or not."""
+    lines = {
+        "heuristic": settings.MONITORING_QUALITY_THRESHOLD,
+        "judge": settings.COURSEGEN_JUDGE_MIN_OVERALL,
+        "human": HUMAN_PASS,
+    }
+    pairs = (("human", "judge"), ("human", "heuristic"), ("judge", "heuristic"))
+    out = []
+    for a, b in pairs:
+        both = [
+            (getattr(s, a), getattr(s, b))
+            for s in scores
+            if getattr(s, a) is not None and getattr(s, b) is not None
+        ]
+        agree = sum(1 for x, y in both if (x >= lines[a]) == (y >= lines[b]))
+        diff = sum(abs(x - y) for x, y in both) / len(both) if both else None
+        out.append(Agreement(f"{a} vs {b}", len(both), agree, diff))
+    return out

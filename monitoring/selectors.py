@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -18,6 +19,7 @@ RECENT_ALERTS = 10
 RUNNING_JOBS = 20
 JOB_LOG_ROWS = 200
 JOB_TASK_ROWS = 500
+QUALITY_ROWS = 20
 
 
 def dashboard_context(*, now: datetime | None = None) -> dict[str, Any]:
@@ -54,6 +56,7 @@ def dashboard_context(*, now: datetime | None = None) -> dict[str, Any]:
             ),
         ],
         "days": list(reversed(days)),
+        **_quality_comparison(since),
         "provider_stats": metrics.provider_stats(since=since),
         "alerts": list(
             Alert.objects.filter(acknowledged_at__isnull=True).order_by("-last_seen_at")[
@@ -68,6 +71,16 @@ def dashboard_context(*, now: datetime | None = None) -> dict[str, Any]:
         ),
         "capacity": capacity_now(),
         "since_days": DASHBOARD_DAYS,
+    }
+
+
+def _quality_comparison(since: datetime) -> dict[str, Any]:
+    scores = metrics.course_scores(since=since)
+    return {
+        "course_scores": scores[:QUALITY_ROWS],
+        "agreement": metrics.agreement(scores),
+        "judge_pass": settings.COURSEGEN_JUDGE_MIN_OVERALL,
+        "heuristic_pass": settings.MONITORING_QUALITY_THRESHOLD,
     }
 
 

@@ -89,7 +89,9 @@ def chat_completion_body(
 class FakeOpenAIServer:
     def __init__(self, mode: Mode) -> None:
         self.mode = mode
-        self.replies: dict[str, Any] = {}  # json_schema name -> reply (dict, or raw str content)
+        # json_schema name -> reply: a dict, raw str content, or a callable that makes the reply
+        # from the request's body (e.g. a judge that reads the prompt).
+        self.replies: dict[str, Any] = {}
         self.default_reply: Any = {"ok": True}  # json_object calls and unknown schema names
         self.cached_tokens = 0
         self.requests: list[ReceivedRequest] = []
@@ -142,6 +144,8 @@ class FakeOpenAIServer:
 
     def _completion(self, request: ReceivedRequest) -> dict[str, Any]:
         reply = self.replies.get(_schema_name(request.body), self.default_reply)
+        if callable(reply):
+            reply = reply(request.body)
         content = reply if isinstance(reply, str) else json.dumps(reply)
         model = str(request.body.get("model", "test-model"))
         return chat_completion_body(content, model=model, cached_tokens=self.cached_tokens)

@@ -30,7 +30,9 @@ def _wait_for_terminal(job_id: Any, timeout: float = 90) -> CourseGenerationJob:
 
 
 def _calls(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    """Generation calls in the call log (the LLM judge's, kind "judge", come after finalize)."""
+    calls = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [call for call in calls if call["kind"] != "judge"]
 
 
 def test_it_runs_a_full_course_chord_on_a_real_worker(

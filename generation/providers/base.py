@@ -38,6 +38,10 @@ class CompletionRequest:
     # providers ignore it; the offline simulator builds its content from it.
     context: Mapping[str, Any] = field(default_factory=dict)
     max_output_tokens: int | None = None
+    # "generate" writes course content; "judge" reviews it (the quality judge: `task_kind` is
+    # then the kind of what is judged). Real providers ignore it; the offline simulator answers
+    # a judge request with its simulated verdict.
+    purpose: str = "generate"
 
     @property
     def schema_name(self) -> str:

@@ -30,6 +30,7 @@ from generation.services.dispatch import (
 from generation.services.finalize import FINALIZED_FIELDS, job_evaluate, job_finalize
 from generation.services.ledger import (
     job_totals_apply,
+    judge_attempts_record,
     task_attempts_record,
     task_usage_add,
     usage_increments,
@@ -75,6 +76,7 @@ __all__ = [
     "job_set_priority",
     "job_submit",
     "job_totals_apply",
+    "judge_attempts_record",
     "model_for",
     "plan_units",
     "quality_check",

@@ -13,7 +13,7 @@ from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from generation import assembly, evaluation
+from generation import assembly, evaluation, messages
 from generation.leases import db_now_plus
 from generation.models import (
     AttemptOutcome,
@@ -22,6 +22,7 @@ from generation.models import (
     GenerationAttempt,
     GenerationTask,
     JobStatus,
+    JudgeStatus,
     QueueState,
     TaskStatus,
 )
@@ -120,6 +121,7 @@ def _finalize_close(*, job_id: UUID, worker: str, run: int) -> tuple[CourseGener
         job.status, job.progress = JobStatus.SUCCEEDED, 100
         job.course = assembly.assemble_course(job=job, tasks=tasks)
         job_evaluate(job=job, tasks=tasks)  # in this transaction: every course is scored once
+        _judge_request(job=job)
     job.finished_at = timezone.now()
     job.finalize_lease_expires_at = None
     job.save(update_fields=FINALIZED_FIELDS)  # not the request and outline documents again
@@ -131,8 +133,22 @@ def _finalize_close(*, job_id: UUID, worker: str, run: int) -> tuple[CourseGener
 FINALIZED_FIELDS = [
     "status", "progress", "error", "course", "finished_at", "updated_at",
     "input_tokens", "cached_tokens", "output_tokens", "cost_usd", "reask_cost_usd",
-    "quality_score", "finalize_lease_expires_at",
+    "quality_score", "finalize_lease_expires_at", "judge_status",
 ]  # fmt: skip
+
+
+def _judge_request(*, job: CourseGenerationJob) -> None:
+    """Mark the course for the LLM judge and send it after commit (generation/quality/): on its
+    own Celery task, so the judge never delays the course. The reconciler re-sends it if lost."""
+    if not settings.COURSEGEN_JUDGE_ENABLED:
+        return
+    job.judge_status = JudgeStatus.PENDING
+    judge_job = messages.task(messages.JUDGE_JOB)
+    transaction.on_commit(
+        lambda: judge_job.apply_async(
+            args=(str(job.id),), priority=settings.COURSEGEN_JUDGE_PRIORITY
+        )
+    )
 
 
 def job_evaluate(

@@ -10,7 +10,13 @@ from typing import Any
 from django.db.models import F
 
 from generation.llm import GenerationResult
-from generation.models import JOB_TERMINAL, CourseGenerationJob, GenerationAttempt, GenerationTask
+from generation.models import (
+    JOB_TERMINAL,
+    CourseGenerationJob,
+    GenerationAttempt,
+    GenerationTask,
+    JudgeRun,
+)
 
 
 def task_attempts_record(*, task: GenerationTask, result: GenerationResult) -> None:
@@ -19,16 +25,30 @@ def task_attempts_record(*, task: GenerationTask, result: GenerationResult) -> N
     GenerationAttempt.objects.bulk_create(_attempt_rows(task, result))
 
 
+def judge_attempts_record(*, judge_run: JudgeRun, result: GenerationResult) -> None:
+    """The same for a judge run's calls (kind `judge`), numbered after its earlier ones."""
+    rows = _attempt_rows(None, result, judge_run=judge_run, first=judge_run.attempts)
+    GenerationAttempt.objects.bulk_create(rows)
+
+
 def attempt_dicts(*, task: GenerationTask, result: GenerationResult) -> list[dict[str, Any]]:
     """The same rows as plain dicts, for hand-written SQL (generation/hotpath.py)."""
     return [_attempt_dict(row) for row in _attempt_rows(task, result)]
 
 
-def _attempt_rows(task: GenerationTask, result: GenerationResult) -> list[GenerationAttempt]:
+def _attempt_rows(
+    task: GenerationTask | None,
+    result: GenerationResult,
+    *,
+    judge_run: JudgeRun | None = None,
+    first: int | None = None,
+) -> list[GenerationAttempt]:
+    start = first if first is not None else (task.attempts if task else 0)
     return [
         GenerationAttempt(
             task=task,
-            number=task.attempts + a.number,
+            judge_run=judge_run,
+            number=start + a.number,
             kind=a.kind,
             part=a.part,
             outcome=a.outcome,

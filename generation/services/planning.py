@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from generation import messages
+from generation import messages, variants
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.prompts import PROMPT_VERSIONS
 from generation.providers import Provider
@@ -30,6 +30,7 @@ def job_run_outline(
     if job.status != JobStatus.RUNNING:
         return None
     outline_task = job.tasks.get(kind=TaskKind.OUTLINE)
+    _outline_choice_apply(task=outline_task)
     result = runs.task_run(task_id=outline_task.pk, worker=worker, provider=provider)
     if result.retry_in is not None:
         return result.retry_in
@@ -54,6 +55,7 @@ def job_plan_tasks(*, job_id: UUID, outline: dict[str, Any]) -> None:
     parsed = CourseOutline.model_validate(outline)
     job.outline = outline
     job.save(update_fields=["outline", "updated_at"])
+    choices = variants.choices_for_job(job_id=job.pk, defaults=default_choices())
     rows = [
         GenerationTask(
             job=job,
@@ -61,13 +63,39 @@ def job_plan_tasks(*, job_id: UUID, outline: dict[str, Any]) -> None:
             key=key,
             position=position,
             tier=TASK_TIERS[kind],
-            model=common.model_for(TASK_TIERS[kind]),
-            prompt_version=PROMPT_VERSIONS[kind],
+            model=choices[kind].model,
+            prompt_version=choices[kind].prompt_version,
+            variant_id=choices[kind].variant_id,
         )
         for position, (kind, key) in enumerate(plan_units(parsed), start=1)
     ]
     GenerationTask.objects.bulk_create(rows, ignore_conflicts=True)
     runs.job_refresh_progress(job_id=job_id)
+
+
+def default_choices() -> dict[TaskKind, variants.Choice]:
+    """Each kind's built-in model (its tier's) and prompt version, before promotions."""
+    return {
+        kind: variants.Choice(common.model_for(TASK_TIERS[kind]), PROMPT_VERSIONS[kind])
+        for kind in TaskKind
+    }
+
+
+def _outline_choice_apply(*, task: GenerationTask) -> None:
+    """The outline task was created at submit with the built-in defaults (the submit path stays
+    lean); before its first run it takes the promoted defaults and its experiment variant."""
+    if task.runs:
+        return
+    choice = variants.choices_for_job(job_id=task.job_id, defaults=default_choices())[
+        TaskKind.OUTLINE
+    ]
+    changes = {
+        "model": choice.model,
+        "prompt_version": choice.prompt_version,
+        "variant_id": choice.variant_id,
+    }
+    if any(getattr(task, name) != value for name, value in changes.items()):
+        GenerationTask.objects.filter(pk=task.pk, runs=0).update(**changes)
 
 
 def plan_units(outline: CourseOutline) -> list[tuple[TaskKind, str]]:

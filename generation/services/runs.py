@@ -188,6 +188,7 @@ def task_spec_build(
         kind=task.task_kind,
         tier=tier,
         model=task.model or common.model_for(tier),
+        prompt_version=task.prompt_version,
         request=request,
         outline=outline,
         context={

@@ -28,7 +28,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 
 from accounts.models import BaseClass, Role
 from generation import services
@@ -37,8 +37,11 @@ from generation.models import (
     GenerationAttempt,
     GenerationTask,
     JobStatus,
+    JudgeRun,
+    JudgeStatus,
     TaskStatus,
 )
+from generation.rubric import HEURISTIC_EVALUATOR
 from generation.schemas import CourseRequest
 
 ROOT = Path(settings.BASE_DIR)
@@ -199,7 +202,11 @@ class Command(BaseCommand):
             stack.stop()
         report["wall_s"] = round(time.monotonic() - started, 1)
         self.stdout.write(json.dumps(report))
-        if report["completed"] != report["courses"] or report["duplicate_provider_calls"]:
+        if (
+            report["completed"] != report["courses"]
+            or report["duplicate_provider_calls"]
+            or report.get("duplicate_judge_calls")
+        ):
             raise CommandError("chaos run lost work or paid twice")
         if report["courses_not_scored_once"]:
             raise CommandError("a finished course was not evaluated exactly once")
@@ -245,6 +252,7 @@ class Command(BaseCommand):
         outage_until = time.time() + options["outage_s"]
         (stack.workdir / "outage").write_text(str(outage_until))
         all_jobs += self._finish(jobs, options["timeout"] + options["outage_s"])
+        self._wait_judged(all_jobs, options["timeout"])
         report = _report(all_jobs, stack.workdir / "calls.log", self._twice)
         return {"kills": kills, "redis_restarts": 1, "outage_s": options["outage_s"], **report}
 
@@ -276,6 +284,18 @@ class Command(BaseCommand):
     def _wait_progress(self, jobs: list[UUID], fraction: float) -> None:
         target = fraction * len(jobs) * 23  # tasks of a 2x3 course, outline included
         _wait(lambda: _succeeded(jobs) >= target, 300, f"batch stuck below {fraction:.0%}")
+
+    def _wait_judged(self, jobs: list[UUID], timeout: float) -> None:
+        """The judge runs after finalize, on its own messages: let it finish before counting."""
+        if not settings.COURSEGEN_JUDGE_ENABLED:
+            return
+        waiting = CourseGenerationJob.objects.filter(pk__in=jobs, status="succeeded").exclude(
+            judge_status=JudgeStatus.DONE
+        )
+        deadline = time.monotonic() + timeout
+        while waiting.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self.stdout.write(f"  judge: {len(jobs) - waiting.count()}/{len(jobs)} courses judged")
 
     def _finish(self, jobs: list[UUID], timeout: float) -> list[UUID]:
         deadline = time.monotonic() + timeout
@@ -355,11 +375,47 @@ def _report(jobs: list[UUID], call_log: Path, twice: int) -> dict[str, Any]:
         "redispatched_runs": tasks.filter(runs__gt=1).count(),
         "deferred_tasks": tasks.filter(deferrals__gt=0).count(),
         "tasks_not_succeeded": tasks.filter(~Q(status=TaskStatus.SUCCEEDED)).count(),
-        # Finalize may run twice (chord body and reconciler): each course is still scored once.
+        # Finalize may run twice (chord body and reconciler): each course is still scored once
+        # by the heuristic at finalize (a judge-triggered regeneration scores it again, later).
         "courses_not_scored_once": CourseGenerationJob.objects.filter(
             pk__in=jobs, status=JobStatus.SUCCEEDED
         )
-        .annotate(evaluations_n=Count("evaluations"))
+        .annotate(
+            evaluations_n=Count(
+                "evaluations",
+                filter=Q(
+                    evaluations__evaluator=HEURISTIC_EVALUATOR,
+                    evaluations__created_at__lte=F("finished_at"),
+                ),
+            )
+        )
         .exclude(evaluations_n=1)
+        .count(),
+        **_judge_report(jobs, calls),
+    }
+
+
+def _judge_report(jobs: list[UUID], calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The LLM judge under the same faults: every course judged once, no judge call repeated
+    after its lesson's run finished (a repeated message must not pay twice)."""
+    if not settings.COURSEGEN_JUDGE_ENABLED:
+        return {"judge": "off"}
+    finished = {
+        (str(r.job_id), r.lesson_key): r.finished_at.timestamp()
+        for r in JudgeRun.objects.filter(job_id__in=jobs)
+        if r.finished_at is not None
+    }
+    judge_calls = [c for c in calls if c["kind"] == "judge"]
+    return {
+        "judge_calls": len(judge_calls),
+        "duplicate_judge_calls": sum(
+            1
+            for c in judge_calls
+            if (done := finished.get((c["job_id"], c["task_key"]))) and c["ts"] > done
+        ),
+        "courses_not_judged": CourseGenerationJob.objects.filter(
+            pk__in=jobs, status=JobStatus.SUCCEEDED
+        )
+        .exclude(judge_status=JudgeStatus.DONE)
         .count(),
     }

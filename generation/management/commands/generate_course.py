@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from accounts.models import BaseClass
 from generation import services
-from generation.evaluation import CRITERIA
+from generation.evaluation import CRITERIA, EVALUATOR
 from generation.models import CourseGenerationJob, GenerationAttempt, GenerationTask, JobStatus
+from generation.rubric import JUDGE_EVALUATOR
 from generation.schemas import CourseRequest, Level
 
 
@@ -148,7 +149,7 @@ class Command(BaseCommand):
             f"Re-asks:   ${job.reask_cost_usd:.4f} ({job.reask_share:.1%} of the cost) on re-asks, "
             f"part repairs and failed attempts; {calls / max(tasks, 1):.2f} calls per task"
         )
-        evaluation = job.evaluations.first()  # the newest
+        evaluation = job.evaluations.filter(evaluator=EVALUATOR).first()  # the newest
         if evaluation is not None:
             scores = ", ".join(
                 f"{name} {evaluation.criteria[name]:.2f}"
@@ -158,10 +159,25 @@ class Command(BaseCommand):
             out(f"Quality:   {evaluation.overall:.2f} ({evaluation.evaluator}): {scores}")
             for line in evaluation.feedback:
                 out(f"  to improve: {line}")
+        self._judge_summary(job)
         out(f"Job id:    {job.id}")
         out(
             f"Admin:     run `make web`, then open "
             f"http://127.0.0.1:8000/admin/generation/coursegenerationjob/{job.id}/change/"
+        )
+
+    def _judge_summary(self, job: CourseGenerationJob) -> None:
+        """The LLM judge's course score (it runs after finalize: in-process, it has run)."""
+        job.refresh_from_db(fields=["judge_status", "judge_score", "judge_cost_usd"])
+        judged = job.evaluations.filter(evaluator=JUDGE_EVALUATOR, task__isnull=True).first()
+        if judged is None:
+            self.stdout.write(f"Judge:     {job.judge_status} (no course verdict)")
+            return
+        simulated = ", simulated by the offline provider" if judged.details.get("simulated") else ""
+        scores = ", ".join(f"{name} {value:.2f}" for name, value in judged.criteria.items())
+        self.stdout.write(
+            f"Judge:     {judged.overall:.2f} ({judged.evaluator}{simulated}): {scores}; "
+            f"${job.judge_cost_usd:.4f}, apart from the generation cost"
         )
 
 

@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import F, Sum
 from django.test.utils import override_settings
 
-from accounts.models import BaseClass, Membership, Organisation, Role
 from coursegen.celery import app as celery_app
 from generation import services
 from generation.checks import course_duplicates
+from generation.management.fixtures import simulation_class, teacher_of
 from generation.models import REPAIR_KINDS, CourseGenerationJob, GenerationAttempt, JobStatus
 from generation.providers import get_provider
 from generation.schemas import CourseRequest, Level, TaskKind
@@ -82,7 +81,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0, help="offline simulator seed")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        base_class = _fixture()
+        base_class = simulation_class(slug="quality-run", name="Quality run")
         tally = Tally()
         previous = celery_app.conf.task_always_eager
         celery_app.conf.task_always_eager = True
@@ -97,7 +96,7 @@ class Command(BaseCommand):
             ):
                 for n in range(options["courses"]):
                     job = services.job_submit(
-                        user=_teacher(base_class, n),
+                        user=teacher_of(base_class=base_class, username=f"quality-run-{n}"),
                         base_class=base_class,
                         request=_request(n, options),
                     )
@@ -169,25 +168,6 @@ class Command(BaseCommand):
         out(f"Input tokens from cache:    {cached:.1%}")
         for failure in tally.failures:
             out(f"  invalid: {failure}")
-
-
-def _fixture() -> BaseClass:
-    org, _ = Organisation.objects.get_or_create(
-        slug="quality-run", defaults={"name": "Quality run"}
-    )
-    base_class, _ = BaseClass.objects.get_or_create(
-        organisation=org, name="Quality run", defaults={"subject": "Mixed"}
-    )
-    return base_class
-
-
-def _teacher(base_class: BaseClass, n: int) -> Any:
-    """One teacher per course: the run measures generation, not the per-user rate limits."""
-    user, _ = get_user_model().objects.get_or_create(username=f"quality-run-{n}")
-    Membership.objects.get_or_create(
-        user=user, organisation_id=base_class.organisation_id, defaults={"role": Role.TEACHER}
-    )
-    return user
 
 
 def _request(n: int, options: dict[str, Any]) -> CourseRequest:

@@ -1,5 +1,5 @@
 """The call log: one JSON line per simulated call, safe across threads and processes (tests and
-`make chaos` count provider calls per task from it)."""
+`make chaos` count provider calls per task from it; the quality judge's calls have kind "judge")."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def call_log_append(path: str, request: CompletionRequest) -> None:
         "ts": time.time(),
         "pid": os.getpid(),
         "model": request.model,
-        "kind": request.task_kind.value,
+        # A judge call is not a call of the task it judges: counts per task must not see it.
+        "kind": "judge" if request.purpose == "judge" else request.task_kind.value,
         "task_key": context.get("task_key"),
         "job_id": context.get("job_id"),
         "attempt": context.get("attempt"),

@@ -22,12 +22,14 @@ from generation.providers.base import (
 )
 from generation.providers.offline.calllog import call_log_append
 from generation.providers.offline.content import Data, build_content, part_content
+from generation.providers.offline.content.rules import followed_rules
 from generation.providers.offline.faults import (
     TRANSIENT_FAULTS,
     FaultRates,
     OutageFile,
     make_invalid,
 )
+from generation.providers.offline.judge import simulated_verdict
 from generation.providers.offline.latency import DEFAULT_LATENCY, TierLatency, wait
 from generation.providers.offline.ratelimit import admit, rate_limit_from_settings
 from generation.providers.offline.seeding import stable_int
@@ -110,14 +112,25 @@ class OfflineProvider(Provider):
     # --- steps of complete() ---------------------------------------------------------------------
     def _render(self, request: CompletionRequest, fault: str | None) -> tuple[Data, str, str]:
         """The response body, and a problem message when it is not a usable JSON object."""
-        data = build_content(request.task_kind, request.context, seed=self.seed)
+        if request.purpose == "judge":
+            data = simulated_verdict(request.context.get("judged") or {})
+            if fault == "invalid":  # a verdict that misses a criterion fails its schema
+                data.pop(sorted(data)[0])
+            return self._serialise(request, data, fault)
+        context = {**request.context, "prompt_rules": followed_rules(request.messages)}
+        data = build_content(request.task_kind, context, seed=self.seed)
         part = request.context.get("part") or ""
         if part:  # targeted regeneration: a request for one part of the object
-            data = part_content(request.task_kind, request.context, data, part, self.seed)
+            data = part_content(request.task_kind, context, data, part, self.seed)
         if fault == "invalid":
             with self._fault_lock:
                 pick = self._fault_rng.random()
             data = make_invalid(request.task_kind, data, part=part, pick=pick)
+        return self._serialise(request, data, fault)
+
+    def _serialise(
+        self, request: CompletionRequest, data: Data, fault: str | None
+    ) -> tuple[Data, str, str]:
         raw_text, problem = json.dumps(data), ""
         if fault == "malformed":
             raw_text = raw_text[: max(1, len(raw_text) * 3 // 5)]  # a proper prefix never parses

@@ -97,7 +97,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         self.opts = opts
-        self.results: dict[str, Any] = {}
+        # The LLM judge adds its own calls after finalize; make bench runs it only when asked
+        # (BENCH_JUDGE=true), and says which in its JSON.
+        self.results: dict[str, Any] = {"judge_enabled": settings.COURSEGEN_JUDGE_ENABLED}
         self.rows: list[tuple[str, str, str]] = []
         phases = set(opts["phases"].split(","))
         self.logdir = Path(tempfile.mkdtemp(prefix="coursegen-bench-"))

@@ -36,6 +36,7 @@ class Facts:
     lesson_summary: str
     objectives: tuple[str, ...]
     sketch: tuple[tuple[str, tuple[str, ...]], ...]  # (module title, lesson titles) per module
+    rules: frozenset[str] = frozenset()  # prompt rules the simulator follows (content/rules.py)
 
     def words(self, **extra: str) -> dict[str, str]:
         """The placeholders every template may use."""
@@ -90,6 +91,7 @@ def read_facts(context: Mapping[str, Any], seed: int) -> Facts:
         lesson_summary=_text(context, "lesson_summary", lesson.summary),
         objectives=_strings(context.get("learning_objectives")) or lesson.objectives,
         sketch=_sketch(context.get("outline")) or plan_sketch(plan),
+        rules=frozenset(_strings(context.get("prompt_rules"))),
     )
 
 

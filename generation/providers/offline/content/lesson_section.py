@@ -5,6 +5,10 @@ from __future__ import annotations
 import random
 
 from generation.providers.offline.content.facts import Data, Facts
+from generation.providers.offline.content.rules import (
+    EXPLAIN_EACH_OBJECTIVE,
+    PRACTISE_EACH_OBJECTIVE,
+)
 from generation.providers.offline.content.text import join_words, lc_first, sentence, uc_first
 
 _INTROS = (
@@ -182,6 +186,50 @@ _EXAMPLES = (
 )
 
 
+# One per objective when the prompt asks for it (content/rules.py: practise_each_objective).
+_PRACTICE = (
+    "Work through this one step by step. First, state what it means to {objective} in a "
+    "concrete {t} situation you know. Then try it on a small case, writing down each decision "
+    "and the reason for it. Finally, check the result against the lesson's explanation, so that "
+    "you can say why it works.",
+    "Here is a worked case. Start from a familiar {t} problem and {objective}, one step at a "
+    "time. Note what you expected before each step, then compare it with what happened, because "
+    "the gap shows what to adjust. Repeat once with a changed detail to see the rule hold.",
+)
+
+
+# One paragraph per objective when the prompt asks for it (rules.py: explain_each_objective).
+_OBJECTIVE_PARAGRAPHS = (
+    "One goal of this lesson is to {objective}. In {t}, that means noticing the idea in a real "
+    "case, naming it, and saying why it matters before you act on it. Start with a case you "
+    "know well, describe what happens in your own words, and then check your description "
+    "against the key concepts below.",
+    "The lesson also asks you to {objective}. Think of it as a skill with steps: look at the "
+    "situation in {t}, pick out what is relevant, and explain how it connects to what you "
+    "already know. Doing this on two or three different cases is what turns the idea into "
+    "something you can use.",
+)
+
+
+def _objective_paragraphs(facts: Facts, rng: random.Random) -> list[str]:
+    return [
+        rng.choice(_OBJECTIVE_PARAGRAPHS).format(t=facts.topic, objective=lc_first(o))
+        for o in facts.objectives
+    ]
+
+
+def _practice_examples(facts: Facts, rng: random.Random) -> list[Data]:
+    return [
+        {
+            "title": f"Practising: {uc_first(lc_first(objective))}",
+            "description": rng.choice(_PRACTICE).format(
+                t=facts.topic, objective=lc_first(objective)
+            ),
+        }
+        for objective in facts.objectives
+    ]
+
+
 def build_lesson_section(facts: Facts, rng: random.Random) -> Data:
     # The summary names every objective: lesson sections must cover all of them.
     words = facts.words(objs=join_words([lc_first(o) for o in facts.objectives]))
@@ -189,13 +237,17 @@ def build_lesson_section(facts: Facts, rng: random.Random) -> Data:
     roles = [r for r in (_WHY, _CORE, _HOW, _PITFALLS, _CONNECT) if r is not dropped]
     lead = {"term": uc_first(facts.lesson_focus), "definition": sentence(facts.lesson_summary)}
     concepts = rng.sample(CONCEPTS, 3)
+    introduction = rng.choice(_INTROS).format(**words)  # the draws keep their order
+    paragraphs = [rng.choice(r).format(**words) for r in roles]
+    if EXPLAIN_EACH_OBJECTIVE in facts.rules:
+        paragraphs[1:1] = _objective_paragraphs(facts, rng)
     return {
-        "introduction": rng.choice(_INTROS).format(**words),
-        "detailed_explanation": "\n\n".join(rng.choice(r).format(**words) for r in roles),
+        "introduction": introduction,
+        "detailed_explanation": "\n\n".join(paragraphs),
         "key_concepts": [lead]
         + [{"term": t, "definition": d.format(**words)} for t, d in concepts],
-        "examples": [
-            {"title": t, "description": d.format(**words)} for t, d in rng.sample(_EXAMPLES, 2)
-        ],
+        "examples": _practice_examples(facts, rng)
+        if PRACTISE_EACH_OBJECTIVE in facts.rules
+        else [{"title": t, "description": d.format(**words)} for t, d in rng.sample(_EXAMPLES, 2)],
         "summary": rng.choice(_LESSON_SUMMARY_TEXTS).format(**words),
     }
