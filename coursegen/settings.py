@@ -309,6 +309,17 @@ if COURSEGEN_PROVIDER == "openai" and not OPENAI_API_KEY and OPENAI_BASE_URL is 
         "COURSEGEN_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL)"
     )
 
+# Content safety (docs/safety.md): requests and every generated task pass a moderation step.
+# "" moderates with COURSEGEN_PROVIDER; "off" turns moderation off (never for a school).
+COURSEGEN_MODERATION_PROVIDER = env_choice(
+    "COURSEGEN_MODERATION_PROVIDER", "", ("", "offline", "openai", "off")
+)
+if COURSEGEN_MODERATION_PROVIDER == "openai" and not OPENAI_API_KEY and OPENAI_BASE_URL is None:
+    raise ImproperlyConfigured(
+        "COURSEGEN_MODERATION_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL)"
+    )
+COURSEGEN_MODERATION_MODEL = env_str("COURSEGEN_MODERATION_MODEL", "omni-moderation-latest")
+
 COURSEGEN_MODEL_COMPLEX = env_str("COURSEGEN_MODEL_COMPLEX", "gpt-4.1-mini")
 COURSEGEN_MODEL_SIMPLE = env_str("COURSEGEN_MODEL_SIMPLE", "gpt-4.1-nano")
 

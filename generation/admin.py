@@ -12,7 +12,13 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import content_disposition_header
 
-from generation import exports, recovery, regeneration, services
+from generation import (
+    exports,
+    moderation_admin,  # noqa: F401  (registers the held-content admin)
+    recovery,
+    regeneration,
+    services,
+)
 from generation.admin_base import ReadOnlyStackedInline, ReadOnlyTabularInline
 from generation.exports.archive import zip_files
 from generation.models import (
@@ -33,6 +39,7 @@ TASK_INLINE_FIELDS: tuple[str, ...] = (
     "kind",
     "key",
     "status",
+    "moderation",
     "model",
     "attempts",
     "output_tokens",
@@ -372,7 +379,7 @@ class TaskAdmin(admin.ModelAdmin):
         "worker",
         "finished_at",
     ]
-    list_filter = ["status", "kind", "model", "tier"]
+    list_filter = ["status", "kind", "model", "tier", "moderation"]
     search_fields = ["job__id", "key", "worker", "error"]
     list_select_related = ["job"]
     readonly_fields = [f.name for f in GenerationTask._meta.fields]

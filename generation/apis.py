@@ -18,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation import exports, idempotency, recovery, regeneration, services
+from generation import exports, idempotency, recovery, regeneration, safety, services
 from generation.models import (
     CourseEvaluation,
     CourseGenerationJob,
@@ -26,6 +26,7 @@ from generation.models import (
     IdempotencyKey,
     JobStatus,
 )
+from generation.providers import ModerationResult, ProviderError
 from generation.rubric import HUMAN_EVALUATOR
 from generation.selectors import (
     course_job_visible,
@@ -35,6 +36,7 @@ from generation.selectors import (
     jobs_visible_to,
 )
 from generation.serializers import (
+    ContentFlaggedOutputSerializer,
     EvaluationOutputSerializer,
     JobDetailOutputSerializer,
     JobOutputSerializer,
@@ -96,6 +98,26 @@ def _replay(record: IdempotencyKey) -> Response:
     return Response(JobDetailOutputSerializer(job).data, status=201, headers=headers)
 
 
+def _moderate(
+    request: Request, texts: dict[str, str], *, organisation_id: int | None = None
+) -> tuple[Response | None, ModerationResult | None]:
+    """Moderate a request's free text before admission: (a refusal, None) when flagged (422)
+    or when moderation is unavailable (503); else (None, the verdict)."""
+    try:
+        verdict = safety.request_moderate(
+            user=request.user,  # type: ignore[arg-type]  # IsAuthenticated ran
+            texts=texts,
+            organisation_id=organisation_id,
+        )
+    except safety.ContentFlagged as exc:
+        return Response(exc.as_body(), status=422), None
+    except ProviderError:
+        detail = "Content moderation is unavailable; the request was not accepted. Retry later."
+        body = {"detail": detail, "code": "moderation_unavailable"}
+        return Response(body, status=503, headers={"Retry-After": "30"}), None
+    return None, verdict
+
+
 def _visible_job(request: Request, job_id: UUID) -> CourseGenerationJob:
     job = job_get_visible(user=request.user, job_id=job_id)
     if job is None:
@@ -125,8 +147,14 @@ class JobCollectionApi(APIView):
             201: JobDetailOutputSerializer,
             400: OpenApiResponse(description="Field errors"),
             409: OpenApiResponse(description="A request with this Idempotency-Key is in flight"),
-            422: OpenApiResponse(description="Idempotency-Key reused with a different body"),
+            422: OpenApiResponse(
+                response=ContentFlaggedOutputSerializer,
+                description="Flagged by content moderation (code content_flagged, with the "
+                "categories and fields); or an Idempotency-Key reused with a different body "
+                "(detail only)",
+            ),
             429: RateLimitExceededOutputSerializer,
+            503: OpenApiResponse(description="Content moderation unavailable; retry later"),
         },
         operation_id="jobs_submit",
     )
@@ -140,12 +168,21 @@ class JobCollectionApi(APIView):
         serializer = JobSubmitInputSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
+        course_request = data["course_request"]
+        refused, verdict = _moderate(
+            request,
+            {f: getattr(course_request, f) for f in ("topic", "audience", "instructions")},
+            organisation_id=data["base_class"].organisation_id,
+        )
+        if refused is not None:
+            return refused
         try:
             job = services.job_submit(
                 user=request.user,  # type: ignore[arg-type]  # IsAuthenticated ran
                 base_class=data["base_class"],
-                request=data["course_request"],
+                request=course_request,
                 idempotency_key=record,
+                moderation=verdict,
             )
         except services.GenerationError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
@@ -213,7 +250,10 @@ class JobExportApi(APIView):
         responses={
             (200, "application/octet-stream"): OpenApiTypes.BINARY,
             404: OpenApiResponse(description="No such job, or no such format"),
-            409: OpenApiResponse(description="The course is not ready"),
+            409: OpenApiResponse(
+                description="The course is not ready, or part of it is held for content "
+                "review (code content_held)"
+            ),
         },
         operation_id="jobs_export",
     )
@@ -231,6 +271,9 @@ class JobExportApi(APIView):
             return Response({"detail": str(exc), "formats": list(exports.FORMATS)}, status=404)
         except exports.CourseNotReady as exc:
             return Response({"detail": str(exc), "status": exc.status}, status=409)
+        except exports.CourseHeld as exc:
+            body = {"detail": str(exc), "code": "content_held", "held": list(exc.held)}
+            return Response(body, status=409)
         response = HttpResponse(export.content, content_type=export.content_type)
         response["Content-Disposition"] = content_disposition_header(True, export.filename)
         response["Cache-Control"] = "private, no-store"
@@ -320,6 +363,8 @@ class TaskRegenerateApi(APIView):
             202: TaskRegenerateOutputSerializer,
             400: OpenApiResponse(description="Field errors"),
             409: OpenApiResponse(description="The task cannot be regenerated now"),
+            422: ContentFlaggedOutputSerializer,
+            503: OpenApiResponse(description="Content moderation unavailable; retry later"),
         },
         operation_id="tasks_regenerate",
     )
@@ -330,6 +375,13 @@ class TaskRegenerateApi(APIView):
             raise Http404("No such task.")
         serializer = TaskRegenerateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        refused, _ = _moderate(
+            request,
+            {"instruction": serializer.validated_data["instruction"]},
+            organisation_id=job.organisation_id,
+        )
+        if refused is not None:
+            return refused
         try:
             regeneration.task_regenerate_enqueue(
                 task_id=task.pk,

@@ -9,6 +9,7 @@ class GenerationConfig(AppConfig):
         # The services send these Celery tasks by name (generation/messages.py): registered in
         # every process, web and worker alike.
         from generation import (
+            moderation_models,  # noqa: F401  (registers the HeldContent proxy)
             tasks,  # noqa: F401
             warmup,  # noqa: F401  (connects the worker_init warm-up)
         )

@@ -7,12 +7,17 @@ from typing import TYPE_CHECKING, Any
 from generation.prompts import parse_key
 from generation.schemas import TaskKind
 
+WITHHELD = ("held", "rejected")  # ModerationStatus values kept out of the course (models.py)
+
 if TYPE_CHECKING:
     from generation.models import CourseGenerationJob, GenerationTask
 
 
 def assemble_course(*, job: CourseGenerationJob, tasks: list[GenerationTask]) -> dict[str, Any]:
-    outputs = {(t.kind, t.key): t.output or {} for t in tasks}
+    """The course document. Output moderation held (or staff rejected) stays out of it and is
+    listed under "held" instead, until staff release it (docs/safety.md)."""
+    withheld = [t for t in tasks if t.moderation in WITHHELD]
+    outputs = {(t.kind, t.key): t.output or {} for t in tasks if t not in withheld}
     outline = job.outline or {}
     metadata = outputs.get((TaskKind.METADATA, "course"), {})
     modules = []
@@ -37,6 +42,15 @@ def assemble_course(*, job: CourseGenerationJob, tasks: list[GenerationTask]) ->
         "request": job.request,
         "mind_map": outputs.get((TaskKind.MIND_MAP, "course"), {}),
         "modules": modules,
+        "held": [
+            {
+                "kind": t.kind,
+                "key": t.key,
+                "status": t.moderation,
+                "categories": t.moderation_categories,
+            }
+            for t in withheld
+        ],
     }
 
 

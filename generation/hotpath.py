@@ -60,6 +60,7 @@ WITH attempts AS (
 ), closed AS (
     UPDATE course_generation_tasks
     SET status = %(status)s, output = %(output)s, model = %(model)s,
+        moderation = %(moderation)s, moderation_categories = %(moderation_categories)s,
         validation_errors = %(validation_errors)s, error = %(error)s,
         duration_ms = %(duration_ms)s, lease_expires_at = NULL, finished_at = %(now)s,
         attempts = attempts + %(attempts)s, input_tokens = input_tokens + %(input_tokens)s,
@@ -141,6 +142,8 @@ def record_and_progress(
         "output": Jsonb(fields["output"]) if fields["output"] is not None else None,
         "validation_errors": Jsonb(fields["validation_errors"]),
         "model": fields["model"],
+        "moderation": fields["moderation"],
+        "moderation_categories": Jsonb(fields["moderation_categories"]),
         "error": fields["error"],
         "duration_ms": fields["duration_ms"],
         **usage,

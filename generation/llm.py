@@ -39,12 +39,15 @@ from generation import parts
 from generation.breaker import CircuitBreaker, CircuitOpenError
 from generation.concurrency import call_limited
 from generation.field_errors import FieldError
+from generation.moderation import flagged_feedback, moderation_call, text_of
 from generation.pricing import cost_of
 from generation.prompts import build_messages, dumps, part_messages, reask_messages
 from generation.providers.base import (
     CompletionRequest,
     InvalidOutputError,
     Message,
+    ModerationRequest,
+    ModerationResult,
     PermanentProviderError,
     Provider,
     ProviderError,
@@ -64,6 +67,7 @@ Errors = tuple[FieldError, ...]
 ExtraCheck = Callable[[dict[str, Any]], list[FieldError]]
 REPAIR_KINDS = ("reask", "part")
 JUDGE_KIND = "judge"  # AttemptKind.JUDGE: every call of a review
+MODERATION_KIND = "moderation"  # AttemptKind.MODERATION: a call of the moderation endpoint
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,8 @@ class GenerationResult:
     # Set when the provider could not be reached now: reschedule the task after this many seconds.
     defer_s: float | None = None
     lease_lost: bool = False
+    moderation: str = ""  # ModerationStatus: "" not moderated, "passed" or "held"
+    moderation_categories: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -154,6 +160,8 @@ class TaskSpec:
     fallback_model: str | None = (
         None  # the other tier's model, used while this one's breaker is open
     )
+    moderator: Provider | None = None  # checks the output (docs/safety.md); None: not checked
+    moderation_model: str = ""
 
 
 class LeaseLostError(Exception):
@@ -300,6 +308,41 @@ class _Conversation:
         reply = transport_retrying()(once)
         return reply, kinds[0]
 
+    # --- moderation ------------------------------------------------------------------------------
+    def moderate(self, data: dict[str, Any]) -> ModerationResult:
+        """One moderation call of the output's text, in the ledger as attempt kind
+        `moderation` (with any failed calls): no tokens, no cost, its latency."""
+        assert self.spec.moderator is not None
+        request = ModerationRequest(texts=(text_of(data),), model=self.spec.moderation_model)
+        verdict = moderation_call(
+            self.spec.moderator,
+            request,
+            before=self._check_can_call,
+            failed=lambda exc, latency_s: self._record_moderation(request.model, exc, latency_s),
+        )
+        self._record_moderation(verdict.model, verdict, verdict.latency_s)
+        return verdict
+
+    def _record_moderation(self, model: str, outcome: Any, latency_s: float) -> None:
+        if isinstance(outcome, ModerationResult):
+            errors = [f"flagged: {', '.join(outcome.categories)}"] if outcome.flagged else []
+            kind = "flagged" if outcome.flagged else "ok"
+        else:
+            errors = [str(outcome)]
+            kind = "transient" if isinstance(outcome, TransientProviderError) else "permanent"
+        self.result.attempts.append(
+            AttemptRecord(
+                number=len(self.result.attempts) + 1,
+                kind=MODERATION_KIND,
+                outcome=kind,
+                model=model,
+                usage=Usage(),
+                cost_usd=Decimal(0),  # OpenAI's moderation endpoint is free
+                latency_ms=round(latency_s * 1000),
+                errors=[{"path": "", "message": e} for e in errors],
+            )
+        )
+
     # --- validation ------------------------------------------------------------------------------
     def check(self, data: Any) -> tuple[Any, Errors]:
         """Validate a whole object; on success return it normalised by its schema."""
@@ -427,8 +470,10 @@ def _keep_good_parts(
     return (merged, found) if len(found) < len(errors) else (data, errors)
 
 
-def _whole(convo: _Conversation) -> dict[str, Any]:
-    messages, previous, kind = convo.base, None, "first"
+def _whole(
+    convo: _Conversation, messages: tuple[Message, ...] | None = None, kind: str = "first"
+) -> dict[str, Any]:
+    messages, previous = messages or convo.base, None
     best: Any = None  # the latest object that parsed, as repaired so far
     for _ in range(convo.policy.max_attempts):
         reply, sent = convo.send(messages, schema=convo.schema, kind=kind)
@@ -448,6 +493,27 @@ def _whole(convo: _Conversation) -> dict[str, Any]:
         failed = dumps(data) if data is not None else reply.raw or dumps({})
         messages = reask_messages(convo.base, failed_output=failed, errors=[str(e) for e in errors])
     raise StopGeneration(f"output invalid after {convo.policy.max_attempts} attempts")
+
+
+# --- Moderation ----------------------------------------------------------------------------------
+def _moderated(convo: _Conversation, data: dict[str, Any], *, retry: bool) -> dict[str, Any]:
+    """Moderate valid output. Flagged output is asked for once more through the re-ask path,
+    with the categories as feedback; flagged again (or not repairable), it is kept but held for
+    staff review (`result.moderation`)."""
+    if convo.spec.moderator is None or convo.spec.review is not None:
+        return data
+    verdict = convo.moderate(data)
+    if verdict.flagged and retry:
+        feedback = flagged_feedback(verdict.categories)
+        messages = reask_messages(convo.base, failed_output=dumps(data), errors=[feedback])
+        try:
+            data = _whole(convo, messages, "reask")
+            verdict = convo.moderate(data)
+        except StopGeneration:
+            pass  # no valid rewrite: the flagged output is held
+    convo.result.moderation = "held" if verdict.flagged else "passed"
+    convo.result.moderation_categories = list(verdict.categories)
+    return data
 
 
 def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> GenerationResult:
@@ -483,7 +549,7 @@ def generate(
 ) -> GenerationResult:
     """Run one task: its output, or the reason it failed, and every attempt either way."""
     convo = _Conversation(spec, provider, policy or ReaskPolicy.from_settings())
-    return _run(convo, lambda: _whole(convo))
+    return _run(convo, lambda: _moderated(convo, _whole(convo), retry=True))
 
 
 def regenerate_part(
@@ -510,8 +576,8 @@ def regenerate_part(
             value = _repair_part(
                 convo, data, part, errors, extra=extra, hints=hints, context=context
             )
-            if value is not None:
-                return parts.merge(data, part, value)
+            if value is not None:  # a part has no whole re-ask to fall back on: held if flagged
+                return _moderated(convo, parts.merge(data, part, value), retry=False)
             latest = convo.result.attempts[-1].errors if convo.result.attempts else []
             convo.result.validation_errors = latest or [e.as_dict() for e in errors]
             if latest == previous:

@@ -147,6 +147,20 @@ class TaskStatus(models.TextChoices):
 TASK_TERMINAL = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
+class ModerationStatus(models.TextChoices):
+    """Where a task's output stands with content moderation (docs/safety.md)."""
+
+    UNCHECKED = "", "Not moderated"
+    PASSED = "passed", "Passed"
+    HELD = "held", "Held for staff review"
+    RELEASED = "released", "Released by staff"
+    REJECTED = "rejected", "Rejected by staff"
+
+
+# Outputs kept out of the course (and its exports) until staff release them.
+MODERATION_WITHHELD = (ModerationStatus.HELD, ModerationStatus.REJECTED)
+
+
 class GenerationTask(models.Model):
     """One unit of generation inside a job, e.g. the lesson section of module 2, lesson 3."""
 
@@ -200,6 +214,16 @@ class GenerationTask(models.Model):
         related_name="tasks",
         help_text="The A/B experiment variant this task was generated with, if any.",
     )
+    moderation = models.CharField(
+        max_length=16, choices=ModerationStatus.choices, default="", blank=True, db_index=True
+    )
+    moderation_categories = models.JSONField(
+        default=list, blank=True, help_text="The categories moderation flagged the output for."
+    )
+    moderation_reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    moderation_reviewed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -228,6 +252,7 @@ class AttemptKind(models.TextChoices):
     TRANSPORT_RETRY = "transport_retry", "Retry after a transport error"
     PART = "part", "Targeted regeneration of one part"
     JUDGE = "judge", "Quality judge"
+    MODERATION = "moderation", "Content moderation"
 
 
 # Attempts that repair output: their cost is the job's re-ask share (with every failed attempt).
@@ -239,6 +264,7 @@ class AttemptOutcome(models.TextChoices):
     INVALID = "invalid", "Invalid output"
     TRANSIENT = "transient", "Transient error"
     PERMANENT = "permanent", "Permanent error"
+    FLAGGED = "flagged", "Flagged by moderation"
 
 
 class GenerationAttempt(models.Model):

@@ -21,6 +21,7 @@ from generation.models import (
     GenerationTaskVersion,
     RegenerationRequest,
 )
+from generation.providers import MODERATION_CATEGORIES
 from generation.schemas import CourseRequest, Level
 
 COST_QUANTUM = Decimal(10) ** -GenerationTask._meta.get_field("cost_usd").decimal_places
@@ -79,6 +80,8 @@ class TaskOutputSerializer(serializers.ModelSerializer):
             "duration_ms",
             "validation_errors",
             "error",
+            "moderation",
+            "moderation_categories",
             "started_at",
             "finished_at",
         ]
@@ -249,6 +252,19 @@ class JobProgressOutputSerializer(
             "started_at",
             "finished_at",
         ]
+
+
+class ContentFlaggedOutputSerializer(serializers.Serializer):
+    """A request refused by content moderation (docs/safety.md); nothing was created."""
+
+    detail = serializers.CharField()
+    code = serializers.ChoiceField(choices=["content_flagged"])
+    categories = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(MODERATION_CATEGORIES))
+    )
+    flagged_fields = serializers.ListField(
+        child=serializers.CharField(), help_text="The request's fields that were flagged."
+    )
 
 
 class TaskRegenerateInputSerializer(serializers.Serializer):

@@ -38,5 +38,7 @@ def course_page(request: HttpRequest, job_id: UUID) -> HttpResponse:
         waiting = job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
         context = {"job": job, "refresh": waiting}
         return render(request, "courses/not_ready.html", context, status=409)
-    html = course_html(course_of_job(job), downloads=export_links(job.pk))
+    course = course_of_job(job)
+    # Held content has no export until staff release it: the page says so instead of linking.
+    html = course_html(course, downloads=() if course.held else export_links(job.pk))
     return HttpResponse(html)

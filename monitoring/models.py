@@ -90,6 +90,7 @@ class AlertKind(models.TextChoices):
     CAPACITY_WARNING = "capacity_warning", "Capacity warning"
     QUALITY_BELOW_THRESHOLD = "quality_below_threshold", "Quality below threshold"
     CIRCUIT_BREAKER_OPENED = "circuit_breaker_opened", "Circuit breaker opened"
+    CONTENT_FLAGGED = "content_flagged", "Content flagged by moderation"
 
 
 class AlertSeverity(models.TextChoices):

@@ -94,6 +94,8 @@ class FakeOpenAIServer:
         self.replies: dict[str, Any] = {}
         self.default_reply: Any = {"ok": True}  # json_object calls and unknown schema names
         self.cached_tokens = 0
+        # text -> the OpenAI moderation categories it is flagged for ("violence", "illicit" ...)
+        self.moderation: Any = flag_marked
         self.requests: list[ReceivedRequest] = []
         self._script: deque[ScriptedResponse] = deque()
         self._lock = threading.Lock()
@@ -136,6 +138,8 @@ class FakeOpenAIServer:
             self.requests.append(request)
             if self._script:
                 return self._script.popleft()
+        if request.path == "/v1/moderations":
+            return ScriptedResponse(200, moderation_body(request.body, self.moderation))
         if request.path != "/v1/chat/completions":
             return ScriptedResponse(404, {"error": {"message": f"no route {request.path}"}})
         if self.mode == "llamacpp" and request.response_format_type == "json_schema":
@@ -149,6 +153,37 @@ class FakeOpenAIServer:
         content = reply if isinstance(reply, str) else json.dumps(reply)
         model = str(request.body.get("model", "test-model"))
         return chat_completion_body(content, model=model, cached_tokens=self.cached_tokens)
+
+
+OPENAI_MODERATION_CATEGORIES = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+    "illicit/violent", "self-harm", "self-harm/instructions", "self-harm/intent", "sexual",
+    "sexual/minors", "violence", "violence/graphic",
+)  # fmt: skip
+
+
+def flag_marked(text: str) -> set[str]:
+    """The default judgement: a text is flagged for each "UNSAFE:<category>" it contains."""
+    return {c for c in OPENAI_MODERATION_CATEGORIES if f"UNSAFE:{c}" in text}
+
+
+def moderation_body(body: dict[str, Any], judge: Any) -> dict[str, Any]:
+    """A /v1/moderations response in OpenAI's shape, one result per input text."""
+    texts = body.get("input")
+    results = []
+    for text in [texts] if isinstance(texts, str) else texts or []:
+        hits = judge(text)
+        results.append(
+            {
+                "flagged": bool(hits),
+                "categories": {c: c in hits for c in OPENAI_MODERATION_CATEGORIES},
+                "category_scores": {
+                    c: 0.97 if c in hits else 0.001 for c in OPENAI_MODERATION_CATEGORIES
+                },
+                "category_applied_input_types": {c: ["text"] for c in OPENAI_MODERATION_CATEGORIES},
+            }
+        )
+    return {"id": "modr-test", "model": str(body.get("model", "")), "results": results}
 
 
 def _schema_name(body: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMATS",
     "Course",
+    "CourseHeld",
     "CourseNotReady",
     "ExportError",
     "ExportFile",
@@ -84,6 +85,18 @@ class CourseNotReady(ExportError):
         self.status = job.status
 
 
+class CourseHeld(ExportError):
+    """Part of the course is held by content moderation: no file until staff release it (or
+    the part is regenerated), so a file never leaves with unreviewed content or a gap."""
+
+    def __init__(self, course: Course) -> None:
+        super().__init__(
+            f"part of the course is held for content review ({', '.join(course.held)}); "
+            "it can be exported once staff release it or it is regenerated"
+        )
+        self.held = course.held
+
+
 def export_format(name: str) -> ExportFormat:
     if name not in FORMATS:
         raise UnknownFormat(name)
@@ -130,6 +143,8 @@ def course_export(
         raise CourseNotReady(job)
     started = time.monotonic()
     course = course_of_job(job)
+    if course.held:
+        raise CourseHeld(course)
     content, cached = _render(course, fmt)
     elapsed = time.monotonic() - started
     log_event(

@@ -113,6 +113,8 @@ class Course:
     organisation: str = ""
     base_class: str = ""
     generated_at: datetime | None = None
+    # Parts moderation held for staff review (or staff rejected), left out: "lesson_section m1.l2"
+    held: tuple[str, ...] = ()
 
     @property
     def lessons(self) -> list[Lesson]:
@@ -239,6 +241,7 @@ def course_from_document(document: dict[str, Any], *, job_id: str = "") -> Cours
         modules=tuple(
             _module(m, position=n) for n, m in enumerate(document.get("modules") or [], start=1)
         ),
+        held=tuple(f"{h.get('kind')} {h.get('key')}" for h in document.get("held") or []),
     )
 
 

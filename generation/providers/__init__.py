@@ -7,10 +7,13 @@ import functools
 from django.conf import settings
 
 from generation.providers.base import (
+    MODERATION_CATEGORIES,
     Completion,
     CompletionRequest,
     InvalidOutputError,
     Message,
+    ModerationRequest,
+    ModerationResult,
     PermanentProviderError,
     Provider,
     ProviderError,
@@ -19,15 +22,19 @@ from generation.providers.base import (
 )
 
 __all__ = [
+    "MODERATION_CATEGORIES",
     "Completion",
     "CompletionRequest",
     "InvalidOutputError",
     "Message",
+    "ModerationRequest",
+    "ModerationResult",
     "PermanentProviderError",
     "Provider",
     "ProviderError",
     "TransientProviderError",
     "Usage",
+    "get_moderation_provider",
     "get_provider",
 ]
 
@@ -44,3 +51,12 @@ def get_provider(name: str | None = None) -> Provider:
 
         return OpenAIProvider.from_settings()
     raise ValueError(f"unknown provider {name!r}")
+
+
+def get_moderation_provider() -> Provider | None:
+    """The provider that moderates requests and generated content; None when moderation is off
+    (COURSEGEN_MODERATION_PROVIDER=off, never for a school). "" means the generation provider."""
+    name = settings.COURSEGEN_MODERATION_PROVIDER
+    if name == "off":
+        return None
+    return get_provider(name or None)

@@ -120,3 +120,31 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def complete(self, request: CompletionRequest) -> Completion:
         """Run one call. Raises only the ProviderError subclasses above."""
+
+    def moderate(self, request: ModerationRequest) -> ModerationResult:
+        """Classify text against the content-safety categories (MODERATION_CATEGORIES).
+        Providers without a moderation endpoint refuse, permanently."""
+        raise PermanentProviderError(f"the {self.name} provider has no moderation endpoint")
+
+
+# --- Moderation -----------------------------------------------------------------------------------
+# Our categories; each vendor maps its own onto these (openai.py: OpenAI's "illicit" is
+# "dangerous", "harassment/threatening" is "harassment" ...).
+MODERATION_CATEGORIES = ("hate", "harassment", "violence", "sexual", "self_harm", "dangerous")
+
+
+@dataclass(frozen=True)
+class ModerationRequest:
+    texts: tuple[str, ...]  # checked together: flagged when any of them is
+    model: str
+
+
+@dataclass(frozen=True)
+class ModerationResult:
+    flagged: bool
+    categories: tuple[str, ...]  # the flagged ones, in MODERATION_CATEGORIES order
+    scores: Mapping[str, float]  # the highest score per category over the texts
+    model: str
+    provider: str
+    latency_s: float
+    per_text: tuple[tuple[str, ...], ...] = ()  # each text's flagged categories, in order

@@ -26,9 +26,12 @@ from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
 from generation.providers.base import (
+    MODERATION_CATEGORIES,
     Completion,
     CompletionRequest,
     InvalidOutputError,
+    ModerationRequest,
+    ModerationResult,
     PermanentProviderError,
     Provider,
     ProviderError,
@@ -243,6 +246,39 @@ class OpenAIProvider(Provider):
             raise self._classify(exc, time.monotonic() - started) from exc
         return self._to_completion(request, completion, headers, time.monotonic() - started)
 
+    def moderate(self, request: ModerationRequest) -> ModerationResult:
+        """One call of the moderation endpoint (free at OpenAI); its categories in ours."""
+        started = time.monotonic()
+        try:
+            response = self._client.moderations.create(
+                model=request.model, input=list(request.texts)
+            )
+        except openai.OpenAIError as exc:
+            raise self._classify(exc, time.monotonic() - started) from exc
+        scores = dict.fromkeys(MODERATION_CATEGORIES, 0.0)
+        per_text = []
+        for result in response.results:
+            hits = result.categories.model_dump(by_alias=True)
+            found: set[str] = set()
+            for name, score in result.category_scores.model_dump(by_alias=True).items():
+                ours = _MODERATION_CATEGORY.get(name.split("/")[0])
+                if ours is None:
+                    continue
+                scores[ours] = max(scores[ours], float(score or 0.0))
+                if hits.get(name):
+                    found.add(ours)
+            per_text.append(tuple(c for c in MODERATION_CATEGORIES if c in found))
+        flagged = {c for categories in per_text for c in categories}
+        return ModerationResult(
+            flagged=bool(flagged),
+            categories=tuple(c for c in MODERATION_CATEGORIES if c in flagged),
+            scores=scores,
+            model=response.model or request.model,
+            provider=self.name,
+            latency_s=time.monotonic() - started,
+            per_text=tuple(per_text),
+        )
+
     # --- calling --------------------------------------------------------------------------------
     def _create_with_fallback(self, request: CompletionRequest) -> RawChatResponse:
         if self.needs_json_object():
@@ -360,6 +396,17 @@ class OpenAIProvider(Provider):
         if self._api_key:
             message = message.replace(self._api_key, "[redacted]")
         return message[:_MAX_MESSAGE_CHARS]
+
+
+# OpenAI's moderation categories (before any "/subcategory") in ours.
+_MODERATION_CATEGORY = {
+    "hate": "hate",
+    "harassment": "harassment",
+    "violence": "violence",
+    "sexual": "sexual",
+    "self-harm": "self_harm",
+    "illicit": "dangerous",
+}
 
 
 def _usage(completion: ChatCompletion) -> Usage:

@@ -16,7 +16,12 @@ totals) and `common` (the error, the worker's name, a tier's model), without imp
 Everything else imports from `generation.services`, never from its modules.
 """
 
-from generation.services.alerts import capacity_check, job_outcome_record, quality_check
+from generation.services.alerts import (
+    capacity_check,
+    content_flagged,
+    job_outcome_record,
+    quality_check,
+)
 from generation.services.common import GenerationError, model_for, worker_name
 from generation.services.controls import job_cancel, job_set_priority
 from generation.services.dedupe import job_dedupe_questions
@@ -62,6 +67,7 @@ __all__ = [
     "LeaseClock",
     "TaskRunResult",
     "capacity_check",
+    "content_flagged",
     "defer_delay",
     "dispatch_asked_clear",
     "job_cancel",

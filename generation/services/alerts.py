@@ -76,3 +76,15 @@ def quality_check(*, job: CourseGenerationJob, score: float | None = None) -> Al
         message=f"Job {job.id} ({job.topic}) scored {score:.2f}, below {threshold:.2f}",
         data={"job_id": str(job.id), "score": score, "threshold": threshold},
     )
+
+
+def content_flagged(*, subject: str, message: str, data: dict[str, object]) -> Alert | None:
+    """Alert staff to content moderation flagged: a refused request, or generated output held
+    for their review (docs/safety.md). Never raises: the flag itself is already recorded."""
+    try:
+        return alert_raise(
+            kind=AlertKind.CONTENT_FLAGGED, subject=subject, message=message[:1000], data=data
+        )
+    except Exception:
+        logger.exception("could not raise the content-flagged alert for %s", subject)
+        return None

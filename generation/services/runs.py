@@ -25,9 +25,9 @@ from generation.leases import db_now_plus
 from generation.llm import GenerationResult, TaskSpec, generate
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.prompts import task_context
-from generation.providers import Provider, get_provider
-from generation.schemas import CourseOutline, Tier
-from generation.services import common, ledger
+from generation.providers import Provider, get_moderation_provider, get_provider
+from generation.schemas import CourseOutline, TaskKind, Tier
+from generation.services import alerts, common, ledger
 from monitoring.logs import log_event
 
 logger = logging.getLogger("coursegen.generation")
@@ -201,6 +201,8 @@ def task_spec_build(
         fallback_model=common.model_for(other)
         if settings.COURSEGEN_BREAKER_FALLBACK_TIER
         else None,
+        moderator=get_moderation_provider(),
+        moderation_model=settings.COURSEGEN_MODERATION_MODEL,
     )
 
 
@@ -216,9 +218,16 @@ def task_lease_renew(*, task_id: int, worker: str, run: int | None = None) -> bo
 def _record_result(
     *, task: GenerationTask, worker: str, result: GenerationResult, wall_s: float
 ) -> str:
+    if result.ok and result.moderation == "held" and task.kind == TaskKind.OUTLINE:
+        # Nothing can be planned from an outline staff have not seen: the job fails instead.
+        flagged = ", ".join(result.moderation_categories)
+        result.error = f"the outline was flagged by moderation ({flagged})"
+        result.data = None
     status = TaskStatus.SUCCEEDED if result.ok else TaskStatus.FAILED
     fields = {
         "output": result.data,
+        "moderation": result.moderation,
+        "moderation_categories": result.moderation_categories,
         "model": result.attempts[-1].model if result.attempts else task.model,
         "validation_errors": result.validation_errors,
         "error": result.error,
@@ -246,6 +255,8 @@ def _record_result(
             "task %s: lease lost by %s run %s, result discarded", task.pk, worker, task.runs
         )
         return str(GenerationTask.objects.values_list("status", flat=True).get(pk=task.pk))
+    if result.moderation == "held":
+        _held_alert(task=task, categories=result.moderation_categories)
     log_event(
         f"task.{status}",
         f"{task.kind} {task.key} {status} after {len(result.attempts)} provider call(s)",
@@ -263,6 +274,24 @@ def _record_result(
         },
     )
     return status
+
+
+def _held_alert(*, task: GenerationTask, categories: list[str]) -> None:
+    flagged = ", ".join(categories)
+    log_event(
+        "moderation.output_held",
+        f"{task.kind} {task.key} held for review: flagged for {flagged}",
+        level="warning",
+        job=task.job,
+        task=task,
+        data={"categories": categories},
+    )
+    alerts.content_flagged(
+        subject=f"job:{task.job_id}",
+        message=f"Job {task.job_id}: {task.kind} {task.key} was flagged by moderation ({flagged}) "
+        "after one regeneration and is held for review (admin: held content)",
+        data={"job_id": str(task.job_id), "task_id": task.pk, "categories": categories},
+    )
 
 
 def _task_close(

@@ -9,13 +9,17 @@ from accounts.models import BaseClass, Role
 from coursegen import db
 from generation import hotpath
 from generation.models import (
+    AttemptKind,
+    AttemptOutcome,
     CourseGenerationJob,
+    GenerationAttempt,
     GenerationTask,
     IdempotencyKey,
     Priority,
     QueueEntry,
 )
 from generation.prompts import PROMPT_VERSIONS
+from generation.providers import ModerationResult
 from generation.schemas import TASK_TIERS, CourseRequest, TaskKind
 from generation.services import common, dispatch
 from monitoring.correlation import set_correlation_id
@@ -37,9 +41,12 @@ def job_submit(
     base_class: BaseClass,
     request: CourseRequest,
     idempotency_key: IdempotencyKey | None = None,
+    moderation: ModerationResult | None = None,
 ) -> CourseGenerationJob:
     """Admit and queue a course request. The job returned holds its rows as inserted: its queue
-    entry and its tasks (the outline), like a prefetch; `refresh_from_db()` reads them anew."""
+    entry and its tasks (the outline), like a prefetch; `refresh_from_db()` reads them anew.
+    `moderation` is the request's verdict (generation/safety.py), made before admission: it
+    goes in the ledger as the outline task's first attempt."""
     try:
         # The role is the user's in the class's organisation, read with the usage. Raises
         # RateLimitExceeded (and this transaction rolls back) when over a limit.
@@ -55,12 +62,22 @@ def job_submit(
         priority=priority,
     )
     outline = _task_new(job=job, kind=TaskKind.OUTLINE, key="course", position=0)
+    outline.attempts = 1 if moderation is not None else 0
     entry = QueueEntry(job=job, priority=priority)
     if db.hand_written_sql():  # one round trip for the three rows
         hotpath.insert_together(job, outline, entry)
     else:
         for row in (job, outline, entry):
             row.save(force_insert=True)
+    if moderation is not None:
+        GenerationAttempt.objects.create(
+            task=outline,
+            number=1,
+            kind=AttemptKind.MODERATION,
+            outcome=AttemptOutcome.OK,
+            model=moderation.model,
+            latency_ms=round(moderation.latency_s * 1000),
+        )
     _tasks_in_hand(job, [outline])
     if idempotency_key is not None:  # linked in the same transaction: a replay finds this job
         IdempotencyKey.objects.filter(pk=idempotency_key.pk).update(job=job)

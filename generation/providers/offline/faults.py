@@ -13,7 +13,7 @@ from generation.parts import extract, merge, parts_of
 from generation.providers.offline.content import Data
 from generation.schemas import OUTPUT_SCHEMAS, TaskKind
 
-FAULT_KINDS = ("rate_limit", "server_error", "timeout", "malformed", "invalid")
+FAULT_KINDS = ("rate_limit", "server_error", "timeout", "malformed", "invalid", "unsafe")
 TRANSIENT_FAULTS = {
     # fault: (message, HTTP status, wait before failing in units of time-to-first-token)
     "rate_limit": ("simulated rate limit (429 Too Many Requests)", 429, 0.0),
@@ -31,6 +31,7 @@ class FaultRates:
     timeout: float = 0.0
     malformed: float = 0.0
     invalid: float = 0.0
+    unsafe: float = 0.0  # valid content with a sentence moderation flags (offline/moderation.py)
 
     @classmethod
     def parse(cls, spec: str) -> FaultRates:
@@ -156,3 +157,23 @@ def _break_question(question: Data, pick: float) -> Data:
     else:
         question["difficulty"] = "trivial"
     return question
+
+
+def make_unsafe(data: Data, sentence: str) -> Data:
+    """A copy of valid content with `sentence` appended to its longest text, as a model's unsafe
+    output would read: still schema-valid, but flagged by moderation."""
+    unsafe = json.loads(json.dumps(data))
+    longest: tuple[int, Any, Any] | None = None
+    stack: list[Any] = [unsafe]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            if isinstance(value, str) and (longest is None or len(value) > longest[0]):
+                longest = (len(value), node, key)
+            elif isinstance(value, dict | list):
+                stack.append(value)
+    if longest is not None:
+        _, node, key = longest
+        node[key] = f"{node[key]} {sentence}"
+    return unsafe

@@ -17,6 +17,8 @@ from generation.providers.base import (
     Completion,
     CompletionRequest,
     InvalidOutputError,
+    ModerationRequest,
+    ModerationResult,
     Provider,
     TransientProviderError,
 )
@@ -28,9 +30,11 @@ from generation.providers.offline.faults import (
     FaultRates,
     OutageFile,
     make_invalid,
+    make_unsafe,
 )
 from generation.providers.offline.judge import simulated_verdict
 from generation.providers.offline.latency import DEFAULT_LATENCY, TierLatency, wait
+from generation.providers.offline.moderation import UNSAFE_SENTENCE, simulated_moderation
 from generation.providers.offline.ratelimit import admit, rate_limit_from_settings
 from generation.providers.offline.seeding import stable_int
 from generation.providers.offline.usage import SeenPrefixes, usage_of
@@ -109,6 +113,10 @@ class OfflineProvider(Provider):
             headers=headers,
         )
 
+    def moderate(self, request: ModerationRequest) -> ModerationResult:
+        """The simulated moderation endpoint (offline/moderation.py): rules, not a model."""
+        return simulated_moderation(request)
+
     # --- steps of complete() ---------------------------------------------------------------------
     def _render(self, request: CompletionRequest, fault: str | None) -> tuple[Data, str, str]:
         """The response body, and a problem message when it is not a usable JSON object."""
@@ -126,6 +134,8 @@ class OfflineProvider(Provider):
             with self._fault_lock:
                 pick = self._fault_rng.random()
             data = make_invalid(request.task_kind, data, part=part, pick=pick)
+        elif fault == "unsafe":
+            data = make_unsafe(data, UNSAFE_SENTENCE)
         return self._serialise(request, data, fault)
 
     def _serialise(

@@ -1,0 +1,139 @@
+"""A SIMULATED moderation endpoint: a deterministic, rule-based classifier, not a model.
+
+It stands in for OpenAI's moderation endpoint when no network or key is at hand (the demo, the
+tests, benchmarks). Its rules look for *intent* (instructions to harm, hate speech, explicit
+sexual content, encouragement of self-harm, bullying), not for sensitive subjects, so school
+topics such as "the history of the Holocaust", "puberty and health education" or "the chemistry
+of explosives safety" pass while "how to make a pipe bomb" does not. Its precision and recall
+are measured on the labelled set in tests/test_moderation_set.py; on real-world text it is far
+weaker than a trained classifier, so production uses `omni-moderation-latest` (docs/safety.md).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from generation.providers.base import (
+    MODERATION_CATEGORIES,
+    ModerationRequest,
+    ModerationResult,
+)
+
+SIMULATED_MODEL = "offline-moderation-simulator"
+FLAG_SCORE = 0.9  # a matched rule's score; categories with no match score 0
+THRESHOLD = 0.5
+
+_ANYONE = (
+    r"(?:someone|somebody|people|a person|my \w+|him|her|them|classmates?|teachers?|students?)"
+)
+_GROUPS = (
+    r"(?:jews|jewish people|muslims|christians|black people|white people|asians|immigrants|"
+    r"refugees|gay people|gays|lesbians|trans people|women|girls|disabled people|gypsies|"
+    r"travellers|arabs|mexicans|africans|foreigners)"
+)
+_RULES: dict[str, tuple[str, ...]] = {
+    "dangerous": (
+        r"\b(?:how (?:to|do i|can i|do you)|instructions (?:to|for)|step[- ]by[- ]step|recipe|"
+        r"guide to|tutorial|teach (?:me|us|students|pupils) (?:how )?to|ways to|i want to)\b"
+        r"[^.?!]{0,30}\b(?:make|making|build|building|assemble|construct|synthesi[sz]e|cook|"
+        r"brew|manufacture)\b[^.?!]{0,40}\b(?:bombs?|pipe bombs?|explosive devices?|grenades?|"
+        r"napalm|nerve (?:agent|gas)|ricin|meth(?:amphetamine)?|poison gas|molotovs?)\b",
+        r"\bhow (?:to|do i|can i)\b[^.?!]{0,30}\b(?:buy|get|obtain|smuggle|sell)\b[^.?!]{0,30}"
+        r"\b(?:drugs|cocaine|heroin|fentanyl|a gun|guns|firearms?|weapons?)\b",
+        r"\b(?:poison|drug|spike)\w*\b[^.?!]{0,25}\b(?:someone|somebody|a teacher|a classmate|"
+        r"my \w+)(?:'s)?\b",
+        r"\bhow to (?:hack|break) into\b",
+    ),
+    "violence": (
+        r"\bhow (?:to|do i|can i|should i)\b[^.?!]{0,30}\b(?:kill|murder|stab|shoot|strangle|"
+        r"hurt|beat up|attack|torture)\b[^.?!]{0,30}\b" + _ANYONE + r"\b",
+        r"\b(?:plan|planning|carry out|carrying out)\b[^.?!]{0,30}\b(?:attack|shooting|massacre|"
+        r"stabbing|bombing)\b[^.?!]{0,30}\b(?:school|class|classmates|teachers?|people)\b",
+        r"\b(?:glorif\w+|celebrat\w+|prais\w+)\b[^.?!]{0,30}\b(?:mass shootings?|terrorist "
+        r"attacks?|massacres?|school shootings?)",
+        r"\bgraphic(?:ally)?\b[^.?!]{0,30}\b(?:gore|torture|mutilat\w+|dismember\w+)",
+        r"\bi (?:will|am going to|want to) (?:kill|hurt|shoot|stab)\b",
+    ),
+    "self_harm": (
+        r"\b(?:ways|how|best way|methods?|easiest way)\b[^.?!]{0,20}\b(?:to )?(?:kill (?:myself|"
+        r"yourself|themselves)|commit suicide|end (?:my|your) life|self[- ]harm|cut (?:myself|"
+        r"yourself))\b(?! prevention| awareness)",
+        r"\bi (?:want|am going|plan) to (?:die|kill myself|end it all|hurt myself)\b",
+        r"\b(?:pro[- ]ana|thinspiration)\b",
+        r"\b(?:encourag\w+|promot\w+)\b[^.?!]{0,20}\b(?:self[- ]harm|suicide|starv\w+|"
+        r"anorexi\w+)\b(?! prevention| awareness)",
+        r"\bhow to (?:hide|conceal) (?:self[- ]harm|cuts|an eating disorder)",
+        r"\bstarv(?:e|ing) (?:yourself|myself)\b",
+    ),
+    "sexual": (
+        r"\b(?:porn\w*|erotic\w*|explicit sex\w*|sex scenes?|sexting|nudes|naked photos?|"
+        r"hentai|fetish\w*)\b",
+        r"\bsexual (?:fantas\w+|roleplay|role-play|stories|positions)\b",
+        r"\b(?:seduce|hook up with|date)\b[^.?!]{0,20}\b(?:a |my |your )?(?:teacher|pupil|"
+        r"minor|child|student)\b",
+    ),
+    "hate": (
+        r"\b" + _GROUPS + r"\b[^.?!]{0,20}\b(?:are|is) (?:inferior|subhuman|vermin|animals|"
+        r"stupid|evil|a disease|parasites|criminals)\b",
+        r"\bwhy\b[^.?!]{0,40}\b(?:race|races|religion)\b[^.?!]{0,20}\b(?:inferior|superior)\b",
+        r"\b(?:racial|white|ethnic) (?:superiority|supremacy)\b[^.?!]{0,20}\b(?:is|was) "
+        r"(?:right|justified|good|true)\b",
+        r"\bthe holocaust (?:never happened|was a hoax|is a myth|was fake)\b",
+        r"\b(?:deny|denying|disprove)\b[^.?!]{0,10}\bthe holocaust\b",
+        r"\b(?:racist|homophobic|sexist|antisemitic|transphobic) (?:jokes?|slurs?|insults?|"
+        r"memes?|chants?)\b",
+        r"\b" + _GROUPS + r"\b[^.?!]{0,20}\bshould (?:be|all be) (?:deported|exterminated|"
+        r"banned|eliminated|killed)\b",
+    ),
+    "harassment": (
+        r"\bhow to (?:bully|humiliate|mock|torment|harass|intimidate|make fun of|insult|troll|"
+        r"cyberbully)\b",
+        r"\b(?:insults?|roasts?|mean jokes?|nicknames?) (?:for|about) (?:a |my |the )?"
+        r"(?:fat |ugly |disabled |poor |stupid |new )?"
+        r"(?:classmate|kid|student|teacher|girl|boy)s?\b",
+        r"\b(?:you are|you're|he is|she is) (?:a )?(?:worthless|pathetic|ugly|disgusting|"
+        r"a loser|an idiot)\b",
+        r"\b(?:everyone|everybody|nobody) (?:hates|likes) you\b",
+        r"\b(?:kys|go kill yourself)\b",
+    ),
+}
+_COMPILED = {
+    category: tuple(re.compile(rule, re.IGNORECASE) for rule in rules)
+    for category, rules in _RULES.items()
+}
+assert set(_COMPILED) == set(MODERATION_CATEGORIES)
+
+# What the "unsafe" fault (offline/faults.py) slips into generated content: flagged as dangerous.
+UNSAFE_SENTENCE = (
+    "[simulated unsafe output] Here are step-by-step instructions to build a pipe bomb at home."
+)
+
+
+def classify(text: str) -> dict[str, float]:
+    """Each category's score for one text: FLAG_SCORE when a rule matches, else 0."""
+    return {
+        category: FLAG_SCORE if any(rule.search(text) for rule in rules) else 0.0
+        for category, rules in _COMPILED.items()
+    }
+
+
+def simulated_moderation(request: ModerationRequest) -> ModerationResult:
+    started = time.perf_counter()
+    scores = dict.fromkeys(MODERATION_CATEGORIES, 0.0)
+    per_text = []
+    for text in request.texts:
+        found = classify(text)
+        per_text.append(tuple(c for c in MODERATION_CATEGORIES if found[c] >= THRESHOLD))
+        for category, score in found.items():
+            scores[category] = max(scores[category], score)
+    flagged = tuple(c for c in MODERATION_CATEGORIES if scores[c] >= THRESHOLD)
+    return ModerationResult(
+        flagged=bool(flagged),
+        categories=flagged,
+        scores=scores,
+        model=SIMULATED_MODEL,
+        provider="offline",
+        latency_s=time.perf_counter() - started,
+        per_text=tuple(per_text),
+    )
