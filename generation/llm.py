@@ -227,9 +227,12 @@ class _Conversation:
     def tokens_used(self) -> int:
         return sum(a.usage.total_tokens for a in self.result.attempts)
 
-    def _check_can_call(self) -> None:
+    def _check_deadline(self) -> None:
         if self.spec.deadline is not None and time.monotonic() > self.spec.deadline:
             raise DeadlineError("task deadline reached")
+
+    def _check_can_call(self) -> None:
+        self._check_deadline()
         if self.result.attempts and self.spec.heartbeat and not self.spec.heartbeat():
             raise LeaseLostError("the task's lease was taken over by another worker")
 
@@ -311,13 +314,15 @@ class _Conversation:
     # --- moderation ------------------------------------------------------------------------------
     def moderate(self, data: dict[str, Any]) -> ModerationResult:
         """One moderation call of the output's text, in the ledger as attempt kind
-        `moderation` (with any failed calls): no tokens, no cost, its latency."""
+        `moderation` (with any failed calls): no tokens, no cost, its latency. It checks the
+        deadline but does not renew the lease: it is short, and a result already paid for must
+        not be lost to a database blip before it is recorded (the record retries instead)."""
         assert self.spec.moderator is not None
         request = ModerationRequest(texts=(text_of(data),), model=self.spec.moderation_model)
         verdict = moderation_call(
             self.spec.moderator,
             request,
-            before=self._check_can_call,
+            before=self._check_deadline,
             failed=lambda exc, latency_s: self._record_moderation(request.model, exc, latency_s),
         )
         self._record_moderation(verdict.model, verdict, verdict.latency_s)

@@ -353,7 +353,14 @@ def _regeneration_record(
             "output": result.data,  # written with the task's own prompt version (and variant)
             "validation_errors": [],
             "error": "",
+            # a new version is moderated anew: a rejected task regenerated clean is published
+            "moderation": result.moderation,
+            "moderation_categories": result.moderation_categories,
+            "moderation_reviewed_by": None,
+            "moderation_reviewed_at": None,
         }
+        if result.moderation == "held":
+            services.task_held_alert(task=task, categories=result.moderation_categories)
     else:
         changes |= {"validation_errors": result.validation_errors, "error": error}
     GenerationTask.objects.filter(pk=task.pk).update(**changes)

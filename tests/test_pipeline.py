@@ -37,7 +37,13 @@ def test_it_generates_a_standard_course_end_to_end(teacher: Any, base_class: Any
     # outline + 12 x (section, assessment, brain bytes) + 4 module summaries + mind map + metadata
     assert tasks.count() == 43
     assert set(tasks.values_list("status", flat=True)) == {TaskStatus.SUCCEEDED}
-    assert GenerationAttempt.objects.filter(task__job=job).count() == 43
+    attempts = GenerationAttempt.objects.filter(task__job=job)
+    assert attempts.exclude(kind="moderation").count() == 43
+    # every task's output was moderated once (and passed); moderation calls cost nothing
+    moderated = attempts.filter(kind="moderation")
+    assert moderated.count() == 43 and set(moderated.values_list("outcome", flat=True)) == {"ok"}
+    assert not moderated.exclude(cost_usd=0).exists()
+    assert set(tasks.values_list("moderation", flat=True)) == {"passed"}
     course = job.course
     assert course is not None
     assert len(course["modules"]) == 4

@@ -228,7 +228,7 @@ def _record_result(
         "output": result.data,
         "moderation": result.moderation,
         "moderation_categories": result.moderation_categories,
-        "model": result.attempts[-1].model if result.attempts else task.model,
+        "model": _model_used(task, result),
         "validation_errors": result.validation_errors,
         "error": result.error,
         "duration_ms": round(wall_s * 1000),
@@ -256,7 +256,7 @@ def _record_result(
         )
         return str(GenerationTask.objects.values_list("status", flat=True).get(pk=task.pk))
     if result.moderation == "held":
-        _held_alert(task=task, categories=result.moderation_categories)
+        task_held_alert(task=task, categories=result.moderation_categories)
     log_event(
         f"task.{status}",
         f"{task.kind} {task.key} {status} after {len(result.attempts)} provider call(s)",
@@ -276,7 +276,14 @@ def _record_result(
     return status
 
 
-def _held_alert(*, task: GenerationTask, categories: list[str]) -> None:
+def _model_used(task: GenerationTask, result: GenerationResult) -> str:
+    """The model of the run's last generation call (a breaker may have switched it); moderation
+    calls have their own model and do not count."""
+    models = [a.model for a in result.attempts if a.kind != "moderation"]
+    return models[-1] if models else task.model
+
+
+def task_held_alert(*, task: GenerationTask, categories: list[str]) -> None:
     flagged = ", ".join(categories)
     log_event(
         "moderation.output_held",
