@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from generation.prompts import parse_key
@@ -13,10 +14,13 @@ if TYPE_CHECKING:
     from generation.models import CourseGenerationJob, GenerationTask
 
 
-def assemble_course(*, job: CourseGenerationJob, tasks: list[GenerationTask]) -> dict[str, Any]:
+def assemble_course(
+    *, job: CourseGenerationJob, tasks: Sequence[GenerationTask], withhold: bool = True
+) -> dict[str, Any]:
     """The course document. Output moderation held (or staff rejected) stays out of it and is
-    listed under "held" instead, until staff release it (docs/safety.md)."""
-    withheld = [t for t in tasks if t.moderation in WITHHELD]
+    listed under "held" instead, until staff release it (docs/safety.md); `withhold=False`
+    assembles everything generated (for scoring, never for publishing)."""
+    withheld = [t for t in tasks if withhold and t.moderation in WITHHELD]
     outputs = {(t.kind, t.key): t.output or {} for t in tasks if t not in withheld}
     outline = job.outline or {}
     metadata = outputs.get((TaskKind.METADATA, "course"), {})

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from generation import checks
+from generation.assembly import assemble_course
 from generation.models import CourseGenerationJob, GenerationTask
 from generation.rubric import HEURISTIC_EVALUATOR
 from generation.schemas import CourseRequest, LessonSectionContent, Question
@@ -101,8 +102,11 @@ def evaluate_job(
 ) -> Scorecard:
     if job.course is None:
         raise ValueError(f"job {job.id} has no assembled course to evaluate")
+    course = job.course
+    if course.get("held"):  # score what was generated, held parts included (staff see it)
+        course = assemble_course(job=job, tasks=list(tasks), withhold=False)
     return evaluate_course(
-        course=job.course,
+        course=course,
         request=job.course_request,
         tasks=tasks,
         invalid_replies=invalid_replies,

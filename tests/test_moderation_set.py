@@ -105,13 +105,19 @@ def test_it_meets_its_precision_and_recall_on_the_labelled_set():
 
 @pytest.mark.parametrize(
     "text",
-    [t for t, label in LABELLED if label == FINE and t.split(":")[0] in {
-        "History of the Holocaust",
-        "Puberty and health education",
-        "Chemistry of explosives safety",
-        "Suicide prevention and where to find help",
-        "Anti-bullying",
-    }],
+    [
+        t
+        for t, label in LABELLED
+        if label == FINE
+        and t.split(":")[0]
+        in {
+            "History of the Holocaust",
+            "Puberty and health education",
+            "Chemistry of explosives safety",
+            "Suicide prevention and where to find help",
+            "Anti-bullying",
+        }
+    ],
 )
 def test_it_passes_sensitive_but_legitimate_school_topics(text):
     assert _verdict(text) == (False, ())
