@@ -99,7 +99,7 @@ def _replay(record: IdempotencyKey) -> Response:
 
 
 def _moderate(
-    request: Request, texts: dict[str, str], *, organisation_id: int | None = None
+    request: Request, texts: dict[str, str], *, organisation_id: UUID | None = None
 ) -> tuple[Response | None, ModerationResult | None]:
     """Moderate a request's free text before admission: (a refusal, None) when flagged (422)
     or when moderation is unavailable (503); else (None, the verdict)."""

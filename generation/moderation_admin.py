@@ -34,7 +34,7 @@ class HeldContentAdmin(admin.ModelAdmin):
     list_filter = ["moderation", "kind", "job__organisation"]
     search_fields = ["job__id", "key"]
     list_select_related = ["job", "job__organisation", "moderation_reviewed_by"]
-    fields = [
+    readonly_fields = [
         "job_link",
         "kind",
         "key",
@@ -44,7 +44,7 @@ class HeldContentAdmin(admin.ModelAdmin):
         "moderation_reviewed_at",
         "text",
     ]
-    readonly_fields = fields
+    fields = [*readonly_fields]
     actions = ["release", "reject"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[HeldContent]:

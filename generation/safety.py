@@ -51,7 +51,7 @@ class ContentFlagged(Exception):
 
 
 def request_moderate(
-    *, user: User, texts: Mapping[str, str], organisation_id: int | None = None
+    *, user: User, texts: Mapping[str, str], organisation_id: UUID | None = None
 ) -> ModerationResult | None:
     """Moderate a request's free-text fields (name -> text) before it is admitted, so a refusal
     costs no admission slot. Raises ContentFlagged (logged, and counted in a content-flagged
@@ -74,7 +74,7 @@ def request_moderate(
     raise refusal
 
 
-def _refusal_record(*, user: User, refusal: ContentFlagged, organisation_id: int | None) -> None:
+def _refusal_record(*, user: User, refusal: ContentFlagged, organisation_id: UUID | None) -> None:
     categories = list(refusal.verdict.categories)
     log_event(
         "moderation.request_flagged",
@@ -88,7 +88,7 @@ def _refusal_record(*, user: User, refusal: ContentFlagged, organisation_id: int
             "scores": dict(refusal.verdict.scores),
             "model": refusal.verdict.model,
             "latency_ms": round(refusal.verdict.latency_s * 1000),
-            "organisation_id": organisation_id,
+            "organisation_id": str(organisation_id) if organisation_id else None,
         },
     )
     services.content_flagged(

@@ -250,6 +250,7 @@ def test_it_rejects_held_content_and_publishes_a_clean_regenerated_version(
 
     held.refresh_from_db()
     job.refresh_from_db()
+    assert job.course is not None
     assert held.moderation == "rejected" and job.course["held"][0]["status"] == "rejected"
     assert client_for(teacher).get(f"/api/jobs/{job.id}/export/md/").status_code == 409
 
@@ -261,6 +262,7 @@ def test_it_rejects_held_content_and_publishes_a_clean_regenerated_version(
     assert response.status_code == 202
     held.refresh_from_db()
     job.refresh_from_db()
+    assert job.course is not None
     assert held.moderation == "passed" and job.course["held"] == []
     assert client_for(teacher).get(f"/api/jobs/{job.id}/export/md/").status_code == 200
 
