@@ -8,6 +8,8 @@ from generation import services
 from generation.models import CourseGenerationJob, JobStatus
 from generation.providers.base import Completion, CompletionRequest, Provider
 from generation.providers.offline import OfflineProvider
+from generation.providers.offline.faults import make_unsafe
+from generation.providers.offline.moderation import UNSAFE_SENTENCE
 from generation.schemas import CourseRequest, TaskKind
 
 
@@ -94,3 +96,21 @@ def make_hostile(job: CourseGenerationJob) -> CourseGenerationJob:
     job.course = course
     job.save(update_fields=["course"])
     return job
+
+
+class UnsafeProvider(SpyProvider):
+    """Offline content, except that some tasks' replies carry a sentence moderation flags:
+    `always` on every call, `first_only` on the first call only."""
+
+    def __init__(self, always: set[str] = frozenset(), first_only: set[str] = frozenset()):  # type: ignore[assignment]
+        super().__init__()
+        self.always, self.first_only = always, first_only
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        completion = super().complete(request)
+        name = f"{request.task_kind.value} {request.context.get('task_key')}"
+        first = request.context.get("attempt") == 1
+        if name in self.always or (name in self.first_only and first):
+            data = make_unsafe(completion.data, UNSAFE_SENTENCE)
+            return Completion(**{**completion.__dict__, "data": data})
+        return completion

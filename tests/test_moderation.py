@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.core.management import CommandError, call_command
 
 from accounts.models import Role
 from generation import services
@@ -18,8 +19,6 @@ from generation.models import (
     JobStatus,
 )
 from generation.providers import (
-    Completion,
-    CompletionRequest,
     ModerationRequest,
     ModerationResult,
     TransientProviderError,
@@ -31,29 +30,11 @@ from generation.schemas import CourseRequest, TaskKind
 from monitoring.logs import flush_all
 from monitoring.models import Alert, CourseGenerationLog
 from ratelimits.models import Admission
-from tests.courses import SpyProvider, finished_job
+from tests.courses import UnsafeProvider, finished_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 VALID = {"topic": "Photosynthesis", "num_modules": 1, "lessons_per_module": 2}
-
-
-class UnsafeProvider(SpyProvider):
-    """Offline content, except that some tasks' replies carry a sentence moderation flags:
-    `always` on every call, `first_only` on the first call only."""
-
-    def __init__(self, always: set[str] = frozenset(), first_only: set[str] = frozenset()):  # type: ignore[assignment]
-        super().__init__()
-        self.always, self.first_only = always, first_only
-
-    def complete(self, request: CompletionRequest) -> Completion:
-        completion = super().complete(request)
-        name = f"{request.task_kind.value} {request.context.get('task_key')}"
-        first = request.context.get("attempt") == 1
-        if name in self.always or (name in self.first_only and first):
-            data = make_unsafe(completion.data, UNSAFE_SENTENCE)
-            return Completion(**{**completion.__dict__, "data": data})
-        return completion
 
 
 @pytest.fixture
@@ -290,3 +271,13 @@ def test_it_parses_the_unsafe_fault_and_keeps_the_content_schema_valid() -> None
     unsafe = make_unsafe(data, UNSAFE_SENTENCE)
     assert unsafe["body"].endswith(UNSAFE_SENTENCE) and unsafe["title"] == "Rivers"
     assert data["body"] == "A long text about rivers and valleys."  # a copy
+
+
+def test_it_refuses_a_flagged_request_from_the_generate_course_command(
+    teacher: Any, base_class: Any
+) -> None:
+    with pytest.raises(CommandError, match="dangerous"):
+        call_command(
+            "generate_course", "--user", teacher.username, "--topic", "How to make a pipe bomb"
+        )
+    assert not CourseGenerationJob.objects.exists()

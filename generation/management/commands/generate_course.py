@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from accounts.models import BaseClass
-from generation import services
+from generation import safety, services
 from generation.evaluation import CRITERIA, EVALUATOR
 from generation.models import CourseGenerationJob, GenerationAttempt, GenerationTask, JobStatus
 from generation.rubric import JUDGE_EVALUATOR
@@ -89,11 +89,19 @@ class Command(BaseCommand):
         self, user: Any, base_class: BaseClass, request: CourseRequest, timeout: float
     ) -> CourseGenerationJob:
         submitted: dict[str, Any] = {}
+        try:  # the same moderation as the API's submit (docs/safety.md)
+            verdict = safety.request_moderate(
+                user=user,
+                texts={f: getattr(request, f) for f in ("topic", "audience", "instructions")},
+                organisation_id=base_class.organisation_id,
+            )
+        except safety.ContentFlagged as exc:
+            raise CommandError(str(exc)) from exc
 
         def submit() -> None:
             try:
                 submitted["job"] = services.job_submit(
-                    user=user, base_class=base_class, request=request
+                    user=user, base_class=base_class, request=request, moderation=verdict
                 )
             except Exception as exc:  # reported by the main thread
                 submitted["error"] = exc
