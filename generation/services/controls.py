@@ -23,8 +23,9 @@ from monitoring.logs import log_event
 def job_set_priority(*, job_id: UUID, priority: int) -> None:
     if priority not in Priority.values:
         raise common.GenerationError(f"priority must be one of {Priority.values}")
+    # The job's row first, then its queue entry: the one lock order (docs/resilience.md).
     CourseGenerationJob.objects.filter(pk=job_id).update(priority=priority)
-    QueueEntry.objects.filter(job_id=job_id, state=QueueState.QUEUED).update(priority=priority)
+    dispatch.queue_entry_reprioritise(job_id=job_id, priority=priority)
 
 
 def job_cancel(*, job_id: UUID, reason: str = "cancelled by user") -> CourseGenerationJob:

@@ -67,11 +67,15 @@ def queue_dispatch(*, worker: str | None = None, limit: int | None = None) -> li
         if free <= 0:
             return started
         batch = limit if limit is not None else free
+        # The one lock order is a job's row before its queue entry's (job_cancel,
+        # job_set_priority, job_resume and job_finalize take the job first). The dispatcher
+        # reads entries first, so it takes each entry and its job in one statement and never
+        # waits: a job locked by a cancel or a priority change is passed over until the next run.
         entries = list(
             queued_in_order(
-                QueueEntry.objects.select_for_update(skip_locked=True).filter(
-                    state=QueueState.QUEUED
-                )
+                QueueEntry.objects.select_related("job")
+                .select_for_update(skip_locked=True, of=("self", "job"))
+                .filter(state=QueueState.QUEUED)
             )[: min(free, batch)]
         )
         now = timezone.now()
@@ -115,3 +119,8 @@ def queue_entry_close(*, job: CourseGenerationJob, state: QueueState) -> None:
     QueueEntry.objects.filter(job=job).exclude(
         state__in=[QueueState.DONE, QueueState.CANCELLED]
     ).update(state=state, finished_at=timezone.now())
+
+
+def queue_entry_reprioritise(*, job_id: UUID, priority: int) -> None:
+    """A waiting job's new priority; the caller holds the job's row (job before entry)."""
+    QueueEntry.objects.filter(job_id=job_id, state=QueueState.QUEUED).update(priority=priority)
