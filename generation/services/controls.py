@@ -11,7 +11,6 @@ from generation.models import (
     CourseGenerationJob,
     JobStatus,
     Priority,
-    QueueEntry,
     QueueState,
     TaskStatus,
 )
