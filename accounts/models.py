@@ -21,6 +21,12 @@ class Organisation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
+    share_generation_cache = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Reuse cached course content of other organisations that share theirs, and "
+        "share this organisation's own. Off: teachers' instructions stay within it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -469,6 +469,38 @@ COURSEGEN_JUDGE_REGENERATE = env_bool("COURSEGEN_JUDGE_REGENERATE", True)
 COURSEGEN_JUDGE_PRIORITY = env_int("COURSEGEN_JUDGE_PRIORITY", 8, minimum=0)
 if COURSEGEN_JUDGE_PRIORITY > 9:
     raise ImproperlyConfigured("COURSEGEN_JUDGE_PRIORITY must be 0-9 (Celery's Redis priorities)")
+
+
+def env_kind_days(name: str, default: str, kinds: tuple[str, ...]) -> dict[str, float]:
+    """Parse "outline=30,lesson_section=14" (days per task kind; every kind named once)."""
+    days: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in env_str(name, default).split(","))):
+        kind, _, value = part.partition("=")
+        try:
+            days[kind.strip()] = float(value)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {part!r} is not kind=days") from exc
+    if set(days) != set(kinds) or any(v <= 0 for v in days.values()):
+        raise ImproperlyConfigured(f"{name} needs a positive number of days for {', '.join(kinds)}")
+    return days
+
+
+# The content cache (docs/cache.md): validated outputs reused for the same (or, with the
+# similarity layer, an equivalent) request. Off: every task calls the provider.
+COURSEGEN_CACHE_ENABLED = env_bool("COURSEGEN_CACHE_ENABLED", True)
+# Only outputs scoring at least this task-level quality (0-1) are stored.
+COURSEGEN_CACHE_MIN_QUALITY = env_float("COURSEGEN_CACHE_MIN_QUALITY", 0.75, minimum=0.0)
+# Time to live per cached kind, in days; a hit starts it again (sliding expiry).
+COURSEGEN_CACHE_TTL_DAYS = env_kind_days(
+    "COURSEGEN_CACHE_TTL_DAYS",
+    "outline=30,lesson_section=30,assessment=30,brain_bytes=30",
+    ("outline", "lesson_section", "assessment", "brain_bytes"),
+)
+# The beat task deleting expired and outdated entries: how often, and rows per DELETE.
+COURSEGEN_CACHE_PURGE_INTERVAL_S = env_float(
+    "COURSEGEN_CACHE_PURGE_INTERVAL_S", 3600.0, minimum=10.0
+)
+COURSEGEN_CACHE_PURGE_BATCH = env_int("COURSEGEN_CACHE_PURGE_BATCH", 1000, minimum=1)
 # tiktoken reads its encodings from here; generation/tokens.py fills it from bpe-openai offline.
 TIKTOKEN_CACHE_DIR = env_str("TIKTOKEN_CACHE_DIR", str(BASE_DIR / ".cache" / "tiktoken"))
 
@@ -485,6 +517,11 @@ CELERY_BEAT_SCHEDULE.update(
             "options": {"priority": HOUSEKEEPING_PRIORITY},
         },
         "prune-logs": {"task": "monitoring.tasks.prune_logs", "schedule": 24 * 3600.0},
+        "purge-expired-cache": {
+            "task": "generation.tasks.cache_purge_expired",
+            "schedule": COURSEGEN_CACHE_PURGE_INTERVAL_S,
+            "options": {"priority": HOUSEKEEPING_PRIORITY},
+        },
     }
 )
 

@@ -98,6 +98,8 @@ class AttemptRecord:
     latency_ms: int
     errors: list[dict[str, str]] = field(default_factory=list)
     part: str = ""  # the part requested (questions.2); empty for the whole object
+    saved_cost_usd: Decimal = Decimal(0)  # a cache hit: what generating the output had cost
+    saved_ms: int = 0  # a cache hit: how long generating it had taken
 
     @property
     def is_repair(self) -> bool:

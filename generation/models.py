@@ -253,6 +253,7 @@ class AttemptKind(models.TextChoices):
     PART = "part", "Targeted regeneration of one part"
     JUDGE = "judge", "Quality judge"
     MODERATION = "moderation", "Content moderation"
+    CACHE = "cache", "Served from the cache (no provider call)"
 
 
 # Attempts that repair output: their cost is the job's re-ask share (with every failed attempt).
@@ -298,6 +299,11 @@ class GenerationAttempt(models.Model):
     cost_usd = models.DecimalField(max_digits=12, decimal_places=8, default=Decimal(0))
     latency_ms = models.IntegerField(default=0)
     errors = models.JSONField(default=list, blank=True)
+    # A cache hit (kind `cache`) costs nothing; these say what generating the output had cost.
+    saved_cost_usd = models.DecimalField(
+        max_digits=12, decimal_places=8, default=Decimal(0), db_default=Decimal(0)
+    )
+    saved_ms = models.IntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -566,6 +572,7 @@ class IdempotencyKey(models.Model):
 
 # The quality judge's runs and the A/B experiments live in their own module (this one stays
 # readable); imported here so that Django registers them with the app.
+from generation.cache_models import CacheEntry, CacheFalseHit  # noqa: E402, F401
 from generation.quality_models import (  # noqa: E402, F401
     Experiment,
     ExperimentStatus,

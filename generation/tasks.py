@@ -16,7 +16,7 @@ from uuid import UUID
 
 from celery import Task, shared_task
 
-from generation import recovery, regeneration, services
+from generation import cache, recovery, regeneration, services
 from generation.models import RegenerationSource
 from generation.quality import judging
 
@@ -103,3 +103,8 @@ def judge_job(job_id: str) -> int:
 @shared_task(bind=True, name="generation.tasks.judge_lesson", ignore_result=True)
 def judge_lesson(self: Task, run_id: int) -> None:
     _run_deferrable(self, lambda: judging.judge_run_execute(run_id=run_id))
+
+
+@shared_task(name="generation.tasks.cache_purge_expired", ignore_result=True)
+def cache_purge_expired() -> int:
+    return cache.cache_purge_expired()

@@ -59,6 +59,8 @@ def _attempt_rows(
             cost_usd=a.cost_usd,
             latency_ms=a.latency_ms,
             errors=a.errors,
+            saved_cost_usd=a.saved_cost_usd,
+            saved_ms=a.saved_ms,
         )
         for a in result.attempts
     ]
@@ -77,6 +79,8 @@ def _attempt_dict(row: GenerationAttempt) -> dict[str, Any]:
         "cost_usd": str(row.cost_usd),
         "latency_ms": row.latency_ms,
         "errors": row.errors,
+        "saved_cost_usd": str(row.saved_cost_usd),
+        "saved_ms": row.saved_ms,
     }
 
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 from tenacity import Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
 from coursegen import db
-from generation import hotpath
+from generation import cache, hotpath
 from generation.leases import db_now_plus
 from generation.llm import GenerationResult, TaskSpec, generate
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
@@ -147,13 +147,17 @@ def task_run(
             task_lease_renew(task_id=task.pk, worker=worker, run=task.runs)
         ),
     )
-    _db_release_during_io()
+    cached = cache.cache_applies(task=task)
     started = time.monotonic()
-    try:
-        result = generate(spec, provider or get_provider())
-    except Exception as exc:  # a bug must fail this task, not hang the job waiting on it
-        logger.exception("task %s crashed", task_id)
-        result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
+    result = cache.cache_lookup(task=task, spec=spec) if cached else None
+    hit = result is not None
+    if result is None:
+        _db_release_during_io()
+        try:
+            result = generate(spec, provider or get_provider())
+        except Exception as exc:  # a bug must fail this task, not hang the job waiting on it
+            logger.exception("task %s crashed", task_id)
+            result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
     wall_s = time.monotonic() - started
     if result.defer_s is not None:
         delay = while_lease_holds(
@@ -161,9 +165,12 @@ def task_run(
         )
         if delay is not None:
             return TaskRunResult(task_id, TaskStatus.PENDING, ran=True, retry_in=delay)
+    final = result
     status = while_lease_holds(
-        lease, lambda: _record_result(task=task, worker=worker, result=result, wall_s=wall_s)
+        lease, lambda: _record_result(task=task, worker=worker, result=final, wall_s=wall_s)
     )
+    if cached and not hit and status == TaskStatus.SUCCEEDED:
+        cache.cache_entry_store(task=task, spec=spec, result=final, wall_s=wall_s)
     return TaskRunResult(task_id, status, ran=True)
 
 

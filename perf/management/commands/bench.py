@@ -99,7 +99,10 @@ class Command(BaseCommand):
         self.opts = opts
         # The LLM judge adds its own calls after finalize; make bench runs it only when asked
         # (BENCH_JUDGE=true), and says which in its JSON.
-        self.results: dict[str, Any] = {"judge_enabled": settings.COURSEGEN_JUDGE_ENABLED}
+        self.results: dict[str, Any] = {
+            "judge_enabled": settings.COURSEGEN_JUDGE_ENABLED,
+            "cache_enabled": settings.COURSEGEN_CACHE_ENABLED,
+        }
         self.rows: list[tuple[str, str, str]] = []
         phases = set(opts["phases"].split(","))
         self.logdir = Path(tempfile.mkdtemp(prefix="coursegen-bench-"))
