@@ -396,10 +396,24 @@ COURSEGEN_TASK_DEADLINE_S = env_float(
 # Reconciler (celery beat): re-send work whose message was lost after this long without progress.
 COURSEGEN_RECONCILE_INTERVAL_S = env_float("COURSEGEN_RECONCILE_INTERVAL_S", 10.0, minimum=0.5)
 COURSEGEN_REDISPATCH_AFTER_S = env_float("COURSEGEN_REDISPATCH_AFTER_S", 120.0, minimum=1.0)
+# Each re-send since a worker last picked the task up doubles that wait, up to this: a message
+# that only waits behind a busy broker is not re-sent every couple of minutes.
+COURSEGEN_REDISPATCH_MAX_S = env_float("COURSEGEN_REDISPATCH_MAX_S", 1800.0, minimum=1.0)
+# The job watchdog: a running job with no live task and no progress for this long is failed with
+# a critical alert (staff can resume it). Longer than a lease and the longest re-send wait.
+COURSEGEN_JOB_WATCHDOG_S = env_float("COURSEGEN_JOB_WATCHDOG_S", 3600.0, minimum=10.0)
 # A job whose tasks all ended is finalized by its chord body within moments; the reconciler only
 # finalizes it itself (a lost chord) when its last task ended at least this long ago.
 COURSEGEN_FINALIZE_GRACE_S = env_float("COURSEGEN_FINALIZE_GRACE_S", 15.0, minimum=0.0)
 COURSEGEN_IDEMPOTENCY_TTL_S = env_int("COURSEGEN_IDEMPOTENCY_TTL_S", 24 * 3600, minimum=60)
+if COURSEGEN_REDISPATCH_MAX_S < COURSEGEN_REDISPATCH_AFTER_S:
+    raise ImproperlyConfigured(
+        "COURSEGEN_REDISPATCH_MAX_S must be at least COURSEGEN_REDISPATCH_AFTER_S"
+    )
+if max(COURSEGEN_TASK_LEASE_S, COURSEGEN_REDISPATCH_MAX_S) >= COURSEGEN_JOB_WATCHDOG_S:
+    raise ImproperlyConfigured(
+        "COURSEGEN_JOB_WATCHDOG_S must exceed COURSEGEN_TASK_LEASE_S and COURSEGEN_REDISPATCH_MAX_S"
+    )
 if COURSEGEN_TASK_LEASE_S <= COURSEGEN_TASK_DEADLINE_S:
     raise ImproperlyConfigured("COURSEGEN_TASK_LEASE_S must exceed COURSEGEN_TASK_DEADLINE_S")
 # Structured outputs: re-ask policy (generation/llm.py), content checks (generation/checks.py).

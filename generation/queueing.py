@@ -3,10 +3,15 @@
 A queued job's effective priority is `priority - floor(seconds waited / COURSEGEN_QUEUE_AGING_S)`
 (lower runs sooner), so a low-priority job gains one step per aging interval and never starves:
 a LOW (8) job waiting eight intervals ranks with a fresh URGENT (0) one, and older jobs win ties.
+
+The aging goes on after admission (`aged_broker_priority`): every message a job sends (its
+outline, its chord, the reconciler's re-sends) carries its priority aged from its submission, so a
+student's job does not sit at 8 behind all other traffic while it holds a running slot.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -14,7 +19,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import DateTimeField, F, Func, IntegerField, QuerySet, Value
 from django.db.models.sql.compiler import SQLCompiler
 
-from generation.models import QueueEntry
+from generation.models import Priority, QueueEntry
 
 # PostgreSQL's effective priority of a row; AgedPriority and the hand-written queue position
 # (selectors.queue_position) both use it, so the two cannot drift apart.
@@ -69,3 +74,10 @@ def queued_in_order(entries: QuerySet[QueueEntry]) -> QuerySet[QueueEntry]:
     return entries.annotate(effective_priority=aged_priority()).order_by(
         "effective_priority", "enqueued_at", "pk"
     )
+
+
+def aged_broker_priority(*, priority: int, since: datetime, now: datetime) -> int:
+    """The priority a job's message goes at: the job's own, one step better per aging interval
+    since `since` (its submission, when its queue entry was made), as the queue ages it."""
+    steps = int(max((now - since).total_seconds(), 0.0) // settings.COURSEGEN_QUEUE_AGING_S)
+    return max(int(Priority.URGENT), priority - steps)

@@ -6,11 +6,19 @@ say what is missing, so the reconciler re-sends exactly that: tasks whose lease 
 tasks whose message is overdue, outlines that never ran, and jobs whose tasks all ended but that
 were never finalized. Succeeded tasks are never sent again. The queue table doubles as the outbox:
 a job committed but never published is still `queued` there and the dispatcher starts it.
+
+An overdue message may only be waiting in a saturated broker: each re-send since a worker last
+picked the task up (a claim resets `redispatches`) doubles the wait before the next, up to
+COURSEGEN_REDISPATCH_MAX_S, and goes at the job's aged priority, so a late task overtakes newer
+work instead of multiplying the broker's depth. A job with no live task and no progress for
+COURSEGEN_JOB_WATCHDOG_S is failed with an alert (the watchdog). Every step, and every job it
+finalizes, is on its own: one that raises is logged and counted in `errors`, the rest still run.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -33,7 +41,9 @@ from generation.models import (
     TaskStatus,
 )
 from generation.quality import judging
+from generation.queueing import aged_broker_priority
 from generation.schemas import TaskKind
+from generation.selectors import jobs_stuck
 
 logger = logging.getLogger("coursegen.recovery")
 
@@ -49,6 +59,8 @@ class ReconcileReport:
     started_jobs: int = 0
     pruned_keys: int = 0
     judge_recovered: int = 0  # judge messages re-sent and courses closed (generation/quality/)
+    stuck_jobs_failed: int = 0  # running jobs the watchdog failed (no live task, no progress)
+    errors: int = 0  # steps or jobs that raised (logged); the rest of the run went on
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -58,60 +70,88 @@ def reconcile(*, now: datetime | None = None) -> ReconcileReport:
     """One pass over the rows; `now` (the database's clock unless given) decides what is late."""
     now = now or db_now()
     stale = now - timedelta(seconds=settings.COURSEGEN_REDISPATCH_AFTER_S)
-    report = ReconcileReport(
-        redispatched_tasks=_redispatch_tasks(now=now, stale=stale),
-        redispatched_outlines=_redispatch_outlines(now=now, stale=stale),
-        redispatched_regenerations=_redispatch_regenerations(now=now, stale=stale),
-        finalized_jobs=_finalize_finished_jobs(
-            now=now, stale=now - timedelta(seconds=settings.COURSEGEN_FINALIZE_GRACE_S)
-        ),
-        started_jobs=len(services.queue_dispatch()),
-        pruned_keys=IdempotencyKey.objects.filter(expires_at__lt=now).delete()[0],
-        judge_recovered=judging.judge_recover(now=now, stale=stale),
-    )
+    report = ReconcileReport()
+
+    def step(field: str, run: Callable[[], int]) -> None:
+        try:
+            setattr(report, field, run())
+        except Exception:  # one failing step must not keep the others from running
+            logger.exception("reconcile: %s failed", field)
+            report.errors += 1
+
+    step("redispatched_tasks", lambda: _redispatch_tasks(now=now))
+    step("redispatched_outlines", lambda: _redispatch_outlines(now=now))
+    step("redispatched_regenerations", lambda: _redispatch_regenerations(now=now, stale=stale))
+    step("finalized_jobs", lambda: _finalize_finished_jobs(now=now, report=report))
+    step("stuck_jobs_failed", lambda: _fail_stuck_jobs(now=now, report=report))
+    step("started_jobs", lambda: len(services.queue_dispatch()))
+    step("pruned_keys", lambda: IdempotencyKey.objects.filter(expires_at__lt=now).delete()[0])
+    step("judge_recovered", lambda: judging.judge_recover(now=now, stale=stale))
     if any(report.as_dict().values()):
         logger.warning("reconcile: %s", report.as_dict())
     return report
 
 
+def overdue_messages(now: datetime) -> Q:
+    """Tasks whose message was sent (or was due) long enough ago to be presumed lost. The wait
+    is COURSEGEN_REDISPATCH_AFTER_S, doubled by each re-send since a worker last picked the task
+    up (`redispatches`), at most COURSEGEN_REDISPATCH_MAX_S: a message that only waits behind a
+    busy broker is sent again a few times an hour, not every couple of minutes."""
+    after, cap = settings.COURSEGEN_REDISPATCH_AFTER_S, settings.COURSEGEN_REDISPATCH_MAX_S
+    late = Q(dispatched_at__isnull=True)
+    resends = 0
+    while after * 2**resends < cap:
+        wait = timedelta(seconds=after * 2**resends)
+        late |= Q(redispatches=resends, dispatched_at__lt=now - wait)
+        resends += 1
+    return late | Q(redispatches__gte=resends, dispatched_at__lt=now - timedelta(seconds=cap))
+
+
 def _claim_batch(tasks: QuerySet[GenerationTask], now: datetime) -> list[tuple[int, UUID, int]]:
-    """Lock and stamp a batch, so two reconcilers never both re-send the same task."""
+    """Lock and stamp a batch, so two reconcilers never both re-send the same task: each row's
+    message goes at its job's aged priority (generation/queueing.py), its id, job and priority."""
     with transaction.atomic():
         rows = list(
             tasks.select_for_update(skip_locked=True, of=("self",)).values_list(
-                "pk", "job_id", "job__priority"
+                "pk", "job_id", "job__priority", "job__created_at"
             )[:BATCH]
         )
-        GenerationTask.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(dispatched_at=now)
-    return rows
+        sends = [
+            (pk, job_id, aged_broker_priority(priority=priority, since=since, now=now))
+            for pk, job_id, priority, since in rows
+        ]
+        for priority in {p for _, _, p in sends}:
+            GenerationTask.objects.filter(
+                pk__in=[pk for pk, _, p in sends if p == priority]
+            ).update(dispatched_at=now, redispatches=F("redispatches") + 1, priority_sent=priority)
+    return sends
 
 
-def _redispatch_tasks(*, now: datetime, stale: datetime) -> int:
+def _redispatch_tasks(*, now: datetime) -> int:
     run_task = messages.task(messages.RUN_TASK)
     open_jobs = Q(job__status=JobStatus.RUNNING, job__chord_dispatched_at__isnull=False)
-    overdue = Q(dispatched_at__lt=stale) | Q(dispatched_at__isnull=True)
-    expired = Q(status=TaskStatus.RUNNING, lease_expires_at__lt=now) & overdue
-    lost = Q(status=TaskStatus.PENDING) & overdue
+    late = overdue_messages(now)
+    expired = Q(status=TaskStatus.RUNNING, lease_expires_at__lt=now) & late
+    lost = Q(status=TaskStatus.PENDING) & late
     tasks = GenerationTask.objects.filter(open_jobs, expired | lost).exclude(kind=TaskKind.OUTLINE)
     rows = _claim_batch(tasks, now)
     for task_id, _, priority in rows:
-        run_task.apply_async(args=(task_id,), priority=priority)
+        run_task.apply_async(args=(task_id,), priority=messages.broker_priority(priority))
     return len(rows)
 
 
-def _redispatch_outlines(*, now: datetime, stale: datetime) -> int:
+def _redispatch_outlines(*, now: datetime) -> int:
     run_outline = messages.task(messages.RUN_OUTLINE)
     live_lease = Q(status=TaskStatus.RUNNING, lease_expires_at__gte=now)
-    overdue = Q(dispatched_at__lt=stale) | Q(dispatched_at__isnull=True)
     outlines = GenerationTask.objects.filter(
-        overdue,
+        overdue_messages(now),
         kind=TaskKind.OUTLINE,
         job__status=JobStatus.RUNNING,
         job__chord_dispatched_at__isnull=True,
     ).exclude(live_lease)
     rows = _claim_batch(outlines, now)
     for _, job_id, priority in rows:
-        run_outline.apply_async(args=(str(job_id),), priority=priority)
+        run_outline.apply_async(args=(str(job_id),), priority=messages.broker_priority(priority))
     return len(rows)
 
 
@@ -135,10 +175,13 @@ def _redispatch_regenerations(*, now: datetime, stale: datetime) -> int:
     return len(rows)
 
 
-def _finalize_finished_jobs(*, now: datetime, stale: datetime) -> int:
-    """Jobs whose chord body never ran: every task ended, the last one before `stale`. A job
-    that just ended is left to its chord body; one being finalized (a live finalize lease) is
-    left to its finalizer. Either may finalize: the finalize lease lets one do it."""
+def _finalize_finished_jobs(*, now: datetime, report: ReconcileReport) -> int:
+    """Jobs whose chord body never ran: every task ended, the last one at least
+    COURSEGEN_FINALIZE_GRACE_S ago. A job that just ended is left to its chord body; one being
+    finalized (a live finalize lease) is left to its finalizer. Either may finalize: the
+    finalize lease lets one do it. A job whose finalize raises is counted in `errors` and left
+    to the next run (and, if it never succeeds, to the watchdog); the others are finalized."""
+    stale = now - timedelta(seconds=settings.COURSEGEN_FINALIZE_GRACE_S)
     free = Q(finalize_lease_expires_at__isnull=True) | Q(finalize_lease_expires_at__lt=now)
     jobs = (
         CourseGenerationJob.objects.filter(
@@ -150,8 +193,25 @@ def _finalize_finished_jobs(*, now: datetime, stale: datetime) -> int:
     )
     finalized = 0
     for job_id in list(jobs):
-        finalized += services.job_finalize(job_id=job_id).is_terminal
+        try:
+            finalized += services.job_finalize(job_id=job_id).is_terminal
+        except Exception:
+            logger.exception("reconcile: job %s could not be finalized", job_id)
+            report.errors += 1
     return finalized
+
+
+def _fail_stuck_jobs(*, now: datetime, report: ReconcileReport) -> int:
+    """The watchdog: fail (with an alert) each running job with no live task and no progress
+    for COURSEGEN_JOB_WATCHDOG_S, whatever kept it there; staff can resume it."""
+    failed = 0
+    for job_id in list(jobs_stuck(now=now).values_list("pk", flat=True)[:BATCH]):
+        try:
+            failed += services.job_fail_stuck(job_id=job_id, now=now) is not None
+        except Exception:
+            logger.exception("reconcile: stuck job %s could not be failed", job_id)
+            report.errors += 1
+    return failed
 
 
 # --- Task-level recovery (API, admin and `manage.py recover_jobs`) ------------------------------

@@ -7,6 +7,7 @@ invisible, so the API answers 404 rather than 403 and does not reveal that it ex
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +17,9 @@ from django.db import connection
 from django.db.models import (
     BooleanField,
     Count,
+    Exists,
     ExpressionWrapper,
+    OuterRef,
     Prefetch,
     Q,
     QuerySet,
@@ -31,6 +34,7 @@ from generation.models import (
     JobStatus,
     QueueEntry,
     QueueState,
+    TaskStatus,
 )
 from generation.queueing import PG_AGED_PRIORITY, aged_priority, queued_in_order
 
@@ -198,3 +202,23 @@ def capacity_now() -> dict[str, int]:
         running=Count("pk", filter=Q(state=QueueState.CLAIMED)),
     )
     return {"queued": counts["queued"], "running": counts["running"]}
+
+
+def jobs_stuck(*, now: datetime) -> QuerySet[CourseGenerationJob]:
+    """Running jobs the watchdog fails: started over COURSEGEN_JOB_WATCHDOG_S ago, with no live
+    task (a live lease, or a deferred task due again later), no task picked up or finished
+    since, and no live finalize lease. Whatever left them there (an exception in planning or
+    finalize, messages lost for good), nothing is going to move them on."""
+    cutoff = now - timedelta(seconds=settings.COURSEGEN_JOB_WATCHDOG_S)
+    alive = GenerationTask.objects.filter(job=OuterRef("pk")).filter(
+        Q(status=TaskStatus.RUNNING, lease_expires_at__gte=now)
+        | Q(status=TaskStatus.PENDING, dispatched_at__gt=now)
+        | Q(started_at__gte=cutoff)
+        | Q(finished_at__gte=cutoff)
+    )
+    finalizing = Q(finalize_lease_expires_at__gte=now)
+    return (
+        CourseGenerationJob.objects.filter(status=JobStatus.RUNNING, started_at__lt=cutoff)
+        .exclude(finalizing)
+        .exclude(Exists(alive))
+    )

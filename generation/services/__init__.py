@@ -9,8 +9,9 @@ succeeded rows are never sent to the provider again, and terminal jobs are left 
 One module per stage: `submit` (admission and queueing), `dispatch` (the queue and the
 dispatcher), `runs` (one task: claim, provider call, record), `planning` (outline to chord),
 `finalize` (closing a job), `dedupe` (near-duplicate questions across a course), `controls`
-(priority, cancel), `alerts` (what generation alerts on), `ledger` (attempt rows, usage and
-totals) and `common` (the error, the worker's name, a tier's model), without import cycles
+(priority, cancel), `watchdog` (failing a job nothing moves on any more), `alerts` (what
+generation alerts on), `ledger` (attempt rows, usage and totals) and `common` (the error, the
+worker's name, a tier's model), without import cycles
 (lint-imports). Inside the package a module calls another's functions through that module
 (`dispatch.send_dispatch()`), so a test replaces a function in one place: where it is defined.
 Everything else imports from `generation.services`, never from its modules.
@@ -60,6 +61,7 @@ from generation.services.runs import (
     while_lease_holds,
 )
 from generation.services.submit import ROLE_PRIORITY, job_submit
+from generation.services.watchdog import job_fail_stuck
 
 __all__ = [
     "FINALIZED_FIELDS",
@@ -75,6 +77,7 @@ __all__ = [
     "job_dedupe_questions",
     "job_dispatch_chord",
     "job_evaluate",
+    "job_fail_stuck",
     "job_finalize",
     "job_outcome_record",
     "job_plan_tasks",

@@ -19,7 +19,7 @@ from generation.models import (
     QueueEntry,
     QueueState,
 )
-from generation.queueing import queued_in_order
+from generation.queueing import aged_broker_priority, queued_in_order
 from generation.schemas import TaskKind
 from generation.services import common
 from monitoring.correlation import correlation_scope
@@ -79,6 +79,7 @@ def queue_dispatch(*, worker: str | None = None, limit: int | None = None) -> li
             )[: min(free, batch)]
         )
         now = timezone.now()
+        priorities: dict[UUID, int] = {}
         for entry in entries:
             entry.state, entry.claimed_at, entry.claimed_by = (
                 QueueState.CLAIMED,
@@ -86,14 +87,20 @@ def queue_dispatch(*, worker: str | None = None, limit: int | None = None) -> li
                 worker or common.worker_name(),
             )
             started.append(entry.job_id)
+            # The queue's aging carries on into the broker (generation/queueing.py).
+            priorities[entry.job_id] = aged_broker_priority(
+                priority=entry.job.priority, since=entry.job.created_at, now=now
+            )
         QueueEntry.objects.bulk_update(entries, ["state", "claimed_at", "claimed_by"])
         CourseGenerationJob.objects.filter(pk__in=started, status=JobStatus.QUEUED).update(
             status=JobStatus.RUNNING, started_at=now
         )
-        GenerationTask.objects.filter(job_id__in=started, kind=TaskKind.OUTLINE).update(
-            dispatched_at=now
-        )
-        transaction.on_commit(lambda: _send_outlines(started))
+        for priority in set(priorities.values()):
+            GenerationTask.objects.filter(
+                job_id__in=[job for job, p in priorities.items() if p == priority],
+                kind=TaskKind.OUTLINE,
+            ).update(dispatched_at=now, priority_sent=priority)
+        transaction.on_commit(lambda: _send_outlines(priorities))
     return started
 
 
@@ -105,14 +112,16 @@ def _dispatch_lock() -> None:
     # SQLite (the embedded demo) already serialises writing transactions.
 
 
-def _send_outlines(job_ids: list[UUID]) -> None:
+def _send_outlines(priorities: dict[UUID, int]) -> None:
     run_outline = messages.task(messages.RUN_OUTLINE)
-    jobs = CourseGenerationJob.objects.in_bulk(job_ids)
-    for job_id in job_ids:
+    jobs = CourseGenerationJob.objects.in_bulk(list(priorities))
+    for job_id, priority in priorities.items():
         # One dispatcher run starts many jobs: each one's messages carry its own correlation id.
         with correlation_scope(jobs[job_id].correlation_id):
             log_event("job.started", f"job {job_id} started", job=jobs[job_id])
-            run_outline.apply_async(args=(str(job_id),), priority=jobs[job_id].priority)
+            run_outline.apply_async(
+                args=(str(job_id),), priority=messages.broker_priority(priority)
+            )
 
 
 def queue_entry_close(*, job: CourseGenerationJob, state: QueueState) -> None:

@@ -15,6 +15,7 @@ from generation import messages, variants
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.prompts import PROMPT_VERSIONS
 from generation.providers import Provider
+from generation.queueing import aged_broker_priority
 from generation.schemas import TASK_TIERS, CourseOutline, TaskKind
 from generation.services import common, finalize, runs
 from monitoring.logs import log_event
@@ -121,13 +122,16 @@ def job_dispatch_chord(*, job_id: UUID) -> bool:
     ).update(chord_dispatched_at=timezone.now())
     if not won:
         return False
-    job = CourseGenerationJob.objects.only("priority").get(pk=job_id)
+    job = CourseGenerationJob.objects.only("priority", "created_at").get(pk=job_id)
+    now = timezone.now()
+    # The job's priority aged since its submission, as the queue ages it (generation/queueing.py).
+    priority = aged_broker_priority(priority=job.priority, since=job.created_at, now=now)
     pending_tasks = GenerationTask.objects.filter(job_id=job_id, status=TaskStatus.PENDING).exclude(
         kind=TaskKind.OUTLINE
     )
     pending = list(pending_tasks.values_list("pk", flat=True))
-    pending_tasks.update(dispatched_at=timezone.now())
-    transaction.on_commit(lambda: _send_chord(job_id, pending, job.priority))
+    pending_tasks.update(dispatched_at=now, priority_sent=priority)
+    transaction.on_commit(lambda: _send_chord(job_id, pending, priority))
     return True
 
 
@@ -142,9 +146,12 @@ def _send_chord(job_id: UUID, task_ids: list[int], priority: int) -> None:
 
     run_task = messages.task(messages.RUN_TASK)
     finalize_job = messages.task(messages.FINALIZE_JOB)
-    header = [run_task.si(task_id).set(priority=priority) for task_id in task_ids]
+    at = messages.broker_priority(priority)
+    header = [run_task.si(task_id).set(priority=at) for task_id in task_ids]
     # The body goes before queued generation messages: it frees a running slot.
-    body = finalize_job.si(str(job_id)).set(priority=settings.HOUSEKEEPING_PRIORITY)
+    body = finalize_job.si(str(job_id)).set(
+        priority=messages.broker_priority(settings.HOUSEKEEPING_PRIORITY)
+    )
     if messages.always_eager():
         # In-process, a chord is its header then its body. Celery's eager chord joins results
         # under a process-wide "may block" flag that races when several threads run jobs at once.
