@@ -27,6 +27,7 @@ from generation.models import (
     GenerationAttempt,
     GenerationTask,
     GenerationTaskVersion,
+    ProviderConstraint,
     QueueEntry,
     RegenerationRequest,
     RegenerationSource,
@@ -433,6 +434,20 @@ class AttemptAdmin(admin.ModelAdmin):
     search_fields = ["task__job__id", "judge_run__job__id"]
     list_select_related = ["task", "judge_run"]
     readonly_fields = [f.name for f in GenerationAttempt._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(ProviderConstraint)
+class ProviderConstraintAdmin(admin.ModelAdmin):
+    """What each OpenAI-compatible server accepted (the provider's constraint ladder). Deleting a
+    row makes the next call climb the ladder again from json_schema (after a server upgrade)."""
+
+    list_display = ["base_url", "model", "step", "decided_at", "updated_at"]
+    list_filter = ["step"]
+    search_fields = ["base_url", "model"]
+    readonly_fields = [f.name for f in ProviderConstraint._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -573,6 +573,7 @@ class IdempotencyKey(models.Model):
 # The quality judge's runs and the A/B experiments live in their own module (this one stays
 # readable); imported here so that Django registers them with the app.
 from generation.cache_models import CacheEntry, CacheFalseHit  # noqa: E402, F401
+from generation.provider_models import ProviderConstraint  # noqa: E402, F401
 from generation.quality_models import (  # noqa: E402, F401
     Experiment,
     ExperimentStatus,

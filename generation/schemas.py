@@ -258,3 +258,15 @@ TASK_TIERS: dict[TaskKind, Tier] = {
 
 LessonKey = tuple[int, int]
 Scope = Literal["course", "module", "lesson"]
+
+
+class ConstraintStep(StrEnum):
+    """How strongly an OpenAI-compatible server is asked to keep to the output schema, strongest
+    first (the ladder in generation/providers/openai.py; docs/providers.md)."""
+
+    JSON_SCHEMA = "json_schema"  # Structured Outputs, strict (OpenAI, vLLM, Ollama)
+    JSON_OBJECT_SCHEMA = "json_object_schema"  # json_object + schema: a grammar (llama.cpp)
+    JSON_OBJECT = "json_object"  # plain json_object, the schema only in the prompt
+
+
+CONSTRAINT_LADDER: tuple[ConstraintStep, ...] = tuple(ConstraintStep)

@@ -32,6 +32,7 @@ from generation.models import (
     CourseGenerationJob,
     GenerationTask,
     JobStatus,
+    ProviderConstraint,
     QueueEntry,
     QueueState,
     TaskStatus,
@@ -222,3 +223,8 @@ def jobs_stuck(*, now: datetime) -> QuerySet[CourseGenerationJob]:
         .exclude(finalizing)
         .exclude(Exists(alive))
     )
+
+
+def provider_constraints() -> list[ProviderConstraint]:
+    """The constraint step of every (OpenAI-compatible server, model) the provider has called."""
+    return list(ProviderConstraint.objects.order_by("base_url", "model")[:100])

@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from django.conf import settings
 from django.db import connection
 
-from generation.selectors import capacity_now
+from generation.selectors import capacity_now, provider_constraints
 
 # Other code (the circuit breaker) registers a function returning {model: "closed"|"open"|...}.
 BREAKER_STATE_PROVIDERS: list[Callable[[], dict[str, str]]] = []
@@ -150,10 +151,32 @@ def check_breakers() -> Check:
     return Check("breakers", True, {"states": states}, warning=bool(opened))
 
 
+def _host(base_url: str) -> str:
+    """A server's host and port: never its whole URL, nor any credentials in it."""
+    return urlsplit(base_url).netloc.rpartition("@")[2]
+
+
+def check_constraints() -> Check:
+    """The constraint step each OpenAI-compatible server and model settled on (the openai
+    provider's ladder); informational, it never fails or warns."""
+
+    def probe() -> dict[str, Any]:
+        rows = provider_constraints()
+        return {
+            "servers": [
+                {"server": _host(r.base_url), "model": r.model, "step": r.step} for r in rows
+            ]
+        }
+
+    check = _timed("constraints", probe)
+    check.ok = True  # a database failure is the database check's to report
+    return check
+
+
 def health_report() -> dict[str, Any]:
     checks = [check_database(), check_redis(), check_broker()]
     checks.append(check_workers(broker_ok=checks[-1].ok))
-    checks += [check_capacity(), check_queue(), check_breakers()]
+    checks += [check_capacity(), check_queue(), check_breakers(), check_constraints()]
     failing = [c.name for c in checks if not c.ok]
     return {
         "status": "unhealthy" if failing else "healthy",

@@ -5,9 +5,12 @@
         server.script(status=429, headers={"retry-after": "7"}, body={...})  # served first
         provider = OpenAIProvider(api_key="k", base_url=server.base_url, timeout_s=5)
 
-Modes: "json_schema" accepts Structured Outputs (and json_object); "llamacpp" answers HTTP 500
-to `json_schema` the way llama.cpp's server does and accepts `json_object`. Scripted responses
-are served first, in order, whatever the mode.
+Modes, one per kind of server the constraint ladder meets (generation/providers/openai.py):
+"json_schema" accepts Structured Outputs (and json_object), as OpenAI, vLLM and Ollama do;
+"llamacpp" answers HTTP 500 to `json_schema` the way llama.cpp's server does and accepts
+`json_object`, with or without a `schema` in it; "json_object_only" refuses both `json_schema`
+and a `schema` inside `json_object` with a 400 saying so, and accepts plain `json_object`.
+Scripted responses are served first, in order, whatever the mode.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-Mode = Literal["json_schema", "llamacpp"]
+Mode = Literal["json_schema", "llamacpp", "json_object_only"]
 HOST = "127.0.0.1"  # never anything else: the fake must not be reachable from the network
 
 LLAMACPP_REFUSAL = {
@@ -30,6 +33,21 @@ LLAMACPP_REFUSAL = {
         "message": "Input should be 'text' or 'json_object'",
         "type": "server_error",
     }
+}
+# What a server that only knows plain json_object answers to the stronger steps.
+UNSUPPORTED = {
+    "json_schema": {
+        "error": {
+            "message": "response_format type 'json_schema' is not supported",
+            "type": "invalid_request_error",
+        }
+    },
+    "json_object_schema": {
+        "error": {
+            "message": "response_format.schema: extra inputs are not permitted",
+            "type": "invalid_request_error",
+        }
+    },
 }
 RATE_LIMIT_HEADERS = {
     "x-ratelimit-limit-requests": "500",
@@ -57,6 +75,13 @@ class ReceivedRequest:
     def response_format_type(self) -> str | None:
         fmt = self.body.get("response_format") or {}
         return fmt.get("type") if isinstance(fmt, dict) else None
+
+    @property
+    def constraint_step(self) -> str | None:
+        """The ladder's step this request asked for (json_object_schema: json_object + schema)."""
+        fmt = self.body.get("response_format") or {}
+        kind = self.response_format_type
+        return "json_object_schema" if kind == "json_object" and "schema" in fmt else kind
 
 
 def chat_completion_body(
@@ -144,6 +169,8 @@ class FakeOpenAIServer:
             return ScriptedResponse(404, {"error": {"message": f"no route {request.path}"}})
         if self.mode == "llamacpp" and request.response_format_type == "json_schema":
             return ScriptedResponse(500, LLAMACPP_REFUSAL)
+        if self.mode == "json_object_only" and request.constraint_step in UNSUPPORTED:
+            return ScriptedResponse(400, UNSUPPORTED[request.constraint_step])
         return ScriptedResponse(200, self._completion(request), dict(RATE_LIMIT_HEADERS))
 
     def _completion(self, request: ReceivedRequest) -> dict[str, Any]:

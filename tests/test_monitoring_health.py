@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
+from generation.models import ProviderConstraint
 from tests.worker import celery_worker
 
 URL = "/api/health/course-generation"
@@ -74,3 +76,42 @@ def test_it_answers_200_when_everything_is_up(tmp_path: Path) -> None:
         "gpt-4.1-nano": "closed",
     }
     assert body["checks"]["queue"]["depth"] == 0
+
+
+@pytest.mark.django_db
+def test_it_reports_the_constraint_step_of_each_server_without_its_url_or_credentials(
+    settings: Any,
+) -> None:
+    ProviderConstraint.objects.create(
+        base_url="http://user:pw-secret@127.0.0.1:8080/v1", model="local", step="json_object_schema"
+    )
+    ProviderConstraint.objects.create(
+        base_url="https://api.openai.com/v1", model="gpt-4.1-mini", step="json_schema"
+    )
+
+    body = _staff_client().get(URL).json()
+
+    check = body["checks"]["constraints"]
+    assert check["ok"] is True and "constraints" not in body["warnings"]
+    assert check["servers"] == [
+        {"server": "127.0.0.1:8080", "model": "local", "step": "json_object_schema"},
+        {"server": "api.openai.com", "model": "gpt-4.1-mini", "step": "json_schema"},
+    ]
+    text = json.dumps(body)
+    assert "pw-secret" not in text and "http" not in text
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_the_constraint_of_each_server(client: Any) -> None:
+    ProviderConstraint.objects.create(
+        base_url="http://127.0.0.1:8080/v1",
+        model="local",
+        step="json_object_schema",
+        refusals=[{"step": "json_schema", "status": 500, "message": "Input should be ..."}],
+    )
+    client.force_login(get_user_model().objects.create_superuser("root"))
+
+    page = client.get("/admin/generation/providerconstraint/")
+
+    assert page.status_code == 200
+    assert "json_object_schema" in page.content.decode()

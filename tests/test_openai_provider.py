@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from generation.provider_models import ProviderConstraint
 from generation.providers.base import (
     CompletionRequest,
     InvalidOutputError,
@@ -18,8 +19,16 @@ from generation.providers.base import (
     PermanentProviderError,
     TransientProviderError,
 )
-from generation.providers.openai import OpenAIProvider, strict_schema
-from generation.schemas import OUTPUT_SCHEMAS, CourseOutline, MindMap, TaskKind, Tier
+from generation.providers.constraints import DatabaseConstraints
+from generation.providers.openai import OpenAIProvider, grammar_schema, strict_schema
+from generation.schemas import (
+    OUTPUT_SCHEMAS,
+    ConstraintStep,
+    CourseOutline,
+    MindMap,
+    TaskKind,
+    Tier,
+)
 from tests.openai_server import (
     FakeOpenAIServer,
     Mode,
@@ -194,8 +203,19 @@ def test_it_checker_catches_what_strict_mode_rejects() -> None:
     assert strict_problems(Loose.model_json_schema()) != []
 
 
-# --- json_object fallback -----------------------------------------------------------------------
-def test_it_falls_back_to_json_object_when_llamacpp_refuses_and_remembers_the_server(
+# --- the constraint ladder ----------------------------------------------------------------------
+def test_it_keeps_json_schema_on_a_server_that_accepts_it(server: FakeOpenAIServer) -> None:
+    provider = provider_for(server)
+
+    first = provider.complete(outline_request())
+    provider.complete(outline_request())
+
+    assert [r.constraint_step for r in server.requests] == ["json_schema", "json_schema"]
+    assert first.constraint == "json_schema"
+    assert provider.constraint_step("gpt-4.1-mini") is ConstraintStep.JSON_SCHEMA
+
+
+def test_it_moves_to_json_object_with_the_schema_when_llamacpp_refuses_and_keeps_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with running_openai_server(mode="llamacpp") as server:
@@ -206,18 +226,84 @@ def test_it_falls_back_to_json_object_when_llamacpp_refuses_and_remembers_the_se
         second = provider_for(server).complete(outline_request())  # a fresh instance knows too
 
     assert first.data == OUTLINE and second.data == OUTLINE
-    formats = [r.response_format_type for r in server.requests]
-    assert formats == ["json_schema", "json_object", "json_object"]
+    steps = [r.constraint_step for r in server.requests]
+    assert steps == ["json_schema", "json_object_schema", "json_object_schema"]
+    assert first.constraint == second.constraint == "json_object_schema"
+    fmt = server.requests[1].body["response_format"]
+    assert fmt == {"type": "json_object", "schema": grammar_schema(CourseOutline)}
+    assert fmt["schema"]["required"] == ["title", "description", "modules"]
+    assert "minLength" in json.dumps(fmt["schema"])  # the grammar enforces lengths too
+    assert "title" not in fmt["schema"]["properties"]["modules"]
     system = server.requests[1].body["messages"][0]
     assert system["role"] == "system"
     assert system["content"].startswith("You write course outlines.")
     assert "Reply with one JSON object that matches this JSON schema: {" in system["content"]
-    assert '"modules"' in system["content"]
-    fallback_logs = [r for r in caplog.records if r.name == "coursegen.providers.openai"]
-    assert len(fallback_logs) == 1
+    ladder_logs = [r for r in caplog.records if r.name == "coursegen.providers.openai"]
+    assert len(ladder_logs) == 1
+    assert "json_schema (500)" in ladder_logs[0].getMessage()
 
 
-def test_it_falls_back_when_a_server_answers_400_about_response_format() -> None:
+def test_it_moves_to_plain_json_object_when_both_stronger_steps_are_refused() -> None:
+    with running_openai_server(mode="json_object_only") as server:
+        server.default_reply = OUTLINE
+        provider = provider_for(server)
+
+        first = provider.complete(outline_request())
+        second = provider.complete(outline_request())
+
+    assert first.data == second.data == OUTLINE
+    steps = [r.constraint_step for r in server.requests]
+    assert steps == ["json_schema", "json_object_schema", "json_object", "json_object"]
+    assert server.requests[-1].body["response_format"] == {"type": "json_object"}
+    assert "JSON schema" in server.requests[-1].body["messages"][0]["content"]
+    assert provider.constraint_step("gpt-4.1-mini") is ConstraintStep.JSON_OBJECT
+
+
+def test_it_decides_per_model_on_the_same_server() -> None:
+    with running_openai_server(mode="llamacpp") as server:
+        server.default_reply = OUTLINE
+        provider = provider_for(server)
+        provider.complete(outline_request(model="local-a"))
+
+        provider.complete(outline_request(model="local-b"))
+
+    steps = [r.constraint_step for r in server.requests]
+    assert steps == ["json_schema", "json_object_schema"] * 2
+
+
+@pytest.mark.django_db
+def test_it_stores_the_step_once_per_server_and_model_and_a_new_process_starts_there() -> None:
+    with running_openai_server(mode="json_object_only") as server:
+        server.default_reply = OUTLINE
+        provider = OpenAIProvider(
+            api_key=API_KEY,
+            base_url=server.base_url,
+            timeout_s=5,
+            constraints=DatabaseConstraints(),
+        )
+        provider.complete(outline_request())
+        provider.complete(outline_request())
+        row = ProviderConstraint.objects.get()
+        updated = row.updated_at
+        # A fresh store stands for another worker process: it reads the table.
+        fresh = OpenAIProvider(
+            api_key=API_KEY,
+            base_url=server.base_url,
+            timeout_s=5,
+            constraints=DatabaseConstraints(),
+        )
+        fresh.complete(outline_request())
+
+    assert (row.base_url, row.model, row.step) == (server.base_url, "gpt-4.1-mini", "json_object")
+    assert [r["step"] for r in row.refusals] == ["json_schema", "json_object_schema"]
+    assert [r["status"] for r in row.refusals] == [400, 400]
+    assert "not supported" in row.refusals[0]["message"]
+    assert ProviderConstraint.objects.get().updated_at == updated  # stored once
+    assert [r.constraint_step for r in server.requests][-1] == "json_object"
+    assert len(server.requests) == 5
+
+
+def test_it_moves_down_when_a_server_answers_400_about_response_format() -> None:
     with running_openai_server(mode="json_schema") as server:
         server.default_reply = OUTLINE
         server.script(status=400, body=error_body("response_format json_schema is unsupported"))
@@ -225,7 +311,30 @@ def test_it_falls_back_when_a_server_answers_400_about_response_format() -> None
         completion = provider_for(server).complete(outline_request())
 
     assert completion.data == OUTLINE
-    assert [r.response_format_type for r in server.requests] == ["json_schema", "json_object"]
+    assert [r.constraint_step for r in server.requests] == ["json_schema", "json_object_schema"]
+
+
+def test_it_fails_at_the_last_step_when_plain_json_object_is_refused_too() -> None:
+    with running_openai_server(mode="json_object_only") as server:
+        for _ in range(3):
+            server.script(status=400, body=error_body("response_format json_object is unsupported"))
+
+        with pytest.raises(PermanentProviderError, match="json_object is unsupported"):
+            provider_for(server).complete(outline_request())
+
+    assert len(server.requests) == 3
+    assert provider_for(server).constraint_step("gpt-4.1-mini") is None
+
+
+def test_it_does_not_move_down_on_a_400_that_is_not_about_the_format(
+    server: FakeOpenAIServer,
+) -> None:
+    server.script(status=400, body=error_body("This model's maximum context length is 8192 tokens"))
+
+    with pytest.raises(PermanentProviderError):
+        provider_for(server).complete(outline_request())
+
+    assert len(server.requests) == 1
 
 
 def test_it_adds_a_system_message_for_the_schema_when_there_is_none() -> None:
@@ -248,7 +357,7 @@ def test_it_does_not_fall_back_when_openai_rejects_our_schema(server: FakeOpenAI
     assert caught.value.status_code == 400
     assert "Invalid schema" in str(caught.value)
     assert len(server.requests) == 1
-    assert not provider_for(server).needs_json_object()
+    assert provider_for(server).constraint_step("gpt-4.1-mini") is None
 
 
 # --- error classification -----------------------------------------------------------------------

@@ -68,6 +68,7 @@ class Completion:
     model: str
     provider: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    constraint: str = ""  # the openai provider's ConstraintStep for this call; "" elsewhere
 
 
 class ProviderError(Exception):

@@ -1,25 +1,33 @@
 """OpenAI (and OpenAI-compatible servers) behind the provider seam.
 
-One chat completion per call, asking for Structured Outputs (`json_schema`, strict) built from the
-task's pydantic model. Servers that refuse `json_schema` (llama.cpp answers 500, others 400) are
-asked once more with `json_object` and the schema in the system prompt, and remembered per base URL
-so later calls skip the doomed first attempt. The SDK never retries: our retry policy sits above
-this seam and needs every failure classified, not hidden.
+One chat completion per call, asking each server for the strongest output constraint it supports,
+down a ladder (generation.schemas.ConstraintStep), strongest first:
+
+1. `json_schema`, strict: Structured Outputs built from the task's pydantic model (OpenAI, vLLM,
+   Ollama);
+2. `json_object` with the schema inside `response_format`: llama.cpp's server compiles it into a
+   grammar, so even a small model's reply keeps to the schema;
+3. plain `json_object`, the schema only in the prompt: nothing is enforced.
+
+A refusal (a 4xx saying the format is unsupported, or llama.cpp's 500 for `json_schema`) moves one
+step down; the step that works is kept per (base URL, model) in a `ConstraintStore` (the
+ProviderConstraint table when built from settings), so later calls start there. The SDK never
+retries: our retry policy sits above this seam and needs every failure classified, not hidden.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import email.utils
 import functools
 import json
 import logging
 import math
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import openai
 from openai.types.chat import ChatCompletion
@@ -38,6 +46,12 @@ from generation.providers.base import (
     TransientProviderError,
     Usage,
 )
+from generation.providers.constraints import (
+    PROCESS_CONSTRAINTS,
+    ConstraintStore,
+    DatabaseConstraints,
+)
+from generation.schemas import CONSTRAINT_LADDER, ConstraintStep
 
 if TYPE_CHECKING:
     from openai._legacy_response import LegacyAPIResponse
@@ -130,10 +144,23 @@ def _schema_name(model: type[BaseModel]) -> str:
 
 
 # --- request building ---------------------------------------------------------------------------
-def _messages(request: CompletionRequest, *, json_object: bool) -> list[dict[str, str]]:
+@functools.cache
+def _grammar_schema_cached(model: type[BaseModel]) -> dict[str, Any]:
+    return _drop_titles(model.model_json_schema())
+
+
+def grammar_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The schema sent inside a `json_object` response_format: the full JSON schema (lengths and
+    bounds included: llama.cpp's grammar enforces them too), without titles."""
+    return copy.deepcopy(_grammar_schema_cached(model))
+
+
+def _messages(request: CompletionRequest, *, step: ConstraintStep) -> list[dict[str, str]]:
     messages = [m.as_dict() for m in request.messages]
-    if not json_object:
+    if step is ConstraintStep.JSON_SCHEMA:
         return messages
+    # The schema is in the prompt for both json_object steps: with a grammar it still tells the
+    # model what each field is for; without one it is all the model has.
     schema = prompt_schema_text(request.schema)
     instruction = f"Reply with one JSON object that matches this JSON schema: {schema}"
     system = next((m for m in messages if m["role"] == "system"), None)
@@ -143,9 +170,11 @@ def _messages(request: CompletionRequest, *, json_object: bool) -> list[dict[str
     return messages
 
 
-def _response_format(request: CompletionRequest, *, json_object: bool) -> dict[str, Any]:
-    if json_object:
+def _response_format(request: CompletionRequest, *, step: ConstraintStep) -> dict[str, Any]:
+    if step is ConstraintStep.JSON_OBJECT:
         return {"type": "json_object"}
+    if step is ConstraintStep.JSON_OBJECT_SCHEMA:
+        return {"type": "json_object", "schema": grammar_schema(request.schema)}
     json_schema = {
         "name": _schema_name(request.schema),
         "strict": True,
@@ -181,16 +210,34 @@ def _server_message(exc: openai.APIStatusError) -> str:
     return exc.message
 
 
-def _refuses_json_schema(exc: openai.APIStatusError) -> bool:
-    """True when the server does not support `json_schema` (not when our schema is invalid)."""
+# Words in a 4xx that say a response_format is not supported (rather than that our request is
+# wrong in some other way).
+_UNSUPPORTED_WORDS = ("unsupported", "not supported", "not implemented", "unknown", "unrecognized",
+                      "not permitted", "not allowed", "extra", "unexpected", "invalid value",
+                      "input should be")  # fmt: skip
+_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema")
+
+
+def refuses_step(step: ConstraintStep, exc: openai.APIStatusError) -> bool:
+    """True when the server does not support this constraint step (not when our schema is
+    invalid, nor for any other failure)."""
     message = _server_message(exc)
-    if exc.status_code >= 500:
-        return "Input should be 'text' or 'json_object'" in message
     lowered = message.lower()
-    mentions_format = "response_format" in lowered or "json_schema" in lowered
-    # OpenAI rejects a bad schema with 400 "Invalid schema for response_format ..."; falling back
+    if exc.status_code == 500:
+        # llama.cpp validates response_format with pydantic and answers 500 to `json_schema`.
+        return step is ConstraintStep.JSON_SCHEMA and "Input should be 'text' or 'json_object'" in (
+            message
+        )
+    if exc.status_code == 501:
+        return True
+    if exc.status_code not in (400, 404, 415, 422):
+        return False
+    # OpenAI rejects a bad schema with 400 "Invalid schema for response_format ..."; moving down
     # would hide our own bug behind a weaker mode, so that stays a permanent error.
-    return exc.status_code in (400, 422) and mentions_format and "invalid schema" not in lowered
+    if "invalid schema" in lowered:
+        return False
+    mentions_format = any(word in lowered for word in _FORMAT_WORDS)
+    return mentions_format and any(word in lowered for word in _UNSUPPORTED_WORDS)
 
 
 def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -203,18 +250,21 @@ def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
 class OpenAIProvider(Provider):
     name = "openai"
 
-    # Base URLs known to refuse `json_schema`; shared by every instance in the process.
-    _json_object_servers: ClassVar[set[str]] = set()
-    _servers_lock: ClassVar[threading.Lock] = threading.Lock()
-
     def __init__(
-        self, *, api_key: str, base_url: str | None, timeout_s: float, max_retries: int = 0
+        self,
+        *,
+        api_key: str,
+        base_url: str | None,
+        timeout_s: float,
+        max_retries: int = 0,
+        constraints: ConstraintStore | None = None,
     ) -> None:
         if not api_key and not base_url:
             raise ValueError("OpenAIProvider needs an API key or a base URL")
         self._api_key = api_key
         self._base_url = (base_url or OFFICIAL_BASE_URL).rstrip("/")
         self._timeout_s = timeout_s
+        self._constraints = constraints or PROCESS_CONSTRAINTS
         self._client = openai.OpenAI(
             api_key=api_key or PLACEHOLDER_API_KEY,
             base_url=self._base_url,
@@ -231,6 +281,7 @@ class OpenAIProvider(Provider):
             base_url=settings.OPENAI_BASE_URL,
             timeout_s=settings.OPENAI_TIMEOUT_S,
             max_retries=settings.OPENAI_MAX_RETRIES,
+            constraints=DatabaseConstraints(),
         )
 
     @property
@@ -240,11 +291,12 @@ class OpenAIProvider(Provider):
     def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
         try:
-            raw = self._create_with_fallback(request)
+            raw, step = self._create_on_ladder(request)
             completion, headers = raw.parse(), _kept_headers(raw.headers)
         except openai.OpenAIError as exc:
             raise self._classify(exc, time.monotonic() - started) from exc
-        return self._to_completion(request, completion, headers, time.monotonic() - started)
+        result = self._to_completion(request, completion, headers, time.monotonic() - started)
+        return dataclasses.replace(result, constraint=step.value)
 
     def moderate(self, request: ModerationRequest) -> ModerationResult:
         """One call of the moderation endpoint (free at OpenAI); its categories in ours."""
@@ -280,22 +332,51 @@ class OpenAIProvider(Provider):
         )
 
     # --- calling --------------------------------------------------------------------------------
-    def _create_with_fallback(self, request: CompletionRequest) -> RawChatResponse:
-        if self.needs_json_object():
-            return self._create(request, json_object=True)
-        try:
-            return self._create(request, json_object=False)
-        except openai.APIStatusError as exc:
-            if not _refuses_json_schema(exc):
-                raise
-        self._remember_json_object()
-        return self._create(request, json_object=True)
+    def constraint_step(self, model: str) -> ConstraintStep | None:
+        """The step this server settled on for `model`; None before its first successful call."""
+        return self._constraints.get(self._base_url, model)
 
-    def _create(self, request: CompletionRequest, *, json_object: bool) -> RawChatResponse:
+    def _create_on_ladder(
+        self, request: CompletionRequest
+    ) -> tuple[RawChatResponse, ConstraintStep]:
+        """Call at the remembered step (the strongest at first); one step down per refusal."""
+        known = self.constraint_step(request.model)
+        start = CONSTRAINT_LADDER.index(known) if known else 0
+        refusals: list[dict[str, Any]] = []
+        for step in CONSTRAINT_LADDER[start:]:
+            try:
+                raw = self._create(request, step=step)
+            except openai.APIStatusError as exc:
+                if step is CONSTRAINT_LADDER[-1] or not refuses_step(step, exc):
+                    raise
+                refusals.append(self._refusal(step, exc))
+                continue
+            if step is not known:
+                self._settle(request.model, step, refusals)
+            return raw, step
+        raise AssertionError("unreachable: the last step raises or returns")
+
+    def _refusal(self, step: ConstraintStep, exc: openai.APIStatusError) -> dict[str, Any]:
+        message = self._redact(_server_message(exc))[:200]
+        return {"step": step.value, "status": exc.status_code, "message": message}
+
+    def _settle(self, model: str, step: ConstraintStep, refusals: list[dict[str, Any]]) -> None:
+        self._constraints.put(self._base_url, model, step, refusals)
+        if refusals:
+            refused = ", ".join(f"{r['step']} ({r['status']})" for r in refusals)
+            logger.warning(
+                "%s refused %s for model %s; using %s for it from now on",
+                self._base_url,
+                refused,
+                model,
+                step.value,
+            )
+
+    def _create(self, request: CompletionRequest, *, step: ConstraintStep) -> RawChatResponse:
         kwargs: dict[str, Any] = {
             "model": request.model,
-            "messages": _messages(request, json_object=json_object),
-            "response_format": _response_format(request, json_object=json_object),
+            "messages": _messages(request, step=step),
+            "response_format": _response_format(request, step=step),
         }
         if request.max_output_tokens is not None:
             kwargs[self._token_limit_param()] = request.max_output_tokens
@@ -305,22 +386,6 @@ class OpenAIProvider(Provider):
         # OpenAI deprecated max_tokens (reasoning models reject it); compatible servers such as
         # llama.cpp and Ollama only reliably understand max_tokens.
         return "max_completion_tokens" if self._base_url == OFFICIAL_BASE_URL else "max_tokens"
-
-    def needs_json_object(self) -> bool:
-        """Whether this server is known to refuse `json_schema`."""
-        with self._servers_lock:
-            return self._base_url in self._json_object_servers
-
-    def _remember_json_object(self) -> None:
-        with self._servers_lock:
-            first_time = self._base_url not in self._json_object_servers
-            self._json_object_servers.add(self._base_url)
-        if first_time:
-            logger.warning(
-                "%s refuses response_format json_schema; using json_object with the schema in "
-                "the prompt for this server from now on",
-                self._base_url,
-            )
 
     # --- results --------------------------------------------------------------------------------
     def _to_completion(
