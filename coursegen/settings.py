@@ -515,6 +515,12 @@ COURSEGEN_CACHE_PURGE_INTERVAL_S = env_float(
     "COURSEGEN_CACHE_PURGE_INTERVAL_S", 3600.0, minimum=10.0
 )
 COURSEGEN_CACHE_PURGE_BATCH = env_int("COURSEGEN_CACHE_PURGE_BATCH", 1000, minimum=1)
+# The Batch API path (docs/batch.md): roles whose members may submit with "urgency": "batch".
+COURSEGEN_BATCH_ROLES = env_list("COURSEGEN_BATCH_ROLES", ["student", "teacher", "admin"])
+if unknown_roles := set(COURSEGEN_BATCH_ROLES) - {"student", "teacher", "admin"}:
+    raise ImproperlyConfigured(
+        f"COURSEGEN_BATCH_ROLES: unknown roles {sorted(unknown_roles)} (student, teacher, admin)"
+    )
 # tiktoken reads its encodings from here; generation/tokens.py fills it from bpe-openai offline.
 TIKTOKEN_CACHE_DIR = env_str("TIKTOKEN_CACHE_DIR", str(BASE_DIR / ".cache" / "tiktoken"))
 

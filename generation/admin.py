@@ -145,6 +145,7 @@ class JobAdmin(admin.ModelAdmin):
         "status",
         "progress_bar",
         "priority",
+        "urgency",
         "owner",
         "organisation",
         "cost_usd",
@@ -155,7 +156,7 @@ class JobAdmin(admin.ModelAdmin):
         "created_at",
         "finished_at",
     ]
-    list_filter = ["status", "priority", "organisation", "created_at"]
+    list_filter = ["status", "priority", "urgency", "organisation", "created_at"]
     search_fields = ["id", "correlation_id", "owner__username", "request__topic"]
     list_select_related = ["owner", "organisation"]
     date_hierarchy = "created_at"
@@ -188,15 +189,21 @@ class JobAdmin(admin.ModelAdmin):
         "finished_at",
         "updated_at",
     ]
-    fields = ["priority", *readonly_fields]
+    fields = ["priority", "urgency", *readonly_fields]
     inlines = [EvaluationInline, RatingInline, JudgeRunInline, TaskInline]
     actions = ["cancel_jobs", "resume_jobs", *(_export_action(name) for name in exports.FORMATS)]
 
     def save_model(
         self, request: HttpRequest, obj: CourseGenerationJob, form: object, change: bool
     ) -> None:
-        # Only the priority is editable; it must move the queue entry too.
+        # Only the priority and the urgency are editable; the priority moves the queue entry
+        # too, and the urgency changes only while the job waits (docs/batch.md).
         services.job_set_priority(job_id=obj.id, priority=obj.priority)
+        if "urgency" in getattr(form, "changed_data", ()):
+            try:
+                services.job_set_urgency(job_id=obj.id, urgency=obj.urgency)
+            except services.GenerationError as exc:
+                self.message_user(request, f"urgency not changed: {exc}", level=messages.ERROR)
 
     @admin.display(description="progress", ordering="progress")
     def progress_bar(self, job: CourseGenerationJob) -> str:

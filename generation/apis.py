@@ -146,6 +146,10 @@ class JobCollectionApi(APIView):
         responses={
             201: JobDetailOutputSerializer,
             400: OpenApiResponse(description="Field errors"),
+            403: OpenApiResponse(
+                description='"urgency": "batch" is not allowed for the caller\'s role '
+                "(COURSEGEN_BATCH_ROLES); the error is under urgency"
+            ),
             409: OpenApiResponse(description="A request with this Idempotency-Key is in flight"),
             422: OpenApiResponse(
                 response=ContentFlaggedOutputSerializer,
@@ -183,7 +187,10 @@ class JobCollectionApi(APIView):
                 request=course_request,
                 idempotency_key=record,
                 moderation=verdict,
+                urgency=data["urgency"],
             )
+        except services.UrgencyNotAllowedError as exc:
+            return Response({"urgency": [str(exc)]}, status=status.HTTP_403_FORBIDDEN)
         except services.GenerationError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         except RateLimitExceeded as exc:

@@ -33,6 +33,14 @@ class JobStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+class Urgency(models.TextChoices):
+    """How soon a course is wanted: "now" runs its calls live; "batch" sends them through the
+    provider's Batch API (half the price, within 24 hours; docs/batch.md)."""
+
+    NOW = "now", "Now (live calls)"
+    BATCH = "batch", "Batch (half price, within a day)"
+
+
 class JudgeStatus(models.TextChoices):
     OFF = "off", "Not judged (judge switched off, or the course did not finish)"
     PENDING = "pending", "Waiting for the judge"
@@ -55,6 +63,13 @@ class CourseGenerationJob(models.Model):
         max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True
     )
     priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    urgency = models.CharField(
+        max_length=8,
+        choices=Urgency.choices,
+        default=Urgency.NOW,
+        db_default=Urgency.NOW,
+        help_text="now: live calls; batch: the provider's Batch API at half the price.",
+    )
     progress = models.PositiveSmallIntegerField(default=0, help_text="Percent of tasks succeeded.")
     outline = models.JSONField(null=True, blank=True, help_text="Copied from the outline task.")
     course = models.JSONField(null=True, blank=True, help_text="The assembled course.")

@@ -20,6 +20,7 @@ from generation.models import (
     GenerationTask,
     GenerationTaskVersion,
     RegenerationRequest,
+    Urgency,
 )
 from generation.providers import MODERATION_CATEGORIES
 from generation.schemas import CourseRequest, Level
@@ -38,6 +39,13 @@ class JobSubmitInputSerializer(serializers.Serializer):
     questions_per_lesson = serializers.IntegerField(min_value=1, max_value=15, required=False)
     language = serializers.RegexField(r"^[a-z]{2}(-[A-Z]{2})?$", required=False)
     instructions = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    urgency = serializers.ChoiceField(
+        choices=Urgency.choices,
+        default=Urgency.NOW,
+        help_text='"now" (default): live calls. "batch": through the provider\'s Batch API at '
+        "half the price, finished within a day (docs/batch.md); roles in "
+        "COURSEGEN_BATCH_ROLES only (403 otherwise).",
+    )
 
     def validate_base_class(self, value: Any) -> BaseClass:
         base_class = class_of_member_get(user=self.context["request"].user, class_id=value)
@@ -46,7 +54,7 @@ class JobSubmitInputSerializer(serializers.Serializer):
         return base_class
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        fields = {k: v for k, v in attrs.items() if k != "base_class"}
+        fields = {k: v for k, v in attrs.items() if k not in ("base_class", "urgency")}
         try:
             attrs["course_request"] = CourseRequest.model_validate(fields)
         except PydanticValidationError as exc:
@@ -152,6 +160,7 @@ class JobOutputSerializer(FieldsOnceMixin, serializers.ModelSerializer):
             "topic",
             "status",
             "priority",
+            "urgency",
             "progress",
             "owner",
             "organisation",

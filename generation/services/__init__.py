@@ -23,8 +23,13 @@ from generation.services.alerts import (
     job_outcome_record,
     quality_check,
 )
-from generation.services.common import GenerationError, model_for, worker_name
-from generation.services.controls import job_cancel, job_set_priority
+from generation.services.common import (
+    GenerationError,
+    UrgencyNotAllowedError,
+    model_for,
+    worker_name,
+)
+from generation.services.controls import job_cancel, job_set_priority, job_set_urgency
 from generation.services.dedupe import job_dedupe_questions
 from generation.services.dispatch import (
     dispatch_asked_clear,
@@ -60,7 +65,7 @@ from generation.services.runs import (
     task_spec_build,
     while_lease_holds,
 )
-from generation.services.submit import ROLE_PRIORITY, job_submit
+from generation.services.submit import ROLE_PRIORITY, job_submit, urgency_check
 from generation.services.watchdog import job_fail_stuck
 
 __all__ = [
@@ -69,6 +74,7 @@ __all__ = [
     "GenerationError",
     "LeaseClock",
     "TaskRunResult",
+    "UrgencyNotAllowedError",
     "capacity_check",
     "content_flagged",
     "defer_delay",
@@ -84,6 +90,7 @@ __all__ = [
     "job_refresh_progress",
     "job_run_outline",
     "job_set_priority",
+    "job_set_urgency",
     "job_submit",
     "job_totals_apply",
     "judge_attempts_record",
@@ -101,6 +108,7 @@ __all__ = [
     "task_run",
     "task_spec_build",
     "task_usage_add",
+    "urgency_check",
     "usage_increments",
     "usage_totals",
     "while_lease_holds",

@@ -16,6 +16,10 @@ class GenerationError(Exception):
     """A request that cannot be carried out; the message is safe to show to the caller."""
 
 
+class UrgencyNotAllowedError(GenerationError):
+    """The caller's role may not submit with this urgency (COURSEGEN_BATCH_ROLES): a 403."""
+
+
 def worker_name() -> str:
     return f"{_host()}:{os.getpid()}:{threading.get_ident()}"
 

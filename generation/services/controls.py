@@ -13,6 +13,7 @@ from generation.models import (
     Priority,
     QueueState,
     TaskStatus,
+    Urgency,
 )
 from generation.services import common, dispatch
 from monitoring.logs import log_event
@@ -25,6 +26,24 @@ def job_set_priority(*, job_id: UUID, priority: int) -> None:
     # The job's row first, then its queue entry: the one lock order (docs/resilience.md).
     CourseGenerationJob.objects.filter(pk=job_id).update(priority=priority)
     dispatch.queue_entry_reprioritise(job_id=job_id, priority=priority)
+
+
+@transaction.atomic
+def job_set_urgency(*, job_id: UUID, urgency: str) -> None:
+    """Staff move a queued job between the live path and the Batch API (docs/batch.md); once
+    it runs, its calls are on their way and its urgency stays."""
+    if urgency not in Urgency.values:
+        raise common.GenerationError(f"urgency must be one of {', '.join(Urgency.values)}")
+    job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
+    if job.urgency == urgency:
+        return
+    if job.status != JobStatus.QUEUED:
+        raise common.GenerationError(
+            f"only a queued job's urgency can change; this one is {job.status}"
+        )
+    job.urgency = urgency
+    job.save(update_fields=["urgency", "updated_at"])
+    log_event("job.urgency", f"job {job.id}: urgency {urgency}", job=job)
 
 
 def job_cancel(*, job_id: UUID, reason: str = "cancelled by user") -> CourseGenerationJob:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 
@@ -17,6 +18,7 @@ from generation.models import (
     IdempotencyKey,
     Priority,
     QueueEntry,
+    Urgency,
 )
 from generation.prompts import PROMPT_VERSIONS
 from generation.providers import ModerationResult
@@ -42,17 +44,21 @@ def job_submit(
     request: CourseRequest,
     idempotency_key: IdempotencyKey | None = None,
     moderation: ModerationResult | None = None,
+    urgency: str = Urgency.NOW,
 ) -> CourseGenerationJob:
     """Admit and queue a course request. The job returned holds its rows as inserted: its queue
     entry and its tasks (the outline), like a prefetch; `refresh_from_db()` reads them anew.
     `moderation` is the request's verdict (generation/safety.py), made before admission: it
-    goes in the ledger as the outline task's first attempt."""
+    goes in the ledger as the outline task's first attempt. `urgency` "batch" sends the job's
+    calls through the Batch API (docs/batch.md), if the caller's role may
+    (COURSEGEN_BATCH_ROLES)."""
     try:
         # The role is the user's in the class's organisation, read with the usage. Raises
         # RateLimitExceeded (and this transaction rolls back) when over a limit.
         admitted = admission_check_and_record(user=user, organisation_id=base_class.organisation_id)
     except NotAMemberError as exc:
         raise common.GenerationError("you are not a member of this class's organisation") from exc
+    urgency_check(role=admitted.role, urgency=urgency)
     priority = ROLE_PRIORITY[admitted.role]
     job = CourseGenerationJob(
         owner=user,
@@ -60,6 +66,7 @@ def job_submit(
         base_class=base_class,
         request=request.model_dump(mode="json"),
         priority=priority,
+        urgency=urgency,
     )
     outline = _task_new(job=job, kind=TaskKind.OUTLINE, key="course", position=0)
     outline.attempts = 1 if moderation is not None else 0
@@ -87,10 +94,21 @@ def job_submit(
         f"job {job.id} submitted by {user.pk}: {request.topic}",
         job=job,
         user=user,
-        data={"topic": request.topic, "priority": priority},
+        data={"topic": request.topic, "priority": priority, "urgency": urgency},
     )
     transaction.on_commit(dispatch.send_dispatch)
     return job
+
+
+def urgency_check(*, role: str, urgency: str) -> None:
+    """Refuse an urgency the role may not use (raising rolls the admission back)."""
+    if urgency not in Urgency.values:
+        raise common.GenerationError(f"urgency must be one of {', '.join(Urgency.values)}")
+    if urgency == Urgency.BATCH and role not in settings.COURSEGEN_BATCH_ROLES:
+        allowed = ", ".join(settings.COURSEGEN_BATCH_ROLES) or "no role"
+        raise common.UrgencyNotAllowedError(
+            f'"urgency": "batch" is not allowed for a {role}; it is for: {allowed}'
+        )
 
 
 def _tasks_in_hand(job: CourseGenerationJob, tasks: list[GenerationTask]) -> None:

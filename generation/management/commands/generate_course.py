@@ -48,6 +48,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--timeout", type=float, default=1800, help="seconds to wait for the job"
         )
+        parser.add_argument(
+            "--urgency", default="now", choices=["now", "batch"], help="batch: docs/batch.md"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = get_user_model().objects.filter(username=options["user"]).first()
@@ -56,7 +59,9 @@ class Command(BaseCommand):
         base_class = self._base_class(user, options["base_class"])
         request = self._request(options)
         started = time.monotonic()
-        job = self._submit_and_follow(user, base_class, request, options["timeout"])
+        job = self._submit_and_follow(
+            user, base_class, request, options["timeout"], options["urgency"]
+        )
         self._summary(job, time.monotonic() - started)
         if job.status != JobStatus.SUCCEEDED:
             raise CommandError(f"job {job.id} {job.status}: {job.error}")
@@ -86,7 +91,12 @@ class Command(BaseCommand):
             raise CommandError(f"invalid course request:\n{exc}") from exc
 
     def _submit_and_follow(
-        self, user: Any, base_class: BaseClass, request: CourseRequest, timeout: float
+        self,
+        user: Any,
+        base_class: BaseClass,
+        request: CourseRequest,
+        timeout: float,
+        urgency: str = "now",
     ) -> CourseGenerationJob:
         submitted: dict[str, Any] = {}
         try:  # the same moderation as the API's submit (docs/safety.md)
@@ -101,7 +111,11 @@ class Command(BaseCommand):
         def submit() -> None:
             try:
                 submitted["job"] = services.job_submit(
-                    user=user, base_class=base_class, request=request, moderation=verdict
+                    user=user,
+                    base_class=base_class,
+                    request=request,
+                    moderation=verdict,
+                    urgency=urgency,
                 )
             except Exception as exc:  # reported by the main thread
                 submitted["error"] = exc
