@@ -231,12 +231,23 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
-    "PAGE_SIZE": 50,
-    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_PAGINATION_CLASS": "coursegen.drf.LimitOffsetPagination",  # capped: API_PAGE_MAX_LIMIT
+    "PAGE_SIZE": env_int("API_PAGE_SIZE", 50, minimum=1),
+    # JSON bodies: at most API_MAX_BODY_BYTES and API_JSON_MAX_DEPTH levels (else 413 / 400).
+    "DEFAULT_PARSER_CLASSES": [
+        "coursegen.drf.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "EXCEPTION_HANDLER": "coursegen.drf.exception_handler",
     # Every API view: COURSEGEN_API_RATE per client, counted in the cache by django-ratelimit.
     "DEFAULT_THROTTLE_CLASSES": ["ratelimits.throttling.ApiRateThrottle"],
 }
+API_PAGE_MAX_LIMIT = env_int("API_PAGE_MAX_LIMIT", 200, minimum=1)
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
+API_JSON_MAX_DEPTH = env_int("API_JSON_MAX_DEPTH", 32, minimum=2)
+if REST_FRAMEWORK["PAGE_SIZE"] > API_PAGE_MAX_LIMIT:  # type: ignore[operator]
+    raise ImproperlyConfigured("API_PAGE_MAX_LIMIT must be at least API_PAGE_SIZE")
 SPECTACULAR_SETTINGS = {
     "TITLE": "coursegen API",
     "DESCRIPTION": "Submit course generation jobs and follow them to a finished course.",

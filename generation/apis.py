@@ -12,12 +12,12 @@ from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from coursegen.drf import LimitOffsetPagination
 from generation import exports, idempotency, recovery, regeneration, safety, services
 from generation.models import (
     CourseEvaluation,
@@ -131,7 +131,8 @@ class JobCollectionApi(APIView):
     @extend_schema(responses=JobOutputSerializer(many=True), operation_id="jobs_list")
     def get(self, request: Request) -> Response:
         paginator = LimitOffsetPagination()
-        jobs = jobs_visible_to(user=request.user).order_by("-created_at")
+        # The list shows neither the outline nor the course: those documents stay in the database.
+        jobs = jobs_visible_to(user=request.user).defer("outline", "course").order_by("-created_at")
         status_filter = request.query_params.get("status")
         if status_filter:
             if status_filter not in JobStatus.values:

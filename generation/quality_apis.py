@@ -9,11 +9,11 @@ from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from coursegen.drf import LimitOffsetPagination
 from generation.models import CourseGenerationJob, Experiment
 from generation.quality import feedback
 from generation.quality_serializers import (

@@ -1,0 +1,154 @@
+"""Hostile and careless callers get a clear 4xx, never a 5xx: anonymous schema pages, deeply nested
+JSON, oversized bodies, huge page sizes (issue 21, items 4 and 9)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.exceptions import ParseError
+from rest_framework.test import APIClient
+
+from coursegen.drf import BoundedJSONParser, RequestTooLarge
+from generation.models import CourseGenerationJob
+from tests.courses import finished_job
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.fixture
+def job(teacher: Any, base_class: Any, settings: Any) -> CourseGenerationJob:
+    settings.COURSEGEN_JUDGE_ENABLED = False
+    return finished_job(teacher, base_class, num_modules=1, lessons_per_module=1)
+
+
+def _body_endpoints(job: CourseGenerationJob) -> list[str]:
+    task = job.tasks.order_by("pk").first()
+    assert task is not None
+    return [
+        "/api/jobs/",
+        f"/api/jobs/{job.pk}/tasks/{task.pk}/regenerate/",
+        f"/api/jobs/{job.pk}/feedback/",
+    ]
+
+
+@pytest.mark.parametrize("path", ["/api/schema/", "/api/docs/"])
+def test_it_serves_the_schema_pages_to_anonymous_callers(path: str) -> None:
+    response = APIClient().get(path)
+
+    assert response.status_code == 200
+
+
+def test_anonymous_callers_of_protected_views_get_401_not_500() -> None:
+    response = APIClient().get("/api/jobs/")
+
+    assert response.status_code == 401
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("depth", [100_000, 950, 33])
+def test_it_answers_400_to_deeply_nested_json_on_every_endpoint_that_reads_a_body(
+    depth: int, job: CourseGenerationJob, teacher: Any, client_for: Any
+) -> None:
+    client = client_for(teacher)
+    for path in _body_endpoints(job):
+        response = client.post(path, _nested(depth), content_type="application/json")
+
+        assert response.status_code == 400, (path, response.content[:200])
+        assert "nested" in response.json()["detail"]
+
+
+def test_endpoints_that_read_no_body_ignore_a_nested_one(
+    job: CourseGenerationJob, teacher: Any, client_for: Any
+) -> None:
+    client = client_for(teacher)
+    for action in ("cancel", "resume"):
+        response = client.post(
+            f"/api/jobs/{job.pk}/{action}/", _nested(100_000), content_type="application/json"
+        )
+
+        assert response.status_code == 409, response.content[:200]  # the job has ended
+
+
+def test_it_accepts_json_nested_up_to_the_limit() -> None:
+    parser = BoundedJSONParser()
+
+    data = parser.parse(io.BytesIO(_nested(32).encode()), parser_context={})
+
+    assert isinstance(data, list)
+
+
+@pytest.mark.parametrize(
+    ("size", "detail"),
+    [
+        (50 * 1024 * 1024, "Request body exceeded"),  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE
+        (300 * 1024, "The request body is larger than 262144 bytes"),  # API_MAX_BODY_BYTES
+    ],
+)
+def test_it_answers_413_json_to_a_body_over_the_limit(
+    size: int, detail: str, teacher: Any, client_for: Any
+) -> None:
+    body = b'{"topic": "' + b"x" * size + b'"}'
+
+    response = client_for(teacher).post("/api/jobs/", body, content_type="application/json")
+
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["detail"].startswith(detail)
+
+
+def test_it_answers_413_json_to_a_form_body_over_djangos_limit(
+    teacher: Any, client_for: Any, settings: Any
+) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    body = "topic=" + "x" * 20_000
+
+    response = client_for(teacher).post(
+        "/api/jobs/", body, content_type="application/x-www-form-urlencoded"
+    )
+
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
+
+
+def test_the_parser_stops_reading_a_body_without_a_length_one_byte_past_the_limit(
+    settings: Any,
+) -> None:
+    settings.API_MAX_BODY_BYTES = 1024
+    stream = io.BytesIO(b"[" + b"1," * 10_000 + b"1]")
+
+    with pytest.raises(RequestTooLarge):
+        BoundedJSONParser().parse(stream, parser_context={})
+
+    assert stream.tell() == 1025
+
+
+def test_the_parser_answers_400_to_bytes_that_are_not_utf8() -> None:
+    with pytest.raises(ParseError):
+        BoundedJSONParser().parse(io.BytesIO(b'{"topic": "\xff\xfe"}'), parser_context={})
+
+
+def test_a_huge_limit_is_capped_and_the_list_leaves_the_documents_out(
+    teacher: Any, base_class: Any, client_for: Any, settings: Any
+) -> None:
+    settings.COURSEGEN_JUDGE_ENABLED = False
+    settings.API_PAGE_MAX_LIMIT = 2
+    for _ in range(3):
+        finished_job(teacher, base_class, num_modules=1, lessons_per_module=1)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = client_for(teacher).get("/api/jobs/?limit=1000000")
+
+    body = response.json()
+    assert response.status_code == 200
+    assert body["count"] == 3 and len(body["results"]) == 2 and body["next"]
+    sql = [q["sql"] for q in queries]
+    listing = next(q for q in sql if "course_generation_jobs" in q and "LIMIT" in q)
+    assert '."course"' not in listing and '."outline"' not in listing
