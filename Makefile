@@ -16,7 +16,8 @@ TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 
 # `make chaos`: its own Redis on CHAOS_REDIS_PORT (so it can restart it) and database.
 CHAOS_REDIS_PORT ?= 6391
-CHAOS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/coursegen_chaos
+CHAOS_DB ?= coursegen_chaos
+CHAOS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/$(CHAOS_DB)
 CHAOS_ENV := DATABASE_URL=$(CHAOS_DATABASE_URL) DATABASE_POOL=true COURSEGEN_CACHE_ENABLED=false \
 	CELERY_BROKER_URL=redis://127.0.0.1:$(CHAOS_REDIS_PORT)/0 \
 	CELERY_RESULT_BACKEND=redis://127.0.0.1:$(CHAOS_REDIS_PORT)/0 \
@@ -25,7 +26,8 @@ CHAOS_ENV := DATABASE_URL=$(CHAOS_DATABASE_URL) DATABASE_POOL=true COURSEGEN_CAC
 	COURSEGEN_TASK_DEADLINE_S=20 COURSEGEN_TASK_LEASE_S=25 COURSEGEN_REDISPATCH_AFTER_S=10 \
 	COURSEGEN_RECONCILE_INTERVAL_S=2 COURSEGEN_DISPATCH_INTERVAL_S=2 COURSEGEN_BREAKER_OPEN_S=5 \
 	COURSEGEN_TRANSIENT_BASE_WAIT_S=0.2 COURSEGEN_TRANSIENT_MAX_WAIT_S=2 \
-	COURSEGEN_TASK_DEFER_MAX_S=5 LOG_LEVEL=warning
+	COURSEGEN_TASK_DEFER_MAX_S=5 COURSEGEN_REDISPATCH_MAX_S=40 COURSEGEN_JOB_WATCHDOG_S=120 \
+	LOG_LEVEL=warning
 
 # `make bench`: its own redis-server on BENCH_REDIS_PORT, a fresh database, real processes.
 BENCH_REDIS_PORT ?= 6393
@@ -76,7 +78,8 @@ test: $(STAMP) $(NODE_STAMP) browser-deps
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 chaos: $(STAMP)
-	createdb -h 127.0.0.1 -U postgres coursegen_chaos 2>/dev/null || true
+	dropdb --if-exists --force -h 127.0.0.1 -U postgres $(CHAOS_DB)
+	createdb -h 127.0.0.1 -U postgres $(CHAOS_DB)
 	$(CHAOS_ENV) $(BIN)/python manage.py migrate --noinput -v 0
 	$(CHAOS_ENV) $(BIN)/python manage.py chaos $(CHAOS_ARGS)
 

@@ -536,7 +536,7 @@ def test_it_logs_one_line_per_call_including_failed_ones(tmp_path: Path, setting
     assert len(lines) == 10
     assert lines[0]["model"] == "gpt-4.1-mini" and lines[0]["kind"] == "brain_bytes"
     assert (lines[0]["task_key"], lines[0]["job_id"], lines[0]["attempt"]) == ("m1.l2", "job-7", 2)
-    assert {"ts", "pid"} <= lines[0].keys()
+    assert {"ts", "pid"} <= lines[0].keys() and lines[0]["variant"] is None
 
 
 def test_it_logs_whole_lines_from_concurrent_threads(tmp_path: Path) -> None:

@@ -3,11 +3,12 @@
 It starts its own Redis server (so it can really restart it), two Celery workers (threads pool)
 and celery beat (the reconciler), then runs batches of courses with the offline provider while it:
 kills -9 a worker at 10 points of a batch and restarts it; restarts Redis in the middle of a batch
-(every queued message, chord counter and breaker state is lost); runs a 30-second provider outage
-(every call answers 503) in the middle of a batch; and delivers one task's message twice.
+(every queued message, chord counter and breaker state is lost); runs a five-minute provider
+outage (every call answers 503) in the middle of a batch; and delivers one task's message twice.
 The offline provider logs every call it receives, so the figures come from what the provider saw:
-`duplicate_provider_calls` counts calls for a task that had already succeeded. The last line
-printed is one JSON object.
+`duplicate_provider_calls` counts calls for a task that had already succeeded. A watcher thread
+samples the job watchdog's own query all along (`jobs_stuck`); the workers' and beat's logs are
+searched for deadlocks. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -18,20 +19,26 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Count, F, Q
+from django.db import DatabaseError, connection
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Now
 
 from accounts.models import BaseClass, Role
 from generation import services
+from generation.management.chaos_postgres import ScratchPostgres
 from generation.models import (
     CourseGenerationJob,
     GenerationAttempt,
@@ -39,10 +46,13 @@ from generation.models import (
     JobStatus,
     JudgeRun,
     JudgeStatus,
+    RegenerationRequest,
+    RegenerationStatus,
     TaskStatus,
 )
 from generation.rubric import HEURISTIC_EVALUATOR
 from generation.schemas import CourseRequest
+from generation.selectors import jobs_stuck
 
 ROOT = Path(settings.BASE_DIR)
 
@@ -153,6 +163,32 @@ class Stack:
             self.redis.kill()
 
 
+class StuckWatcher(threading.Thread):
+    """Samples the watchdog's query (`selectors.jobs_stuck`) every couple of seconds: a job it
+    ever returns was running with no live task and no progress for longer than the watchdog
+    allows. Errors while the database restarts are skipped."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.seen, self.stopping = interval, set[UUID](), threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                now = CourseGenerationJob.objects.values_list(Now(), flat=True)[:1]
+                when = now.first()
+                if when is not None:
+                    self.seen.update(jobs_stuck(now=when).values_list("pk", flat=True))
+            except DatabaseError:
+                pass
+            finally:
+                connection.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+
+
 def _redis_ping(port: int) -> bool:
     import redis
 
@@ -165,10 +201,19 @@ def _redis_ping(port: int) -> bool:
 def _wait(predicate: Callable[[], bool], timeout: float, message: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
+        if _db_tolerant(predicate, False):
             return
         time.sleep(0.1)
     raise CommandError(message)
+
+
+def _db_tolerant(read: Callable[[], Any], fallback: Any) -> Any:
+    """A read of the run's own that rides out the database's restart (the fallback meanwhile)."""
+    try:
+        return read()
+    except DatabaseError:
+        connection.close()
+        return fallback
 
 
 class Command(BaseCommand):
@@ -179,10 +224,18 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--courses", type=int, default=12, help="courses per batch")
         parser.add_argument("--kills", type=int, default=10)
-        parser.add_argument("--outage-s", type=float, default=30.0)
+        parser.add_argument("--outage-s", type=float, default=300.0)
         parser.add_argument("--latency-scale", type=float, default=0.1)
         parser.add_argument("--timeout", type=float, default=600.0, help="per batch, seconds")
         parser.add_argument("--workdir", default=str(ROOT / ".cache" / "chaos"))
+        parser.add_argument(
+            "--scratch-postgres",
+            action="store_true",
+            help="initdb and start a PostgreSQL cluster of its own on DATABASE_URL's port, "
+            "migrate it, restart it mid-batch and remove it at the end",
+        )
+        parser.add_argument("--postgres-down-s", type=float, default=5.0)
+        parser.add_argument("--pg-bin", default=None, help="PostgreSQL's bin folder (Debian's 15)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._check_environment()
@@ -192,24 +245,49 @@ class Command(BaseCommand):
         stack = Stack(workdir, _redis_port(), self._child_env(workdir, options))
         self._twice = 0
         started = time.monotonic()
+        self._postgres = (
+            _scratch_postgres(options["pg_bin"]) if options["scratch_postgres"] else None
+        )
         try:
-            stack.start_redis()
-            for name in ("w1", "w2"):
-                stack.start_worker(name)
-            stack.start_beat()
-            report = self._run(stack, options)
+            report = self._run_stack(stack, options)
+            report["deadlocks"] = max(
+                _deadlocks_logged(workdir), self._postgres.deadlocks() if self._postgres else 0
+            )
         finally:
-            stack.stop()
+            if self._postgres:
+                self._postgres.remove()
         report["wall_s"] = round(time.monotonic() - started, 1)
         self.stdout.write(json.dumps(report))
         if (
             report["completed"] != report["courses"]
             or report["duplicate_provider_calls"]
             or report.get("duplicate_judge_calls")
+            or report["duplicate_regeneration_calls"]
+            or report["regenerations_not_succeeded"]
         ):
             raise CommandError("chaos run lost work or paid twice")
         if report["courses_not_scored_once"]:
             raise CommandError("a finished course was not evaluated exactly once")
+        if report["jobs_stuck"] or report["deadlocks"] or report["ledger_vs_job_cost_diff_usd"]:
+            raise CommandError("a job got stuck, a deadlock happened or the costs disagree")
+
+    def _run_stack(self, stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
+        watcher = StuckWatcher()
+        try:
+            if self._postgres:
+                self._postgres.init()
+                call_command("migrate", interactive=False, verbosity=0)
+            stack.start_redis()
+            for name in ("w1", "w2"):
+                stack.start_worker(name)
+            stack.start_beat()
+            watcher.start()
+            report = self._run(stack, options)
+        finally:
+            watcher.stop()
+            stack.stop()
+        report["jobs_stuck"] = len(watcher.seen | _watchdog_failed(report.pop("job_ids")))
+        return report
 
     def _check_environment(self) -> None:
         if settings.CELERY_TASK_ALWAYS_EAGER or not settings.IS_POSTGRES:
@@ -229,7 +307,7 @@ class Command(BaseCommand):
     def _run(self, stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
         users, base_class = _chaos_users(options["courses"])
         n, kills = options["courses"], 0
-        self.stdout.write(f"batch 1: {n} courses, {options['kills']} kill -9 of a worker")
+        self.stdout.write(f"batch: {n} courses, {options['kills']} kill -9 of a worker")
         jobs = self._submit(users, base_class, "Kills")
         self._deliver_twice(jobs)
         for point in range(options["kills"]):
@@ -240,21 +318,38 @@ class Command(BaseCommand):
             stack.start_worker(victim)
         all_jobs = self._finish(jobs, options["timeout"])
 
-        self.stdout.write(f"batch 2: {n} courses, Redis restarted mid-batch")
+        self.stdout.write(f"batch: {n} courses, Redis restarted mid-batch")
         jobs = self._submit(users, base_class, "Redis restart")
         self._wait_progress(jobs, 0.3)
         stack.restart_redis()
         all_jobs += self._finish(jobs, options["timeout"])
 
-        self.stdout.write(f"batch 3: {n} courses, {options['outage_s']:.0f}s provider outage")
+        restarts = 0
+        if self._postgres:
+            self.stdout.write(f"batch: {n} courses, PostgreSQL restarted mid-batch")
+            jobs = self._submit(users, base_class, "PostgreSQL restart")
+            self._wait_progress(jobs, 0.3)
+            self._postgres.restart(down_s=options["postgres_down_s"])
+            restarts = self._postgres.restarts
+            all_jobs += self._finish(jobs, options["timeout"])
+
+        self.stdout.write(f"batch: {n} courses, {options['outage_s']:.0f}s provider outage")
         jobs = self._submit(users, base_class, "Outage")
         self._wait_progress(jobs, 0.2)
         outage_until = time.time() + options["outage_s"]
         (stack.workdir / "outage").write_text(str(outage_until))
         all_jobs += self._finish(jobs, options["timeout"] + options["outage_s"])
         self._wait_judged(all_jobs, options["timeout"])
+        self._wait_regenerated(all_jobs, options["timeout"])
         report = _report(all_jobs, stack.workdir / "calls.log", self._twice)
-        return {"kills": kills, "redis_restarts": 1, "outage_s": options["outage_s"], **report}
+        return {
+            "kills": kills,
+            "redis_restarts": 1,
+            "postgres_restarts": restarts,
+            "outage_s": options["outage_s"],
+            **report,
+            "job_ids": all_jobs,
+        }
 
     def _submit(self, users: list[Any], base_class: BaseClass, label: str) -> list[UUID]:
         request = CourseRequest(
@@ -297,22 +392,73 @@ class Command(BaseCommand):
             time.sleep(0.5)
         self.stdout.write(f"  judge: {len(jobs) - waiting.count()}/{len(jobs)} courses judged")
 
+    def _wait_regenerated(self, jobs: list[UUID], timeout: float) -> None:
+        """Regenerations (the judge's, the run's own) end on their own messages, after finalize."""
+        open_requests = RegenerationRequest.objects.filter(
+            task__job_id__in=jobs,
+            status__in=[RegenerationStatus.PENDING, RegenerationStatus.RUNNING],
+        )
+        deadline = time.monotonic() + timeout
+        while open_requests.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
     def _finish(self, jobs: list[UUID], timeout: float) -> list[UUID]:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            open_jobs = CourseGenerationJob.objects.filter(pk__in=jobs).exclude(
-                status__in=["succeeded", "failed", "cancelled"]
-            )
-            if not open_jobs.exists():
-                break
+        open_jobs = CourseGenerationJob.objects.filter(pk__in=jobs).exclude(
+            status__in=["succeeded", "failed", "cancelled"]
+        )
+        while time.monotonic() < deadline and _db_tolerant(open_jobs.exists, True):
             time.sleep(0.5)
         done = CourseGenerationJob.objects.filter(pk__in=jobs, status="succeeded").count()
         self.stdout.write(f"  {done}/{len(jobs)} succeeded")
         return jobs
 
 
+def _deadlocks_logged(workdir: Path) -> int:
+    """Deadlocks PostgreSQL reported to any process of the run (it names them in the error)."""
+    return sum(
+        log.read_text(errors="replace").count("deadlock detected") for log in workdir.glob("*.log")
+    )
+
+
+def _watchdog_failed(jobs: list[UUID]) -> set[UUID]:
+    return set(
+        CourseGenerationJob.objects.filter(
+            pk__in=jobs, status=JobStatus.FAILED, error__startswith="stopped by the watchdog"
+        ).values_list("pk", flat=True)
+    )
+
+
+def _ledger_vs_job_cost(jobs: list[UUID]) -> Decimal:
+    """Sum over jobs of |the job's cost - the cost of its tasks' attempts in the ledger|, at the
+    job total's precision (6 places): what the ledger paid and what the job says must agree."""
+    ledger = dict(
+        GenerationAttempt.objects.filter(task__job_id__in=jobs)
+        .values_list("task__job_id")
+        .annotate(cost=Sum("cost_usd"))
+    )
+    step = Decimal("0.000001")
+    return sum(
+        (
+            abs(cost - (ledger.get(pk) or Decimal(0)).quantize(step))
+            for pk, cost in CourseGenerationJob.objects.filter(pk__in=jobs).values_list(
+                "pk", "cost_usd"
+            )
+        ),
+        Decimal(0),
+    )
+
+
 def _succeeded(jobs: list[UUID]) -> int:
     return GenerationTask.objects.filter(job_id__in=jobs, status=TaskStatus.SUCCEEDED).count()
+
+
+def _scratch_postgres(bin_dir: str | None) -> ScratchPostgres:
+    db = settings.DATABASES["default"]
+    if str(db.get("PORT") or "5432") == "5432":
+        # The shared cluster serves everyone else's tests: never the one to restart.
+        raise CommandError("--scratch-postgres needs DATABASE_URL on a port of its own (5442)")
+    return ScratchPostgres(port=int(db["PORT"]), database=str(db["NAME"]), bin_dir=bin_dir)
 
 
 def _redis_port() -> int:
@@ -344,10 +490,13 @@ def _report(jobs: list[UUID], call_log: Path, twice: int) -> dict[str, Any]:
         for t in tasks.filter(status=TaskStatus.SUCCEEDED)
         if t.finished_at
     }
+    # A regeneration (the judge's, or the run's own) calls for a succeeded task on purpose: its
+    # calls carry the version number they are for, and are counted apart.
     duplicates = sum(
         1
         for c in calls
-        if (when := succeeded_at.get((c["job_id"], c["kind"], c["task_key"])))
+        if c.get("variant") is None
+        and (when := succeeded_at.get((c["job_id"], c["kind"], c["task_key"])))
         and c["ts"] > when.timestamp()
     )
     statuses = dict(
@@ -371,10 +520,12 @@ def _report(jobs: list[UUID], call_log: Path, twice: int) -> dict[str, Any]:
         "provider_calls": len(calls),
         "ledger_attempts": GenerationAttempt.objects.filter(task__job_id__in=jobs).count(),
         "duplicate_provider_calls": duplicates,
+        **_regeneration_report(jobs, calls),
         "double_delivered_task_calls": twice_calls,
         "redispatched_runs": tasks.filter(runs__gt=1).count(),
         "deferred_tasks": tasks.filter(deferrals__gt=0).count(),
         "tasks_not_succeeded": tasks.filter(~Q(status=TaskStatus.SUCCEEDED)).count(),
+        "ledger_vs_job_cost_diff_usd": float(_ledger_vs_job_cost(jobs)),
         # Finalize may run twice (chord body and reconciler): each course is still scored once
         # by the heuristic at finalize (a judge-triggered regeneration scores it again, later).
         "courses_not_scored_once": CourseGenerationJob.objects.filter(
@@ -392,6 +543,33 @@ def _report(jobs: list[UUID], call_log: Path, twice: int) -> dict[str, Any]:
         .exclude(evaluations_n=1)
         .count(),
         **_judge_report(jobs, calls),
+    }
+
+
+def _regeneration_report(jobs: list[UUID], calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """Regenerations under the same faults: each request ends, and none is paid again once its
+    version was recorded (a call for that version after the request finished)."""
+    requests = RegenerationRequest.objects.filter(task__job_id__in=jobs)
+    finished = {
+        (str(job_id), kind, key, version): when.timestamp()
+        for job_id, kind, key, version, when in requests.filter(
+            version__isnull=False, finished_at__isnull=False
+        ).values_list("task__job_id", "task__kind", "task__key", "version", "finished_at")
+        if when is not None
+    }
+    regeneration_calls = [c for c in calls if c.get("variant") is not None]
+    return {
+        "regenerations": requests.count(),
+        "regenerations_not_succeeded": requests.exclude(
+            status=RegenerationStatus.SUCCEEDED
+        ).count(),
+        "regeneration_calls": len(regeneration_calls),
+        "duplicate_regeneration_calls": sum(
+            1
+            for c in regeneration_calls
+            if (done := finished.get((c["job_id"], c["kind"], c["task_key"], c["variant"])))
+            and c["ts"] > done
+        ),
     }
 
 

@@ -21,6 +21,9 @@ def call_log_append(path: str, request: CompletionRequest) -> None:
         "task_key": context.get("task_key"),
         "job_id": context.get("job_id"),
         "attempt": context.get("attempt"),
+        # A regeneration's version number (none for a task's own run): a call for a task that
+        # had succeeded is a duplicate only without it.
+        "variant": context.get("variant"),
     }
     line = (json.dumps(entry, default=str) + "\n").encode()
     # O_APPEND plus one write() per line: concurrent writers never interleave within a line.
