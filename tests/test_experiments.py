@@ -82,7 +82,7 @@ def test_every_task_in_scope_records_its_variant_and_uses_its_prompt_and_model(
 ) -> None:
     experiment = make_experiment()
     variants = {v.pk: v for v in experiment.variants.all()}
-    seen = set()
+    seen: set[str] = set()
 
     # Assignment hashes the random job id, so six jobs all landed on one variant about one run in
     # 32: go on until both were seen (at most 24 jobs: a 2**-23 chance of failing by luck).
