@@ -532,6 +532,31 @@ if unknown_roles := set(COURSEGEN_BATCH_ROLES) - {"student", "teacher", "admin"}
     raise ImproperlyConfigured(
         f"COURSEGEN_BATCH_ROLES: unknown roles {sorted(unknown_roles)} (student, teacher, admin)"
     )
+# The similarity layer (docs/cache.md#the-similarity-layer): an equivalent request, asked in
+# other words, is served too. Embeddings come through the provider seam: "local" is the embedded
+# all-MiniLM-L6-v2 int8 ONNX model (no network), "openai" the provider's embeddings endpoint,
+# "off" leaves only the exact layer.
+COURSEGEN_EMBEDDING_PROVIDER = env_choice(
+    "COURSEGEN_EMBEDDING_PROVIDER", "local", ("local", "openai", "off")
+)
+if COURSEGEN_EMBEDDING_PROVIDER == "openai" and not OPENAI_API_KEY and OPENAI_BASE_URL is None:
+    raise ImproperlyConfigured(
+        "COURSEGEN_EMBEDDING_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL)"
+    )
+# "" is the provider's default (local: all-MiniLM-L6-v2-onnx-int8; openai: text-embedding-3-small).
+COURSEGEN_EMBEDDING_MODEL = env_str("COURSEGEN_EMBEDDING_MODEL", "")
+# A candidate is considered from this cosine on; the guards then look at its words.
+COURSEGEN_CACHE_SIMILARITY_THRESHOLD = env_float(
+    "COURSEGEN_CACHE_SIMILARITY_THRESHOLD", 0.85, minimum=0.0
+)
+if COURSEGEN_CACHE_SIMILARITY_THRESHOLD > 1.0:
+    raise ImproperlyConfigured("COURSEGEN_CACHE_SIMILARITY_THRESHOLD must be 0-1")
+# Guards: the least share of content words two requests must have in common, and the cosine at
+# which a word one request has and the other lacks counts as a synonym of one it has.
+COURSEGEN_CACHE_MIN_OVERLAP = env_float("COURSEGEN_CACHE_MIN_OVERLAP", 0.5, minimum=0.0)
+COURSEGEN_CACHE_WORD_MATCH = env_float("COURSEGEN_CACHE_WORD_MATCH", 0.7, minimum=0.0)
+# At most this many candidates (the newest) are scored per lookup.
+COURSEGEN_CACHE_MAX_CANDIDATES = env_int("COURSEGEN_CACHE_MAX_CANDIDATES", 5000, minimum=1)
 # tiktoken reads its encodings from here; generation/tokens.py fills it from bpe-openai offline.
 TIKTOKEN_CACHE_DIR = env_str("TIKTOKEN_CACHE_DIR", str(BASE_DIR / ".cache" / "tiktoken"))
 

@@ -36,6 +36,12 @@ class CacheEntry(models.Model):
     level = models.CharField(max_length=16)
     audience_band = models.CharField(max_length=32)
     context = models.JSONField(help_text="The normalised context the key was made from.")
+    shape_hash = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="sha256 of the context without its free text (topic, audience, instructions): "
+        "the similarity layer compares only entries whose shape is the same.",
+    )
     embedded_text = models.TextField(blank=True, help_text="What the similarity layer embeds.")
     embedding = models.BinaryField(null=True, blank=True, help_text="float32, L2-normalised.")
     embedding_model = models.CharField(max_length=100, blank=True)
@@ -80,6 +86,9 @@ class CacheEntry(models.Model):
                 name="cache_exact_fields",
             ),
             models.Index(fields=["key_hash"], name="cache_key_hash"),
+            models.Index(
+                fields=["shape_hash", "embedding_model", "organisation"], name="cache_similar"
+            ),
         ]
         verbose_name = "cache entry"
         verbose_name_plural = "cache entries"

@@ -165,6 +165,8 @@ class FakeOpenAIServer:
                 return self._script.popleft()
         if request.path == "/v1/moderations":
             return ScriptedResponse(200, moderation_body(request.body, self.moderation))
+        if request.path == "/v1/embeddings":
+            return ScriptedResponse(200, embeddings_body(request.body))
         if request.path != "/v1/chat/completions":
             return ScriptedResponse(404, {"error": {"message": f"no route {request.path}"}})
         if self.mode == "llamacpp" and request.response_format_type == "json_schema":
@@ -187,6 +189,27 @@ OPENAI_MODERATION_CATEGORIES = (
     "illicit/violent", "self-harm", "self-harm/instructions", "self-harm/intent", "sexual",
     "sexual/minors", "violence", "violence/graphic",
 )  # fmt: skip
+
+
+def embeddings_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A /v1/embeddings response in OpenAI's shape: 8 unnormalised dimensions from the text's
+    letters (texts with the same letters embed alike), listed in reverse order."""
+    texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": [float(1 + sum(ord(c) % 8 == d for c in t)) for d in range(8)],
+        }
+        for i, t in enumerate(texts)
+    ]
+    tokens = sum(len(t.split()) for t in texts)
+    return {
+        "object": "list",
+        "data": data[::-1],
+        "model": str(body.get("model", "text-embedding-3-small")),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def flag_marked(text: str) -> set[str]:

@@ -21,12 +21,13 @@ from django.utils import timezone
 
 from accounts.models import Organisation
 from generation import checks
-from generation.cache import keys
+from generation.cache import keys, similar
 from generation.cache_models import CacheEntry
 from generation.llm import AttemptRecord, GenerationResult, TaskSpec
 from generation.models import GenerationTask
+from generation.prompts import task_context
 from generation.providers.base import Usage
-from generation.schemas import Question, TaskKind
+from generation.schemas import TASK_TIERS, CourseRequest, Question, TaskKind, Tier
 from monitoring.logs import log_event
 
 logger = logging.getLogger("coursegen.generation")
@@ -90,26 +91,67 @@ def cache_key_for(spec: TaskSpec) -> CacheKey:
     )
 
 
+def outline_key(request: CourseRequest) -> CacheKey:
+    """The key of a course request's outline, as its outline task would look it up (for
+    `cache_match` and `bench_cache`, which have no task)."""
+    kind, tier = TaskKind.OUTLINE, TASK_TIERS[TaskKind.OUTLINE]
+    model = (
+        settings.COURSEGEN_MODEL_COMPLEX
+        if tier is Tier.COMPLEX
+        else settings.COURSEGEN_MODEL_SIMPLE
+    )
+    context = task_context(kind, "course", request=request, outline=None)
+    spec = TaskSpec(
+        kind=kind, tier=tier, model=model, request=request, outline=None, context=context
+    )
+    return cache_key_for(spec)
+
+
 def _scope(organisation: Organisation) -> Q:
     """An organisation's own entries, and shared ones when it shares its cache."""
     own = Q(organisation=organisation)
     return own | Q(shared=True) if organisation.share_generation_cache else own
 
 
+@dataclass
+class Found:
+    """A lookup's outcome: the entry (None on a miss), the layer that found it, and the
+    similarity layer's best score and refusals (so the threshold can be tuned from the logs)."""
+
+    entry: CacheEntry | None
+    layer: str | None  # "exact" | "similar" | None
+    similar: similar.Match | None = None
+
+
+def cache_find(*, key: CacheKey, organisation: Organisation) -> Found:
+    """The exact layer, then the similarity layer (unless COURSEGEN_EMBEDDING_PROVIDER=off). A
+    hit slides the entry's expiry."""
+    entry = _exact_match(key, organisation)
+    if entry is not None:
+        _hit_record(entry)
+        return Found(entry, "exact")
+    match = similar.similar_match(
+        exact_fields=key.exact_fields(), context=key.context, scope=_scope(organisation)
+    )
+    if match.entry is not None:
+        _hit_record(match.entry)
+        return Found(match.entry, "similar", match)
+    return Found(None, None, match)
+
+
 def cache_lookup(*, task: GenerationTask, spec: TaskSpec) -> GenerationResult | None:
     """The cached output for the task as a finished run (one attempt of kind `cache`), or None.
-    A hit slides the entry's expiry. A database error is a miss: the task is generated."""
+    A database error is a miss: the task is generated."""
     started = time.monotonic()
     key = cache_key_for(spec)
     try:
-        entry = _exact_match(key, task.job.organisation)
-        if entry is not None:
-            _hit_record(entry)
+        found = cache_find(key=key, organisation=task.job.organisation)
     except DatabaseError:
         logger.warning("cache lookup failed for task %s; generating", task.pk, exc_info=True)
         return None
     lookup_ms = round((time.monotonic() - started) * 1000)
-    _lookup_log(task=task, key=key, entry=entry, lookup_ms=lookup_ms)
+    _lookup_log(task=task, key=key, found=found, lookup_ms=lookup_ms)
+    entry = found.entry
     if entry is None:
         return None
     attempt = AttemptRecord(
@@ -149,22 +191,29 @@ def _hit_record(entry: CacheEntry) -> None:
     )
 
 
-def _lookup_log(
-    *, task: GenerationTask, key: CacheKey, entry: CacheEntry | None, lookup_ms: int
-) -> None:
-    hit = entry is not None
+def _lookup_log(*, task: GenerationTask, key: CacheKey, found: Found, lookup_ms: int) -> None:
+    entry, match = found.entry, found.similar
+    outcome = f"hit ({found.layer})" if entry else "miss"
+    if match is not None and match.score is not None:
+        outcome += f", best similarity {match.score:.3f}"
+        if entry is None and match.rejected_by:
+            outcome += f" refused by {match.rejected_by}"
     log_event(
-        "cache.hit" if hit else "cache.miss",
-        f"{task.kind} {task.key}: cache {'hit (exact)' if hit else 'miss'}",
+        "cache.hit" if entry else "cache.miss",
+        f"{task.kind} {task.key}: cache {outcome}",
         job=task.job,
         task=task,
         duration_ms=lookup_ms,
         data={
-            "layer": "exact" if hit else None,
+            "layer": found.layer,
             "key_hash": key.key_hash,
             "entry_id": entry.pk if entry else None,
             "saved_cost_usd": str(entry.cost_usd) if entry else "0",
             "saved_ms": entry.duration_ms if entry else 0,
+            "best_score": match.score if match else None,
+            "rejected_by": match.rejected_by if match else None,
+            "candidates": match.candidates if match else 0,
+            "rejections": match.rejections if match else [],
         },
     )
 
@@ -194,8 +243,33 @@ def cache_entry_store(
     quality = output_quality(kind=spec.kind, data=result.data, result=result)
     if quality < settings.COURSEGEN_CACHE_MIN_QUALITY:
         return None
-    key = cache_key_for(spec)
-    organisation = task.job.organisation
+    return cache_entry_put(
+        key=cache_key_for(spec),
+        organisation=task.job.organisation,
+        output=result.data,
+        moderation=result.moderation,
+        quality=quality,
+        cost_usd=result.cost_usd,
+        duration_ms=round(wall_s * 1000),
+        source_task=task,
+    )
+
+
+def cache_entry_put(
+    *,
+    key: CacheKey,
+    organisation: Organisation,
+    output: dict[str, Any],
+    quality: float,
+    cost_usd: Decimal,
+    duration_ms: int,
+    moderation: str = "",
+    source_task: GenerationTask | None = None,
+) -> CacheEntry | None:
+    """Store one entry with its embedding (none when embeddings are off or fail: the exact
+    layer still serves it). None when the key is stored for the organisation already."""
+    embedding = similar.embedding_for(key.context)
+    text, model, vector = embedding if embedding else ("", "", None)
     try:
         with transaction.atomic():
             return CacheEntry.objects.create(
@@ -204,17 +278,21 @@ def cache_entry_store(
                 shared=organisation.share_generation_cache,
                 tier=key.tier,
                 context=key.context,
-                output=result.data,
-                moderation=result.moderation,
+                shape_hash=similar.shape_hash(key.context),
+                embedded_text=text,
+                embedding=vector,
+                embedding_model=model,
+                output=output,
+                moderation=moderation,
                 quality=quality,
-                cost_usd=result.cost_usd,
-                duration_ms=round(wall_s * 1000),
-                source_task=task,
+                cost_usd=cost_usd,
+                duration_ms=duration_ms,
+                source_task=source_task,
                 expires_at=timezone.now() + _ttl(key.kind),
                 **key.exact_fields(),
             )
     except IntegrityError:
         return None  # stored already (another job of the same request got there first)
     except DatabaseError:
-        logger.warning("cache store failed for task %s", task.pk, exc_info=True)
+        logger.warning("cache store failed for %s", key.key_hash, exc_info=True)
         return None

@@ -10,6 +10,8 @@ from generation.providers.base import (
     MODERATION_CATEGORIES,
     Completion,
     CompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResult,
     InvalidOutputError,
     Message,
     ModerationRequest,
@@ -25,6 +27,8 @@ __all__ = [
     "MODERATION_CATEGORIES",
     "Completion",
     "CompletionRequest",
+    "EmbeddingRequest",
+    "EmbeddingResult",
     "InvalidOutputError",
     "Message",
     "ModerationRequest",
@@ -34,6 +38,7 @@ __all__ = [
     "ProviderError",
     "TransientProviderError",
     "Usage",
+    "get_embedding_provider",
     "get_moderation_provider",
     "get_provider",
 ]
@@ -60,3 +65,27 @@ def get_moderation_provider() -> Provider | None:
     if name == "off":
         return None
     return get_provider(name or None)
+
+
+# The embeddings model each embeddings provider uses when COURSEGEN_EMBEDDING_MODEL is empty.
+DEFAULT_EMBEDDING_MODELS = {
+    "local": "all-MiniLM-L6-v2-onnx-int8",
+    "openai": "text-embedding-3-small",
+}
+
+
+@functools.cache
+def _local_embeddings() -> Provider:
+    from generation.providers.local_embeddings import LocalEmbeddingProvider
+
+    return LocalEmbeddingProvider()
+
+
+def get_embedding_provider() -> tuple[Provider, str] | None:
+    """The provider and model that embed for the cache's similarity layer; None when it is off
+    (COURSEGEN_EMBEDDING_PROVIDER=off)."""
+    name = settings.COURSEGEN_EMBEDDING_PROVIDER
+    if name == "off":
+        return None
+    model = settings.COURSEGEN_EMBEDDING_MODEL or DEFAULT_EMBEDDING_MODELS[name]
+    return (_local_embeddings() if name == "local" else get_provider("openai")), model

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel
 
 from generation.schemas import TaskKind, Tier
@@ -127,6 +129,11 @@ class Provider(abc.ABC):
         Providers without a moderation endpoint refuse, permanently."""
         raise PermanentProviderError(f"the {self.name} provider has no moderation endpoint")
 
+    def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """Embed texts (the content cache's similarity layer). Providers without an embeddings
+        endpoint refuse, permanently."""
+        raise PermanentProviderError(f"the {self.name} provider has no embeddings endpoint")
+
 
 # --- Moderation -----------------------------------------------------------------------------------
 # Our categories; each vendor maps its own onto these (openai.py: OpenAI's "illicit" is
@@ -149,3 +156,20 @@ class ModerationResult:
     provider: str
     latency_s: float
     per_text: tuple[tuple[str, ...], ...] = ()  # each text's flagged categories, in order
+
+
+# --- Embeddings -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    texts: tuple[str, ...]
+    model: str
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    # One row per text, float32, L2-normalised (so a dot product is the cosine).
+    vectors: NDArray[np.float32]
+    model: str  # the model's name and version: vectors of different models never compare
+    provider: str
+    latency_s: float
+    usage: Usage = field(default_factory=Usage)

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import openai
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
@@ -37,6 +38,8 @@ from generation.providers.base import (
     MODERATION_CATEGORIES,
     Completion,
     CompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResult,
     InvalidOutputError,
     ModerationRequest,
     ModerationResult,
@@ -329,6 +332,26 @@ class OpenAIProvider(Provider):
             provider=self.name,
             latency_s=time.monotonic() - started,
             per_text=tuple(per_text),
+        )
+
+    def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """One call of the embeddings endpoint for all the texts; rows L2-normalised."""
+        started = time.monotonic()
+        try:
+            response = self._client.embeddings.create(
+                model=request.model, input=list(request.texts), encoding_format="float"
+            )
+        except openai.OpenAIError as exc:
+            raise self._classify(exc, time.monotonic() - started) from exc
+        rows = sorted(response.data, key=lambda d: d.index)
+        vectors = np.array([row.embedding for row in rows], dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return EmbeddingResult(
+            vectors=vectors / np.clip(norms, 1e-12, None),
+            model=response.model or request.model,
+            provider=self.name,
+            latency_s=time.monotonic() - started,
+            usage=Usage(input_tokens=response.usage.prompt_tokens if response.usage else 0),
         )
 
     # --- calling --------------------------------------------------------------------------------
