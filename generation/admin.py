@@ -35,6 +35,7 @@ from generation.models import (
 from generation.quality import feedback
 from generation.quality_admin import JudgeRunInline, RatingInline
 from generation.rubric import HUMAN_EVALUATOR
+from ratelimits.services import RateLimitExceeded, RequestTooLarge, violation_record
 
 TASK_INLINE_FIELDS: tuple[str, ...] = (
     "kind",
@@ -290,11 +291,25 @@ def _recover_each(
     resumed = 0
     for job_id, task_ids in work:
         try:
-            recovery.job_resume(job_id=job_id, task_ids=task_ids, by=f"staff {request.user}")
+            recovery.job_resume(
+                job_id=job_id,
+                task_ids=task_ids,
+                by=f"staff {request.user}",
+                user=request.user,  # type: ignore[arg-type]  # staff only
+            )
             resumed += 1
-        except services.GenerationError as exc:
+        except (services.GenerationError, RequestTooLarge) as exc:
             model_admin.message_user(request, f"job {job_id}: {exc}", level=messages.WARNING)
+        except RateLimitExceeded as exc:
+            _refused(model_admin, request, f"job {job_id}", exc)
     model_admin.message_user(request, f"Resumed {resumed} job(s).")
+
+
+def _refused(
+    model_admin: admin.ModelAdmin, request: HttpRequest, what: str, exc: RateLimitExceeded
+) -> None:
+    violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]  # staff only
+    model_admin.message_user(request, f"{what}: {exc.detail}", level=messages.WARNING)
 
 
 class AttemptInline(ReadOnlyTabularInline):
@@ -414,6 +429,8 @@ class TaskAdmin(admin.ModelAdmin):
                 started += 1
             except services.GenerationError as exc:
                 self.message_user(request, f"{task}: {exc}", level=messages.WARNING)
+            except RateLimitExceeded as exc:
+                _refused(self, request, str(task), exc)
         self.message_user(request, f"Regenerating {started} task(s).")
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -46,9 +46,9 @@ from generation.serializers import (
     TaskRegenerateOutputSerializer,
     TaskStatusSerializer,
 )
-from ratelimits.apis import too_many_requests
+from ratelimits.apis import too_large, too_many_requests
 from ratelimits.serializers import RateLimitExceededOutputSerializer
-from ratelimits.services import RateLimitExceeded, violation_record
+from ratelimits.services import RateLimitExceeded, RequestTooLarge, violation_record
 
 IDEMPOTENCY_KEY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -125,6 +125,18 @@ def _visible_job(request: Request, job_id: UUID) -> CourseGenerationJob:
     return job
 
 
+TOO_LARGE = OpenApiResponse(
+    description="Field errors; or (code request_too_large) larger than the role's task budget "
+    "allows in a whole window"
+)
+RECOVER_RESPONSES: dict[int, Any] = {
+    200: JobDetailOutputSerializer,
+    400: TOO_LARGE,
+    409: OpenApiResponse(description="Not failed"),
+    429: RateLimitExceededOutputSerializer,
+}
+
+
 class JobCollectionApi(APIView):
     """GET lists the jobs the caller may see; POST submits a new course request."""
 
@@ -146,7 +158,7 @@ class JobCollectionApi(APIView):
         parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={
             201: JobDetailOutputSerializer,
-            400: OpenApiResponse(description="Field errors"),
+            400: TOO_LARGE,
             403: OpenApiResponse(
                 description='"urgency": "batch" is not allowed for the caller\'s role '
                 "(COURSEGEN_BATCH_ROLES); the error is under urgency"
@@ -197,6 +209,8 @@ class JobCollectionApi(APIView):
         except RateLimitExceeded as exc:
             violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]
             return too_many_requests(exc)
+        except RequestTooLarge as exc:
+            return too_large(exc)
         # `job` is the row as inserted, its owner, queue entry and tasks in hand: no re-read.
         headers = {"Location": f"/api/jobs/{job.id}/"}
         return Response(JobDetailOutputSerializer(job).data, status=201, headers=headers)
@@ -329,12 +343,12 @@ class JobResumeApi(APIView):
 
     @extend_schema(
         request=None,
-        responses={200: JobDetailOutputSerializer, 409: OpenApiResponse(description="Not failed")},
+        responses=RECOVER_RESPONSES,
         operation_id="jobs_resume",
     )
     def post(self, request: Request, job_id: UUID) -> Response:
         job = _visible_job(request, job_id)
-        return _recover(job, task_ids=None, by=str(request.user))
+        return _recover(request, job, task_ids=None)
 
 
 class TaskRetryApi(APIView):
@@ -342,21 +356,31 @@ class TaskRetryApi(APIView):
 
     @extend_schema(
         request=None,
-        responses={200: JobDetailOutputSerializer, 409: OpenApiResponse(description="Not failed")},
+        responses=RECOVER_RESPONSES,
         operation_id="jobs_task_retry",
     )
     def post(self, request: Request, job_id: UUID, task_id: int) -> Response:
         job = _visible_job(request, job_id)
         if not job.tasks.filter(pk=task_id).exists():
             raise Http404("No such task in this job.")
-        return _recover(job, task_ids=[task_id], by=str(request.user))
+        return _recover(request, job, task_ids=[task_id])
 
 
-def _recover(job: CourseGenerationJob, *, task_ids: list[int] | None, by: str) -> Response:
+def _recover(request: Request, job: CourseGenerationJob, *, task_ids: list[int] | None) -> Response:
     try:
-        recovery.job_resume(job_id=job.id, task_ids=task_ids, by=by)
+        recovery.job_resume(
+            job_id=job.id,
+            task_ids=task_ids,
+            by=str(request.user),
+            user=request.user,  # type: ignore[arg-type]  # IsAuthenticated ran
+        )
     except services.GenerationError as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    except RateLimitExceeded as exc:
+        violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]
+        return too_many_requests(exc)
+    except RequestTooLarge as exc:
+        return too_large(exc)
     job.refresh_from_db()
     return Response(JobDetailOutputSerializer(job).data)
 
@@ -372,6 +396,7 @@ class TaskRegenerateApi(APIView):
             400: OpenApiResponse(description="Field errors"),
             409: OpenApiResponse(description="The task cannot be regenerated now"),
             422: ContentFlaggedOutputSerializer,
+            429: RateLimitExceededOutputSerializer,
             503: OpenApiResponse(description="Content moderation unavailable; retry later"),
         },
         operation_id="tasks_regenerate",
@@ -398,5 +423,8 @@ class TaskRegenerateApi(APIView):
             )
         except services.GenerationError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except RateLimitExceeded as exc:
+            violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]
+            return too_many_requests(exc)
         task.refresh_from_db()  # with eager Celery (demo, tests) the new version is already there
         return Response(TaskRegenerateOutputSerializer(task).data, status=status.HTTP_202_ACCEPTED)

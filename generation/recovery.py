@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
 
@@ -44,6 +45,9 @@ from generation.quality import judging
 from generation.queueing import aged_broker_priority
 from generation.schemas import TaskKind
 from generation.selectors import jobs_stuck
+from ratelimits.models import AdmissionKind
+from ratelimits.selectors import NotAMemberError
+from ratelimits.services import work_admit
 
 logger = logging.getLogger("coursegen.recovery")
 
@@ -215,11 +219,32 @@ def _fail_stuck_jobs(*, now: datetime, report: ReconcileReport) -> int:
 
 
 # --- Task-level recovery (API, admin and `manage.py recover_jobs`) ------------------------------
+def _resume_admit(
+    *, job: CourseGenerationJob, failed: QuerySet[GenerationTask], user: User
+) -> None:
+    """A resume weighs the tasks it puts back to work; a failed outline plans the whole course
+    again, so it weighs the job's full size."""
+    kinds = set(failed.values_list("kind", flat=True))
+    size = job.course_request.task_count if TaskKind.OUTLINE in kinds else failed.count()
+    try:
+        work_admit(
+            user=user, organisation_id=job.organisation_id, kind=AdmissionKind.RESUME, units=size
+        )
+    except NotAMemberError as exc:
+        raise services.GenerationError("you are not a member of this job's organisation") from exc
+
+
 @transaction.atomic
 def job_resume(
-    *, job_id: UUID, task_ids: list[int] | None = None, by: str = "staff"
+    *,
+    job_id: UUID,
+    task_ids: list[int] | None = None,
+    by: str = "staff",
+    user: User | None = None,
 ) -> CourseGenerationJob:
-    """Put failed tasks (all, or the ones named) of a failed job back to work."""
+    """Put failed tasks (all, or the ones named) of a failed job back to work. When a person
+    asks (`user`), the resume passes admission first: their role's resume and task limits
+    and their concurrent-job limit (the job takes a slot again)."""
     job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
     if job.status != JobStatus.FAILED:
         raise services.GenerationError(f"only failed jobs can be resumed; this one is {job.status}")
@@ -235,6 +260,8 @@ def job_resume(
         failed = failed.filter(pk__in=task_ids)
     if not failed.exists():
         raise services.GenerationError("the job has no failed tasks to retry")
+    if user is not None:
+        _resume_admit(job=job, failed=failed, user=user)
     count = failed.update(
         status=TaskStatus.PENDING,
         error="",

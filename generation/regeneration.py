@@ -52,10 +52,24 @@ from generation.providers import Provider, get_provider
 from generation.schemas import OUTPUT_SCHEMAS, TaskKind
 from generation.services import GenerationError, LeaseClock, while_lease_holds
 from monitoring.logs import log_event
+from ratelimits.models import AdmissionKind
+from ratelimits.selectors import NotAMemberError
+from ratelimits.services import work_admit
 
 logger = logging.getLogger("coursegen.generation")
 
 BUSY_RETRY_S = 5.0  # another regeneration of the same course is running: try again after this
+# Regenerations people ask for pass admission; the quality loop's are bounded per job instead.
+ADMITTED_SOURCES = (RegenerationSource.API, RegenerationSource.ADMIN)
+
+
+def _admit(*, by: User, organisation_id: UUID) -> None:
+    try:
+        work_admit(
+            user=by, organisation_id=organisation_id, kind=AdmissionKind.REGENERATION, units=1
+        )
+    except NotAMemberError as exc:
+        raise GenerationError("you are not a member of this course's organisation") from exc
 
 
 def _regenerable_problem(task: GenerationTask) -> str:
@@ -78,9 +92,10 @@ def regeneration_request_create(
     part: str = "",
     send: bool = True,
 ) -> RegenerationRequest:
-    """Check that the task can be regenerated now, record the request and send it after
-    commit (unless the caller runs it itself). GenerationError (safe to show) when it cannot,
-    or when one is open already."""
+    """Check that the task can be regenerated now, admit it (a person's request: the
+    regeneration and task limits of their role), record the request and send it after commit
+    (unless the caller runs it itself). GenerationError (safe to show) when it cannot, or when
+    one is open already; RateLimitExceeded or RequestTooLarge when admission refuses."""
     with transaction.atomic():
         task = GenerationTask.objects.select_related("job").get(pk=task_id)
         problem = _regenerable_problem(task)
@@ -89,6 +104,8 @@ def regeneration_request_create(
             problem = f"{task.kind} has no part {part!r}"
         if problem:
             raise GenerationError(problem)
+        if by is not None and source in ADMITTED_SOURCES:
+            _admit(by=by, organisation_id=task.job.organisation_id)
         try:
             with transaction.atomic():  # a savepoint: the unique constraint may refuse
                 request = RegenerationRequest.objects.create(

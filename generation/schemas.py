@@ -45,6 +45,13 @@ class CourseRequest(Strict):
     language: str = Field(default="en", pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
     instructions: str = Field(default="", max_length=2000)
 
+    @property
+    def task_count(self) -> int:
+        """The tasks a course of this size runs (what admission weighs it by): its outline,
+        three per lesson (section, assessment, brain bytes), one summary per module, the mind
+        map and the metadata (services.plan_units)."""
+        return 1 + self.num_modules * (3 * self.lessons_per_module + 1) + 2
+
 
 # --- Outline ------------------------------------------------------------------------------------
 class LessonOutline(Strict):

@@ -19,6 +19,7 @@ from celery import Task, shared_task
 from generation import cache, recovery, regeneration, services
 from generation.models import RegenerationSource
 from generation.quality import judging
+from ratelimits.services import RateLimitExceeded, RequestTooLarge
 
 
 def _run_deferrable(task: Task, call: Callable[[], float | None]) -> None:
@@ -89,7 +90,8 @@ def _regenerate_legacy(*, task_id: int, instruction: str, user_id: int) -> None:
         regeneration.regeneration_request_create(
             task_id=task_id, by=user, source=RegenerationSource.API, instruction=instruction
         )
-    except services.GenerationError as exc:  # e.g. a second request for the same task
+    except (services.GenerationError, RateLimitExceeded, RequestTooLarge) as exc:
+        # e.g. a second request for the same task, or over the user's regeneration limit
         logger.warning("task %s not regenerated: %s", task_id, exc)
 
 

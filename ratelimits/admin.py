@@ -12,8 +12,17 @@ from ratelimits.models import RateLimitPolicy, RateLimitUsage, RateLimitViolatio
 
 @admin.register(RateLimitPolicy)
 class RateLimitPolicyAdmin(admin.ModelAdmin):
-    list_display = ["role", "per_minute", "per_hour", "per_day", "max_concurrent", "updated_at"]
-    list_editable = ["per_minute", "per_hour", "per_day", "max_concurrent"]
+    list_editable = [
+        "per_minute",
+        "per_hour",
+        "per_day",
+        "max_concurrent",
+        "tasks_per_hour",
+        "tasks_per_day",
+        "regenerations_per_hour",
+        "resumes_per_hour",
+    ]
+    list_display = ["role", *list_editable, "updated_at"]
     list_display_links = ["role"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:

@@ -10,19 +10,20 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ratelimits.models import WINDOW_LENGTHS
+from ratelimits.models import LIMIT_SPECS
 from ratelimits.selectors import NotAMemberError, membership_for_limits, usage_report
 from ratelimits.serializers import (
     RateLimitExceededOutputSerializer,
     UserRateLimitsInputSerializer,
     UserRateLimitsOutputSerializer,
 )
-from ratelimits.services import RateLimitExceeded
+from ratelimits.services import RateLimitExceeded, RequestTooLarge
 
 
 def too_many_requests(exceeded: RateLimitExceeded) -> Response:
-    """The 429 for a refused job request: the limit, its window, its reset, and Retry-After."""
-    length = WINDOW_LENGTHS.get(exceeded.window)  # None for the concurrent limit
+    """The 429 for a refused request: the limit, its window, its reset, and Retry-After."""
+    spec = LIMIT_SPECS.get(exceeded.window)  # None for the concurrent limit
+    length = spec.length if spec else None
     body = RateLimitExceededOutputSerializer(
         {
             "detail": exceeded.detail,
@@ -33,6 +34,7 @@ def too_many_requests(exceeded: RateLimitExceeded) -> Response:
             "used": exceeded.used,
             "reset_at": exceeded.reset_at,
             "retry_after_s": exceeded.retry_after_s,
+            "requested": exceeded.requested,
         }
     ).data
     return Response(
@@ -40,6 +42,19 @@ def too_many_requests(exceeded: RateLimitExceeded) -> Response:
         status=status.HTTP_429_TOO_MANY_REQUESTS,
         headers={"Retry-After": str(exceeded.retry_after_s)},
     )
+
+
+def too_large(exc: RequestTooLarge) -> Response:
+    """The 400 for a request larger than its caller's role may spend in a whole window."""
+    body = {
+        "detail": exc.detail,
+        "code": "request_too_large",
+        "role": exc.role,
+        "window": exc.window,
+        "limit": exc.limit,
+        "requested": exc.requested,
+    }
+    return Response(body, status=status.HTTP_400_BAD_REQUEST)
 
 
 class UserRateLimitsApi(APIView):

@@ -6,6 +6,7 @@ Admission is decided from the admissions log (sliding windows counted exactly) a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -17,19 +18,68 @@ from accounts.models import Role
 
 
 class Window(models.TextChoices):
-    MINUTE = "minute", "Per minute"
-    HOUR = "hour", "Per hour"
-    DAY = "day", "Per day"
+    MINUTE = "minute", "Jobs per minute"
+    HOUR = "hour", "Jobs per hour"
+    DAY = "day", "Jobs per day"
     CONCURRENT = "concurrent", "Concurrent jobs"
+    TASKS_HOUR = "tasks_hour", "Tasks per hour"
+    TASKS_DAY = "tasks_day", "Tasks per day"
+    REGENERATIONS_HOUR = "regenerations_hour", "Regenerations per hour"
+    RESUMES_HOUR = "resumes_hour", "Resumes per hour"
 
 
-# Sliding windows, shortest first. The longest one bounds how long admissions are kept.
-WINDOW_LENGTHS: dict[Window, timedelta] = {
-    Window.MINUTE: timedelta(minutes=1),
-    Window.HOUR: timedelta(hours=1),
-    Window.DAY: timedelta(days=1),
+class AdmissionKind(models.TextChoices):
+    """What was admitted: each is paid provider work, and each passes admission."""
+
+    JOB = "job", "Course generation job"
+    REGENERATION = "regeneration", "Task regeneration"
+    RESUME = "resume", "Resume of failed tasks"
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """One sliding-window limit: its length, the admissions it counts and how (how many, or
+    the sum of their sizes in tasks), and the policy field holding its limit."""
+
+    length: timedelta
+    kinds: tuple[AdmissionKind, ...]
+    weighted: bool
+    field: str
+    noun: str
+
+
+_ALL = tuple(AdmissionKind)
+_JOBS = "course generation requests"
+# Sliding-window limits, in the order the usage endpoint lists them. Every one of them is at most
+# a day long: the longest bounds how long admissions are kept.
+LIMIT_SPECS: dict[Window, LimitSpec] = {
+    Window.MINUTE: LimitSpec(
+        timedelta(minutes=1), (AdmissionKind.JOB,), False, "per_minute", _JOBS
+    ),
+    Window.HOUR: LimitSpec(timedelta(hours=1), (AdmissionKind.JOB,), False, "per_hour", _JOBS),
+    Window.DAY: LimitSpec(timedelta(days=1), (AdmissionKind.JOB,), False, "per_day", _JOBS),
+    Window.TASKS_HOUR: LimitSpec(
+        timedelta(hours=1), _ALL, True, "tasks_per_hour", "generation tasks (paid provider work)"
+    ),
+    Window.TASKS_DAY: LimitSpec(
+        timedelta(days=1), _ALL, True, "tasks_per_day", "generation tasks (paid provider work)"
+    ),
+    Window.REGENERATIONS_HOUR: LimitSpec(
+        timedelta(hours=1),
+        (AdmissionKind.REGENERATION,),
+        False,
+        "regenerations_per_hour",
+        "task regenerations",
+    ),
+    Window.RESUMES_HOUR: LimitSpec(
+        timedelta(hours=1), (AdmissionKind.RESUME,), False, "resumes_per_hour", "job resumes"
+    ),
 }
-LONGEST_WINDOW = max(WINDOW_LENGTHS.values())
+# The job-count windows, whose counts the usage row keeps a snapshot of.
+WINDOW_LENGTHS: dict[Window, timedelta] = {
+    w: LIMIT_SPECS[w].length for w in (Window.MINUTE, Window.HOUR, Window.DAY)
+}
+LONGEST_WINDOW = max(spec.length for spec in LIMIT_SPECS.values())
 
 
 class RateLimitPolicy(models.Model):
@@ -42,6 +92,24 @@ class RateLimitPolicy(models.Model):
     max_concurrent = models.PositiveIntegerField(
         validators=[MinValueValidator(1)],
         help_text="Jobs a user may have between admission and their end (queued or running).",
+    )
+    # Paid work, weighed by size: a job counts its planned tasks (1 + modules x (3 x lessons + 1)
+    # + 2), a regeneration 1, a resume the tasks it puts back to work.
+    tasks_per_hour = models.PositiveIntegerField(
+        default=430,
+        validators=[MinValueValidator(1)],
+        help_text="Generation tasks (jobs by size, regenerations, resumes) per sliding hour.",
+    )
+    tasks_per_day = models.PositiveIntegerField(
+        default=2150,
+        validators=[MinValueValidator(1)],
+        help_text="Generation tasks (jobs by size, regenerations, resumes) per sliding day.",
+    )
+    regenerations_per_hour = models.PositiveIntegerField(
+        default=10, validators=[MinValueValidator(1)], help_text="Task regenerations per hour."
+    )
+    resumes_per_hour = models.PositiveIntegerField(
+        default=3, validators=[MinValueValidator(1)], help_text="Resumes of failed jobs per hour."
     )
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -65,12 +133,9 @@ class RateLimitPolicy(models.Model):
         )
 
     def limit_for(self, window: Window) -> int:
-        return {
-            Window.MINUTE: self.per_minute,
-            Window.HOUR: self.per_hour,
-            Window.DAY: self.per_day,
-            Window.CONCURRENT: self.max_concurrent,
-        }[window]
+        if window == Window.CONCURRENT:
+            return self.max_concurrent
+        return int(getattr(self, LIMIT_SPECS[window].field))
 
 
 class RateLimitUsage(models.Model):
@@ -105,7 +170,8 @@ class RateLimitUsage(models.Model):
 
 
 class Admission(models.Model):
-    """One row per admitted job request: the log sliding windows are counted from.
+    """One row per admitted request (a job, a regeneration, a resume) with its size in tasks:
+    the log sliding windows are counted from.
 
     Rows older than the longest window are pruned when the same user is next admitted.
     """
@@ -117,6 +183,12 @@ class Admission(models.Model):
         db_index=False,  # the (user, admitted_at) index serves every query
     )
     admitted_at = models.DateTimeField()
+    kind = models.CharField(
+        max_length=16, choices=AdmissionKind.choices, default=AdmissionKind.JOB, db_default="job"
+    )
+    units = models.PositiveIntegerField(
+        default=1, db_default=1, help_text="Its size in generation tasks."
+    )
 
     class Meta:
         db_table = "course_generation_rate_limit_admissions"
@@ -134,7 +206,7 @@ class RateLimitViolation(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="rate_limit_violations"
     )
     role = models.CharField(max_length=16, choices=Role.choices)
-    window = models.CharField(max_length=16, choices=Window.choices)
+    window = models.CharField(max_length=24, choices=Window.choices)
     limit = models.PositiveIntegerField()
     used = models.PositiveIntegerField()
     reset_at = models.DateTimeField(

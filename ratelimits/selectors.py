@@ -13,12 +13,12 @@ from uuid import UUID
 
 from django.contrib.auth.models import User
 from django.db import connection
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min, Q, Sum
 
 from accounts.models import Membership, Role
 from coursegen import db
 from generation.models import JOB_TERMINAL, CourseGenerationJob
-from ratelimits.models import WINDOW_LENGTHS, Admission, RateLimitPolicy, Window
+from ratelimits.models import LIMIT_SPECS, Admission, RateLimitPolicy, Window
 
 ROLE_RANK = {Role.STUDENT: 0, Role.TEACHER: 1, Role.ADMIN: 2}
 
@@ -45,7 +45,7 @@ class WindowUsage:
 
     @property
     def seconds(self) -> int:
-        return int(WINDOW_LENGTHS[self.window].total_seconds())
+        return int(LIMIT_SPECS[self.window].length.total_seconds())
 
 
 @dataclass(frozen=True)
@@ -93,11 +93,11 @@ def usage_report(*, user: User, organisation_id: UUID, now: datetime) -> UsageRe
             user=user,
             window=window,
             limit=policy.limit_for(window),
-            used=counted[f"{window}_used"],
+            used=counted[f"{window}_used"] or 0,
             started_at=counted[f"{window}_start"],
             now=now,
         )
-        for window in WINDOW_LENGTHS
+        for window in LIMIT_SPECS
     )
     return UsageReport(
         role=Role(policy.role),
@@ -115,20 +115,27 @@ def _usage_orm(
     if membership is None:
         raise NotAMemberError(f"user {user.pk} is not a member of {organisation_id}")
     policy = policy_get(role=Role(membership.role))
-    aggregates: dict[str, Count | Min] = {}
-    for window, length in WINDOW_LENGTHS.items():
-        inside = Q(admitted_at__gt=now - length)
-        aggregates[f"{window}_used"] = Count("pk", filter=inside)
+    aggregates: dict[str, Count | Min | Sum] = {}
+    for window, spec in LIMIT_SPECS.items():
+        inside = Q(admitted_at__gt=now - spec.length, kind__in=spec.kinds)
+        measure = Sum("units", filter=inside) if spec.weighted else Count("pk", filter=inside)
+        aggregates[f"{window}_used"] = measure
         aggregates[f"{window}_start"] = Min("admitted_at", filter=inside)
     counted = Admission.objects.filter(user=user).aggregate(**aggregates)
     return policy, counted, active_jobs_count(user=user)
+
+
+def _inside(window: Window) -> str:
+    kinds = ", ".join(f"'{k}'" for k in LIMIT_SPECS[window].kinds)  # constants, not input
+    return f"admitted_at > %({window}_since)s AND kind IN ({kinds})"
 
 
 # The same reads as _usage_orm (the user's role in the organisation, its policy, the window
 # counts, unfinished jobs) in one round trip: admission runs on every submit, and compiling these
 # through the ORM was a third of a submit.
 _USAGE_SQL = """
-SELECT m.role, p.per_minute, p.per_hour, p.per_day, p.max_concurrent, a.*,
+SELECT m.role, p.per_minute, p.per_hour, p.per_day, p.max_concurrent, p.tasks_per_hour,
+    p.tasks_per_day, p.regenerations_per_hour, p.resumes_per_hour, a.*,
     (SELECT count(*) FROM course_generation_jobs j
      WHERE j.owner_id = %(user)s AND NOT (j.status = ANY(%(terminal)s))) AS active_jobs
 FROM (SELECT {windows} FROM course_generation_rate_limit_admissions WHERE user_id = %(user)s) a
@@ -136,9 +143,9 @@ LEFT JOIN memberships m ON m.user_id = %(user)s AND m.organisation_id = %(org)s
 LEFT JOIN course_generation_rate_limit_policies p ON p.role = m.role
 """.format(
     windows=", ".join(
-        f"count(*) FILTER (WHERE admitted_at > %({w}_since)s) AS {w}_used, "
-        f"min(admitted_at) FILTER (WHERE admitted_at > %({w}_since)s) AS {w}_start"
-        for w in WINDOW_LENGTHS
+        f"{'sum(units)' if spec.weighted else 'count(*)'} FILTER (WHERE {_inside(w)}) AS {w}_used, "
+        f"min(admitted_at) FILTER (WHERE {_inside(w)}) AS {w}_start"
+        for w, spec in LIMIT_SPECS.items()
     )
 )
 
@@ -150,7 +157,7 @@ def _usage_postgresql(
         "user": user.pk,
         "org": organisation_id,
         "terminal": [str(s) for s in JOB_TERMINAL],
-        **{f"{w}_since": now - length for w, length in WINDOW_LENGTHS.items()},
+        **{f"{w}_since": now - spec.length for w, spec in LIMIT_SPECS.items()},
     }
     with connection.cursor() as cursor:
         cursor.execute(_USAGE_SQL, params)
@@ -166,6 +173,10 @@ def _usage_postgresql(
         per_hour=row["per_hour"],
         per_day=row["per_day"],
         max_concurrent=row["max_concurrent"],
+        tasks_per_hour=row["tasks_per_hour"],
+        tasks_per_day=row["tasks_per_day"],
+        regenerations_per_hour=row["regenerations_per_hour"],
+        resumes_per_hour=row["resumes_per_hour"],
     )
     return policy, row, row["active_jobs"]
 
@@ -179,17 +190,28 @@ def _window_usage(
     started_at: datetime | None,
     now: datetime,
 ) -> WindowUsage:
-    length = WINDOW_LENGTHS[window]
     if started_at is None:
         return WindowUsage(window, limit, used, None, None)
-    # Over the limit (a policy was lowered): a slot frees only when the (used - limit + 1)-th
-    # oldest admission leaves the window, not the oldest.
-    excess = max(used - limit, 0)
-    freeing = started_at
-    if excess:
-        freeing = (
-            Admission.objects.filter(user=user, admitted_at__gt=now - length)
-            .order_by("admitted_at")
-            .values_list("admitted_at", flat=True)[excess]
-        )
-    return WindowUsage(window, limit, used, started_at, freeing + length)
+    # Over the limit (a policy was lowered): `remaining` rises only when enough of the oldest
+    # admissions have left the window to bring the usage below the limit, not at the oldest.
+    freeing = started_at + LIMIT_SPECS[window].length
+    if used >= limit:
+        freeing = fits_at(user=user, window=window, need=used - limit + 1, now=now) or freeing
+    return WindowUsage(window, limit, used, started_at, freeing)
+
+
+def fits_at(*, user: User, window: Window, need: int, now: datetime) -> datetime | None:
+    """When `need` units (or admissions) will have left `window`: the moment the oldest
+    admissions in it that add up to `need` have all slid out (None: never, within the window)."""
+    spec = LIMIT_SPECS[window]
+    if need <= 0:
+        return now
+    inside = Admission.objects.filter(
+        user=user, admitted_at__gt=now - spec.length, kind__in=spec.kinds
+    ).order_by("admitted_at")
+    freed = 0
+    for admitted_at, units in inside.values_list("admitted_at", "units"):
+        freed += units if spec.weighted else 1
+        if freed >= need:
+            return admitted_at + spec.length
+    return None

@@ -18,6 +18,9 @@ class RateLimitExceededOutputSerializer(serializers.Serializer):
         allow_null=True, help_text="When a slot frees; null for the concurrent limit."
     )
     retry_after_s = serializers.IntegerField(help_text="Also sent as the Retry-After header.")
+    requested = serializers.IntegerField(
+        help_text="This request's size: 1, or generation tasks for the tasks_* windows."
+    )
 
 
 class UserRateLimitsInputSerializer(serializers.Serializer):

@@ -24,14 +24,23 @@ from django.utils import timezone
 from accounts.models import Role
 from coursegen import db
 from ratelimits.models import (
+    LIMIT_SPECS,
     LONGEST_WINDOW,
+    WINDOW_LENGTHS,
     Admission,
+    AdmissionKind,
     RateLimitPolicy,
     RateLimitUsage,
     RateLimitViolation,
     Window,
 )
-from ratelimits.selectors import UsageReport, WindowUsage, usage_report
+from ratelimits.selectors import (
+    NotAMemberError,
+    UsageReport,
+    WindowUsage,
+    fits_at,
+    usage_report,
+)
 
 logger = logging.getLogger("coursegen.ratelimits")
 
@@ -42,10 +51,20 @@ SPEC_POLICIES: dict[Role, tuple[int, int, int, int]] = {
     Role.TEACHER: (5, 30, 200, 3),
     Role.ADMIN: (10, 100, 1000, 10),
 }
+# Paid work by size (tasks per hour, tasks per day, regenerations per hour, resumes per hour),
+# seeded by migration 0003. The task budgets are the job limits above at the default course
+# size (4 modules x 3 lessons = 43 tasks): default courses pass as before, larger ones weigh more.
+SPEND_POLICIES: dict[Role, tuple[int, int, int, int]] = {
+    Role.STUDENT: (430, 2150, 10, 3),
+    Role.TEACHER: (1290, 8600, 60, 10),
+    Role.ADMIN: (4300, 43000, 300, 30),
+}
+# Kinds of admission that occupy a concurrent-job slot.
+SLOT_KINDS = (AdmissionKind.JOB, AdmissionKind.RESUME)
 
 
 class RateLimitExceeded(Exception):  # the name says what happened, like Http404
-    """A job request over one of the caller's limits; carries what the 429 answer needs."""
+    """A request over one of the caller's limits; carries what the 429 answer needs."""
 
     def __init__(
         self,
@@ -56,9 +75,10 @@ class RateLimitExceeded(Exception):  # the name says what happened, like Http404
         used: int,
         reset_at: datetime | None,
         retry_after_s: int,
+        requested: int = 1,
     ) -> None:
         self.role, self.window, self.limit, self.used = role, window, limit, used
-        self.reset_at, self.retry_after_s = reset_at, retry_after_s
+        self.reset_at, self.retry_after_s, self.requested = reset_at, retry_after_s, requested
         super().__init__(self.detail)
 
     @property
@@ -68,20 +88,44 @@ class RateLimitExceeded(Exception):  # the name says what happened, like Http404
                 f"Rate limit exceeded: at most {self.limit} unfinished course generation jobs "
                 f"at a time for the {self.role} role; one frees when a job ends."
             )
-        return (
-            f"Rate limit exceeded: at most {self.limit} course generation requests per "
-            f"{self.window} for the {self.role} role."
+        spec = LIMIT_SPECS[self.window]
+        per = {1: "minute", 60: "hour", 1440: "day"}[int(spec.length.total_seconds()) // 60]
+        detail = (
+            f"Rate limit exceeded: at most {self.limit} {spec.noun} per {per} for the "
+            f"{self.role} role"
         )
+        if spec.weighted:
+            detail += f"; this request is {self.requested} and {self.used} are used"
+        return detail + "."
+
+
+class RequestTooLarge(Exception):
+    """A request larger than a whole window's budget of its caller's role: no wait admits it."""
+
+    def __init__(self, *, role: Role, window: Window, limit: int, requested: int) -> None:
+        self.role, self.window, self.limit, self.requested = role, window, limit, requested
+        spec = LIMIT_SPECS[window]
+        self.detail = (
+            f"Too large: this request is {requested} generation tasks and the {role} role may "
+            f"spend at most {limit} {spec.noun} per {Window(window).label.split()[-1]}."
+        )
+        super().__init__(self.detail)
 
 
 def admission_check_and_record(
-    *, user: User, organisation_id: UUID, now: datetime | None = None
+    *,
+    user: User,
+    organisation_id: UUID,
+    now: datetime | None = None,
+    kind: AdmissionKind = AdmissionKind.JOB,
+    units: int = 1,
 ) -> UsageReport:
-    """Admit one job request for `user` under the policy of the role they hold in
-    `organisation_id` (read from the database with the usage; NotAMemberError when there is
-    none), or raise RateLimitExceeded.
+    """Admit one request of `kind` and size `units` (generation tasks) for `user` under the
+    policy of the role they hold in `organisation_id` (read from the database with the usage;
+    NotAMemberError when there is none), or raise RateLimitExceeded (RequestTooLarge when no
+    wait would admit it).
 
-    Must run inside the transaction that creates the job. `now` defaults to the time read after
+    Must run inside the transaction that creates the work. `now` defaults to the time read after
     the lock is taken, so the admissions log is written in lock order.
     """
     postgresql = db.hand_written_sql()
@@ -91,18 +135,34 @@ def admission_check_and_record(
         RateLimitUsage.objects.select_for_update().get_or_create(user=user)
     now = now or timezone.now()
     report = usage_report(user=user, organisation_id=organisation_id, now=now)
-    exceeded = _exceeded(report)
+    exceeded = _exceeded(report, user=user, kind=kind, units=units)
     if exceeded is not None:
         raise exceeded
-    counters = _usage_counters(report)
+    counters = _usage_counters(report) if kind == AdmissionKind.JOB else {}
     if postgresql:
-        _admission_write_postgresql(user=user, now=now, counters=counters)
+        _admission_write_postgresql(user=user, now=now, counters=counters, kind=kind, units=units)
     else:
-        Admission.objects.create(user=user, admitted_at=now)
+        Admission.objects.create(user=user, admitted_at=now, kind=kind, units=units)
         RateLimitUsage.objects.filter(user=user).update(**counters, updated_at=now)
         # Keep the log bounded: nothing older than the longest window is ever counted again.
         Admission.objects.filter(user=user, admitted_at__lte=now - LONGEST_WINDOW).delete()
     return report
+
+
+def work_admit(*, user: User, organisation_id: UUID, kind: AdmissionKind, units: int) -> bool:
+    """Admission for paid work on an existing job (a regeneration, a resume), in the
+    transaction that starts it. A staff user with no membership in the organisation is a
+    platform operator: they have no role, so no role's limits apply to them (returns False,
+    nothing recorded). Anyone else without a membership: NotAMemberError."""
+    try:
+        admission_check_and_record(
+            user=user, organisation_id=organisation_id, kind=kind, units=units
+        )
+    except NotAMemberError:
+        if not user.is_staff:
+            raise
+        return False
+    return True
 
 
 # On PostgreSQL the admission is three round trips (lock, read, write) instead of seven: it runs
@@ -125,29 +185,52 @@ def _usage_lock_postgresql(*, user: User) -> None:
 
 _WRITE_SQL = """
 WITH admitted AS (
-    INSERT INTO course_generation_rate_limit_admissions (user_id, admitted_at)
-    VALUES (%(user)s, %(now)s)
+    INSERT INTO course_generation_rate_limit_admissions (user_id, admitted_at, kind, units)
+    VALUES (%(user)s, %(now)s, %(kind)s, %(units)s)
 ), pruned AS (
     DELETE FROM course_generation_rate_limit_admissions
     WHERE user_id = %(user)s AND admitted_at <= %(prune_before)s
 )
-UPDATE course_generation_rate_limits SET {counters}, updated_at = %(now)s
+UPDATE course_generation_rate_limits SET {counters}updated_at = %(now)s
 WHERE user_id = %(user)s
 """
 
 
-def _admission_write_postgresql(*, user: User, now: datetime, counters: dict[str, Any]) -> None:
+def _admission_write_postgresql(
+    *, user: User, now: datetime, counters: dict[str, Any], kind: AdmissionKind, units: int
+) -> None:
     """The admission, the usage snapshot and the pruning of the log, in one statement."""
-    sql = _WRITE_SQL.format(counters=", ".join(f"{name} = %({name})s" for name in counters))
-    params = {"user": user.pk, "now": now, "prune_before": now - LONGEST_WINDOW, **counters}
+    sql = _WRITE_SQL.format(counters="".join(f"{name} = %({name})s, " for name in counters))
+    params = {
+        "user": user.pk,
+        "now": now,
+        "prune_before": now - LONGEST_WINDOW,
+        "kind": str(kind),
+        "units": units,
+        **counters,
+    }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
 
 
-def _exceeded(report: UsageReport) -> RateLimitExceeded | None:
-    """The binding limit: of all those reached, the one that frees last."""
-    over = [_window_exceeded(report, w) for w in report.windows if w.remaining == 0]
-    if report.active_jobs >= report.max_concurrent:
+def _exceeded(
+    report: UsageReport, *, user: User, kind: AdmissionKind, units: int
+) -> RateLimitExceeded | None:
+    """The binding limit among those that count `kind`: of all this request would pass, the one
+    that frees last. RequestTooLarge when the request is larger than a whole window allows."""
+    over = []
+    for usage in report.windows:
+        spec = LIMIT_SPECS[usage.window]
+        if kind not in spec.kinds:
+            continue
+        size = units if spec.weighted else 1
+        if size > usage.limit:
+            raise RequestTooLarge(
+                role=report.role, window=usage.window, limit=usage.limit, requested=size
+            )
+        if usage.used + size > usage.limit:
+            over.append(_window_exceeded(report, usage, user=user, size=size))
+    if kind in SLOT_KINDS and report.active_jobs >= report.max_concurrent:
         over.append(
             RateLimitExceeded(
                 role=report.role,
@@ -161,16 +244,22 @@ def _exceeded(report: UsageReport) -> RateLimitExceeded | None:
     return max(over, key=lambda e: e.retry_after_s, default=None)
 
 
-def _window_exceeded(report: UsageReport, usage: WindowUsage) -> RateLimitExceeded:
-    assert usage.resets_at is not None  # a full window has counted at least one admission
-    wait_s = (usage.resets_at - report.now).total_seconds()
+def _window_exceeded(
+    report: UsageReport, usage: WindowUsage, *, user: User, size: int
+) -> RateLimitExceeded:
+    # When enough of the oldest admissions have left the window for this request to fit.
+    need = usage.used + size - usage.limit
+    reset_at = fits_at(user=user, window=usage.window, need=need, now=report.now)
+    assert reset_at is not None  # size <= limit: the whole window frees at the latest
+    wait_s = (reset_at - report.now).total_seconds()
     return RateLimitExceeded(
         role=report.role,
         window=usage.window,
         limit=usage.limit,
         used=usage.used,
-        reset_at=usage.resets_at,
+        reset_at=reset_at,
         retry_after_s=max(math.ceil(wait_s), 1),
+        requested=size,
     )
 
 
@@ -179,6 +268,8 @@ def _usage_counters(report: UsageReport) -> dict[str, Any]:
     now = report.now
     counters: dict[str, Any] = {}
     for w in report.windows:
+        if w.window not in WINDOW_LENGTHS:  # the row keeps the job-count windows only
+            continue
         counters[f"{w.window}_count"] = w.used + 1
         counters[f"{w.window}_window_start"] = w.started_at or now
     counters.update(role=str(report.role), active_jobs=report.active_jobs + 1, last_admitted_at=now)
@@ -216,6 +307,7 @@ def violation_record(
 def policies_seed() -> None:
     """Create any missing role policy with the specification's values; never overwrite edits."""
     for role, (minute, hour, day, concurrent) in SPEC_POLICIES.items():
+        tasks_hour, tasks_day, regenerations, resumes = SPEND_POLICIES[role]
         RateLimitPolicy.objects.get_or_create(
             role=role,
             defaults={
@@ -223,5 +315,9 @@ def policies_seed() -> None:
                 "per_hour": hour,
                 "per_day": day,
                 "max_concurrent": concurrent,
+                "tasks_per_hour": tasks_hour,
+                "tasks_per_day": tasks_day,
+                "regenerations_per_hour": regenerations,
+                "resumes_per_hour": resumes,
             },
         )

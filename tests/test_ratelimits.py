@@ -292,6 +292,10 @@ def test_it_applies_a_policy_edited_in_the_admin_on_the_next_request(
             "form-0-per_hour": "10",
             "form-0-per_day": "50",
             "form-0-max_concurrent": "1",
+            "form-0-tasks_per_hour": "430",
+            "form-0-tasks_per_day": "2150",
+            "form-0-regenerations_per_hour": "10",
+            "form-0-resumes_per_hour": "3",
             "_save": "Save",
         },
     )
@@ -355,6 +359,10 @@ def test_it_reports_each_limit_with_used_remaining_and_reset(
         "minute": (5, 2, 3),
         "hour": (30, 2, 28),
         "day": (200, 2, 198),
+        "tasks_hour": (1290, 14, 1276),  # two 1x1 courses of 7 tasks each
+        "tasks_day": (8600, 14, 8586),
+        "regenerations_hour": (60, 0, 60),
+        "resumes_hour": (10, 0, 10),
     }
     assert parse_datetime(limits["minute"]["resets_at"]) == T0 + timedelta(minutes=1)
     assert parse_datetime(limits["day"]["resets_at"]) == T0 + timedelta(days=1)

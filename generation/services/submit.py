@@ -55,7 +55,10 @@ def job_submit(
     try:
         # The role is the user's in the class's organisation, read with the usage. Raises
         # RateLimitExceeded (and this transaction rolls back) when over a limit.
-        admitted = admission_check_and_record(user=user, organisation_id=base_class.organisation_id)
+        # The job weighs its planned tasks against the role's task budgets.
+        admitted = admission_check_and_record(
+            user=user, organisation_id=base_class.organisation_id, units=request.task_count
+        )
     except NotAMemberError as exc:
         raise common.GenerationError("you are not a member of this class's organisation") from exc
     urgency_check(role=admitted.role, urgency=urgency)

@@ -763,5 +763,10 @@ def raise_rate_limits() -> None:
     from ratelimits.models import RateLimitPolicy
 
     RateLimitPolicy.objects.filter(role=Role.ADMIN).update(
-        per_minute=1_000_000, per_hour=1_000_000, per_day=1_000_000, max_concurrent=1_000
+        per_minute=1_000_000,
+        per_hour=1_000_000,
+        per_day=1_000_000,
+        max_concurrent=1_000,
+        tasks_per_hour=100_000_000,
+        tasks_per_day=100_000_000,
     )
