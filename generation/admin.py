@@ -13,6 +13,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import content_disposition_header
 
 from generation import (
+    cache_admin,
     exports,
     moderation_admin,  # noqa: F401  (registers the held-content admin)
     recovery,
@@ -407,7 +408,7 @@ class TaskAdmin(admin.ModelAdmin):
     list_select_related = ["job"]
     readonly_fields = [f.name for f in GenerationTask._meta.fields]
     inlines = [AttemptInline, VersionInline, RegenerationInline]
-    actions = ["retry_tasks", "regenerate_tasks"]
+    actions = ["retry_tasks", "regenerate_tasks", cache_admin.report_wrong_content_of_tasks]
 
     @admin.action(description="Retry the selected failed tasks")
     def retry_tasks(self, request: HttpRequest, queryset: QuerySet[GenerationTask]) -> None:

@@ -4,7 +4,8 @@ Per model and task kind (from course_generation_attempts joined to their tasks):
 rate, latency p50/p95, tokens and cost (the quality judge's calls as task kind "judge"). Per day
 (from course_generation_jobs): courses, cost per course, failures, jobs by status, and the
 provider error rate. Per course: the heuristic's, the judge's and teachers' scores side by side,
-and how often each pair agrees.
+and how often each pair agrees. The content cache: lookups, hit rate by layer, what the hits
+saved, false-hit reports and entries.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from django.db.models import Aggregate, Avg, Count, FloatField, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from generation.cache_models import CacheEntry, CacheFalseHit
 from generation.models import (
     AttemptOutcome,
     CourseEvaluation,
@@ -30,6 +32,7 @@ from generation.models import (
     JobStatus,
 )
 from generation.rubric import HUMAN_EVALUATOR, to_unit
+from monitoring.models import CourseGenerationLog
 
 
 class PercentileCont(Aggregate):
@@ -62,7 +65,12 @@ class ProviderStats:
 
 
 def provider_stats(*, since: datetime) -> list[ProviderStats]:
-    attempts = GenerationAttempt.objects.filter(created_at__gte=since).values("model", "task__kind")
+    # A cache hit is a ledger attempt too (kind `cache`), but no provider call: see cache_stats.
+    attempts = (
+        GenerationAttempt.objects.filter(created_at__gte=since)
+        .exclude(kind=CACHE_ATTEMPT)
+        .values("model", "task__kind")
+    )
     totals = attempts.annotate(
         calls=Count("pk"),
         ok=Count("pk", filter=Q(outcome=AttemptOutcome.OK)),
@@ -103,8 +111,10 @@ def _latency_percentiles() -> dict[str, Aggregate]:
 
 def _python_percentiles(since: datetime) -> dict[tuple[str, str], tuple[float, float]]:
     latencies: dict[tuple[str, str], list[int]] = defaultdict(list)
-    rows = GenerationAttempt.objects.filter(created_at__gte=since).values_list(
-        "model", "task__kind", "latency_ms"
+    rows = (
+        GenerationAttempt.objects.filter(created_at__gte=since)
+        .exclude(kind=CACHE_ATTEMPT)
+        .values_list("model", "task__kind", "latency_ms")
     )
     for model, kind, latency in rows:
         latencies[(model, kind)].append(latency)
@@ -116,6 +126,58 @@ def _p50_p95(values: list[int]) -> tuple[float, float]:
         return float(values[0]), float(values[0])
     cuts = statistics.quantiles(values, n=100, method="inclusive")
     return cuts[49], cuts[94]
+
+
+CACHE_ATTEMPT = "cache"  # AttemptKind.CACHE
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """The content cache over a window: lookups (from the `cache.hit` / `cache.miss` log rows),
+    hits by layer and what they saved (from the ledger), false-hit reports, and entries now."""
+
+    lookups: int
+    hits_exact: int
+    hits_similar: int
+    saved_usd: Decimal
+    saved_s: float
+    false_hits: int
+    entries: int
+    entries_embedded: int
+
+    @property
+    def hits(self) -> int:
+        return self.hits_exact + self.hits_similar
+
+    @property
+    def hit_rate(self) -> float | None:
+        return self.hits / self.lookups if self.lookups else None
+
+
+def cache_stats(*, since: datetime) -> CacheStats:
+    logs = CourseGenerationLog.objects.filter(
+        created_at__gte=since, event__in=("cache.hit", "cache.miss")
+    ).aggregate(
+        lookups=Count("pk"),
+        exact=Count("pk", filter=Q(event="cache.hit", data__layer="exact")),
+        similar=Count("pk", filter=Q(event="cache.hit", data__layer="similar")),
+    )
+    saved = GenerationAttempt.objects.filter(created_at__gte=since, kind=CACHE_ATTEMPT).aggregate(
+        usd=Sum("saved_cost_usd"), ms=Sum("saved_ms")
+    )
+    entries = CacheEntry.objects.filter(expires_at__gt=timezone.now()).aggregate(
+        n=Count("pk"), embedded=Count("pk", filter=Q(embedding__isnull=False))
+    )
+    return CacheStats(
+        lookups=logs["lookups"],
+        hits_exact=logs["exact"],
+        hits_similar=logs["similar"],
+        saved_usd=saved["usd"] or Decimal(0),
+        saved_s=(saved["ms"] or 0) / 1000,
+        false_hits=CacheFalseHit.objects.filter(created_at__gte=since).count(),
+        entries=entries["n"],
+        entries_embedded=entries["embedded"],
+    )
 
 
 @dataclass(frozen=True)

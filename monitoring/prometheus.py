@@ -32,6 +32,7 @@ class CourseGenerationCollector(Collector):
         yield from self._state()
         yield from self._providers(since, hours)
         yield from self._courses(since, hours)
+        yield from self._cache(since, hours)
 
     def _state(self) -> Iterator[Metric]:
         now = capacity_now()
@@ -106,6 +107,38 @@ class CourseGenerationCollector(Collector):
         for row in CourseGenerationJob.objects.values("status").annotate(n=Count("pk")):
             jobs.add_metric([row["status"]], row["n"])
         yield jobs
+
+    def _cache(self, since: datetime, hours: int) -> Iterator[Metric]:
+        w = f"{hours}h"
+        stats = metrics.cache_stats(since=since)
+        lookups = GaugeMetricFamily(
+            f"coursegen_cache_lookups_{w}", "Content cache lookups by outcome", labels=["outcome"]
+        )
+        lookups.add_metric(["hit_exact"], stats.hits_exact)
+        lookups.add_metric(["hit_similar"], stats.hits_similar)
+        lookups.add_metric(["miss"], stats.lookups - stats.hits)
+        yield lookups
+        yield GaugeMetricFamily(
+            f"coursegen_cache_hit_ratio_{w}", "Share of lookups served", value=stats.hit_rate or 0
+        )
+        yield GaugeMetricFamily(
+            f"coursegen_cache_saved_usd_{w}",
+            "What the hits' generation had cost",
+            value=float(stats.saved_usd),
+        )
+        yield GaugeMetricFamily(
+            f"coursegen_cache_saved_seconds_{w}",
+            "How long the hits' generation had taken",
+            value=stats.saved_s,
+        )
+        yield GaugeMetricFamily(
+            f"coursegen_cache_false_hits_{w}",
+            "Staff reports of wrong content from the cache",
+            value=stats.false_hits,
+        )
+        yield GaugeMetricFamily(
+            "coursegen_cache_entries", "Live content cache entries", value=stats.entries
+        )
 
 
 def _allowed(request: HttpRequest) -> bool:

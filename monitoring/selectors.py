@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from generation.models import CourseGenerationJob, GenerationTask, JobStatus
+from generation.models import (
+    CourseGenerationJob,
+    GenerationAttempt,
+    GenerationTask,
+    GenerationTaskVersion,
+    JobStatus,
+)
 from generation.selectors import capacity_now
 from monitoring import charts, metrics
 from monitoring.models import Alert, CourseGenerationLog
@@ -58,6 +65,7 @@ def dashboard_context(*, now: datetime | None = None) -> dict[str, Any]:
         "days": list(reversed(days)),
         **_quality_comparison(since),
         "provider_stats": metrics.provider_stats(since=since),
+        "cache": metrics.cache_stats(since=since),
         "alerts": list(
             Alert.objects.filter(acknowledged_at__isnull=True).order_by("-last_seen_at")[
                 :RECENT_ALERTS
@@ -86,6 +94,7 @@ def _quality_comparison(since: datetime) -> dict[str, Any]:
 
 def job_story_context(*, job: CourseGenerationJob) -> dict[str, Any]:
     tasks = list(job.tasks.order_by("position")[:JOB_TASK_ROWS])
+    served = _served_from_cache(tasks)
     logs = list(
         CourseGenerationLog.objects.filter(
             Q(correlation_id=job.correlation_id) | Q(job=job)
@@ -95,10 +104,36 @@ def job_story_context(*, job: CourseGenerationJob) -> dict[str, Any]:
     return {
         "job": job,
         "tasks": tasks,
-        "timeline": _timeline(job, tasks),
+        "timeline": [{**row, "cache": served.get(row["task"].pk)} for row in _timeline(job, tasks)],
+        "cached_parts": len(served),
+        "cache_saved_usd": sum((c["saved_usd"] for c in served.values()), Decimal(0)),
+        "cache_saved_s": sum(c["saved_ms"] for c in served.values()) / 1000,
         "logs": logs,
         "log_limit": JOB_LOG_ROWS,
     }
+
+
+def _served_from_cache(tasks: list[GenerationTask]) -> dict[int, dict[str, Any]]:
+    """The tasks whose last run a cache hit served: the layer (from the hit's log row) and what
+    it saved (from its ledger attempt)."""
+    ids = [t.pk for t in tasks]
+    hits = GenerationAttempt.objects.filter(task_id__in=ids, kind=metrics.CACHE_ATTEMPT)
+    served = {
+        a.task_id: {"saved_usd": a.saved_cost_usd, "saved_ms": a.saved_ms, "layer": "cache"}
+        for a in hits.order_by("created_at")
+        if a.task_id is not None
+    }
+    layers = CourseGenerationLog.objects.filter(task_id__in=list(served), event="cache.hit")
+    for task_id, data in layers.order_by("created_at").values_list("task_id", "data"):
+        if task_id in served and isinstance(data, dict) and data.get("layer"):
+            served[task_id]["layer"] = data["layer"]
+    # A task regenerated after its hit is no longer cached content.
+    regenerated = set(
+        GenerationTaskVersion.objects.filter(task_id__in=list(served)).values_list(
+            "task_id", flat=True
+        )
+    )
+    return {k: v for k, v in served.items() if k not in regenerated}
 
 
 def _timeline(job: CourseGenerationJob, tasks: list[GenerationTask]) -> list[dict[str, Any]]:
