@@ -393,6 +393,9 @@ COURSEGEN_CONCURRENCY_LEASE_S = env_float(
     "COURSEGEN_CONCURRENCY_LEASE_S", OPENAI_TIMEOUT_S + 30, minimum=1.0
 )
 COURSEGEN_CONCURRENCY_WAIT_S = env_float("COURSEGEN_CONCURRENCY_WAIT_S", 60.0, minimum=0.0)
+# Calls waiting for a permit go by their job's aged priority; a job this many priority steps
+# better when all its tasks are done (in proportion before), so jobs far along free slots sooner.
+COURSEGEN_PROVIDER_PROGRESS_STEPS = env_float("COURSEGEN_PROVIDER_PROGRESS_STEPS", 1.0, minimum=0.0)
 if COURSEGEN_CONCURRENCY_DECREASE >= 1:
     raise ImproperlyConfigured("COURSEGEN_CONCURRENCY_DECREASE must be below 1")
 # A task that cannot reach the provider is deferred (rescheduled with a growing back-off of at

@@ -13,12 +13,25 @@ The limit moves by AIMD, like TCP's congestion window:
   cause another (each permit carries the epoch it was taken in), so the many calls in flight when
   the provider pushes back halve the limit once, not once each.
 
-Both scripts run atomically in Redis with Redis's own clock, so any number of worker processes
-and machines share one limit. If Redis is unreachable the limiter fails open (calls go out).
+Calls waiting for a permit stand in one line per model, a sorted set scored by their rank (lower
+goes first), so when the limit binds permits go by priority, not to whoever asks first:
+`rank = job submitted at + COURSEGEN_QUEUE_AGING_S * (job priority - progress credit)`, where the
+credit is `COURSEGEN_PROVIDER_PROGRESS_STEPS * the job's share of tasks done` (a job far along
+frees its slots sooner). It is priority with aging written as a virtual deadline: a LOW (8) job's
+call ranks with an URGENT (0) one submitted eight aging intervals later, so low priority waits but
+never starves, and a task deferred and re-sent keeps its place because its rank comes from its
+job. A waiter is granted a permit only while fewer waiters rank ahead of it than there are free
+slots; each poll renews its place (`WAITER_TTL_S`), so a waiter whose process died leaves the
+line by itself.
+
+The scripts run atomically in Redis with Redis's own clock, so any number of worker processes
+and machines share one limit and one line. If Redis is unreachable the limiter fails open (calls
+go out).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -32,6 +45,7 @@ from django.conf import settings
 
 from coursegen.cache import redis_client
 from generation.breaker import CircuitOpenError
+from generation.models import Priority
 from generation.providers.base import (
     Completion,
     CompletionRequest,
@@ -41,12 +55,18 @@ from generation.providers.base import (
 
 logger = logging.getLogger("coursegen.concurrency")
 
-# KEYS: holders (zset), state (hash). ARGV: token, lease_s, initial limit, ttl_s.
-# Returns {1 if acquired, epoch, limit, in flight}.
+# KEYS: holders (zset), state (hash), waiters (zset by rank), waiters' expiry (zset).
+# ARGV: token, lease_s, initial limit, ttl_s, rank, waiter_ttl_s (0: do not stand in line).
+# Returns {1 if acquired, epoch, limit, in flight, waiters ranked ahead}.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 200)
+for _, token in ipairs(gone) do
+  redis.call('ZREM', KEYS[3], token)
+  redis.call('ZREM', KEYS[4], token)
+end
 local limit = tonumber(redis.call('HGET', KEYS[2], 'limit'))
 if not limit then
   limit = tonumber(ARGV[3])
@@ -55,12 +75,34 @@ end
 local epoch = tonumber(redis.call('HGET', KEYS[2], 'epoch')) or 0
 local inflight = redis.call('ZCARD', KEYS[1])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-if inflight < math.max(1, math.floor(limit)) then
+local free = math.max(1, math.floor(limit)) - inflight
+local ahead = 0
+if free > 0 then
+  ahead = redis.call('ZCOUNT', KEYS[3], '-inf', '(' .. ARGV[5])
+end
+if free > 0 and ahead < free then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {1, epoch, tostring(limit), inflight + 1}
+  return {1, epoch, tostring(limit), inflight + 1, ahead}
 end
-return {0, epoch, tostring(limit), inflight}
+if tonumber(ARGV[6]) <= 0 then
+  return {0, epoch, tostring(limit), inflight, ahead}
+end
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+ahead = redis.call('ZRANK', KEYS[3], ARGV[1])
+return {0, epoch, tostring(limit), inflight, ahead}
+"""
+
+# KEYS: waiters, waiters' expiry. ARGV: token. A waiter that gave up leaves the line.
+_LEAVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
 """
 
 # KEYS: holders, state. ARGV: token, signal (ok|throttle|neutral), permit epoch, increase,
@@ -116,6 +158,22 @@ class LimiterConfig:
         )
 
 
+WAITER_TTL_S = 5  # a waiter that has not asked again for this long has left the line
+LINE_FAR = 32  # waiters further back than this poll at half the rate
+
+
+def call_rank(*, priority: int, submitted_at: float, done_share: float = 0.0) -> float:
+    """A call's place in line (lower goes first): its job's priority with aging, as a virtual
+    deadline on the job's submission time (epoch seconds), less the progress credit."""
+    credit = settings.COURSEGEN_PROVIDER_PROGRESS_STEPS * min(max(done_share, 0.0), 1.0)
+    return submitted_at + settings.COURSEGEN_QUEUE_AGING_S * (priority - credit)
+
+
+def default_rank() -> float:
+    """The rank of a call that names no job: a NORMAL job's, submitted now."""
+    return call_rank(priority=int(Priority.NORMAL), submitted_at=time.time())
+
+
 @dataclass(frozen=True)
 class Permit:
     token: str
@@ -123,37 +181,61 @@ class Permit:
 
 
 class ConcurrencyLimiter:
-    """The shared AIMD semaphore of one model."""
+    """The shared AIMD semaphore of one model, with its line of waiting calls."""
 
     def __init__(self, model: str, client: redis.Redis, config: LimiterConfig | None = None):
         self.model = model
         self.config = config or LimiterConfig.from_settings()
         self._client = client
         self._keys = [f"coursegen:cc:{model}:holders", f"coursegen:cc:{model}:state"]
+        self._line = [f"coursegen:cc:{model}:waiters", f"coursegen:cc:{model}:waiters-ttl"]
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
+        self._leave = client.register_script(_LEAVE)
 
-    def try_acquire(self) -> Permit | None:
-        token = uuid.uuid4().hex
+    def try_acquire(self, *, rank: float | None = None, token: str | None = None) -> Permit | None:
+        """A permit now, or None. With a `token`, a call refused stands in line at `rank`
+        (default: a NORMAL call arriving now) until it asks again with that token or `leave`s;
+        without one it is a one-off try."""
+        rank = default_rank() if rank is None else rank
+        permit, _ = self._try(token or uuid.uuid4().hex, rank, wait=token is not None)
+        return permit
+
+    def _try(self, token: str, rank: float, *, wait: bool = True) -> tuple[Permit | None, int]:
+        """(the permit or None, how many waiters rank ahead)."""
         ttl = int(max(self.config.lease_s * 4, 3600))
-        got, epoch, _, _ = self._acquire(
-            keys=self._keys, args=[token, self.config.lease_s, self.config.initial, ttl]
-        )
-        return Permit(token, int(epoch)) if got else None
+        args: list[str | float] = [token, self.config.lease_s, self.config.initial, ttl]
+        args += [f"{rank:.6f}", WAITER_TTL_S if wait else 0]
+        got, epoch, _, _, ahead = self._acquire(keys=[*self._keys, *self._line], args=args)
+        return (Permit(token, int(epoch)) if got else None), int(ahead)
 
-    def acquire(self, *, timeout: float) -> Permit:
-        """Wait up to `timeout` seconds for a permit; ProviderBusyError when none frees."""
+    def leave(self, token: str) -> None:
+        self._leave(keys=self._line, args=[token])
+
+    def acquire(self, *, timeout: float, rank: float | None = None) -> Permit:
+        """Wait up to `timeout` seconds for a permit, in line at `rank`; ProviderBusyError
+        when none frees (the call leaves the line)."""
         started = time.monotonic()
+        token, rank = uuid.uuid4().hex, default_rank() if rank is None else rank
         pause = 0.01
-        while True:
-            permit = self.try_acquire()
-            if permit is not None:
-                return permit
-            waited = time.monotonic() - started
-            if waited + pause > timeout:
-                raise ProviderBusyError(self.model, waited, retry_after=max(pause * 4, 1.0))
-            time.sleep(pause * (0.5 + random.random()))  # jitter: waiters do not poll in step
-            pause = min(pause * 2, 0.25)
+        try:
+            while True:
+                permit, ahead = self._try(token, rank)
+                if permit is not None:
+                    return permit
+                waited = time.monotonic() - started
+                if waited + pause > timeout:
+                    raise ProviderBusyError(self.model, waited, retry_after=max(pause * 4, 1.0))
+                # Jitter: waiters do not poll in step. Far back in line, poll less often.
+                time.sleep(pause * (0.5 + random.random()) * (2 if ahead > LINE_FAR else 1))
+                pause = min(pause * 2, 0.25)
+        except BaseException:
+            self._leave_quietly(token)
+            raise
+
+    def _leave_quietly(self, token: str) -> None:
+        with contextlib.suppress(redis.RedisError):  # else the place expires with WAITER_TTL_S
+            self.leave(token)
 
     def release(self, permit: Permit, *, signal: str) -> float:
         """Give the permit back; `signal` is ok (increase), throttle (decrease) or neutral."""
@@ -178,7 +260,13 @@ class ConcurrencyLimiter:
         limit = float(raw.get(b"limit", self.config.initial))
         now = self._client.time()
         in_flight = self._client.zcount(self._keys[0], now[0] + now[1] / 1e6, "+inf")
-        return {"limit": limit, "in_flight": float(in_flight), "epoch": float(raw.get(b"epoch", 0))}
+        waiting = self._client.zcard(self._line[0])
+        return {
+            "limit": limit,
+            "in_flight": float(in_flight),
+            "epoch": float(raw.get(b"epoch", 0)),
+            "waiting": float(waiting),
+        }
 
 
 def limiter_for(model: str) -> ConcurrencyLimiter | None:
@@ -210,10 +298,13 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def call_limited(provider: Provider, request: CompletionRequest) -> Completion:
-    """`provider.complete(request)` under the model's concurrency limit (see the module doc)."""
+def call_limited(
+    provider: Provider, request: CompletionRequest, *, rank: float | None = None
+) -> Completion:
+    """`provider.complete(request)` under the model's concurrency limit, waiting in line at
+    `rank` (`call_rank`; None: a NORMAL call arriving now) when it binds (see the module doc)."""
     limiter = limiter_for(request.model)
-    permit = _acquire(limiter, request.model) if limiter else None
+    permit = _acquire(limiter, request.model, rank) if limiter else None
     if limiter is None or permit is None:
         return provider.complete(request)
     signal = "neutral"
@@ -229,9 +320,9 @@ def call_limited(provider: Provider, request: CompletionRequest) -> Completion:
         _release(limiter, permit, signal)
 
 
-def _acquire(limiter: ConcurrencyLimiter, model: str) -> Permit | None:
+def _acquire(limiter: ConcurrencyLimiter, model: str, rank: float | None) -> Permit | None:
     try:
-        return limiter.acquire(timeout=limiter.config.wait_s)
+        return limiter.acquire(timeout=limiter.config.wait_s, rank=rank)
     except redis.RedisError as exc:
         logger.warning("concurrency limiter for %s unavailable (%s); failing open", model, exc)
         return None

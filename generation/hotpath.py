@@ -28,6 +28,7 @@ from generation.models import CourseGenerationJob, GenerationTask, JobStatus, Ta
 M = TypeVar("M", bound=Model)
 _JOB_FIELDS = (
     "status", "priority", "request", "outline", "organisation_id", "correlation_id", "created_at",
+    "progress",
 )  # fmt: skip
 
 # Leases on the database's clock (generation/leases.py). A claim is a pick-up: the reconciler's

@@ -164,6 +164,9 @@ class TaskSpec:
     )
     moderator: Provider | None = None  # checks the output (docs/safety.md); None: not checked
     moderation_model: str = ""
+    # The calls' place in line when the provider's limit binds (concurrency.call_rank); None:
+    # a NORMAL call arriving now.
+    rank: float | None = None
 
 
 class LeaseLostError(Exception):
@@ -292,7 +295,9 @@ class _Conversation:
             )
             started = time.monotonic()
             try:
-                completion = call_limited(self.provider, request)  # per-model AIMD limit
+                completion = call_limited(
+                    self.provider, request, rank=self.spec.rank
+                )  # AIMD, in line
             except InvalidOutputError as exc:
                 breaker.record_success(probe=probe)  # invalid output is not a provider failure
                 error = FieldError("", f"the reply is not a single JSON object ({exc})")

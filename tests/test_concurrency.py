@@ -19,6 +19,7 @@ from generation.concurrency import (
     call_limited,
     runs_low,
 )
+from generation.models import Priority
 from generation.providers.base import (
     Completion,
     CompletionRequest,
@@ -192,3 +193,134 @@ def test_it_fails_open_when_redis_is_unreachable(limiter_settings: Any) -> None:
     completion = call_limited(provider, _request())
 
     assert completion.provider == "scripted"
+
+
+# --- Priority in line: when the limit binds, permits go by rank, not first come ---------------
+def _rank(priority: int, *, submitted_at: float = 1_000_000.0, done: float = 0.0) -> float:
+    return concurrency.call_rank(priority=priority, submitted_at=submitted_at, done_share=done)
+
+
+def test_it_ranks_calls_by_aged_job_priority_and_progress(settings: Any) -> None:
+    settings.COURSEGEN_QUEUE_AGING_S = 60.0
+    settings.COURSEGEN_PROVIDER_PROGRESS_STEPS = 1.0
+
+    assert _rank(Priority.HIGH) < _rank(Priority.NORMAL) < _rank(Priority.LOW)
+    # A LOW job submitted eight aging intervals before an URGENT one ranks with it: no starvation.
+    assert _rank(Priority.LOW, submitted_at=0.0) == _rank(Priority.URGENT, submitted_at=480.0)
+    # Of two equal jobs, the one further along goes first, by up to one step when done.
+    assert _rank(Priority.NORMAL, done=0.9) < _rank(Priority.NORMAL, done=0.1)
+    assert _rank(Priority.NORMAL, done=1.0) == _rank(Priority.HIGH + 2)
+
+
+def test_it_gives_a_freed_permit_to_the_best_ranked_waiter_not_the_first_to_ask() -> None:
+    here, there = _limiter(initial=1.0), _limiter(initial=1.0)  # two worker processes
+    holder = here.try_acquire()
+    assert holder is not None
+    # A low-priority call starts waiting first, then a high-priority one on another worker.
+    assert here.try_acquire(rank=_rank(Priority.LOW), token="low") is None
+    assert there.try_acquire(rank=_rank(Priority.HIGH), token="high") is None
+    assert here.state()["waiting"] == 2
+
+    here.release(holder, signal="neutral")
+
+    assert here.try_acquire(rank=_rank(Priority.LOW), token="low") is None  # asks first, waits
+    high = there.try_acquire(rank=_rank(Priority.HIGH), token="high")
+    assert high is not None
+    there.release(high, signal="neutral")
+    assert here.try_acquire(rank=_rank(Priority.LOW), token="low") is not None  # its turn
+    assert here.state()["waiting"] == 0
+
+
+def test_it_grants_as_many_waiters_as_there_are_free_slots_in_rank_order() -> None:
+    limiter = _limiter(initial=2.0)
+    holders = [limiter.try_acquire(), limiter.try_acquire()]
+    for name, priority in (("a", Priority.LOW), ("b", Priority.NORMAL), ("c", Priority.HIGH)):
+        assert limiter.try_acquire(rank=_rank(priority), token=name) is None
+    for permit in holders:
+        limiter.release(permit, signal="neutral")  # type: ignore[arg-type]
+
+    granted = {
+        name: limiter.try_acquire(rank=_rank(priority), token=name) is not None
+        for name, priority in (("a", Priority.LOW), ("b", Priority.NORMAL), ("c", Priority.HIGH))
+    }
+
+    assert granted == {"a": False, "b": True, "c": True}
+
+
+def test_a_waiter_that_stops_asking_leaves_the_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    limiter = _limiter(initial=1.0)
+    holder = limiter.try_acquire()
+    monkeypatch.setattr(concurrency, "WAITER_TTL_S", 0.2)
+    limiter.try_acquire(rank=_rank(Priority.URGENT), token="dead")  # then its worker is killed
+    monkeypatch.setattr(concurrency, "WAITER_TTL_S", 5)
+    limiter.release(holder, signal="neutral")  # type: ignore[arg-type]
+    assert limiter.try_acquire(rank=_rank(Priority.LOW), token="alive") is None
+
+    time.sleep(0.3)
+
+    assert limiter.try_acquire(rank=_rank(Priority.LOW), token="alive") is not None
+
+
+def test_a_call_that_gives_up_waiting_leaves_the_line() -> None:
+    limiter = _limiter(initial=1.0)
+    limiter.try_acquire()
+
+    with pytest.raises(ProviderBusyError):
+        limiter.acquire(timeout=0.05, rank=_rank(Priority.URGENT))
+
+    assert limiter.state()["waiting"] == 0
+
+
+def test_calls_waiting_for_the_provider_go_out_in_rank_order(limiter_settings: Any) -> None:
+    limiter_settings.COURSEGEN_CONCURRENCY_INITIAL = 1.0
+    limiter_settings.COURSEGEN_CONCURRENCY_INCREASE = 0.0
+    limiter_settings.COURSEGEN_CONCURRENCY_WAIT_S = 30.0
+    limiter = concurrency.limiter_for("m")
+    assert limiter is not None
+    holder = limiter.try_acquire()
+    order: list[str] = []
+
+    class Recording(ScriptedProvider):
+        def complete(self, request: CompletionRequest) -> Completion:
+            order.append(str(request.context["name"]))
+            return super().complete(request)
+
+    provider = Recording()
+    ranks = {"low": Priority.LOW, "normal": Priority.NORMAL, "urgent": Priority.URGENT}
+    ranks |= {"high": Priority.HIGH, "old-low": Priority.LOW}
+    threads = [
+        threading.Thread(
+            target=call_limited,
+            args=(provider, dataclasses.replace(_request(), context={"name": name})),
+            kwargs={"rank": _rank(p, submitted_at=0.0 if name == "old-low" else 1e6)},
+        )
+        for name, p in ranks.items()
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while limiter.state()["waiting"] < len(threads) and time.monotonic() < deadline:
+        time.sleep(0.01)  # every call stands in line before the slot frees
+
+    limiter.release(holder, signal="neutral")  # type: ignore[arg-type]
+    for thread in threads:
+        thread.join()
+
+    assert order == ["old-low", "urgent", "high", "normal", "low"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tasks_calls_carry_its_jobs_rank(teacher: Any, base_class: Any) -> None:
+    from generation import services
+    from generation.models import CourseGenerationJob
+    from generation.schemas import CourseRequest
+
+    request = CourseRequest(topic="Ranks", num_modules=1, lessons_per_module=1)
+    job = services.job_submit(user=teacher, base_class=base_class, request=request)
+    job = CourseGenerationJob.objects.get(pk=job.pk)
+    task = job.tasks.get(kind="outline")
+
+    spec = services.task_spec_build(task=task, worker="w")
+
+    expected = _rank(job.priority, submitted_at=job.created_at.timestamp(), done=job.progress / 100)
+    assert spec.rank == expected

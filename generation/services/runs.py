@@ -21,6 +21,7 @@ from tenacity import Retrying, retry_if_exception, stop_before_delay, wait_expon
 
 from coursegen import db
 from generation import cache, hotpath
+from generation.concurrency import call_rank
 from generation.leases import db_now_plus
 from generation.llm import GenerationResult, TaskSpec, generate
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
@@ -210,6 +211,11 @@ def task_spec_build(
         else None,
         moderator=get_moderation_provider(),
         moderation_model=settings.COURSEGEN_MODERATION_MODEL,
+        rank=call_rank(
+            priority=task.job.priority,
+            submitted_at=task.job.created_at.timestamp(),
+            done_share=task.job.progress / 100,
+        ),
     )
 
 
