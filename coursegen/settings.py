@@ -334,6 +334,32 @@ COURSEGEN_MODERATION_MODEL = env_str("COURSEGEN_MODERATION_MODEL", "omni-moderat
 COURSEGEN_MODEL_COMPLEX = env_str("COURSEGEN_MODEL_COMPLEX", "gpt-4.1-mini")
 COURSEGEN_MODEL_SIMPLE = env_str("COURSEGEN_MODEL_SIMPLE", "gpt-4.1-nano")
 
+
+def env_prices(name: str) -> dict[str, tuple[str, str, str]]:
+    """Parse "local=0,my-model=0.20/0.05/0.80": USD per million input, cached input and output
+    tokens per model; one number is all three (0: a local model costs nothing)."""
+    prices: dict[str, tuple[str, str, str]] = {}
+    for part in filter(None, (p.strip() for p in env_str(name, "").split(","))):
+        model, _, spec = part.partition("=")
+        numbers = [n.strip() for n in spec.split("/")]
+        try:
+            values = [float(n) for n in numbers]
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {part!r}: a price is not a number") from exc
+        if not model.strip() or len(values) not in (1, 3) or min(values) < 0:
+            raise ImproperlyConfigured(
+                f"{name}: {part!r} needs model=price or model=input/cached/output (USD per "
+                "million tokens, not negative)"
+            )
+        if len(numbers) == 1:
+            numbers *= 3
+        prices[model.strip()] = (numbers[0], numbers[1], numbers[2])
+    return prices
+
+
+# Prices of models not in generation/pricing.py's table, or overriding it (a local model: 0).
+COURSEGEN_MODEL_PRICES = env_prices("COURSEGEN_MODEL_PRICES")
+
 # Offline provider: latency scale 0 is instant; 1 is the full latency model.
 COURSEGEN_OFFLINE_LATENCY_SCALE = env_float("COURSEGEN_OFFLINE_LATENCY_SCALE", 0.0, minimum=0.0)
 # Fault rates, e.g. "rate_limit=0.05,server_error=0.02,timeout=0.01,malformed=0.02,invalid=0.1".

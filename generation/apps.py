@@ -10,6 +10,7 @@ class GenerationConfig(AppConfig):
         # every process, web and worker alike.
         from generation import (
             moderation_models,  # noqa: F401  (registers the HeldContent proxy)
+            pricing,  # noqa: F401  (registers the model-price system check)
             tasks,  # noqa: F401
             warmup,  # noqa: F401  (connects the worker_init warm-up)
         )

@@ -68,6 +68,7 @@ def _catch_all_options(index: int, question: Question) -> list[FieldError]:
             f"questions.{index}.options.{j}",
             f'"{option}" is a catch-all option; replace it with a plausible, specific distractor '
             '(no "all/none of the above")',
+            check="catch_all_option",
         )
         for j, option in enumerate(question.options)
         if _CATCH_ALL.search(option)
@@ -89,6 +90,7 @@ def _distractor_lengths(index: int, question: Question) -> list[FieldError]:
                     f"this distractor has {size} characters and the correct answer {correct}; "
                     f"write distractors of comparable length ({low}-{high} characters) so the "
                     "answer does not stand out",
+                    check="distractor_length",
                 )
             )
     return errors
@@ -127,6 +129,7 @@ def _duplicate_stems(questions: Sequence[Question], topic: str) -> list[FieldErr
                         f"questions.{index}.stem",
                         f"near-duplicate of question {earlier} "
                         f'("{questions[earlier].stem}"); ask about a different idea or objective',
+                        check="duplicate_question",
                     )
                 )
                 break
@@ -142,6 +145,7 @@ def check_assessment(
             FieldError(
                 "questions",
                 f"has {len(model.questions)} questions; {request.questions_per_lesson} requested",
+                check="question_count",
             )
         )
     for index, question in enumerate(model.questions):
@@ -195,6 +199,7 @@ def _missing_objectives(text: str, objectives: Iterable[str]) -> list[FieldError
                     "detailed_explanation",
                     f'does not cover the learning objective "{objective}" (missing key words: '
                     f"{', '.join(missing)}); teach it explicitly",
+                    check="objective_coverage",
                 )
             )
     return errors
@@ -245,6 +250,7 @@ def _reading_level(
             "detailed_explanation",
             f"reading level is grade {grade:.1f} (Flesch-Kincaid); a {request.level.value} course "
             f"for {request.audience} needs grade {low:g}-{high:g}: {advice}",
+            check="reading_level",
         )
     ]
 
@@ -279,7 +285,9 @@ def check_outline(
     if len(model.modules) != request.num_modules:
         errors.append(
             FieldError(
-                "modules", f"has {len(model.modules)} modules; {request.num_modules} requested"
+                "modules",
+                f"has {len(model.modules)} modules; {request.num_modules} requested",
+                check="outline_size",
             )
         )
     for index, module in enumerate(model.modules):
@@ -288,6 +296,7 @@ def check_outline(
                 FieldError(
                     f"modules.{index}.lessons",
                     f"has {len(module.lessons)} lessons; {request.lessons_per_module} requested",
+                    check="outline_size",
                 )
             )
     return errors
@@ -300,6 +309,7 @@ def check_mind_map(model: MindMap, request: CourseRequest, context: Context) -> 
         FieldError(
             "nodes",
             f"has {len(model.nodes)} nodes; it needs one per module ({request.num_modules})",
+            check="mind_map_nodes",
         )
     ]
 
@@ -332,6 +342,7 @@ class Duplicate:
             f"questions.{self.index}.stem",
             f'near-duplicate of a question in lesson {self.earlier_key} ("{self.earlier_stem}"); '
             "ask about a different idea of this lesson",
+            check="duplicate_question",
         )
 
 

@@ -7,6 +7,7 @@ report `FieldError`s, so every failure feeds the same re-ask, and one confined t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -14,9 +15,25 @@ from dataclasses import dataclass
 class FieldError:
     path: str
     message: str
+    # The content check that found it (generation/checks.py: "reading_level" ...); "" for the
+    # schema. A task that fails names it, so a teacher knows which rule the output could not meet.
+    check: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return {"path": self.path, "message": self.message}
+        found = {"path": self.path, "message": self.message}
+        return {**found, "check": self.check} if self.check else found
 
     def __str__(self) -> str:
         return f"{self.path or '(root)'}: {self.message}"
+
+
+def describe(errors: Sequence[FieldError] | Sequence[dict[str, str]], *, limit: int = 3) -> str:
+    """The errors a task ended with, for its error: each check's name, the path and the message
+    (which carries the value: "reading level is grade 16.2 ...; needs grade 4-12")."""
+    items = [e if isinstance(e, dict) else e.as_dict() for e in errors]
+    shown = [
+        f"{e.get('check') or 'schema'} check failed at {e.get('path') or '(root)'}: {e['message']}"
+        for e in items[:limit]
+    ]
+    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(shown) + more

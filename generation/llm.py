@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 from generation import parts
 from generation.breaker import CircuitBreaker, CircuitOpenError
 from generation.concurrency import call_limited
-from generation.field_errors import FieldError
+from generation.field_errors import FieldError, describe
 from generation.moderation import flagged_feedback, moderation_call, text_of
 from generation.pricing import cost_of
 from generation.prompts import build_messages, dumps, part_messages, reask_messages
@@ -499,12 +499,17 @@ def _whole(
             return dict(data)
         convo.result.validation_errors = [e.as_dict() for e in errors]
         if errors == previous:
-            raise StopGeneration("stopped early: the re-ask repeated the same validation errors")
+            raise StopGeneration(
+                "stopped early: the re-ask repeated the same validation errors: " + describe(errors)
+            )
         previous, kind = errors, "reask"
         best = data if isinstance(data, dict) else best
         failed = dumps(data) if data is not None else reply.raw or dumps({})
         messages = reask_messages(convo.base, failed_output=failed, errors=[str(e) for e in errors])
-    raise StopGeneration(f"output invalid after {convo.policy.max_attempts} attempts")
+    raise StopGeneration(
+        f"output invalid after {convo.policy.max_attempts} attempts: "
+        + describe(convo.result.validation_errors)
+    )
 
 
 # --- Moderation ----------------------------------------------------------------------------------
@@ -595,6 +600,8 @@ def regenerate_part(
             if latest == previous:
                 break
             previous = latest
-        raise StopGeneration(f"could not regenerate {part}")
+        raise StopGeneration(
+            f"could not regenerate {part}: {describe(convo.result.validation_errors)}"
+        )
 
     return _run(convo, body)

@@ -2,14 +2,21 @@
 
 Prices are USD per million tokens (OpenAI's published list prices for these models). Cached input
 is the part of the prompt served from the provider's prompt cache; the Batch API halves all prices.
-Unknown models cost nothing rather than failing a generation, and are flagged in the logs.
+`COURSEGEN_MODEL_PRICES` adds models (a local model at 0) or overrides a row. A model with no price
+costs nothing rather than failing a generation: a system check warns once at start for each
+configured model without one, and each process logs it once, not per call.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
 
 from generation.providers.base import Usage
 
@@ -36,6 +43,9 @@ PRICES: dict[str, ModelPrice] = {
 
 
 def price_for(model: str) -> ModelPrice | None:
+    configured = settings.COURSEGEN_MODEL_PRICES.get(model)
+    if configured is not None:
+        return ModelPrice(*(Decimal(p) for p in configured))
     if model in PRICES:
         return PRICES[model]
     # Dated snapshots ("gpt-4.1-mini-2025-04-14") cost what their family costs.
@@ -46,7 +56,7 @@ def price_for(model: str) -> ModelPrice | None:
 def cost_of(usage: Usage, model: str, *, batch: bool = False) -> Decimal:
     price = price_for(model)
     if price is None:
-        logger.warning("no price for model %s; counting its cost as 0", model)
+        _warn_once(model)
         return Decimal(0)
     uncached = max(usage.input_tokens - usage.cached_tokens, 0)
     dollars = (
@@ -57,3 +67,54 @@ def cost_of(usage: Usage, model: str, *, batch: bool = False) -> Decimal:
     if batch:
         dollars *= BATCH_DISCOUNT
     return dollars.quantize(Decimal("0.00000001"))
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(model: str) -> None:
+    with _warned_lock:
+        if model in _warned:
+            return
+        _warned.add(model)
+    logger.warning(
+        "no price for model %s; counting its cost as 0 (set COURSEGEN_MODEL_PRICES, e.g. %s=0)",
+        model,
+        model,
+    )
+
+
+def warn_unpriced_models() -> None:
+    """Log each configured model without a price once (a worker's start)."""
+    for model in configured_models().values():
+        if price_for(model) is None:
+            _warn_once(model)
+
+
+def configured_models() -> dict[str, str]:
+    """The models the settings route work to, by the setting that names them."""
+    named = {
+        "COURSEGEN_MODEL_COMPLEX": settings.COURSEGEN_MODEL_COMPLEX,
+        "COURSEGEN_MODEL_SIMPLE": settings.COURSEGEN_MODEL_SIMPLE,
+        "COURSEGEN_JUDGE_MODEL": settings.COURSEGEN_JUDGE_MODEL,
+    }
+    return {setting: model for setting, model in named.items() if model}
+
+
+@checks.register()
+def check_model_prices(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    """One warning at start per configured model without a price (its cost counts as 0)."""
+    missing: dict[str, list[str]] = {}
+    for setting, model in configured_models().items():
+        if price_for(model) is None:
+            missing.setdefault(model, []).append(setting)
+    return [
+        checks.Warning(
+            f"no price for model {model!r} ({', '.join(names)}): its calls count as $0",
+            hint=f"Set COURSEGEN_MODEL_PRICES, e.g. {model}=0 for a local model or "
+            f"{model}=0.40/0.10/1.60 (USD per million input/cached/output tokens).",
+            id="generation.W001",
+        )
+        for model, names in missing.items()
+    ]

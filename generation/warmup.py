@@ -20,9 +20,11 @@ logger = logging.getLogger("coursegen.generation")
 
 def warm_up() -> float:
     from generation.checks import prose_grade
+    from generation.pricing import warn_unpriced_models
     from generation.tokens import count_tokens
 
     started = time.monotonic()
+    warn_unpriced_models()  # a worker runs no system checks: the same warning, once, at start
     count_tokens("Warm the tokenizer up.")
     prose_grade("Plants turn light into sugar. The leaf holds the green pigment that does it.")
     return time.monotonic() - started

@@ -329,3 +329,24 @@ def test_it_defers_when_redis_or_the_database_blinks(monkeypatch: pytest.MonkeyP
     result = generate(_spec(), Down())
 
     assert result.defer_s is not None and not result.ok
+
+
+def test_a_failed_task_names_the_check_and_the_value_it_could_not_meet() -> None:
+    request = CourseRequest(topic="Rivers", num_modules=2, lessons_per_module=1)
+    one_module = build_content(
+        TaskKind.OUTLINE, request.model_copy(update={"num_modules": 1}).model_dump(mode="json")
+    )
+    spec = TaskSpec(
+        kind=TaskKind.OUTLINE,
+        tier=Tier.COMPLEX,
+        model="gpt-4.1-mini",
+        request=request,
+        outline=None,
+        context=request.model_dump(mode="json"),
+    )
+
+    result = generate(spec, ScriptedProvider([one_module] * 3))
+
+    assert not result.ok
+    assert "outline_size check failed at modules: has 1 modules; 2 requested" in result.error
+    assert result.validation_errors[0]["check"] == "outline_size"
