@@ -228,3 +228,62 @@ def jobs_stuck(*, now: datetime) -> QuerySet[CourseGenerationJob]:
 def provider_constraints() -> list[ProviderConstraint]:
     """The constraint step of every (OpenAI-compatible server, model) the provider has called."""
     return list(ProviderConstraint.objects.order_by("base_url", "model")[:100])
+
+
+def job_run_summary(job: CourseGenerationJob) -> dict[str, Any]:
+    """A finished (or stopped) job's figures for scripts and checks (generate_course --json):
+    its calls and their outcomes, first-attempt validity, tokens, cost, quality and failures.
+
+    `first_attempt_valid_share`: of the tasks' first provider calls, the share whose reply was
+    schema-valid JSON (content checks may still have asked for a repair: those errors carry the
+    check's name); `first_attempt_ok_share`: the share that passed every check as well."""
+    from generation.models import GenerationAttempt
+
+    attempts = GenerationAttempt.objects.filter(Q(task__job=job) | Q(judge_run__job=job))
+    rows: list[dict[str, Any]] = [
+        dict(row)
+        for row in attempts.order_by("created_at", "number").values(
+            "kind", "outcome", "errors", "task_id"
+        )
+    ]
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        by_outcome = counts.setdefault(row["kind"], {})
+        by_outcome[row["outcome"]] = by_outcome.get(row["outcome"], 0) + 1
+    firsts = list(_first_answers(rows).values())
+    valid = [r for r in firsts if r["outcome"] == "ok" or _content_errors_only(r["errors"])]
+    tasks = GenerationTask.objects.filter(job=job)
+    failed = tasks.filter(status=TaskStatus.FAILED).order_by("position")
+    return {
+        "job_id": str(job.id),
+        "status": job.status,
+        "tasks": tasks.count(),
+        "calls": sum(1 for r in rows if r["kind"] != "cache"),
+        "first_attempt_valid_share": round(len(valid) / len(firsts), 4) if firsts else None,
+        "first_attempt_ok_share": (
+            round(sum(r["outcome"] == "ok" for r in firsts) / len(firsts), 4) if firsts else None
+        ),
+        "attempts": counts,
+        "tokens_in": job.input_tokens,
+        "tokens_cached": job.cached_tokens,
+        "tokens_out": job.output_tokens,
+        "cost_usd": float(job.cost_usd),
+        "quality": {"heuristic": job.quality_score, "judge": job.judge_score},
+        "failed_tasks": [{"kind": t.kind, "key": t.key, "error": t.error} for t in failed],
+        "error": job.error,
+    }
+
+
+def _first_answers(rows: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """Each task's first answered call (after any transport retries), in call order."""
+    firsts: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        answered = row["outcome"] in ("ok", "invalid")
+        if row["task_id"] and answered and row["kind"] in ("first", "transport_retry"):
+            firsts.setdefault(row["task_id"], row)
+    return firsts
+
+
+def _content_errors_only(errors: Any) -> bool:
+    """The reply parsed and met the schema: every error it had came from a content check."""
+    return bool(errors) and all(isinstance(e, dict) and e.get("check") for e in errors)

@@ -1,11 +1,15 @@
 """Generate one course from the command line, with a progress bar and a summary.
 
-Exits non-zero when the course fails. With no broker configured the tasks run in-process (eager);
-with one, they run on the Celery workers and this command follows the job's rows.
+With `--json` the last line of stdout is one JSON object with the run's figures (job_run_summary
+in generation/selectors.py, plus the constraint step per model and the wall time), whatever the
+outcome: scripts and checks read it instead of the text. Exits non-zero when the course fails.
+With no broker configured the tasks run in-process (eager); with one, they run on the Celery
+workers and this command follows the job's rows.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import datetime
@@ -14,15 +18,17 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import close_old_connections
+from django.db import connections
 from django.utils import timezone
 from pydantic import ValidationError
 from tqdm import tqdm
 
 from accounts.models import BaseClass
-from generation import safety, services
+from generation import safety, selectors, services
 from generation.evaluation import CRITERIA, EVALUATOR
 from generation.models import CourseGenerationJob, GenerationAttempt, GenerationTask, JobStatus
+from generation.providers import get_provider
+from generation.providers.openai import OpenAIProvider
 from generation.rubric import JUDGE_EVALUATOR
 from generation.schemas import CourseRequest, Level
 
@@ -51,6 +57,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--urgency", default="now", choices=["now", "batch"], help="batch: docs/batch.md"
         )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="print the run's figures as one JSON object on the last line",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = get_user_model().objects.filter(username=options["user"]).first()
@@ -59,12 +70,30 @@ class Command(BaseCommand):
         base_class = self._base_class(user, options["base_class"])
         request = self._request(options)
         started = time.monotonic()
-        job = self._submit_and_follow(
-            user, base_class, request, options["timeout"], options["urgency"]
-        )
-        self._summary(job, time.monotonic() - started)
+        try:
+            job = self._submit_and_follow(
+                user, base_class, request, options["timeout"], options["urgency"]
+            )
+        except TimedOut as exc:
+            if options["json"] and exc.job is not None:
+                self._json(exc.job, time.monotonic() - started, timed_out=True)
+            raise CommandError(str(exc)) from None
+        wall_s = time.monotonic() - started
+        self._summary(job, wall_s)
+        if options["json"]:
+            self._json(job, wall_s)
         if job.status != JobStatus.SUCCEEDED:
             raise CommandError(f"job {job.id} {job.status}: {job.error}")
+
+    def _json(self, job: CourseGenerationJob, wall_s: float, *, timed_out: bool = False) -> None:
+        job.refresh_from_db()
+        summary = selectors.job_run_summary(job)
+        models = GenerationTask.objects.filter(job=job).exclude(model="")
+        summary["constraint"] = _constraints(sorted(set(models.values_list("model", flat=True))))
+        summary["provider"] = settings.COURSEGEN_PROVIDER
+        summary["wall_s"] = round(wall_s, 1)
+        summary["timed_out"] = timed_out
+        self.stdout.write(json.dumps(summary, sort_keys=True))
 
     def _base_class(self, user: Any, wanted: str | None) -> BaseClass:
         classes = BaseClass.objects.filter(organisation__memberships__user=user)
@@ -120,16 +149,17 @@ class Command(BaseCommand):
             except Exception as exc:  # reported by the main thread
                 submitted["error"] = exc
             finally:
-                close_old_connections()
+                connections.close_all()  # this thread's own connections
 
         # Eager mode runs the whole course inside job_submit: do it on a thread so the bar moves.
         since = timezone.now()
         thread = threading.Thread(target=submit, daemon=True)
         thread.start()
         deadline = time.monotonic() + timeout
+        job = None
         with tqdm(total=100, unit="%", desc=request.topic[:40], disable=None) as bar:
             while time.monotonic() < deadline:
-                job = self._latest_job(submitted, user, since)
+                job = self._latest_job(submitted, user, since) or job
                 if job is not None:
                     bar.update(job.progress - bar.n)
                     if job.is_terminal and not thread.is_alive():
@@ -137,7 +167,7 @@ class Command(BaseCommand):
                 if "error" in submitted:
                     raise CommandError(f"submit failed: {submitted['error']}")
                 time.sleep(0.2)
-        raise CommandError(f"timed out after {timeout:.0f}s")
+        raise TimedOut(f"timed out after {timeout:.0f}s", job)
 
     def _latest_job(
         self, submitted: dict[str, Any], user: Any, since: datetime
@@ -201,6 +231,23 @@ class Command(BaseCommand):
             f"Judge:     {judged.overall:.2f} ({judged.evaluator}{simulated}): {scores}; "
             f"${job.judge_cost_usd:.4f}, apart from the generation cost"
         )
+
+
+class TimedOut(Exception):
+    def __init__(self, message: str, job: CourseGenerationJob | None):
+        super().__init__(message)
+        self.job = job
+
+
+def _constraints(models: list[str]) -> dict[str, str]:
+    """The constraint step the provider uses for each model (the openai provider's ladder);
+    "none" for the offline simulator, "undecided" before a model's first answer."""
+    provider = get_provider()
+    if not isinstance(provider, OpenAIProvider):
+        return dict.fromkeys(models, "none")
+    return {
+        m: (step.value if (step := provider.constraint_step(m)) else "undecided") for m in models
+    }
 
 
 def _is_uuid(value: str) -> bool:
