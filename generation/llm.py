@@ -499,16 +499,15 @@ def _whole(
             return dict(data)
         convo.result.validation_errors = [e.as_dict() for e in errors]
         if errors == previous:
-            raise StopGeneration(
-                "stopped early: the re-ask repeated the same validation errors: " + describe(errors)
-            )
+            same = f"the same validation errors: {describe(errors)}"
+            raise StopGeneration(f"stopped early: the re-ask repeated {same}")
         previous, kind = errors, "reask"
         best = data if isinstance(data, dict) else best
         failed = dumps(data) if data is not None else reply.raw or dumps({})
         messages = reask_messages(convo.base, failed_output=failed, errors=[str(e) for e in errors])
+    errors_left = describe(convo.result.validation_errors)
     raise StopGeneration(
-        f"output invalid after {convo.policy.max_attempts} attempts: "
-        + describe(convo.result.validation_errors)
+        f"output invalid after {convo.policy.max_attempts} attempts: {errors_left}"
     )
 
 
@@ -600,8 +599,6 @@ def regenerate_part(
             if latest == previous:
                 break
             previous = latest
-        raise StopGeneration(
-            f"could not regenerate {part}: {describe(convo.result.validation_errors)}"
-        )
+        raise StopGeneration(f"could not regenerate {part}: {describe(latest or errors)}")
 
     return _run(convo, body)
