@@ -30,6 +30,9 @@ CHAOS_ENV := DATABASE_URL=$(CHAOS_DATABASE_URL) DATABASE_POOL=true COURSEGEN_CAC
 	LOG_LEVEL=warning
 
 # `make bench`: its own redis-server on BENCH_REDIS_PORT, a fresh database, real processes.
+# The bench measures generation: the LLM judge (its own calls, after finalize) is off unless asked.
+# (Set before BENCH_ENV: `:=` expands it there, and an empty value meant the default, on.)
+BENCH_JUDGE ?= false
 BENCH_REDIS_PORT ?= 6393
 BENCH_THROUGHPUT_DB ?= coursegen_bench2
 BENCH_THROUGHPUT_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/$(BENCH_THROUGHPUT_DB)
@@ -39,8 +42,6 @@ BENCH_ENV := DATABASE_URL=$(BENCH_THROUGHPUT_DATABASE_URL) DATABASE_POOL=true CO
 	CELERY_RESULT_BACKEND=redis://127.0.0.1:$(BENCH_REDIS_PORT)/0 \
 	REDIS_URL=redis://127.0.0.1:$(BENCH_REDIS_PORT)/1 DJANGO_DEBUG=false LOG_LEVEL=warning \
 	COURSEGEN_JUDGE_ENABLED=$(BENCH_JUDGE)
-# The bench measures generation: the LLM judge (its own calls, after finalize) is off unless asked.
-BENCH_JUDGE ?= false
 
 .PHONY: system-deps browser-deps venv demo test chaos bench lint typecheck check migrations-check worker beat flower web clean bench-admission
 

@@ -6,9 +6,12 @@ PostgreSQL database named by DATABASE_URL. Phases:
 1. queries — one 4x3 course runs in this process with Celery eager, counting every SQL statement.
    priority — a backlog of low-priority probes, then high-priority ones: priority steps on one
    queue against two queues. pools — 10 courses at once on threads, gevent and prefork workers.
-2. cpu — latency 0: `--cpu-users` users submit courses through the HTTP API until `--cpu-courses`
+2. floor — the Celery floor under the cpu phase: no-op courses of the same shape (an outline
+   task, then a chord of 42 tasks and its body) on the same broker, workers and pool; CPU-seconds
+   of workers, Redis and this process (the submitter) per course.
+   cpu — latency 0: `--cpu-users` users submit courses through the HTTP API until `--cpu-courses`
    are done; CPU-seconds of web, workers, beat, Redis and this database's PostgreSQL backends per
-   course.
+   course, and its ratio to the floor.
 3. critical path — full latency, an idle system: one course; its slowest chain of provider calls
    (the outline, then the slowest chord task) against its wall time from submit to finish.
 4. throughput — full latency: 100 users, each submitting its next course when the last ends;
@@ -52,6 +55,9 @@ from generation.schemas import CourseRequest, TaskKind
 from perf import load, procs
 
 PROBE_BACKLOG, PROBE_URGENT, PROBE_CONCURRENCY, PROBE_SLEEP_S = 400, 40, 16, 0.05
+# A 4x3 course's chord: per lesson a section, an assessment and brain bytes (36), per module a
+# summary (4), the mind map and the metadata (generation/services/planning.plan_units).
+FLOOR_WIDTH = 4 * 3 * 3 + 4 + 2
 POOLS = [("threads", 300), ("gevent", 300), ("prefork", 8)]
 POOL_COURSES, POOL_LATENCY_SCALE = 10, 0.25
 TARGETS = {
@@ -59,6 +65,7 @@ TARGETS = {
     "cpu_s_per_course": ("<=", 0.6),
     "courses_per_hour": (">=", 3000),
     "submit_p99_ms": ("<=", 50),
+    "cpu_over_celery_floor": ("<=", 2.5),
 }
 
 
@@ -86,7 +93,9 @@ class Command(BaseCommand):
             default=30,
             help="gunicorn keep-alive seconds (0: a connection per request, as behind a proxy)",
         )
-        parser.add_argument("--phases", default="queries,priority,pools,cpu,critical,throughput")
+        parser.add_argument(
+            "--phases", default="queries,priority,pools,floor,cpu,critical,throughput"
+        )
         parser.add_argument("--profile", default="", help="py-spy a worker in the cpu phase")
         parser.add_argument(
             "--profile-web",
@@ -120,13 +129,17 @@ class Command(BaseCommand):
                 if "pools" in phases:
                     self.progress("pools")
                     self.phase_pools(fleet)
-                if not phases & {"cpu", "critical", "throughput"}:
+                if not phases & {"floor", "cpu", "critical", "throughput"}:
                     return self.report()
                 self.start_web_and_beat(fleet)
-                if "cpu" in phases:
-                    self.progress("cpu")
+                if phases & {"floor", "cpu"}:
                     self.start_workers(fleet, latency=0.0)
-                    self.phase_cpu(fleet, users)
+                    if "floor" in phases:
+                        self.progress("floor")
+                        self.phase_floor(fleet)
+                    if "cpu" in phases:
+                        self.progress("cpu")
+                        self.phase_cpu(fleet, users)
                     fleet.stop("worker")
                 if phases & {"critical", "throughput"}:
                     self.start_workers(fleet, latency=1.0)
@@ -374,6 +387,10 @@ class Command(BaseCommand):
         per_course = total / max(len(done), 1)
         self.results["cpu_s_per_course"] = round(per_course, 3)
         self.results["cpu_courses"] = len(done)
+        floor = self.results.get("celery_floor_cpu_s_per_course")
+        if floor:  # the floor phase ran first, on the same workers
+            self.results["cpu_over_celery_floor"] = round(per_course / floor, 2)
+            self.rows.append(("cpu", "over the Celery floor (x)", f"{per_course / floor:.2f}"))
         for role, value in sorted(spent.items()):
             self.rows.append(
                 ("cpu", f"{role} CPU-s per course", f"{value / max(len(done), 1):.3f}")
@@ -402,6 +419,44 @@ class Command(BaseCommand):
             )
         )
         self.rows.append(("cpu", "load errors", str(len(result.errors))))
+
+    def phase_floor(self, fleet: procs.Fleet) -> None:
+        """Celery's own cost of a course: no-op courses of the pipeline's shape, as many and as
+        many at once as the cpu phase runs, on its workers, broker and pool."""
+        from perf.tasks import FLOOR_DONE, floor_outline
+
+        count, at_once = self.opts["cpu_courses"], self.opts["cpu_users"]
+        client = redis.Redis.from_url(str(settings.REDIS_URL), socket_timeout=30)
+        client.delete(FLOOR_DONE)
+        roles = ("worker", "redis", "beat")
+        before = self.cpu_snapshot(fleet)
+        submitter = procs.cpu_s(os.getpid(), children=False)
+        started = time.monotonic()
+        sent = done = 0
+        while done < count:
+            while sent < count and sent - done < at_once:
+                floor_outline.apply_async(args=(sent, FLOOR_WIDTH, int(Priority.NORMAL)))
+                sent += 1
+            if client.blpop([FLOOR_DONE], timeout=2) is not None:
+                done += 1
+            elif time.monotonic() - started > 300:
+                break  # a lost chord: report what finished
+        elapsed = time.monotonic() - started
+        after = self.cpu_snapshot(fleet)
+        spent = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in roles}
+        spent["submitter (this process)"] = procs.cpu_s(os.getpid(), children=False) - submitter
+        per_course = sum(spent.values()) / max(done, 1)
+        self.results["celery_floor_cpu_s_per_course"] = round(per_course, 3)
+        for role, value in sorted(spent.items()):
+            self.rows.append(("floor", f"{role} CPU-s per course", f"{value / max(done, 1):.3f}"))
+        self.rows.append(("floor", "total CPU-s per no-op course", f"{per_course:.3f}"))
+        self.rows.append(
+            (
+                "floor",
+                f"courses (outline + chord of {FLOOR_WIDTH} + body) / at once / wall s",
+                f"{done} / {at_once} / {elapsed:.1f}",
+            )
+        )
 
     def phase_critical(self, user: tuple[str, str]) -> None:
         result = self.drive([user], budget=1, poll=0.1)
