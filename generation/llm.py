@@ -15,10 +15,9 @@ The policy (`ReaskPolicy`, from settings), in one place:
   early when an attempt repeats the previous attempt's errors. `token_budget` caps what one run
   of a task may spend in all: no request starts that would take it past the budget.
 
-Every provider call becomes an `AttemptRecord` (kind first / reask / part / transport_retry), so
-the ledger shows what each repair cost. Each call also goes through the model's circuit breaker
-(generation/breaker.py), renews the task's lease and respects its deadline; when the provider is
-unreachable the result asks for the task to be deferred rather than failed.
+Every provider call becomes an `AttemptRecord` (kind first / reask / part / transport_retry). Each
+call goes through the model's circuit breaker, renews the task's lease and respects its deadline;
+when the provider is unreachable the task is deferred rather than failed.
 """
 
 from __future__ import annotations
@@ -159,9 +158,7 @@ class TaskSpec:
     # Renews the task's lease before each call; False means another worker owns the task now.
     heartbeat: Callable[[], bool] | None = None
     deadline: float | None = None  # time.monotonic() after which no new call starts
-    fallback_model: str | None = (
-        None  # the other tier's model, used while this one's breaker is open
-    )
+    fallback_model: str | None = None  # the other tier's model, while this one's breaker is open
     moderator: Provider | None = None  # checks the output (docs/safety.md); None: not checked
     moderation_model: str = ""
     # The calls' place in line when the provider's limit binds (concurrency.call_rank); None:
@@ -499,8 +496,7 @@ def _whole(
             return dict(data)
         convo.result.validation_errors = [e.as_dict() for e in errors]
         if errors == previous:
-            same = f"the same validation errors: {describe(errors)}"
-            raise StopGeneration(f"stopped early: the re-ask repeated {same}")
+            raise StopGeneration(f"stopped early, same validation errors again: {describe(errors)}")
         previous, kind = errors, "reask"
         best = data if isinstance(data, dict) else best
         failed = dumps(data) if data is not None else reply.raw or dumps({})
