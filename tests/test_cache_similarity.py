@@ -213,3 +213,17 @@ def test_it_classifies_embeddings_errors_like_completion_errors() -> None:
         assert slow.value.retry_after == 3
         with pytest.raises(PermanentProviderError):
             provider.embed(request)
+
+
+@pytest.mark.parametrize(
+    ("topic", "embedded"),
+    [
+        ("an introduction to fractions", "fractions"),
+        ("volcanoes for beginners", "volcanoes"),
+        ("shakespeare: an introduction", "shakespeare"),
+        ("machine learning fundamentals", "machine learning"),
+        ("introduction", "introduction"),
+    ],
+)
+def test_course_boilerplate_is_not_embedded(topic: str, embedded: str) -> None:
+    assert guards.strip_boilerplate(topic) == embedded

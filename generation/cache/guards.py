@@ -75,6 +75,25 @@ für mit el los las y para con del
 _FILLER = frozenset(_FILLER_WORDS.split())
 
 
+# Course boilerplate around a subject ("an introduction to", "for beginners", "explained"):
+# it says nothing about what the course is on, yet moves a short topic's embedding a lot.
+_BOILERPLATE = re.compile(
+    r"\b(?:(?:an?|the)\s+)?(?:introduction|intro|overview|guide|primer)\s+(?:to|of|on)\b"
+    r"|\b(?:the\s+)?(?:basics|fundamentals|essentials|principles)\s+of\b"
+    r"|[:,-]?\s*an?\s+(?:introduction|overview|primer)\b"
+    r"|\b(?:for|to)\s+(?:complete\s+)?beginners\b"
+    r"|\b(?:learning|all)\s+about\b|\bunderstanding\b|\bexplained\b"
+    r"|\b(?:introduction|overview|basics|fundamentals|essentials)\b"
+    r"|\b(?:basic|introductory)\b"
+)
+
+
+def strip_boilerplate(text: str) -> str:
+    """The text without course boilerplate; the text itself when nothing else is left."""
+    stripped = " ".join(_BOILERPLATE.sub(" ", text).split()).strip(" :,-.")
+    return stripped or text
+
+
 def words(text: str) -> list[str]:
     return _WORD.findall(text)
 

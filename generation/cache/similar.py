@@ -46,9 +46,11 @@ def shape_hash(context: dict[str, Any]) -> str:
 
 
 def embedded_text(context: dict[str, Any]) -> str:
-    """What is embedded: the topic and the teacher's instructions (the audience has a guard of
-    its own, and its band is an exact filter)."""
-    return ". ".join(str(context.get(f) or "") for f in ("topic", "instructions") if context.get(f))
+    """What is embedded: the topic without course boilerplate ("an introduction to", "for
+    beginners") and the teacher's instructions (the audience has a guard of its own, and its
+    band is an exact filter)."""
+    topic = guards.strip_boilerplate(str(context.get("topic") or ""))
+    return ". ".join(t for t in (topic, str(context.get("instructions") or "")) if t)
 
 
 def guard_text(context: dict[str, Any]) -> str:
