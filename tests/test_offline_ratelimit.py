@@ -15,7 +15,7 @@ from generation import concurrency
 from generation.concurrency import call_limited
 from generation.providers.base import CompletionRequest, Message, TransientProviderError
 from generation.providers.offline import OfflineProvider
-from generation.providers.ratelimit import ProviderRateLimit
+from generation.providers.ratelimit import ProviderRateLimit, bucket_key
 from generation.schemas import MindMap, TaskKind, Tier
 
 
@@ -59,6 +59,17 @@ def test_it_refuses_calls_over_the_requests_per_minute(shared: bool) -> None:
     assert 15 < results[-1].retry_after_s <= 20  # one request refills in 60 / 3 s
     assert results[-1].headers["x-ratelimit-remaining-requests"] == "0"
     assert "retry-after-ms" in results[-1].headers
+
+
+def test_the_shared_buckets_count_calls_admitted_and_refused() -> None:
+    """What `make bench`'s ratelimited phase reads: calls admitted and refused per model."""
+    limit = _shared(rpm=2)
+
+    for _ in range(3):
+        limit.take("counted", 10)
+
+    counts = redis_client(settings.REDIS_URL).hmget(bucket_key("counted"), ["admitted", "refused"])
+    assert counts == [b"2", b"1"]
 
 
 def test_it_shares_one_limit_between_processes() -> None:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import redis
 
-# KEYS: bucket hash. ARGV: rpm, tpm, tokens. Returns {admitted, requests left, tokens left, wait}.
+# KEYS: bucket hash (it also counts calls admitted and refused). ARGV: rpm, tpm, tokens.
+# Returns {admitted, requests left, tokens left, wait}.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -41,6 +42,7 @@ if wait == 0 then
   if tpm > 0 then k = k - need end
 end
 redis.call('HSET', KEYS[1], 'r', r, 't', k, 'ts', now)
+redis.call('HINCRBY', KEYS[1], admitted == 1 and 'admitted' or 'refused', 1)
 redis.call('EXPIRE', KEYS[1], 120)
 return {admitted, tostring(r), tostring(k), tostring(wait)}
 """
@@ -58,6 +60,10 @@ class _Bucket:
     requests: float
     tokens: float
     stamp: float
+
+
+def bucket_key(model: str) -> str:
+    return f"coursegen:offline-ratelimit:{model}"
 
 
 class ProviderRateLimit:
@@ -78,7 +84,7 @@ class ProviderRateLimit:
         need = min(tokens, self.tpm) if self.tpm else 0  # a call larger than the limit still fits
         if self._script is not None:
             got, r, k, wait = self._script(
-                keys=[f"coursegen:offline-ratelimit:{model}"], args=[self.rpm, self.tpm, need]
+                keys=[bucket_key(model)], args=[self.rpm, self.tpm, need]
             )
             admitted, left_r, left_t, wait_s = bool(got), float(r), float(k), float(wait)
         else:

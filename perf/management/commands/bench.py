@@ -17,6 +17,10 @@ PostgreSQL database named by DATABASE_URL. Phases:
 4. throughput — full latency: 100 users, each submitting its next course when the last ends;
    after `--warmup` seconds, courses finished per hour over `--duration` seconds, and the submit
    endpoint's latency percentiles.
+5. ratelimited — the offline provider's emulated requests-per-minute limit set to `--rl-share`
+   of what `--rl-users` users (admins, teachers and students in turn) would use unlimited: the
+   share of the limit used, the share of calls answered 429, and per priority the course wall
+   time over its own critical path.
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ PROBE_BACKLOG, PROBE_URGENT, PROBE_CONCURRENCY, PROBE_SLEEP_S = 400, 40, 16, 0.0
 # A 4x3 course's chord: per lesson a section, an assessment and brain bytes (36), per module a
 # summary (4), the mind map and the metadata (generation/services/planning.plan_units).
 FLOOR_WIDTH = 4 * 3 * 3 + 4 + 2
+# The complex model's calls of a 4x3 course (the outline, and per lesson a section, an
+# assessment and brain bytes): the model whose limit binds first, the simple one has 6.
+COMPLEX_CALLS = 1 + 4 * 3 * 3
+CRITICAL_PATH_AT_FULL_LATENCY_S = 25.3  # the critical phase's figure (docs/performance.md)
+RL_ROLES = (Role.ADMIN, Role.TEACHER, Role.STUDENT)
 POOLS = [("threads", 300), ("gevent", 300), ("prefork", 8)]
 POOL_COURSES, POOL_LATENCY_SCALE = 10, 0.25
 TARGETS = {
@@ -66,6 +75,9 @@ TARGETS = {
     "courses_per_hour": (">=", 3000),
     "submit_p99_ms": ("<=", 50),
     "cpu_over_celery_floor": ("<=", 2.5),
+    "provider_limit_used": (">=", 0.90),
+    "provider_429_share": ("<=", 0.02),
+    "high_priority_wall_p95_over_critical_path": ("<=", 1.5),
 }
 
 
@@ -103,6 +115,16 @@ class Command(BaseCommand):
             help="py-spy (wall clock) a web worker in the throughput phase",
         )
         parser.add_argument("--keep-logs", action="store_true")
+        parser.add_argument("--rl-users", type=int, default=15, help="ratelimited phase users")
+        parser.add_argument(
+            "--rl-share",
+            type=float,
+            default=0.6,
+            help="the emulated RPM as a share of what the ratelimited phase's users would use",
+        )
+        parser.add_argument("--rl-latency", type=float, default=0.5, help="latency scale")
+        parser.add_argument("--rl-warmup", type=float, default=30.0)
+        parser.add_argument("--rl-duration", type=float, default=120.0)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         self.opts = opts
@@ -129,7 +151,7 @@ class Command(BaseCommand):
                 if "pools" in phases:
                     self.progress("pools")
                     self.phase_pools(fleet)
-                if not phases & {"floor", "cpu", "critical", "throughput"}:
+                if not phases & {"floor", "cpu", "critical", "throughput", "ratelimited"}:
                     return self.report()
                 self.start_web_and_beat(fleet)
                 if phases & {"floor", "cpu"}:
@@ -149,6 +171,10 @@ class Command(BaseCommand):
                     if "throughput" in phases:
                         self.progress("throughput")
                         self.phase_throughput(fleet, users)
+                    fleet.stop("worker")
+                if "ratelimited" in phases:
+                    self.progress("ratelimited")
+                    self.phase_ratelimited(fleet)
             finally:
                 fleet.stop()
                 self.results["worker_peak_rss_mb"] = round(
@@ -249,8 +275,15 @@ class Command(BaseCommand):
         self.start_beat(fleet, "beat", self.logdir / "beat-schedule")
         procs.wait_for(lambda: procs.port_open(self.web_port), 30, "gunicorn", web)
 
-    def start_workers(self, fleet: procs.Fleet, *, latency: float) -> None:
-        names = [f"bench{i}-{latency:g}" for i in range(self.opts["workers"])]
+    def start_workers(
+        self,
+        fleet: procs.Fleet,
+        *,
+        latency: float,
+        tag: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        names = [f"bench{i}-{tag or f'{latency:g}'}" for i in range(self.opts["workers"])]
         for name in names:
             self.start_worker(
                 fleet,
@@ -261,6 +294,7 @@ class Command(BaseCommand):
                 env={
                     "COURSEGEN_OFFLINE_LATENCY_SCALE": str(latency),
                     "DATABASE_POOL_MAX_SIZE": "12",
+                    **(env or {}),
                 },
                 nice=self.opts["worker_nice"],
                 wait=False,
@@ -597,6 +631,157 @@ class Command(BaseCommand):
             self.rows.append(("throughput", "error", error[:90]))
         self.cancel_running()
 
+    def phase_ratelimited(self, fleet: procs.Fleet) -> None:
+        """The provider binds: its emulated RPM below what the users would use. Permits then go
+        by priority (generation/concurrency.py); what matters is the limit used, few 429s, and
+        urgent courses near their critical path while low priority absorbs the wait."""
+        from generation.providers.ratelimit import bucket_key
+        from generation.schemas import Tier
+        from generation.services.common import model_for
+
+        opts = self.opts
+        users = self.seed_roles(opts["rl_users"])
+        cycle_s = CRITICAL_PATH_AT_FULL_LATENCY_S * opts["rl_latency"] + opts["poll"] / 2
+        need_rpm = len(users) * COMPLEX_CALLS * 60 / cycle_s
+        rpm = max(1, round(opts["rl_share"] * need_rpm))
+        self.start_workers(
+            fleet, latency=opts["rl_latency"], tag="rl", env={"COURSEGEN_OFFLINE_RPM": str(rpm)}
+        )
+        client = redis.Redis.from_url(str(settings.REDIS_URL), socket_timeout=30)
+        key = bucket_key(model_for(Tier.COMPLEX))
+        seconds, micros = client.time()
+        # The provider's bucket starts empty: a full one is a minute of calls in a burst, and the
+        # window is to measure the steady rate.
+        client.hset(key, mapping={"r": 0, "t": 0, "ts": seconds + micros / 1e6})
+        stop = threading.Event()
+        result, threads = load.run_users(
+            port=self.web_port,
+            tokens=[token for token, _, _ in users],
+            base_class=users[0][1],
+            poll_s=min(opts["poll"], 1.0),
+            stop=stop,
+            budget=load.Budget(None),
+            ramp_s=min(10.0, opts["rl_warmup"]),
+        )
+        time.sleep(opts["rl_warmup"])
+        counts_before = self.bucket_counts(client, key)
+        window_start = time.monotonic()
+        time.sleep(opts["rl_duration"])
+        counts_after = self.bucket_counts(client, key)
+        window_end = time.monotonic()
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        admitted = counts_after[0] - counts_before[0]
+        refused = counts_after[1] - counts_before[1]
+        window = window_end - window_start
+        used = admitted / (rpm * window / 60)
+        share_429 = refused / max(admitted + refused, 1)
+        done = [c for c in result.finished() if window_start <= (c.finished_at or 0) <= window_end]
+        ratios, failed = self.wall_over_critical(done)
+        self.results.update(
+            provider_limit_used=round(used, 3),
+            provider_429_share=round(share_429, 4),
+            ratelimited_rpm=rpm,
+            ratelimited_courses=len(done),
+            ratelimited_failed=failed,
+        )
+        self.rows.append(
+            (
+                "ratelimited",
+                "users (admin/teacher/student) / latency scale / warm-up s / window s",
+                f"{len(users)} / {opts['rl_latency']:g} / {opts['rl_warmup']:g} / {window:.0f}",
+            )
+        )
+        self.rows.append(
+            (
+                "ratelimited",
+                "emulated RPM per model / estimated need of the complex model",
+                f"{rpm} / {need_rpm:.0f}",
+            )
+        )
+        self.rows.append(
+            ("ratelimited", "complex calls admitted / refused (429) in the window",
+             f"{admitted} / {refused}")
+        )  # fmt: skip
+        self.rows.append(("ratelimited", "share of the limit used", f"{used:.3f}"))
+        self.rows.append(("ratelimited", "share of calls answered 429", f"{share_429:.4f}"))
+        self.rows.append(
+            ("ratelimited", "courses finished in the window (failed)", f"{len(done)} ({failed})")
+        )
+        for label, values in ratios.items():
+            key_name = f"{label}_priority_wall_p95_over_critical_path"
+            p95 = load.percentile(values, 95)
+            self.results[key_name] = round(p95, 3) if values else None
+            self.rows.append(
+                (
+                    "ratelimited",
+                    f"{label} priority: wall / critical path p50 / p95 (n={len(values)})",
+                    f"{load.percentile(values, 50):.2f} / {p95:.2f}",
+                )
+            )
+        self.rows.append(("ratelimited", "load errors", str(len(result.errors))))
+        for error in result.errors[:3]:
+            self.rows.append(("ratelimited", "error", error[:90]))
+        self.cancel_running()
+
+    @staticmethod
+    def bucket_counts(client: Any, key: str) -> tuple[int, int]:
+        admitted, refused = client.hmget(key, ["admitted", "refused"])
+        return int(admitted or 0), int(refused or 0)
+
+    def wall_over_critical(self, courses: list[load.Course]) -> tuple[dict[str, list[float]], int]:
+        """Per priority class, each succeeded course's wall time (created to finished) over its
+        own critical path (the outline's calls, then its slowest task's); and how many failed."""
+        jobs = {
+            j.pk: j
+            for j in CourseGenerationJob.objects.filter(pk__in=[c.job_id for c in courses]).only(
+                "priority", "status", "created_at", "finished_at"
+            )
+        }
+        per_task: dict[Any, dict[int, int]] = {}
+        outlines: dict[Any, int] = {}
+        rows = GenerationAttempt.objects.filter(task__job__in=list(jobs)).values_list(
+            "task__job_id", "task_id", "task__kind", "latency_ms"
+        )
+        for job_id, task_id, kind, ms in rows:
+            tasks = per_task.setdefault(job_id, {})
+            tasks[task_id] = tasks.get(task_id, 0) + ms
+            if kind == TaskKind.OUTLINE:
+                outlines[job_id] = task_id
+        labels = {Priority.HIGH: "high", Priority.NORMAL: "normal", Priority.LOW: "low"}
+        ratios: dict[str, list[float]] = {label: [] for label in labels.values()}
+        failed = 0
+        for job in jobs.values():
+            if job.status != JobStatus.SUCCEEDED or job.finished_at is None:
+                failed += job.status == JobStatus.FAILED
+                continue
+            tasks = per_task.get(job.pk, {})
+            outline = tasks.get(outlines.get(job.pk, -1), 0)
+            rest = max((ms for t, ms in tasks.items() if t != outlines.get(job.pk)), default=0)
+            critical = (outline + rest) / 1000
+            label = labels.get(Priority(job.priority))
+            if critical and label:
+                ratios[label].append((job.finished_at - job.created_at).total_seconds() / critical)
+        connection.close()
+        return ratios, failed
+
+    def seed_roles(self, count: int) -> list[tuple[str, str, str]]:
+        """`count` users of the bench organisation, admins, teachers and students in turn, under
+        raised policies; (token, class id, role) each."""
+        org = Organisation.objects.get(slug="bench")
+        klass = BaseClass.objects.get(organisation=org, name="Bench class")
+        users = []
+        for i in range(count):
+            role = RL_ROLES[i % len(RL_ROLES)]
+            user, _ = User.objects.get_or_create(username=f"bench-rl-{role}-{i:03d}")
+            Membership.objects.get_or_create(user=user, organisation=org, defaults={"role": role})
+            token, _ = Token.objects.get_or_create(user=user)
+            users.append((token.key, str(klass.pk), str(role)))
+        raise_rate_limits(roles=RL_ROLES)
+        connection.close()
+        return users
+
     def phase_priority(self, fleet: procs.Fleet) -> None:
         """Queue ordering under a backlog: Redis priority steps on one queue, or two queues."""
         from coursegen.celery import app
@@ -812,12 +997,12 @@ def _ms(values: list[float]) -> str:
     return f"{load.percentile(values, 50):.1f} / {load.percentile(values, 99):.1f}"
 
 
-def raise_rate_limits() -> None:
-    """The benchmark's users are admins under a raised policy: per-user admission must not be
-    what the benchmark measures (see the README's Throughput section)."""
+def raise_rate_limits(roles: tuple[str, ...] = (Role.ADMIN,)) -> None:
+    """The benchmark's users are admins (and, in the ratelimited phase, teachers and students)
+    under a raised policy: per-user admission must not be what the benchmark measures."""
     from ratelimits.models import RateLimitPolicy
 
-    RateLimitPolicy.objects.filter(role=Role.ADMIN).update(
+    RateLimitPolicy.objects.filter(role__in=roles).update(
         per_minute=1_000_000,
         per_hour=1_000_000,
         per_day=1_000_000,
