@@ -14,10 +14,12 @@ TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	CELERY_BROKER_URL=$(TEST_REDIS_URL) CELERY_RESULT_BACKEND=$(TEST_REDIS_URL) \
 	COURSEGEN_PROVIDER=offline DJANGO_DEBUG=false
 
-# `make chaos`: its own Redis on CHAOS_REDIS_PORT (so it can restart it) and database.
+# `make chaos`: its own Redis on CHAOS_REDIS_PORT and its own PostgreSQL cluster on CHAOS_PG_PORT
+# (initdb'ed into a temporary folder, removed at the end), so it can restart both; the shared
+# cluster on 5432 is never touched.
 CHAOS_REDIS_PORT ?= 6391
-CHAOS_DB ?= coursegen_chaos
-CHAOS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/$(CHAOS_DB)
+CHAOS_PG_PORT ?= 5442
+CHAOS_DATABASE_URL ?= postgres://postgres@127.0.0.1:$(CHAOS_PG_PORT)/coursegen_chaos
 CHAOS_ENV := DATABASE_URL=$(CHAOS_DATABASE_URL) DATABASE_POOL=true COURSEGEN_CACHE_ENABLED=false \
 	CELERY_BROKER_URL=redis://127.0.0.1:$(CHAOS_REDIS_PORT)/0 \
 	CELERY_RESULT_BACKEND=redis://127.0.0.1:$(CHAOS_REDIS_PORT)/0 \
@@ -79,10 +81,7 @@ test: $(STAMP) $(NODE_STAMP) browser-deps
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 chaos: $(STAMP)
-	dropdb --if-exists --force -h 127.0.0.1 -U postgres $(CHAOS_DB)
-	createdb -h 127.0.0.1 -U postgres $(CHAOS_DB)
-	$(CHAOS_ENV) $(BIN)/python manage.py migrate --noinput -v 0
-	$(CHAOS_ENV) $(BIN)/python manage.py chaos $(CHAOS_ARGS)
+	$(CHAOS_ENV) $(BIN)/python manage.py chaos --scratch-postgres $(CHAOS_ARGS)
 
 bench: $(STAMP)
 	dropdb --if-exists --force -h 127.0.0.1 -U postgres $(BENCH_THROUGHPUT_DB)
