@@ -42,6 +42,7 @@ class Course:
 class LoadResult:
     courses: list[Course] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    polls: list[tuple[float, float]] = field(default_factory=list)  # (monotonic at, ms)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, course: Course) -> None:
@@ -123,7 +124,9 @@ class User(threading.Thread):
         while not self.stop.is_set():
             time.sleep(self.poll_s)
             # The cheap poll a waiting client uses; the course is fetched once when it is done.
+            polled = time.monotonic()
             status, data = self.request("GET", f"/api/jobs/{course.job_id}/progress/")
+            self.result.polls.append((polled, (time.monotonic() - polled) * 1000))  # atomic
             if status == 200 and data.get("status") in TERMINAL:
                 course.finished_at, course.status = time.monotonic(), str(data["status"])
                 if data.get("course_url"):

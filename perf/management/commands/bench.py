@@ -17,6 +17,9 @@ PostgreSQL database named by DATABASE_URL. Phases:
 4. throughput — full latency: 100 users, each submitting its next course when the last ends;
    after `--warmup` seconds, courses finished per hour over `--duration` seconds, and the submit
    endpoint's latency percentiles.
+   users1000 — 1,000 API users submit and poll as the throughput phase's do, for
+   `--u1000-ramp` then `--u1000-duration` seconds: submit and poll latency (as the users see it
+   and as gunicorn logged it) and the web's CPU.
 5. ratelimited — the offline provider's emulated requests-per-minute limit set to `--rl-share`
    of what `--rl-users` users (admins, teachers and students in turn) would use unlimited: the
    share of the limit used, the share of calls answered 429, and per priority the course wall
@@ -78,6 +81,7 @@ TARGETS = {
     "provider_limit_used": (">=", 0.90),
     "provider_429_share": ("<=", 0.02),
     "high_priority_wall_p95_over_critical_path": ("<=", 1.5),
+    "users1000_submit_p99_ms": ("<=", 150),
 }
 
 
@@ -115,6 +119,9 @@ class Command(BaseCommand):
             help="py-spy (wall clock) a web worker in the throughput phase",
         )
         parser.add_argument("--keep-logs", action="store_true")
+        parser.add_argument("--u1000-users", type=int, default=1000)
+        parser.add_argument("--u1000-ramp", type=float, default=30.0)
+        parser.add_argument("--u1000-duration", type=float, default=60.0)
         parser.add_argument("--rl-users", type=int, default=15, help="ratelimited phase users")
         parser.add_argument(
             "--rl-share",
@@ -151,7 +158,7 @@ class Command(BaseCommand):
                 if "pools" in phases:
                     self.progress("pools")
                     self.phase_pools(fleet)
-                if not phases & {"floor", "cpu", "critical", "throughput", "ratelimited"}:
+                if not phases - {"queries", "priority", "pools"}:
                     return self.report()
                 self.start_web_and_beat(fleet)
                 if phases & {"floor", "cpu"}:
@@ -163,7 +170,7 @@ class Command(BaseCommand):
                         self.progress("cpu")
                         self.phase_cpu(fleet, users)
                     fleet.stop("worker")
-                if phases & {"critical", "throughput"}:
+                if phases & {"critical", "throughput", "users1000"}:
                     self.start_workers(fleet, latency=1.0)
                     if "critical" in phases:
                         self.progress("critical")
@@ -171,6 +178,9 @@ class Command(BaseCommand):
                     if "throughput" in phases:
                         self.progress("throughput")
                         self.phase_throughput(fleet, users)
+                    if "users1000" in phases:
+                        self.progress("users1000")
+                        self.phase_users1000(fleet)
                     fleet.stop("worker")
                 if "ratelimited" in phases:
                     self.progress("ratelimited")
@@ -630,6 +640,81 @@ class Command(BaseCommand):
         for error in result.errors[:5]:
             self.rows.append(("throughput", "error", error[:90]))
         self.cancel_running()
+
+    def phase_users1000(self, fleet: procs.Fleet) -> None:
+        """Many API users at once: each submits a course, then polls its progress every
+        `--poll` s until it ends (most wait in the queue behind the global cap), and submits the
+        next. Submits are measured over the whole phase (most come during the ramp), polls and
+        the web's CPU over the window after it."""
+        opts = self.opts
+        users = self.seed(opts["u1000_users"])
+        stop = threading.Event()
+        access_from = self.access_log.stat().st_size
+        result, threads = load.run_users(
+            port=self.web_port,
+            tokens=[t for t, _ in users],
+            base_class=users[0][1],
+            poll_s=opts["poll"],
+            stop=stop,
+            budget=load.Budget(None),
+            ramp_s=opts["u1000_ramp"],
+        )
+        time.sleep(opts["u1000_ramp"])
+        web_before, window_start = fleet.cpu_by_role().get("web", 0.0), time.monotonic()
+        generator_before = procs.cpu_s(os.getpid(), children=False)
+        time.sleep(opts["u1000_duration"])
+        window_end = time.monotonic()
+        window = window_end - window_start
+        web_cores = (fleet.cpu_by_role().get("web", 0.0) - web_before) / window
+        generator_cores = (procs.cpu_s(os.getpid(), children=False) - generator_before) / window
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        submits = [c.submit_ms for c in result.courses]
+        polls = [ms for at, ms in list(result.polls) if window_start <= at <= window_end]
+        server = self.server_ms(access_from)
+        server_polls = server["poll"]
+        self.results.update(
+            users1000_submit_p50_ms=round(load.percentile(submits, 50), 1),
+            users1000_submit_p99_ms=round(load.percentile(submits, 99), 1),
+            users1000_submit_server_p99_ms=round(load.percentile(server["submit"], 99), 1),
+            users1000_poll_p50_ms=round(load.percentile(polls, 50), 1),
+            users1000_poll_p99_ms=round(load.percentile(polls, 99), 1),
+            users1000_poll_server_p99_ms=round(load.percentile(server_polls, 99), 1),
+            users1000_polls_per_s=round(len(polls) / window, 1),
+            users1000_web_cpu_cores=round(web_cores, 2),
+        )
+        rows = [
+            ("users / ramp s / window s", f"{len(users)} / {opts['u1000_ramp']:g} / {window:.0f}"),
+            (f"submit ms p50 / p99, whole phase (n={len(submits)})", _ms(submits)),
+            (f"submit ms server-side p50 / p99 (n={len(server['submit'])})", _ms(server["submit"])),
+            (f"poll ms p50 / p99 in the window (n={len(polls)})", _ms(polls)),
+            (
+                f"poll ms server-side p50 / p99, whole phase (n={len(server_polls)})",
+                _ms(server_polls),
+            ),
+            ("polls per s in the window", f"{len(polls) / window:.1f}"),
+            ("web CPU cores busy in the window", f"{web_cores:.2f}"),
+            ("(load generator) CPU cores busy in the window", f"{generator_cores:.2f}"),
+            ("load errors", str(len(result.errors))),
+        ]
+        self.rows += [("users1000", name, value) for name, value in rows]
+        for error in result.errors[:3]:
+            self.rows.append(("users1000", "error", error[:90]))
+        self.cancel_running()
+
+    def server_ms(self, offset: int) -> dict[str, list[float]]:
+        """Submit and poll times gunicorn logged after `offset` in its access log."""
+        with self.access_log.open() as handle:
+            handle.seek(offset)
+            lines = [line.split() for line in handle]
+        found: dict[str, list[float]] = {"submit": [], "poll": []}
+        for f in lines:
+            if f[:3] == ["POST", "/api/jobs/", "201"]:
+                found["submit"].append(int(f[3]) / 1000)
+            elif len(f) == 4 and f[0] == "GET" and f[1].endswith("/progress/"):
+                found["poll"].append(int(f[3]) / 1000)
+        return found
 
     def phase_ratelimited(self, fleet: procs.Fleet) -> None:
         """The provider binds: its emulated RPM below what the users would use. Permits then go
