@@ -7,6 +7,16 @@ STAMP := $(VENV)/.installed
 # Browser-side test tools (playwright-core drives Debian's chromium; scorm-again plays SCORM).
 NODE_STAMP := node_modules/.installed
 
+# A local secret key, made once and kept in .secret-key (not in git), for every target and the
+# processes they start: outside DEBUG the known default is refused (system check coursegen.E001).
+LOCAL_SECRET_KEY_FILE := .secret-key
+ifeq ($(strip $(DJANGO_SECRET_KEY)),)
+DJANGO_SECRET_KEY := $(shell umask 077; test -s $(LOCAL_SECRET_KEY_FILE) || python3 -c \
+	'import secrets; print(secrets.token_urlsafe(50))' > $(LOCAL_SECRET_KEY_FILE); \
+	cat $(LOCAL_SECRET_KEY_FILE))
+endif
+export DJANGO_SECRET_KEY
+
 # Tests run against the real local services; override on the command line if yours differ.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/coursegen
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14

@@ -92,6 +92,21 @@ DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# The default key is public: outside DEBUG, the system check coursegen.E001 (and the web process
+# at start-up) refuses it; the Makefile keeps a generated local one in .secret-key.
+
+# HTTPS in production (docs/operations.md#https). All off by default: the demo and the tests
+# speak plain HTTP on 127.0.0.1.
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    # Only behind a proxy that sets X-Forwarded-Proto itself (nginx in compose overwrites it).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^api/health/"]  # load balancers probe over plain HTTP
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -243,6 +258,12 @@ REST_FRAMEWORK = {
     # Every API view: COURSEGEN_API_RATE per client, counted in the cache by django-ratelimit.
     "DEFAULT_THROTTLE_CLASSES": ["ratelimits.throttling.ApiRateThrottle"],
 }
+# DRF tokens older than this many hours are refused (401); 0 keeps them for ever.
+API_TOKEN_TTL_HOURS = env_int("API_TOKEN_TTL_HOURS", 720, minimum=0)
+# Sign-in attempts (admin and members' login), per client IP and per username; over it, 429.
+COURSEGEN_LOGIN_RATE = env_str("COURSEGEN_LOGIN_RATE", "10/m")
+if not re.fullmatch(r"\d+/\d*[smhd]", COURSEGEN_LOGIN_RATE):
+    raise ImproperlyConfigured(f"COURSEGEN_LOGIN_RATE={COURSEGEN_LOGIN_RATE!r} must look like 10/m")
 API_PAGE_MAX_LIMIT = env_int("API_PAGE_MAX_LIMIT", 200, minimum=1)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
 API_JSON_MAX_DEPTH = env_int("API_JSON_MAX_DEPTH", 32, minimum=2)

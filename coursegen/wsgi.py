@@ -5,6 +5,8 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coursegen.settings")
 application = get_wsgi_application()
 
+from coursegen.checks import refuse_insecure_secret_key  # noqa: E402  (needs the settings)
 from coursegen.runtime import web_process_ready  # noqa: E402  (needs the configured settings)
 
+refuse_insecure_secret_key()
 web_process_ready()

@@ -528,6 +528,14 @@ def _moderated(convo: _Conversation, data: dict[str, Any], *, retry: bool) -> di
     return data
 
 
+def public_error(prefix: str, exc: BaseException) -> str:
+    """What a task's `error` (which API callers see) says about an exception: its class and a
+    provider's HTTP status, never its text, which may hold SQL, host names or a provider's
+    account details. The text goes to the server log (the caller logs it)."""
+    status = getattr(exc, "status_code", None)
+    return f"{prefix}: {type(exc).__name__}{f' (status {status})' if status else ''}; see the logs"
+
+
 def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> GenerationResult:
     result = convo.result
     try:
@@ -536,23 +544,25 @@ def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> Generation
     except CircuitOpenError as exc:
         result.defer_s, result.error = exc.retry_after, str(exc)
     except TransientProviderError as exc:  # retries exhausted: the provider is down, not the task
+        logger.warning("provider unavailable after retries: %s", exc)
         result.defer_s = exc.retry_after or settings.COURSEGEN_TASK_DEFER_MAX_S
-        result.error = f"provider unavailable: {exc}"
+        result.error = public_error("provider unavailable", exc)
     except DeadlineError as exc:
         result.defer_s, result.error = 0.0, str(exc)
     except LeaseLostError as exc:
         result.lease_lost, result.error = True, str(exc)
     except ProviderError as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
+        logger.warning("provider error: %s: %s", type(exc).__name__, exc)
+        result.error = public_error("provider error", exc)
     except StopGeneration as exc:
         result.error = str(exc)
     except INFRASTRUCTURE_ERRORS as exc:  # our database or Redis blinked: try again later
         logger.warning("task deferred after an infrastructure error: %r", exc)
         result.defer_s = INFRASTRUCTURE_RETRY_S
-        result.error = f"infrastructure error: {type(exc).__name__}: {exc}"
+        result.error = public_error("infrastructure error", exc)
     except Exception as exc:  # a bug: fail the task, but keep the ledger of the calls made
         logger.exception("task crashed")
-        result.error = f"internal error: {type(exc).__name__}: {exc}"
+        result.error = public_error("internal error", exc)
     return result
 
 

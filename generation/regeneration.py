@@ -37,7 +37,7 @@ from django.utils import timezone
 from generation import assembly, messages, parts, services
 from generation.field_errors import FieldError
 from generation.leases import db_now_plus
-from generation.llm import GenerationResult, generate, regenerate_part
+from generation.llm import GenerationResult, generate, public_error, regenerate_part
 from generation.models import (
     CourseGenerationJob,
     GenerationTask,
@@ -297,7 +297,7 @@ def _regeneration_generate(
             result = generate(spec, provider or get_provider())
     except Exception as exc:  # a bug must not leave the request claimed for ever
         logger.exception("regeneration %s of task %s crashed", request.pk, task.pk)
-        result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
+        result = GenerationResult(error=public_error("internal error", exc))
     wall_s = time.monotonic() - started
     if result.defer_s is not None:
         delay = while_lease_holds(

@@ -17,9 +17,17 @@ from uuid import UUID
 from django.http import HttpRequest, HttpResponse
 
 HEADER = "X-Correlation-ID"
+CLIENT_HEADER = "X-Client-Correlation-ID"  # the caller's own id, echoed and logged beside ours
 CELERY_HEADER = "coursegen_correlation_id"  # Celery's own `correlation_id` is the task id
 
 _correlation_id: ContextVar[str | None] = ContextVar("coursegen_correlation_id", default=None)
+_client_correlation_id: ContextVar[str | None] = ContextVar(
+    "coursegen_client_correlation_id", default=None
+)
+
+
+def get_client_correlation_id() -> str | None:
+    return _client_correlation_id.get()
 
 
 def get_correlation_id() -> str | None:
@@ -55,7 +63,10 @@ def parse_correlation_id(raw: str | None) -> str | None:
 
 
 class CorrelationIdMiddleware:
-    """One correlation id per request: the caller's X-Correlation-ID if valid, else a new one.
+    """One correlation id per request, always minted here: a caller's X-Correlation-ID naming
+    another job's id would otherwise write this request's rows into that job's story. A valid
+    caller id is kept apart: logged as `client_correlation_id` and echoed in
+    X-Client-Correlation-ID.
 
     The response carries the id in force at its end, which is the job's after a submission.
     """
@@ -64,11 +75,16 @@ class CorrelationIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        cid = parse_correlation_id(request.headers.get(HEADER)) or str(uuid.uuid4())
+        cid = str(uuid.uuid4())
+        client_cid = parse_correlation_id(request.headers.get(HEADER))
         token = set_correlation_id(cid)
+        client_token = _client_correlation_id.set(client_cid)
         try:
             response = self.get_response(request)
             response[HEADER] = get_correlation_id() or cid
+            if client_cid:
+                response[CLIENT_HEADER] = client_cid
             return response
         finally:
+            _client_correlation_id.reset(client_token)
             reset_correlation_id(token)

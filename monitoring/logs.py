@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django.core.serializers.json import DjangoJSONEncoder
 
-from monitoring.correlation import get_correlation_id
+from monitoring.correlation import get_client_correlation_id, get_correlation_id
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -112,6 +112,9 @@ def record_to_row(record: logging.LogRecord) -> dict[str, Any]:
     data = fields.pop("data", {})
     if record.exc_info:
         data = {**data, "exception": logging.Formatter().formatException(record.exc_info)[-8000:]}
+    client_cid = get_client_correlation_id()
+    if client_cid:
+        data = {**data, "client_correlation_id": client_cid}
     return {
         "level": level_name(record.levelno),
         "event": str(fields.pop("event", record.name))[:100],

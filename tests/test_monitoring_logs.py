@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from accounts.models import Role
 from generation import services
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus
 from generation.schemas import CourseRequest
@@ -173,8 +174,37 @@ def test_it_answers_each_request_with_the_correlation_id_it_logged_under(
     assert CourseGenerationLog.objects.get(event="job.submitted", job=job).correlation_id == (
         job.correlation_id
     )
-    listing = client_for(teacher).get("/api/jobs/", HTTP_X_CORRELATION_ID=str(job.correlation_id))
-    assert UUID(listing["X-Correlation-ID"]) == job.correlation_id  # a valid caller id is kept
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_callers_correlation_id_cannot_write_into_another_jobs_story(
+    client_for: Any, teacher: Any, base_class: Any, make_member: Any
+) -> None:
+    student = make_member(Role.STUDENT)
+    job = CourseGenerationJob.objects.get(
+        pk=client_for(teacher)
+        .post("/api/jobs/", {"base_class": str(base_class.pk), "topic": "Tides"}, format="json")
+        .data["id"]
+    )
+    flush_all()
+    before = CourseGenerationLog.objects.filter(correlation_id=job.correlation_id).count()
+
+    # A student who learnt the job's correlation id sends it with a request that logs rows.
+    response = client_for(student).post(
+        "/api/jobs/",
+        {"base_class": str(base_class.pk), "topic": "Waves"},
+        format="json",
+        HTTP_X_CORRELATION_ID=str(job.correlation_id),
+    )
+
+    assert response.status_code == 201
+    assert UUID(response["X-Correlation-ID"]) != job.correlation_id
+    assert response["X-Client-Correlation-ID"] == str(job.correlation_id)
+    flush_all()
+    assert CourseGenerationLog.objects.filter(correlation_id=job.correlation_id).count() == before
+    theirs = CourseGenerationLog.objects.filter(correlation_id=response["X-Correlation-ID"])
+    assert theirs.exists()
+    assert any(r.data.get("client_correlation_id") == str(job.correlation_id) for r in theirs)
 
 
 @pytest.mark.django_db

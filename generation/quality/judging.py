@@ -106,7 +106,12 @@ def judge_run_execute(
         return _advance(run, worker, provider)
     except Exception as exc:  # a bug must not leave the run claimed, nor the course unjudged
         logger.exception("judge run %s crashed", run_id)
-        _finish(run, worker, status=JudgeRunStatus.FAILED, error=f"internal error: {exc!r}")
+        _finish(
+            run,
+            worker,
+            status=JudgeRunStatus.FAILED,
+            error=f"internal error: {type(exc).__name__}; see the logs",
+        )
         return None
 
 

@@ -20,7 +20,7 @@ from django.db import transaction
 
 from generation.checks import Duplicate, course_duplicates, is_near_duplicate
 from generation.field_errors import FieldError
-from generation.llm import GenerationResult, regenerate_part
+from generation.llm import GenerationResult, public_error, regenerate_part
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.providers import Provider, get_provider
 from generation.schemas import TaskKind
@@ -118,7 +118,7 @@ def _dedupe_one(
         )
     except Exception as exc:  # a bug must not lose the ledger of the calls made
         logger.exception("replacing question %s of task %s crashed", part, task.pk)
-        result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
+        result = GenerationResult(error=public_error("internal error", exc))
     lease = runs.LeaseClock(settings.COURSEGEN_TASK_LEASE_S)
     runs.while_lease_holds(
         lease,

@@ -23,7 +23,7 @@ from coursegen import db
 from generation import cache, hotpath
 from generation.concurrency import call_rank
 from generation.leases import db_now_plus
-from generation.llm import GenerationResult, TaskSpec, generate
+from generation.llm import GenerationResult, TaskSpec, generate, public_error
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.prompts import task_context
 from generation.providers import Provider, get_moderation_provider, get_provider
@@ -158,7 +158,7 @@ def task_run(
             result = generate(spec, provider or get_provider())
         except Exception as exc:  # a bug must fail this task, not hang the job waiting on it
             logger.exception("task %s crashed", task_id)
-            result = GenerationResult(error=f"internal error: {type(exc).__name__}: {exc}")
+            result = GenerationResult(error=public_error("internal error", exc))
     wall_s = time.monotonic() - started
     if result.defer_s is not None:
         delay = while_lease_holds(
