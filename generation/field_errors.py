@@ -2,13 +2,17 @@
 
 Schema validation (generation/validation.py) and the content checks (generation/checks.py) both
 report `FieldError`s, so every failure feeds the same re-ask, and one confined to a part
-(`questions.2.options.3`) can be regenerated alone (generation/parts.py).
+(`questions.2.options.3`) can be regenerated alone (generation/parts.py). And what a failed
+task's `error` may say about an exception (`public_error`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+logger = logging.getLogger("coursegen.generation")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,9 @@ class FieldError:
 
     def __str__(self) -> str:
         return f"{self.path or '(root)'}: {self.message}"
+
+
+import logging
 
 
 def describe(errors: Sequence[FieldError] | Sequence[dict[str, str]], *, limit: int = 3) -> str:

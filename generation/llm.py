@@ -37,7 +37,7 @@ from pydantic import BaseModel, ValidationError
 from generation import parts
 from generation.breaker import CircuitBreaker, CircuitOpenError
 from generation.concurrency import call_limited
-from generation.field_errors import FieldError, describe
+from generation.field_errors import FieldError, describe, public_error
 from generation.moderation import flagged_feedback, moderation_call, text_of
 from generation.pricing import cost_of
 from generation.prompts import build_messages, dumps, part_messages, reask_messages
@@ -528,14 +528,6 @@ def _moderated(convo: _Conversation, data: dict[str, Any], *, retry: bool) -> di
     return data
 
 
-def public_error(prefix: str, exc: BaseException) -> str:
-    """What a task's `error` (which API callers see) says about an exception: its class and a
-    provider's HTTP status, never its text, which may hold SQL, host names or a provider's
-    account details. The text goes to the server log (the caller logs it)."""
-    status = getattr(exc, "status_code", None)
-    return f"{prefix}: {type(exc).__name__}{f' (status {status})' if status else ''}; see the logs"
-
-
 def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> GenerationResult:
     result = convo.result
     try:
@@ -544,7 +536,6 @@ def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> Generation
     except CircuitOpenError as exc:
         result.defer_s, result.error = exc.retry_after, str(exc)
     except TransientProviderError as exc:  # retries exhausted: the provider is down, not the task
-        logger.warning("provider unavailable after retries: %s", exc)
         result.defer_s = exc.retry_after or settings.COURSEGEN_TASK_DEFER_MAX_S
         result.error = public_error("provider unavailable", exc)
     except DeadlineError as exc:
@@ -552,7 +543,6 @@ def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> Generation
     except LeaseLostError as exc:
         result.lease_lost, result.error = True, str(exc)
     except ProviderError as exc:
-        logger.warning("provider error: %s: %s", type(exc).__name__, exc)
         result.error = public_error("provider error", exc)
     except StopGeneration as exc:
         result.error = str(exc)

@@ -35,9 +35,9 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from generation import assembly, messages, parts, services
-from generation.field_errors import FieldError
+from generation.field_errors import FieldError, public_error
 from generation.leases import db_now_plus
-from generation.llm import GenerationResult, generate, public_error, regenerate_part
+from generation.llm import GenerationResult, generate, regenerate_part
 from generation.models import (
     CourseGenerationJob,
     GenerationTask,

@@ -19,8 +19,8 @@ from django.conf import settings
 from django.db import transaction
 
 from generation.checks import Duplicate, course_duplicates, is_near_duplicate
-from generation.field_errors import FieldError
-from generation.llm import GenerationResult, public_error, regenerate_part
+from generation.field_errors import FieldError, public_error
+from generation.llm import GenerationResult, regenerate_part
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.providers import Provider, get_provider
 from generation.schemas import TaskKind

@@ -22,8 +22,9 @@ from tenacity import Retrying, retry_if_exception, stop_before_delay, wait_expon
 from coursegen import db
 from generation import cache, hotpath
 from generation.concurrency import call_rank
+from generation.field_errors import public_error
 from generation.leases import db_now_plus
-from generation.llm import GenerationResult, TaskSpec, generate, public_error
+from generation.llm import GenerationResult, TaskSpec, generate
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.prompts import task_context
 from generation.providers import Provider, get_moderation_provider, get_provider
