@@ -31,9 +31,6 @@ class FieldError:
         return f"{self.path or '(root)'}: {self.message}"
 
 
-import logging
-
-
 def describe(errors: Sequence[FieldError] | Sequence[dict[str, str]], *, limit: int = 3) -> str:
     """The errors a task ended with, for its error: each check's name, the path and the message
     (which carries the value: "reading level is grade 16.2 ...; needs grade 4-12")."""
@@ -44,3 +41,11 @@ def describe(errors: Sequence[FieldError] | Sequence[dict[str, str]], *, limit: 
     ]
     more = f"; and {len(items) - limit} more" if len(items) > limit else ""
     return "; ".join(shown) + more
+
+
+def public_error(prefix: str, exc: BaseException) -> str:
+    """A task's `error` (API callers see it): the class and HTTP status, never the text (SQL,
+    hosts, account details), which goes to the server log."""
+    logger.warning("%s: %s: %s", prefix, type(exc).__name__, exc)
+    status = getattr(exc, "status_code", None)
+    return f"{prefix}: {type(exc).__name__}{f' (status {status})' if status else ''}; see the logs"
