@@ -607,6 +607,29 @@ COURSEGEN_CACHE_MIN_OVERLAP = env_float("COURSEGEN_CACHE_MIN_OVERLAP", 0.5, mini
 COURSEGEN_CACHE_WORD_MATCH = env_float("COURSEGEN_CACHE_WORD_MATCH", 0.7, minimum=0.0)
 # At most this many candidates (the newest) are scored per lookup.
 COURSEGEN_CACHE_MAX_CANDIDATES = env_int("COURSEGEN_CACHE_MAX_CANDIDATES", 5000, minimum=1)
+# How often beat submits queued batch requests and polls the batches at the provider.
+COURSEGEN_BATCH_POLL_INTERVAL_S = env_float("COURSEGEN_BATCH_POLL_INTERVAL_S", 30.0, minimum=1.0)
+# A line that failed or went unanswered: into the next batch, or run live at once.
+COURSEGEN_BATCH_RETRY = env_choice("COURSEGEN_BATCH_RETRY", "batch", ("batch", "live"))
+# A task's tries through batches before it runs live whatever COURSEGEN_BATCH_RETRY says.
+COURSEGEN_BATCH_MAX_TRIES = env_int("COURSEGEN_BATCH_MAX_TRIES", 2, minimum=1)
+# The poller's lease on one batch (a killed poller's batch is taken over after it).
+COURSEGEN_BATCH_LEASE_S = env_float("COURSEGEN_BATCH_LEASE_S", 300.0, minimum=5.0)
+# The offline simulator's Batch API (generation/providers/offline/batches.py): where its files
+# and batches live (shared by the processes of one machine), when a batch ends, and the shares
+# of its lines that fail or are left unanswered at expiry (0-1).
+COURSEGEN_OFFLINE_BATCH_DIR = env_str(
+    "COURSEGEN_OFFLINE_BATCH_DIR", str(BASE_DIR / ".cache" / "offline-batches")
+)
+COURSEGEN_OFFLINE_BATCH_DELAY_S = env_float("COURSEGEN_OFFLINE_BATCH_DELAY_S", 2.0, minimum=0.0)
+COURSEGEN_OFFLINE_BATCH_FAILED = env_float("COURSEGEN_OFFLINE_BATCH_FAILED", 0.0, minimum=0.0)
+COURSEGEN_OFFLINE_BATCH_UNANSWERED = env_float(
+    "COURSEGEN_OFFLINE_BATCH_UNANSWERED", 0.0, minimum=0.0
+)
+if COURSEGEN_OFFLINE_BATCH_FAILED + COURSEGEN_OFFLINE_BATCH_UNANSWERED > 1:
+    raise ImproperlyConfigured(
+        "COURSEGEN_OFFLINE_BATCH_FAILED + COURSEGEN_OFFLINE_BATCH_UNANSWERED must not exceed 1"
+    )
 # tiktoken reads its encodings from here; generation/tokens.py fills it from bpe-openai offline.
 TIKTOKEN_CACHE_DIR = env_str("TIKTOKEN_CACHE_DIR", str(BASE_DIR / ".cache" / "tiktoken"))
 
@@ -623,6 +646,11 @@ CELERY_BEAT_SCHEDULE.update(
             "options": {"priority": HOUSEKEEPING_PRIORITY},
         },
         "prune-logs": {"task": "monitoring.tasks.prune_logs", "schedule": 24 * 3600.0},
+        "poll-batches": {
+            "task": "generation.tasks.batch_poll",
+            "schedule": COURSEGEN_BATCH_POLL_INTERVAL_S,
+            "options": {"priority": HOUSEKEEPING_PRIORITY},
+        },
         "purge-expired-cache": {
             "task": "generation.tasks.cache_purge_expired",
             "schedule": COURSEGEN_CACHE_PURGE_INTERVAL_S,

@@ -21,6 +21,7 @@ from generation import (
     services,
 )
 from generation.admin_base import ReadOnlyStackedInline, ReadOnlyTabularInline
+from generation.batch_admin import job_batch_state
 from generation.exports.archive import zip_files
 from generation.models import (
     CourseEvaluation,
@@ -164,6 +165,7 @@ class JobAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     readonly_fields = [
         "id",
+        "batch_state",
         "course_links",
         "owner",
         "organisation",
@@ -206,6 +208,10 @@ class JobAdmin(admin.ModelAdmin):
                 services.job_set_urgency(job_id=obj.id, urgency=obj.urgency)
             except services.GenerationError as exc:
                 self.message_user(request, f"urgency not changed: {exc}", level=messages.ERROR)
+
+    @admin.display(description="batch")
+    def batch_state(self, job: CourseGenerationJob) -> str:
+        return job_batch_state(job)
 
     @admin.display(description="progress", ordering="progress")
     def progress_bar(self, job: CourseGenerationJob) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -38,10 +38,22 @@ from generation import parts
 from generation.breaker import CircuitBreaker, CircuitOpenError
 from generation.concurrency import call_limited
 from generation.field_errors import FieldError, describe, public_error
+from generation.llm_types import REPAIR_KINDS as REPAIR_KINDS  # re-exported
+from generation.llm_types import (
+    AttemptRecord,
+    DeadlineError,
+    GenerationResult,
+    LeaseLostError,
+    ReaskPolicy,
+    StopGeneration,
+    TaskSpec,
+)
+from generation.llm_types import Review as Review  # re-exported
 from generation.moderation import flagged_feedback, moderation_call, text_of
 from generation.pricing import cost_of
 from generation.prompts import build_messages, dumps, part_messages, reask_messages
 from generation.providers.base import (
+    Completion,
     CompletionRequest,
     InvalidOutputError,
     Message,
@@ -54,7 +66,7 @@ from generation.providers.base import (
     Usage,
 )
 from generation.retry import transport_retrying
-from generation.schemas import OUTPUT_SCHEMAS, CourseOutline, CourseRequest, TaskKind, Tier
+from generation.schemas import OUTPUT_SCHEMAS
 from generation.tokens import count_message_tokens
 from generation.validation import validate_output
 
@@ -64,114 +76,10 @@ INFRASTRUCTURE_RETRY_S = 5.0
 
 Errors = tuple[FieldError, ...]
 ExtraCheck = Callable[[dict[str, Any]], list[FieldError]]
-REPAIR_KINDS = ("reask", "part")
 JUDGE_KIND = "judge"  # AttemptKind.JUDGE: every call of a review
 MODERATION_KIND = "moderation"  # AttemptKind.MODERATION: a call of the moderation endpoint
 
-
-@dataclass(frozen=True)
-class ReaskPolicy:
-    max_attempts: int  # per request: the whole object, or one part
-    token_budget: int  # per run of a task: every request together
-
-    @classmethod
-    def from_settings(cls) -> ReaskPolicy:
-        return cls(
-            max_attempts=settings.COURSEGEN_MAX_VALIDATION_ATTEMPTS,
-            token_budget=settings.COURSEGEN_TASK_TOKEN_BUDGET,
-        )
-
-
-class StopGeneration(Exception):
-    """The policy ended the run; the message says why."""
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    number: int
-    kind: str  # AttemptKind value
-    outcome: str  # AttemptOutcome value
-    model: str
-    usage: Usage
-    cost_usd: Decimal
-    latency_ms: int
-    errors: list[dict[str, str]] = field(default_factory=list)
-    part: str = ""  # the part requested (questions.2); empty for the whole object
-    saved_cost_usd: Decimal = Decimal(0)  # a cache hit: what generating the output had cost
-    saved_ms: int = 0  # a cache hit: how long generating it had taken
-
-    @property
-    def is_repair(self) -> bool:
-        """Spent on repairing output: a re-ask, a part request, or any failed call."""
-        return self.kind in REPAIR_KINDS or self.outcome != "ok"
-
-
-@dataclass
-class GenerationResult:
-    data: dict[str, Any] | None = None
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    error: str = ""
-    validation_errors: list[dict[str, str]] = field(default_factory=list)
-    # Set when the provider could not be reached now: reschedule the task after this many seconds.
-    defer_s: float | None = None
-    lease_lost: bool = False
-    moderation: str = ""  # ModerationStatus: "" not moderated, "passed" or "held"
-    moderation_categories: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.data is not None
-
-    def total(self, name: str) -> int:
-        return sum(getattr(a.usage, name) for a in self.attempts)
-
-    @property
-    def cost_usd(self) -> Decimal:
-        return sum((a.cost_usd for a in self.attempts), Decimal(0))
-
-    @property
-    def reask_cost_usd(self) -> Decimal:
-        return sum((a.cost_usd for a in self.attempts if a.is_repair), Decimal(0))
-
-
-@dataclass(frozen=True)
-class Review:
-    """A request that reviews content instead of writing it (the quality judge): its own
-    messages and output schema, through the same breaker, limiter, retries and re-asks; every
-    call is recorded as attempt kind `judge`. An invalid verdict is re-asked whole."""
-
-    messages: tuple[Message, ...]
-    schema: type[BaseModel]
-
-
-@dataclass
-class TaskSpec:
-    kind: TaskKind
-    tier: Tier
-    model: str
-    request: CourseRequest
-    outline: CourseOutline | None
-    context: Mapping[str, Any]
-    instruction: str = ""  # a teacher's wish for a regenerated version ("simpler examples")
-    prompt_version: str = ""  # the task template's version (generation/prompts.py); "" default
-    review: Review | None = None  # set for a judge request: `kind` is then what is judged
-    # Renews the task's lease before each call; False means another worker owns the task now.
-    heartbeat: Callable[[], bool] | None = None
-    deadline: float | None = None  # time.monotonic() after which no new call starts
-    fallback_model: str | None = None  # the other tier's model, while this one's breaker is open
-    moderator: Provider | None = None  # checks the output (docs/safety.md); None: not checked
-    moderation_model: str = ""
-    # The calls' place in line when the provider's limit binds (concurrency.call_rank); None:
-    # a NORMAL call arriving now.
-    rank: float | None = None
-
-
-class LeaseLostError(Exception):
-    pass
-
-
-class DeadlineError(Exception):
-    pass
+BATCH_KIND = "batch"  # AttemptKind.BATCH: a first attempt answered by a batch line
 
 
 @dataclass(frozen=True)
@@ -181,15 +89,28 @@ class _Reply:
     usage: Usage
     latency_s: float
     errors: Errors = ()  # set when the text was not a JSON object
+    batch: bool = False  # a batch line's answer: priced at the batch discount
+
+
+# What a batch line brought (generation/services/batches.py): its answer, used as the first
+# attempt, or the invalid text it had (re-asked like any invalid reply).
+BatchAnswer = Completion | InvalidOutputError
 
 
 class _Conversation:
     """One run of a task: its base prompt, the policy and the attempt ledger."""
 
-    def __init__(self, spec: TaskSpec, provider: Provider, policy: ReaskPolicy):
+    def __init__(
+        self,
+        spec: TaskSpec,
+        provider: Provider,
+        policy: ReaskPolicy,
+        first: BatchAnswer | None = None,
+    ):
         self.spec, self.provider, self.policy = spec, provider, policy
         self.model = spec.model  # may switch to the fallback model while a breaker is open
         self.result = GenerationResult()
+        self.first = first  # taken by the first send instead of a call
         if spec.review is not None:
             self.schema, self.base = spec.review.schema, spec.review.messages
             return
@@ -214,7 +135,7 @@ class _Conversation:
                 outcome=outcome or ("invalid" if errors else "ok"),
                 model=self.model,
                 usage=reply.usage,
-                cost_usd=cost_of(reply.usage, self.model),
+                cost_usd=cost_of(reply.usage, self.model, batch=reply.batch),
                 latency_ms=round(reply.latency_s * 1000),
                 errors=[e.as_dict() for e in errors],
                 part=part,
@@ -270,26 +191,16 @@ class _Conversation:
     ) -> tuple[_Reply, str]:
         """Call the provider once (plus transport retries); return the reply and its kind."""
         kinds = [kind]
+        if self.first is not None:  # a batch line answered this request already
+            given, self.first = self.first, None
+            return _batch_reply(given), BATCH_KIND
 
         def once() -> _Reply:
             self._check_can_call()
             self._check_budget(messages)
             breaker = self._breaker()
             probe = breaker.before_call()
-            request = CompletionRequest(
-                messages=messages,
-                schema=schema,
-                model=self.model,
-                tier=self.spec.tier,
-                task_kind=self.spec.kind,
-                context={
-                    **self.spec.context,
-                    **(context or {}),
-                    "attempt": len(self.result.attempts) + 1,
-                    "part": part,
-                },
-                purpose=JUDGE_KIND if self.spec.review else "generate",
-            )
+            request = self.request_for(messages, schema=schema, part=part, context=context)
             started = time.monotonic()
             try:
                 completion = call_limited(
@@ -314,6 +225,29 @@ class _Conversation:
 
         reply = transport_retrying()(once)
         return reply, kinds[0]
+
+    def request_for(
+        self,
+        messages: tuple[Message, ...],
+        *,
+        schema: type[BaseModel],
+        part: str = "",
+        context: Mapping[str, Any] | None = None,
+    ) -> CompletionRequest:
+        return CompletionRequest(
+            messages=messages,
+            schema=schema,
+            model=self.model,
+            tier=self.spec.tier,
+            task_kind=self.spec.kind,
+            context={
+                **self.spec.context,
+                **(context or {}),
+                "attempt": len(self.result.attempts) + 1,
+                "part": part,
+            },
+            purpose=JUDGE_KIND if self.spec.review else "generate",
+        )
 
     # --- moderation ------------------------------------------------------------------------------
     def moderate(self, data: dict[str, Any]) -> ModerationResult:
@@ -381,6 +315,13 @@ class _Conversation:
         _, errors = self.check(merged)
         found = list(parts.within(part, errors)) + (extra(merged) if extra else [])
         return value, tuple(found)
+
+
+def _batch_reply(given: BatchAnswer) -> _Reply:
+    if isinstance(given, InvalidOutputError):
+        error = FieldError("", f"the reply is not a single JSON object ({given})")
+        return _Reply(None, given.raw_text, given.usage, given.latency_s, (error,), batch=True)
+    return _Reply(given.data, given.raw_text, given.usage, given.latency_s, batch=True)
 
 
 def _part_errors(part: str, exc: ValidationError) -> Errors:
@@ -557,11 +498,24 @@ def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> Generation
 
 
 def generate(
-    spec: TaskSpec, provider: Provider, policy: ReaskPolicy | None = None
+    spec: TaskSpec,
+    provider: Provider,
+    policy: ReaskPolicy | None = None,
+    *,
+    first: BatchAnswer | None = None,
 ) -> GenerationResult:
-    """Run one task: its output, or the reason it failed, and every attempt either way."""
-    convo = _Conversation(spec, provider, policy or ReaskPolicy.from_settings())
+    """Run one task: its output, or the reason it failed, and every attempt either way.
+    `first` is a batch line's answer to the first request: it is taken instead of that call
+    (attempt kind `batch`, at the batch price), and validated, repaired (live) and moderated as
+    a live reply would be."""
+    convo = _Conversation(spec, provider, policy or ReaskPolicy.from_settings(), first)
     return _run(convo, lambda: _moderated(convo, _whole(convo), retry=True))
+
+
+def first_request(spec: TaskSpec, provider: Provider) -> CompletionRequest:
+    """The request a run's first call sends: what a batch line asks for."""
+    convo = _Conversation(spec, provider, ReaskPolicy.from_settings())
+    return convo.request_for(convo.base, schema=convo.schema)
 
 
 def regenerate_part(

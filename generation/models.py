@@ -14,6 +14,7 @@ from django.db import models
 from django.utils import timezone
 
 from accounts.models import BaseClass, Organisation
+from generation.batch_models import BatchRequest, ProviderBatch, Urgency  # noqa: F401
 from generation.schemas import CourseRequest, TaskKind, Tier
 
 
@@ -31,14 +32,6 @@ class JobStatus(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
-
-
-class Urgency(models.TextChoices):
-    """How soon a course is wanted: "now" runs its calls live; "batch" sends them through the
-    provider's Batch API (half the price, within 24 hours; docs/batch.md)."""
-
-    NOW = "now", "Now (live calls)"
-    BATCH = "batch", "Batch (half price, within a day)"
 
 
 class JudgeStatus(models.TextChoices):
@@ -269,6 +262,7 @@ class AttemptKind(models.TextChoices):
     JUDGE = "judge", "Quality judge"
     MODERATION = "moderation", "Content moderation"
     CACHE = "cache", "Served from the cache (no provider call)"
+    BATCH = "batch", "First attempt through the Batch API (batch price)"
 
 
 # Attempts that repair output: their cost is the job's re-ask share (with every failed attempt).

@@ -29,6 +29,7 @@ from django.db import transaction
 from django.db.models import F, Q, QuerySet
 
 from generation import messages, regeneration, services
+from generation.batch_models import BATCH_REQUEST_OPEN
 from generation.leases import db_now
 from generation.models import (
     CourseGenerationJob,
@@ -111,6 +112,11 @@ def overdue_messages(now: datetime) -> Q:
     return late | Q(redispatches__gte=resends, dispatched_at__lt=now - timedelta(seconds=cap))
 
 
+def waiting_for_batch() -> Q:
+    """Tasks with a request open in the Batch API: the batch poller owns them (docs/batch.md)."""
+    return Q(batch_requests__status__in=BATCH_REQUEST_OPEN)
+
+
 def _claim_batch(tasks: QuerySet[GenerationTask], now: datetime) -> list[tuple[int, UUID, int]]:
     """Lock and stamp a batch, so two reconcilers never both re-send the same task: each row's
     message goes at its job's aged priority (generation/queueing.py), its id, job and priority."""
@@ -137,7 +143,11 @@ def _redispatch_tasks(*, now: datetime) -> int:
     late = overdue_messages(now)
     expired = Q(status=TaskStatus.RUNNING, lease_expires_at__lt=now) & late
     lost = Q(status=TaskStatus.PENDING) & late
-    tasks = GenerationTask.objects.filter(open_jobs, expired | lost).exclude(kind=TaskKind.OUTLINE)
+    tasks = (
+        GenerationTask.objects.filter(open_jobs, expired | lost)
+        .exclude(kind=TaskKind.OUTLINE)
+        .exclude(waiting_for_batch())
+    )
     rows = _claim_batch(tasks, now)
     for task_id, _, priority in rows:
         run_task.apply_async(args=(task_id,), priority=messages.broker_priority(priority))
@@ -152,7 +162,7 @@ def _redispatch_outlines(*, now: datetime) -> int:
         kind=TaskKind.OUTLINE,
         job__status=JobStatus.RUNNING,
         job__chord_dispatched_at__isnull=True,
-    ).exclude(live_lease)
+    ).exclude(live_lease | waiting_for_batch())
     rows = _claim_batch(outlines, now)
     for _, job_id, priority in rows:
         run_outline.apply_async(args=(str(job_id),), priority=messages.broker_priority(priority))

@@ -28,7 +28,9 @@ from django.db.models import (
 
 from accounts.models import Membership, Role
 from coursegen import db
+from generation.batch_models import BATCH_REQUEST_OPEN
 from generation.models import (
+    BatchRequest,
     CourseGenerationJob,
     GenerationTask,
     JobStatus,
@@ -218,10 +220,13 @@ def jobs_stuck(*, now: datetime) -> QuerySet[CourseGenerationJob]:
         | Q(finished_at__gte=cutoff)
     )
     finalizing = Q(finalize_lease_expires_at__gte=now)
+    # A batch job waits for its batch (up to a day) with no task moving: it is not stuck.
+    in_batch = BatchRequest.objects.filter(task__job=OuterRef("pk"), status__in=BATCH_REQUEST_OPEN)
     return (
         CourseGenerationJob.objects.filter(status=JobStatus.RUNNING, started_at__lt=cutoff)
         .exclude(finalizing)
         .exclude(Exists(alive))
+        .exclude(Exists(in_batch))
     )
 
 
@@ -257,6 +262,7 @@ def job_run_summary(job: CourseGenerationJob) -> dict[str, Any]:
     return {
         "job_id": str(job.id),
         "status": job.status,
+        "urgency": job.urgency,
         "tasks": tasks.count(),
         "calls": sum(1 for r in rows if r["kind"] != "cache"),
         "first_attempt_valid_share": round(len(valid) / len(firsts), 4) if firsts else None,
@@ -279,7 +285,7 @@ def _first_answers(rows: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
     firsts: dict[Any, dict[str, Any]] = {}
     for row in rows:
         answered = row["outcome"] in ("ok", "invalid")
-        if row["task_id"] and answered and row["kind"] in ("first", "transport_retry"):
+        if row["task_id"] and answered and row["kind"] in ("first", "transport_retry", "batch"):
             firsts.setdefault(row["task_id"], row)
     return firsts
 

@@ -150,7 +150,8 @@ class JobOutputSerializer(FieldsOnceMixin, serializers.ModelSerializer):
     )
     cost_breakdown = serializers.SerializerMethodField(
         help_text="USD: generation (first attempts), repairs (re-asks, part repairs, failures), "
-        "judge (the quality judge's calls, not in cost_usd) and their total."
+        "judge (the quality judge's calls, not in cost_usd) and their total; batch_saving_usd: "
+        "what the job's Batch API answers would have cost more live (docs/batch.md)."
     )
 
     class Meta:
@@ -190,10 +191,19 @@ class JobOutputSerializer(FieldsOnceMixin, serializers.ModelSerializer):
             "repairs_usd": job.reask_cost_usd,
             "judge_usd": job.judge_cost_usd,
             "total_usd": job.cost_usd + job.judge_cost_usd,
+            "batch_saving_usd": _batch_saving(job),
         }
         return {
             name: format(value.quantize(JOB_COST_QUANTUM), "f") for name, value in parts.items()
         }
+
+
+def _batch_saving(job: CourseGenerationJob) -> Decimal:
+    if job.urgency != Urgency.BATCH:  # no query for the jobs that ran live
+        return Decimal(0)
+    from generation.batch_selectors import job_batch_saving
+
+    return job_batch_saving(job_id=job.pk)
 
 
 class _WaitingFieldsMixin(serializers.Serializer):

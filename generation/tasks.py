@@ -107,6 +107,13 @@ def judge_lesson(self: Task, run_id: int) -> None:
     _run_deferrable(self, lambda: judging.judge_run_execute(run_id=run_id))
 
 
+# The Batch API poller (docs/batch.md): beat every COURSEGEN_BATCH_POLL_INTERVAL_S; one run at a
+# time per batch (the batch row's lease), so overlapping runs are harmless.
+@shared_task(name="generation.tasks.batch_poll", ignore_result=True)
+def batch_poll() -> dict[str, int]:
+    return services.batch_poll().as_dict()
+
+
 @shared_task(name="generation.tasks.cache_purge_expired", ignore_result=True)
 def cache_purge_expired() -> int:
     return cache.cache_purge_expired()

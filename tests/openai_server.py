@@ -11,11 +11,20 @@ Modes, one per kind of server the constraint ladder meets (generation/providers/
 `json_object`, with or without a `schema` in it; "json_object_only" refuses both `json_schema`
 and a `schema` inside `json_object` with a 400 saying so, and accepts plain `json_object`.
 Scripted responses are served first, in order, whatever the mode.
+
+The Files and Batches endpoints (docs/batch.md) are emulated too: `POST /v1/files` (multipart, as
+the SDK uploads), `GET /v1/files/{id}/content`, `POST /v1/batches`, `GET /v1/batches/{id}` and
+`POST /v1/batches/{id}/cancel`. A batch is `in_progress` for its first
+`batch_retrieves_in_progress` retrieves, then ends: each line answered as a chat completion
+would be, except the custom_ids in `batch_failed` (a 500 line in the error file) and in
+`batch_unanswered` (a `batch_expired` line; the batch ends `expired`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.parser
+import itertools
 import json
 import threading
 from collections import deque
@@ -122,6 +131,12 @@ class FakeOpenAIServer:
         # text -> the OpenAI moderation categories it is flagged for ("violence", "illicit" ...)
         self.moderation: Any = flag_marked
         self.requests: list[ReceivedRequest] = []
+        self.files: dict[str, str] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_retrieves_in_progress = 1
+        self.batch_failed: set[str] = set()
+        self.batch_unanswered: set[str] = set()
+        self._ids = itertools.count(1)
         self._script: deque[ScriptedResponse] = deque()
         self._lock = threading.Lock()
         self.stopping = threading.Event()
@@ -167,6 +182,9 @@ class FakeOpenAIServer:
             return ScriptedResponse(200, moderation_body(request.body, self.moderation))
         if request.path == "/v1/embeddings":
             return ScriptedResponse(200, embeddings_body(request.body))
+        if request.path.startswith(("/v1/files", "/v1/batches")):
+            with self._lock:
+                return self._batch_api(request)
         if request.path != "/v1/chat/completions":
             return ScriptedResponse(404, {"error": {"message": f"no route {request.path}"}})
         if self.mode == "llamacpp" and request.response_format_type == "json_schema":
@@ -174,6 +192,59 @@ class FakeOpenAIServer:
         if self.mode == "json_object_only" and request.constraint_step in UNSUPPORTED:
             return ScriptedResponse(400, UNSUPPORTED[request.constraint_step])
         return ScriptedResponse(200, self._completion(request), dict(RATE_LIMIT_HEADERS))
+
+    # --- the Files and Batches endpoints ------------------------------------------------------
+    def _batch_api(self, request: ReceivedRequest) -> ScriptedResponse:
+        parts = request.path.strip("/").split("/")  # v1, files|batches, id?, action?
+        if parts[1] == "files" and len(parts) == 2:
+            file_id = f"file-{next(self._ids)}"
+            self.files[file_id] = str(request.body.get("file", ""))
+            return ScriptedResponse(200, _file_object(file_id, request.body))
+        if parts[1] == "files" and parts[3:] == ["content"] and parts[2] in self.files:
+            return ScriptedResponse(200, self.files[parts[2]])
+        if parts[1] == "batches" and len(parts) == 2:
+            batch_id = f"batch_{next(self._ids)}"
+            self.batches[batch_id] = _batch_object(batch_id, request.body)
+            return ScriptedResponse(200, self.batches[batch_id])
+        batch = self.batches.get(parts[2]) if len(parts) > 2 else None
+        if batch is None:
+            return ScriptedResponse(404, {"error": {"message": f"no route {request.path}"}})
+        if parts[3:] == ["cancel"] and batch["status"] == "in_progress":
+            batch["status"] = "cancelled"
+        elif batch["status"] == "in_progress":
+            batch["retrieves"] += 1
+            if batch["retrieves"] > self.batch_retrieves_in_progress:
+                self._end(batch)
+        return ScriptedResponse(200, {k: v for k, v in batch.items() if k != "retrieves"})
+
+    def _end(self, batch: dict[str, Any]) -> None:
+        output, errors = [], []
+        for line in (json.loads(x) for x in self.files[batch["input_file_id"]].splitlines()):
+            custom_id = line["custom_id"]
+            if custom_id in self.batch_unanswered:
+                error = {"code": "batch_expired", "message": "not run before the window ended"}
+                errors.append({"custom_id": custom_id, "response": None, "error": error})
+            elif custom_id in self.batch_failed:
+                body = {"error": {"message": "server error", "type": "server_error"}}
+                response = {"status_code": 500, "body": body}
+                errors.append({"custom_id": custom_id, "response": response, "error": None})
+            else:
+                body = self._completion(ReceivedRequest(line["url"], {}, line["body"]))
+                response = {"status_code": 200, "body": body}
+                output.append({"custom_id": custom_id, "response": response, "error": None})
+        for name, rows in (("output_file_id", output), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{next(self._ids)}"
+                self.files[file_id] = "".join(json.dumps(r) + "\n" for r in rows)
+                batch[name] = file_id
+        batch["status"] = (
+            "expired" if self.batch_unanswered & {e["custom_id"] for e in errors} else "completed"
+        )
+        batch["request_counts"] = {
+            "total": len(output) + len(errors),
+            "completed": len(output),
+            "failed": len(errors),
+        }
 
     def _completion(self, request: ReceivedRequest) -> dict[str, Any]:
         reply = self.replies.get(_schema_name(request.body), self.default_reply)
@@ -236,6 +307,49 @@ def moderation_body(body: dict[str, Any], judge: Any) -> dict[str, Any]:
     return {"id": "modr-test", "model": str(body.get("model", "")), "results": results}
 
 
+def _file_object(file_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": file_id,
+        "object": "file",
+        "bytes": len(str(body.get("file", ""))),
+        "created_at": 1_700_000_000,
+        "filename": "batch.jsonl",
+        "purpose": body.get("purpose", "batch"),
+        "status": "processed",
+    }
+
+
+def _batch_object(batch_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": body.get("endpoint"),
+        "input_file_id": body.get("input_file_id"),
+        "completion_window": body.get("completion_window"),
+        "metadata": body.get("metadata"),
+        "status": "in_progress",
+        "created_at": 1_700_000_000,
+        "output_file_id": None,
+        "error_file_id": None,
+        "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        "retrieves": 0,
+    }
+
+
+def _multipart(content_type: str, raw: bytes) -> dict[str, Any]:
+    """The fields of a multipart/form-data body (the SDK's file upload), as text."""
+    message = email.parser.BytesParser().parsebytes(
+        f"content-type: {content_type}\r\n\r\n".encode() + raw
+    )
+    fields: dict[str, Any] = {}
+    parts: Any = message.get_payload()
+    for part in parts:
+        name = part.get_param("name", header="content-disposition")
+        payload: Any = part.get_payload(decode=True)
+        fields[str(name)] = payload.decode()
+    return fields
+
+
 def _schema_name(body: dict[str, Any]) -> str:
     """The json_schema name the client asked for; "" for json_object and plain text."""
     fmt = body.get("response_format") or {}
@@ -250,8 +364,16 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length) if length else b"{}"
             headers = {k.lower(): v for k, v in self.headers.items()}
-            received = ReceivedRequest(self.path, headers, json.loads(raw or b"{}"))
-            self._send(server.respond(received))
+            content_type = headers.get("content-type", "")
+            if content_type.startswith("multipart/form-data"):
+                body = _multipart(content_type, raw)
+            else:
+                body = json.loads(raw or b"{}")
+            self._send(server.respond(ReceivedRequest(self.path, headers, body)))
+
+        def do_GET(self) -> None:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            self._send(server.respond(ReceivedRequest(self.path, headers, {})))
 
         def _send(self, response: ScriptedResponse) -> None:
             if response.delay_s and server.stopping.wait(response.delay_s):

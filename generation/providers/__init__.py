@@ -7,7 +7,11 @@ import functools
 from django.conf import settings
 
 from generation.providers.base import (
+    BATCH_ENDED,
     MODERATION_CATEGORIES,
+    BatchLine,
+    BatchLineResult,
+    BatchState,
     Completion,
     CompletionRequest,
     EmbeddingRequest,
@@ -24,7 +28,11 @@ from generation.providers.base import (
 )
 
 __all__ = [
+    "BATCH_ENDED",
     "MODERATION_CATEGORIES",
+    "BatchLine",
+    "BatchLineResult",
+    "BatchState",
     "Completion",
     "CompletionRequest",
     "EmbeddingRequest",

@@ -9,7 +9,7 @@ Schema validation happens above this seam, in generation/validation.py.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,67 @@ class Provider(abc.ABC):
         """Embed texts (the content cache's similarity layer). Providers without an embeddings
         endpoint refuse, permanently."""
         raise PermanentProviderError(f"the {self.name} provider has no embeddings endpoint")
+
+    # --- The Batch API (docs/batch.md): a file of requests answered within a day, at half the
+    # price. Providers without one refuse, permanently.
+    def batch_upload(self, lines: Sequence[BatchLine]) -> str:
+        """Upload the requests as one JSONL file (purpose "batch"); its file id."""
+        raise PermanentProviderError(f"the {self.name} provider has no Batch API")
+
+    def batch_create(self, *, input_file_id: str, metadata: Mapping[str, str]) -> BatchState:
+        """Start a batch over an uploaded file (endpoint /v1/chat/completions, window 24h)."""
+        raise PermanentProviderError(f"the {self.name} provider has no Batch API")
+
+    def batch_retrieve(self, batch_id: str) -> BatchState:
+        raise PermanentProviderError(f"the {self.name} provider has no Batch API")
+
+    def batch_results(self, state: BatchState) -> list[BatchLineResult]:
+        """The lines of an ended batch's output and error files, mapped by custom_id."""
+        raise PermanentProviderError(f"the {self.name} provider has no Batch API")
+
+    def batch_cancel(self, batch_id: str) -> BatchState:
+        raise PermanentProviderError(f"the {self.name} provider has no Batch API")
+
+
+# --- The Batch API ------------------------------------------------------------------------------
+BATCH_ENDED = ("completed", "failed", "expired", "cancelled")  # the provider's final states
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """One request of a batch: a task attempt under its `custom_id`."""
+
+    custom_id: str
+    request: CompletionRequest
+
+
+@dataclass(frozen=True)
+class BatchState:
+    id: str
+    status: str  # validating, in_progress, finalizing, completed, failed, expired, cancelling ...
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    errors: str = ""  # why a whole batch failed (validation)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in BATCH_ENDED
+
+
+@dataclass(frozen=True)
+class BatchLineResult:
+    """One line of an ended batch: a completion, or why there is none (`error`, with the
+    provider's code: `batch_expired` for a line unanswered at expiry, `batch_cancelled` ...).
+    `response` is the line's response body as received, kept on the request row."""
+
+    custom_id: str
+    completion: Completion | None = None
+    error: ProviderError | None = None
+    code: str = ""
+    response: Mapping[str, Any] | None = None
 
 
 # --- Moderation -----------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from generation.providers.constraints import (
     ConstraintStore,
     DatabaseConstraints,
 )
+from generation.providers.openai_batch import OpenAIBatches
 from generation.schemas import CONSTRAINT_LADDER, ConstraintStep
 
 if TYPE_CHECKING:
@@ -250,7 +251,7 @@ def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 # --- the provider -------------------------------------------------------------------------------
-class OpenAIProvider(Provider):
+class OpenAIProvider(OpenAIBatches, Provider):
     name = "openai"
 
     def __init__(
@@ -396,14 +397,19 @@ class OpenAIProvider(Provider):
             )
 
     def _create(self, request: CompletionRequest, *, step: ConstraintStep) -> RawChatResponse:
-        kwargs: dict[str, Any] = {
+        body = self._body(request, step=step)
+        return self._client.chat.completions.with_raw_response.create(**body)
+
+    def _body(self, request: CompletionRequest, *, step: ConstraintStep) -> dict[str, Any]:
+        """The chat completion's parameters: a live call's, and a batch line's body."""
+        body: dict[str, Any] = {
             "model": request.model,
             "messages": _messages(request, step=step),
             "response_format": _response_format(request, step=step),
         }
         if request.max_output_tokens is not None:
-            kwargs[self._token_limit_param()] = request.max_output_tokens
-        return self._client.chat.completions.with_raw_response.create(**kwargs)
+            body[self._token_limit_param()] = request.max_output_tokens
+        return body
 
     def _token_limit_param(self) -> str:
         # OpenAI deprecated max_tokens (reasoning models reject it); compatible servers such as

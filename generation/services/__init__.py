@@ -23,6 +23,8 @@ from generation.services.alerts import (
     job_outcome_record,
     quality_check,
 )
+from generation.services.batches import BatchPollReport, batch_poll
+from generation.services.batchqueue import batch_requests_queue
 from generation.services.common import (
     GenerationError,
     UrgencyNotAllowedError,
@@ -48,6 +50,7 @@ from generation.services.ledger import (
     usage_totals,
 )
 from generation.services.planning import (
+    job_after_outline,
     job_dispatch_chord,
     job_plan_tasks,
     job_run_outline,
@@ -71,14 +74,18 @@ from generation.services.watchdog import job_fail_stuck
 __all__ = [
     "FINALIZED_FIELDS",
     "ROLE_PRIORITY",
+    "BatchPollReport",
     "GenerationError",
     "LeaseClock",
     "TaskRunResult",
     "UrgencyNotAllowedError",
+    "batch_poll",
+    "batch_requests_queue",
     "capacity_check",
     "content_flagged",
     "defer_delay",
     "dispatch_asked_clear",
+    "job_after_outline",
     "job_cancel",
     "job_dedupe_questions",
     "job_dispatch_chord",

@@ -15,7 +15,7 @@ from generation.models import (
     TaskStatus,
     Urgency,
 )
-from generation.services import common, dispatch
+from generation.services import batchqueue, common, dispatch
 from monitoring.logs import log_event
 
 
@@ -54,6 +54,7 @@ def job_cancel(*, job_id: UUID, reason: str = "cancelled by user") -> CourseGene
         job.tasks.filter(status=TaskStatus.PENDING).update(
             status=TaskStatus.CANCELLED, error=reason
         )
+        batchqueue.job_batch_requests_cancel(job_id=job.pk, reason=reason)
         job.status, job.error, job.finished_at = JobStatus.CANCELLED, reason, timezone.now()
         job.save(update_fields=["status", "error", "finished_at", "updated_at"])
         dispatch.queue_entry_close(job=job, state=QueueState.CANCELLED)

@@ -18,6 +18,7 @@ from generation.models import (
     JobStatus,
     QueueEntry,
     QueueState,
+    Urgency,
 )
 from generation.queueing import aged_broker_priority, queued_in_order
 from generation.schemas import TaskKind
@@ -55,7 +56,13 @@ def dispatch_asked_clear() -> None:
 
 
 def running_job_count() -> int:
-    return QueueEntry.objects.filter(state=QueueState.CLAIMED).count()
+    """Jobs holding a running slot. A batch job waits for its batches without a worker, so
+    it holds none (docs/batch.md)."""
+    return (
+        QueueEntry.objects.filter(state=QueueState.CLAIMED)
+        .exclude(job__urgency=Urgency.BATCH)
+        .count()
+    )
 
 
 def queue_dispatch(*, worker: str | None = None, limit: int | None = None) -> list[UUID]:

@@ -12,12 +12,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from generation import messages, variants
-from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
+from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus, Urgency
 from generation.prompts import PROMPT_VERSIONS
 from generation.providers import Provider
 from generation.queueing import aged_broker_priority
 from generation.schemas import TASK_TIERS, CourseOutline, TaskKind
-from generation.services import common, finalize, runs
+from generation.services import batchqueue, common, finalize, runs
 from monitoring.logs import log_event
 
 logger = logging.getLogger("coursegen.generation")
@@ -32,20 +32,29 @@ def job_run_outline(
         return None
     outline_task = job.tasks.get(kind=TaskKind.OUTLINE)
     _outline_choice_apply(task=outline_task)
+    if job.urgency == Urgency.BATCH and batchqueue.outline_to_batch(task=outline_task):
+        return None  # the batch poller applies its answer and calls job_after_outline
     result = runs.task_run(task_id=outline_task.pk, worker=worker, provider=provider)
     if result.retry_in is not None:
         return result.retry_in
-    outline_task.refresh_from_db()
+    job_after_outline(job_id=job_id, detail=str(result))
+    return None
+
+
+def job_after_outline(*, job_id: UUID, detail: str = "") -> None:
+    """Once the outline task ended: plan the tasks and send them (a chord, or the next batch),
+    or close the job when the outline failed."""
+    job = CourseGenerationJob.objects.get(pk=job_id)
+    outline_task = job.tasks.get(kind=TaskKind.OUTLINE)
     if outline_task.status == TaskStatus.FAILED:
         finalize.job_finalize(job_id=job_id)
-        return None
+        return
     if outline_task.status != TaskStatus.SUCCEEDED:
-        logger.info("job %s: outline %s elsewhere (%s)", job_id, outline_task.status, result)
-        return None
+        logger.info("job %s: outline %s elsewhere (%s)", job_id, outline_task.status, detail)
+        return
     job_plan_tasks(job_id=job_id, outline=outline_task.output or {})
     log_event("job.outline_done", f"job {job_id}: outline done", job=job, task=outline_task)
     job_dispatch_chord(job_id=job_id)
-    return None
 
 
 @transaction.atomic
@@ -115,6 +124,7 @@ def plan_units(outline: CourseOutline) -> list[tuple[TaskKind, str]]:
     return units
 
 
+@transaction.atomic  # a batch job's tasks are queued with the claim, or not at all
 def job_dispatch_chord(*, job_id: UUID) -> bool:
     """Send the chord once per job: only the caller that sets chord_dispatched_at sends it."""
     won = CourseGenerationJob.objects.filter(
@@ -122,7 +132,10 @@ def job_dispatch_chord(*, job_id: UUID) -> bool:
     ).update(chord_dispatched_at=timezone.now())
     if not won:
         return False
-    job = CourseGenerationJob.objects.only("priority", "created_at").get(pk=job_id)
+    job = CourseGenerationJob.objects.only("priority", "created_at", "urgency").get(pk=job_id)
+    if job.urgency == Urgency.BATCH:  # the poller finalizes when the last task ended
+        batchqueue.job_pending_to_batch(job_id=job_id)
+        return True
     now = timezone.now()
     # The job's priority aged since its submission, as the queue ages it (generation/queueing.py).
     priority = aged_broker_priority(priority=job.priority, since=job.created_at, now=now)

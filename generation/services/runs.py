@@ -24,7 +24,7 @@ from generation import cache, hotpath
 from generation.concurrency import call_rank
 from generation.field_errors import public_error
 from generation.leases import db_now_plus
-from generation.llm import GenerationResult, TaskSpec, generate
+from generation.llm import BatchAnswer, GenerationResult, TaskSpec, generate
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.prompts import task_context
 from generation.providers import Provider, get_moderation_provider, get_provider
@@ -131,8 +131,17 @@ class TaskRunResult:
 
 
 def task_run(
-    *, task_id: int, worker: str | None = None, provider: Provider | None = None
+    *,
+    task_id: int,
+    worker: str | None = None,
+    provider: Provider | None = None,
+    first: BatchAnswer | None = None,
+    recorded: Callable[[], object] | None = None,
 ) -> TaskRunResult:
+    """Run one task. `first` is a batch line's answer to its first request (docs/batch.md):
+    taken instead of that call, with no cache in between; `recorded` runs in the transaction
+    that records the result (or defers the task), so the line counts as taken exactly when
+    its attempt is in the ledger."""
     worker = worker or common.worker_name()
     task = _task_claim_and_load(task_id=task_id, worker=worker)
     if task is None:
@@ -149,31 +158,51 @@ def task_run(
             task_lease_renew(task_id=task.pk, worker=worker, run=task.runs)
         ),
     )
-    cached = cache.cache_applies(task=task)
+    cached = first is None and cache.cache_applies(task=task)
     started = time.monotonic()
     result = cache.cache_lookup(task=task, spec=spec) if cached else None
     hit = result is not None
     if result is None:
         _db_release_during_io()
         try:
-            result = generate(spec, provider or get_provider())
+            result = generate(spec, provider or get_provider(), first=first)
         except Exception as exc:  # a bug must fail this task, not hang the job waiting on it
             logger.exception("task %s crashed", task_id)
             result = GenerationResult(error=public_error("internal error", exc))
     wall_s = time.monotonic() - started
     if result.defer_s is not None:
         delay = while_lease_holds(
-            lease, lambda: _task_defer(task=task, worker=worker, result=result)
+            lease,
+            lambda: _marked(lambda: _task_defer(task=task, worker=worker, result=result), recorded),
         )
         if delay is not None:
             return TaskRunResult(task_id, TaskStatus.PENDING, ran=True, retry_in=delay)
     final = result
     status = while_lease_holds(
-        lease, lambda: _record_result(task=task, worker=worker, result=final, wall_s=wall_s)
+        lease,
+        lambda: _marked(
+            lambda: _record_result(task=task, worker=worker, result=final, wall_s=wall_s),
+            recorded,
+            always=True,
+        ),
     )
     if cached and not hit and status == TaskStatus.SUCCEEDED:
         cache.cache_entry_store(task=task, spec=spec, result=final, wall_s=wall_s)
     return TaskRunResult(task_id, status, ran=True)
+
+
+def _marked(
+    write: Callable[[], T], recorded: Callable[[], object] | None, *, always: bool = False
+) -> T:
+    """`write`, and in its transaction the caller's `recorded` mark when it wrote (a deferral
+    that did not happen leaves the record to `_record_result`)."""
+    if recorded is None:
+        return write()
+    with transaction.atomic():
+        out = write()
+        if always or out is not None:
+            recorded()
+        return out
 
 
 def _db_release_during_io() -> None:

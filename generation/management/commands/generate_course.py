@@ -24,7 +24,8 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from accounts.models import BaseClass
-from generation import safety, selectors, services
+from generation import messages, safety, selectors, services
+from generation.batch_selectors import job_batch_saving
 from generation.evaluation import CRITERIA, EVALUATOR
 from generation.models import CourseGenerationJob, GenerationAttempt, GenerationTask, JobStatus
 from generation.providers import get_provider
@@ -93,6 +94,8 @@ class Command(BaseCommand):
         summary["provider"] = settings.COURSEGEN_PROVIDER
         summary["wall_s"] = round(wall_s, 1)
         summary["timed_out"] = timed_out
+        if job.urgency == "batch":
+            summary["batch_saving_usd"] = float(job_batch_saving(job_id=job.pk))
         self.stdout.write(json.dumps(summary, sort_keys=True))
 
     def _base_class(self, user: Any, wanted: str | None) -> BaseClass:
@@ -166,6 +169,8 @@ class Command(BaseCommand):
                         return job
                 if "error" in submitted:
                     raise CommandError(f"submit failed: {submitted['error']}")
+                if urgency == "batch" and messages.always_eager() and "job" in submitted:
+                    services.batch_poll()  # no beat in-process: poll the batches here
                 time.sleep(0.2)
         raise TimedOut(f"timed out after {timeout:.0f}s", job)
 
@@ -197,6 +202,9 @@ class Command(BaseCommand):
             f"{job.output_tokens} out"
         )
         out(f"Cost:      ${job.cost_usd:.4f} at list prices, cached prompt tokens included")
+        if job.urgency == "batch":
+            saving = job_batch_saving(job_id=job.pk)
+            out(f"Batch:     ${saving:.4f} saved by the Batch API's half price (docs/batch.md)")
         out(
             f"Re-asks:   ${job.reask_cost_usd:.4f} ({job.reask_share:.1%} of the cost) on re-asks, "
             f"part repairs and failed attempts; {calls / max(tasks, 1):.2f} calls per task"

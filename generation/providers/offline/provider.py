@@ -8,20 +8,26 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from django.conf import settings
 
 from generation.providers.base import (
+    BatchLine,
+    BatchLineResult,
+    BatchState,
     Completion,
     CompletionRequest,
     InvalidOutputError,
     ModerationRequest,
     ModerationResult,
+    PermanentProviderError,
     Provider,
     TransientProviderError,
 )
+from generation.providers.batchfiles import line_result, read_lines
+from generation.providers.offline.batches import BatchEmulator
 from generation.providers.offline.calllog import call_log_append
 from generation.providers.offline.content import Data, build_content, part_content
 from generation.providers.offline.content.rules import followed_rules
@@ -59,6 +65,7 @@ class OfflineProvider(Provider):
         outage_file: str = "",
         latency: Mapping[Tier, TierLatency] | None = None,
         rate_limit: ProviderRateLimit | None = None,
+        batches: BatchEmulator | None = None,
     ) -> None:
         if not latency_scale >= 0.0:
             raise ValueError(f"latency_scale must be >= 0, got {latency_scale!r}")
@@ -74,6 +81,7 @@ class OfflineProvider(Provider):
         # the fault sequence is reproducible for one process given the seed.
         self._fault_rng = random.Random(stable_int("faults", self.seed))
         self._fault_lock = threading.Lock()
+        self.batches = batches
 
     @classmethod
     def from_settings(cls) -> OfflineProvider:
@@ -87,6 +95,13 @@ class OfflineProvider(Provider):
             call_log=settings.COURSEGEN_OFFLINE_CALL_LOG,
             outage_file=outage_file,
             rate_limit=rate_limit_from_settings(),
+            batches=BatchEmulator(
+                settings.COURSEGEN_OFFLINE_BATCH_DIR,
+                delay_s=settings.COURSEGEN_OFFLINE_BATCH_DELAY_S,
+                failed=settings.COURSEGEN_OFFLINE_BATCH_FAILED,
+                unanswered=settings.COURSEGEN_OFFLINE_BATCH_UNANSWERED,
+                seed=int(settings.COURSEGEN_OFFLINE_SEED),
+            ),
         )
 
     def complete(self, request: CompletionRequest) -> Completion:
@@ -116,6 +131,29 @@ class OfflineProvider(Provider):
     def moderate(self, request: ModerationRequest) -> ModerationResult:
         """The simulated moderation endpoint (offline/moderation.py): rules, not a model."""
         return simulated_moderation(request)
+
+    # --- the emulated Files and Batches endpoints (offline/batches.py) ---------------------------
+    def _emulator(self) -> BatchEmulator:
+        if self.batches is None:
+            raise PermanentProviderError("this offline provider has no batch emulator")
+        return self.batches
+
+    def batch_upload(self, lines: Sequence[BatchLine]) -> str:
+        return self._emulator().upload(lines)
+
+    def batch_create(self, *, input_file_id: str, metadata: Mapping[str, str]) -> BatchState:
+        return self._emulator().create(input_file_id=input_file_id, metadata=metadata)
+
+    def batch_retrieve(self, batch_id: str) -> BatchState:
+        return self._emulator().retrieve(batch_id, self.complete)
+
+    def batch_results(self, state: BatchState) -> list[BatchLineResult]:
+        files = [f for f in (state.output_file_id, state.error_file_id) if f]
+        lines = [line for f in files for line in read_lines(self._emulator().content(f))]
+        return [line_result(line, provider=self.name) for line in lines]
+
+    def batch_cancel(self, batch_id: str) -> BatchState:
+        return self._emulator().cancel(batch_id)
 
     # --- steps of complete() ---------------------------------------------------------------------
     def _render(self, request: CompletionRequest, fault: str | None) -> tuple[Data, str, str]:

@@ -1,0 +1,21 @@
+"""Reads about the Batch API path (docs/batch.md), apart from generation/selectors.py: they
+price attempts, and monitoring, which reads the selectors, never reaches the providers."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from uuid import UUID
+
+from django.db.models import Sum
+
+from generation.models import AttemptKind, GenerationAttempt
+from generation.pricing import BATCH_DISCOUNT
+
+
+def job_batch_saving(*, job_id: UUID) -> Decimal:
+    """What the job's Batch API answers (attempt kind `batch`) would have cost more as live
+    calls: their cost at the batch discount, scaled back to list prices, less what they cost."""
+    paid = GenerationAttempt.objects.filter(task__job_id=job_id, kind=AttemptKind.BATCH).aggregate(
+        total=Sum("cost_usd")
+    )["total"] or Decimal(0)
+    return paid / BATCH_DISCOUNT - paid
