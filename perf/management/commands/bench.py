@@ -110,7 +110,8 @@ class Command(BaseCommand):
             help="gunicorn keep-alive seconds (0: a connection per request, as behind a proxy)",
         )
         parser.add_argument(
-            "--phases", default="queries,priority,pools,floor,cpu,critical,throughput"
+            "--phases",
+            default="queries,priority,pools,floor,cpu,critical,throughput,users1000,ratelimited",
         )
         parser.add_argument("--profile", default="", help="py-spy a worker in the cpu phase")
         parser.add_argument(
