@@ -39,6 +39,11 @@ class ProviderBatch(models.Model):
         "expired, cancelling, cancelled.",
     )
     provider_batch_id = models.CharField(max_length=200, blank=True, db_index=True)
+    # Written with the row, before anything reaches the provider, and sent as the batch's metadata
+    # and in its file's name: a poller killed between the provider's answer and recording it
+    # leaves the row `submitting`, and the next one finds that batch (or file) by this key and
+    # adopts it instead of creating a second one.
+    client_key = models.CharField(max_length=64, blank=True, db_index=True)
     input_file_id = models.CharField(max_length=200, blank=True)
     output_file_id = models.CharField(max_length=200, blank=True)
     error_file_id = models.CharField(max_length=200, blank=True)

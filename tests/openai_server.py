@@ -13,8 +13,9 @@ and a `schema` inside `json_object` with a 400 saying so, and accepts plain `jso
 Scripted responses are served first, in order, whatever the mode.
 
 The Files and Batches endpoints (docs/batch.md) are emulated too: `POST /v1/files` (multipart, as
-the SDK uploads), `GET /v1/files/{id}/content`, `POST /v1/batches`, `GET /v1/batches/{id}` and
-`POST /v1/batches/{id}/cancel`. A batch is `in_progress` for its first
+the SDK uploads), `GET /v1/files/{id}/content`, `POST /v1/batches`, `GET /v1/batches/{id}`,
+`POST /v1/batches/{id}/cancel`, and the lists `GET /v1/files` and `GET /v1/batches` (newest first,
+paged by `after`, at most `page_size` a page). A batch is `in_progress` for its first
 `batch_retrieves_in_progress` retrieves, then ends: each line answered as a chat completion
 would be, except the custom_ids in `batch_failed` (a 500 line in the error file) and in
 `batch_unanswered` (a `batch_expired` line; the batch ends `expired`).
@@ -27,6 +28,8 @@ import email.parser
 import itertools
 import json
 import threading
+import time
+import urllib.parse
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -132,6 +135,8 @@ class FakeOpenAIServer:
         self.moderation: Any = flag_marked
         self.requests: list[ReceivedRequest] = []
         self.files: dict[str, str] = {}
+        self.file_objects: dict[str, dict[str, Any]] = {}  # uploads, as files.list shows them
+        self.page_size = 100  # the most items a list page holds
         self.batches: dict[str, dict[str, Any]] = {}
         self.batch_retrieves_in_progress = 1
         self.batch_failed: set[str] = set()
@@ -195,11 +200,16 @@ class FakeOpenAIServer:
 
     # --- the Files and Batches endpoints ------------------------------------------------------
     def _batch_api(self, request: ReceivedRequest) -> ScriptedResponse:
-        parts = request.path.strip("/").split("/")  # v1, files|batches, id?, action?
+        path, _, query = request.path.partition("?")
+        parts = path.strip("/").split("/")  # v1, files|batches, id?, action?
+        if len(parts) == 2 and not request.body:  # a GET: the list, newest first, paged
+            listed = self.file_objects if parts[1] == "files" else self.batches
+            return ScriptedResponse(200, self._page(list(listed.values())[::-1], query))
         if parts[1] == "files" and len(parts) == 2:
             file_id = f"file-{next(self._ids)}"
             self.files[file_id] = str(request.body.get("file", ""))
-            return ScriptedResponse(200, _file_object(file_id, request.body))
+            self.file_objects[file_id] = _file_object(file_id, request.body)
+            return ScriptedResponse(200, self.file_objects[file_id])
         if parts[1] == "files" and parts[3:] == ["content"] and parts[2] in self.files:
             return ScriptedResponse(200, self.files[parts[2]])
         if parts[1] == "batches" and len(parts) == 2:
@@ -216,6 +226,24 @@ class FakeOpenAIServer:
             if batch["retrieves"] > self.batch_retrieves_in_progress:
                 self._end(batch)
         return ScriptedResponse(200, {k: v for k, v in batch.items() if k != "retrieves"})
+
+    def _page(self, items: list[dict[str, Any]], query: str) -> dict[str, Any]:
+        """One page of a list, as OpenAI pages them: `after` an id, at most `limit` (and at
+        most `page_size`, so a test sees the SDK fetch the next page)."""
+        args = urllib.parse.parse_qs(query)
+        after = args.get("after", [""])[0]
+        if after:
+            ids = [item["id"] for item in items]
+            items = items[ids.index(after) + 1 :] if after in ids else []
+        size = min(int(args.get("limit", ["20"])[0]), self.page_size)
+        data = [{k: v for k, v in item.items() if k != "retrieves"} for item in items[:size]]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(items) > size,
+        }
 
     def _end(self, batch: dict[str, Any]) -> None:
         output, errors = [], []
@@ -312,8 +340,8 @@ def _file_object(file_id: str, body: dict[str, Any]) -> dict[str, Any]:
         "id": file_id,
         "object": "file",
         "bytes": len(str(body.get("file", ""))),
-        "created_at": 1_700_000_000,
-        "filename": "batch.jsonl",
+        "created_at": int(time.time()),
+        "filename": str(body.get("filename", "batch.jsonl")),
         "purpose": body.get("purpose", "batch"),
         "status": "processed",
     }
@@ -328,7 +356,7 @@ def _batch_object(batch_id: str, body: dict[str, Any]) -> dict[str, Any]:
         "completion_window": body.get("completion_window"),
         "metadata": body.get("metadata"),
         "status": "in_progress",
-        "created_at": 1_700_000_000,
+        "created_at": int(time.time()),
         "output_file_id": None,
         "error_file_id": None,
         "request_counts": {"total": 0, "completed": 0, "failed": 0},
@@ -347,6 +375,8 @@ def _multipart(content_type: str, raw: bytes) -> dict[str, Any]:
         name = part.get_param("name", header="content-disposition")
         payload: Any = part.get_payload(decode=True)
         fields[str(name)] = payload.decode()
+        if filename := part.get_filename():
+            fields["filename"] = filename
     return fields
 
 

@@ -212,6 +212,61 @@ def test_a_poller_killed_mid_poll_is_resumed_by_the_next(
     _paid_once(job)
 
 
+def test_a_batch_created_but_not_recorded_before_a_kill_is_adopted_not_made_twice(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    job = _submit(teacher, base_class)
+    provider = get_provider()
+    emulator = _emulator()
+    real_upload, real_create = provider.batch_upload, provider.batch_create
+
+    def killed_after(real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            real(*args, **kwargs)  # the provider has it; the answer never reaches the database
+            raise KeyboardInterrupt("killed")
+
+        return call
+
+    # Killed after the upload (the file is at the provider, its id not on the row)
+    monkeypatch.setattr(provider, "batch_upload", killed_after(real_upload))
+    with pytest.raises(KeyboardInterrupt):
+        services.batch_poll(worker="dead")
+    monkeypatch.undo()
+    ProviderBatch.objects.update(lease_expires_at=None)  # the dead poller's lease ran out
+    # then the next poller killed after the creation (the batch runs at the provider)
+    monkeypatch.setattr(provider, "batch_create", killed_after(real_create))
+    with pytest.raises(KeyboardInterrupt):
+        services.batch_poll(worker="dead-too")
+    monkeypatch.undo()
+    row = ProviderBatch.objects.get()
+    assert row.status == BatchStatus.SUBMITTING and row.provider_batch_id == ""
+    assert emulator.count() == 1 and row.client_key
+    ProviderBatch.objects.update(lease_expires_at=None)
+
+    # Killed after creating each of the other batches too, once each
+    emulator.delay_s = 3600.0
+    services.batch_poll()  # adopts the outline's batch (in progress for an hour)
+    row.refresh_from_db()
+    assert row.status == BatchStatus.SUBMITTED and row.provider_batch_id
+    emulator.delay_s = 0.0
+    services.batch_poll()  # the outline applied; the rest queued
+    monkeypatch.setattr(provider, "batch_create", killed_after(real_create))
+    with pytest.raises(KeyboardInterrupt):
+        services.batch_poll(worker="dead")
+    monkeypatch.undo()
+    ProviderBatch.objects.update(lease_expires_at=None)
+
+    _poll_until_done(job)
+
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    recorded = set(ProviderBatch.objects.values_list("provider_batch_id", flat=True))
+    assert emulator.count() == len(recorded) == 3  # every batch made once, and every one known
+    uploads = list((emulator.root / "uploads").glob("*.json"))
+    assert len(uploads) == 3  # the file uploaded before the first kill was found, not re-sent
+    assert set(BatchRequest.objects.values_list("status", flat=True)) == {"applied"}
+    _paid_once(job)
+
+
 def test_the_admin_shows_batches_and_a_job_waiting_for_one(
     teacher: Any, base_class: Any, client_for: Any
 ) -> None:

@@ -4,6 +4,7 @@ emulated /v1/files and /v1/batches (docs/batch.md)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from generation.models import (
     Urgency,
 )
 from generation.providers.base import (
+    BATCH_KEY,
     BatchLine,
     CompletionRequest,
     Message,
@@ -117,3 +119,26 @@ def test_a_batch_jobs_outline_goes_through_the_sdk_and_the_rest_follows(
     assert queued.count() == job.tasks.count() - 1
     assert len(server.batches) == 3
     assert [r.path for r in server.requests].count("/v1/chat/completions") == 0  # no live call
+
+
+def test_it_finds_a_batch_and_its_file_by_the_key_a_killed_poller_gave_them(
+    server: FakeOpenAIServer,
+) -> None:
+    server.page_size = 1  # one item a page: the SDK walks the pages
+    provider = _provider(server)
+    since = time.time() - 60
+    made = {}
+    for key in ("k1", "k2", "k3"):
+        file_id = provider.batch_upload([_line("task-1-try-1")], filename=f"cg-{key}.jsonl")
+        made[key] = provider.batch_create(input_file_id=file_id, metadata={BATCH_KEY: key})
+
+    found = provider.batch_find("k1", since=since)  # the oldest: on the last page
+
+    assert found is not None and found.id == made["k1"].id
+    assert provider.batch_find("k9", since=since) is None
+    assert provider.batch_find("k1", since=time.time() + 60) is None  # older than asked for
+    k2_file = provider.batch_file_find("cg-k2.jsonl", since=since)
+    assert k2_file is not None and server.batches[made["k2"].id]["input_file_id"] == k2_file
+    assert provider.batch_file_find("cg-k9.jsonl", since=since) is None
+    listed = [r.path for r in server.requests if r.path.startswith("/v1/batches?")]
+    assert len(listed) >= 3 and any("after=" in p for p in listed)

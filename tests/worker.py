@@ -53,6 +53,7 @@ def celery_worker(
     extra_env: dict[str, str] | None = None,
     name: str = "worker",
     flush: bool = True,
+    preload: str | None = None,
 ) -> Iterator[WorkerProcess]:
     if flush:
         redis.Redis.from_url(str(settings.CELERY_BROKER_URL)).flushdb()
@@ -63,10 +64,13 @@ def celery_worker(
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
+    # `preload`: a module imported before Celery starts (a test's patch, e.g. a crash point).
+    entry = ["-m", "celery"]
+    if preload:
+        entry = ["-c", f"import {preload}; from celery.__main__ import main; main()"]
     command = [
         sys.executable,
-        "-m",
-        "celery",
+        *entry,
         "-A",
         "coursegen",
         "worker",
@@ -88,6 +92,47 @@ def celery_worker(
     try:
         worker.wait_for_log("ready.", timeout=60)
         yield worker
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def celery_beat(
+    tmp_path: Path, *, extra_env: dict[str, str] | None = None, name: str = "beat"
+) -> Iterator[WorkerProcess]:
+    """A real celery beat process sending the schedule of settings.CELERY_BEAT_SCHEDULE."""
+    log_path = tmp_path / f"{name}.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": test_database_url(),
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "coursegen",
+        "beat",
+        "-l",
+        "info",
+        "-s",
+        str(tmp_path / f"{name}-schedule"),
+        "--pidfile",
+        str(tmp_path / f"{name}.pid"),
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    beat = WorkerProcess(process, log_path)
+    try:
+        beat.wait_for_log("beat: Starting", timeout=60)
+        yield beat
     finally:
         process.terminate()
         try:

@@ -8,6 +8,7 @@ from django.conf import settings
 
 from generation.providers.base import (
     BATCH_ENDED,
+    BATCH_KEY,
     MODERATION_CATEGORIES,
     BatchLine,
     BatchLineResult,
@@ -29,6 +30,7 @@ from generation.providers.base import (
 
 __all__ = [
     "BATCH_ENDED",
+    "BATCH_KEY",
     "MODERATION_CATEGORIES",
     "BatchLine",
     "BatchLineResult",

@@ -136,8 +136,18 @@ class Provider(abc.ABC):
 
     # --- The Batch API (docs/batch.md): a file of requests answered within a day, at half the
     # price. Providers without one refuse, permanently.
-    def batch_upload(self, lines: Sequence[BatchLine]) -> str:
+    def batch_upload(self, lines: Sequence[BatchLine], *, filename: str = "batch.jsonl") -> str:
         """Upload the requests as one JSONL file (purpose "batch"); its file id."""
+        raise PermanentProviderError(f"the {self.name} provider has no Batch API")
+
+    def batch_file_find(self, filename: str, *, since: float) -> str | None:
+        """The id of a batch input file of this name uploaded after `since` (epoch seconds):
+        an upload whose answer a killed process never recorded."""
+        raise PermanentProviderError(f"the {self.name} provider has no Batch API")
+
+    def batch_find(self, key: str, *, since: float) -> BatchState | None:
+        """The batch created after `since` whose metadata `coursegen_key` is `key`, if any: a
+        creation whose answer a killed process never recorded (adopted, never made twice)."""
         raise PermanentProviderError(f"the {self.name} provider has no Batch API")
 
     def batch_create(self, *, input_file_id: str, metadata: Mapping[str, str]) -> BatchState:
@@ -157,6 +167,7 @@ class Provider(abc.ABC):
 
 # --- The Batch API ------------------------------------------------------------------------------
 BATCH_ENDED = ("completed", "failed", "expired", "cancelled")  # the provider's final states
+BATCH_KEY = "coursegen_key"  # the metadata a batch is found by (batch_find)
 
 
 @dataclass(frozen=True)

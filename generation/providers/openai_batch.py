@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import openai
 
-from generation.providers.base import BatchLine, BatchLineResult, BatchState, CompletionRequest
+from generation.providers.base import (
+    BATCH_KEY,
+    BatchLine,
+    BatchLineResult,
+    BatchState,
+    CompletionRequest,
+)
 from generation.providers.batchfiles import jsonl, line_result, read_lines
 from generation.schemas import CONSTRAINT_LADDER, ConstraintStep
 
@@ -38,7 +44,7 @@ class OpenAIBatches:
 
     # One JSONL line per request at the step this server settled on for the model (a batch
     # cannot step down the ladder: a refused line fails, and its retry goes live).
-    def batch_upload(self, lines: Sequence[BatchLine]) -> str:
+    def batch_upload(self, lines: Sequence[BatchLine], *, filename: str = "batch.jsonl") -> str:
         rows = [
             {
                 "custom_id": line.custom_id,
@@ -52,7 +58,7 @@ class OpenAIBatches:
             for line in lines
         ]
         upload = self._batch_call(
-            lambda: self._client.files.create(file=("batch.jsonl", jsonl(rows)), purpose="batch")
+            lambda: self._client.files.create(file=(filename, jsonl(rows)), purpose="batch")
         )
         return str(upload.id)
 
@@ -67,6 +73,30 @@ class OpenAIBatches:
                 )
             )
         )
+
+    # Both lists come newest first, a page at a time (the SDK fetches the next page as the loop
+    # goes on); the walk stops at the first item older than `since`.
+    def batch_file_find(self, filename: str, *, since: float) -> str | None:
+        def walk() -> str | None:
+            for upload in self._client.files.list(purpose="batch", order="desc", limit=100):
+                if upload.created_at < since:
+                    return None
+                if upload.filename == filename:
+                    return str(upload.id)
+            return None
+
+        return self._batch_call(walk)
+
+    def batch_find(self, key: str, *, since: float) -> BatchState | None:
+        def walk() -> BatchState | None:
+            for batch in self._client.batches.list(limit=100):
+                if batch.created_at < since:
+                    return None
+                if (batch.metadata or {}).get(BATCH_KEY) == key:
+                    return _batch_state(batch)
+            return None
+
+        return self._batch_call(walk)
 
     def batch_retrieve(self, batch_id: str) -> BatchState:
         return _batch_state(self._batch_call(lambda: self._client.batches.retrieve(batch_id)))

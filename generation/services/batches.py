@@ -24,7 +24,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from django.conf import settings
 from django.db import transaction
@@ -46,8 +46,10 @@ from generation.models import (
     Urgency,
 )
 from generation.providers import (
+    BATCH_KEY,
     BatchLine,
     BatchLineResult,
+    BatchState,
     CompletionRequest,
     InvalidOutputError,
     Provider,
@@ -121,7 +123,12 @@ def _submit_queued(provider: Provider, worker: str, report: BatchPollReport) -> 
     resumed = ProviderBatch.objects.filter(status=BatchStatus.SUBMITTING)
     for batch_id in list(resumed.values_list("pk", flat=True)[:STEP_ROWS]):
         if _claim(batch_id, worker):
-            _leased(batch_id, worker, report, lambda b: _submit(b, provider, worker, report))
+            _leased(
+                batch_id,
+                worker,
+                report,
+                lambda b: _submit(b, provider, worker, report, resumed=True),
+            )
     for batch_id in _new_batches(provider, worker):
         _leased(batch_id, worker, report, lambda b: _submit(b, provider, worker, report))
 
@@ -155,6 +162,7 @@ def _new_batches(provider: Provider, worker: str) -> list[int]:
             batch = ProviderBatch.objects.create(
                 provider=provider.name,
                 model=model,
+                client_key=uuid4().hex,
                 worker=worker,
                 lease_expires_at=db_now_plus(settings.COURSEGEN_BATCH_LEASE_S),
                 request_total=len(ids),
@@ -164,23 +172,46 @@ def _new_batches(provider: Provider, worker: str) -> list[int]:
     return created
 
 
-def _submit(batch_id: int, provider: Provider, worker: str, report: BatchPollReport) -> None:
+def _submit(
+    batch_id: int,
+    provider: Provider,
+    worker: str,
+    report: BatchPollReport,
+    *,
+    resumed: bool = False,
+) -> None:
+    """Upload and create a claimed `submitting` batch. A row an earlier poller left behind
+    (`resumed`) may already be at the provider: its file and its batch are looked up by the
+    row's client key first and adopted, so a kill between the provider's answer and its
+    commit neither loses a batch nor makes a second one."""
     batch = ProviderBatch.objects.get(pk=batch_id)
     requests = list(
         BatchRequest.objects.filter(batch=batch, status=BatchRequestStatus.QUEUED).select_related(
             "task__job"
         )
     )
-    if not requests:  # every job in it was cancelled meanwhile
+    found = _adoptable(batch, provider) if resumed and batch.client_key else None
+    if not requests and found is None:  # every job in it was cancelled meanwhile
         _release(batch_id, worker, status=BatchStatus.ENDED, ended_at=timezone.now())
         return
-    if not batch.input_file_id:
-        lines = [BatchLine(r.custom_id, _line_request(r.task, worker, provider)) for r in requests]
-        batch.input_file_id = provider.batch_upload(lines)
-        ProviderBatch.objects.filter(pk=batch_id).update(input_file_id=batch.input_file_id)
-    state = provider.batch_create(
-        input_file_id=batch.input_file_id, metadata={"coursegen_batch": str(batch_id)}
+    if found is None and not batch.input_file_id:
+        name = _file_name(batch)
+        since = batch.created_at.timestamp() - CLOCK_SKEW_S
+        file_id = (provider.batch_file_find(name, since=since) if resumed else None) or ""
+        if not file_id:
+            lines = [
+                BatchLine(r.custom_id, _line_request(r.task, worker, provider)) for r in requests
+            ]
+            file_id = provider.batch_upload(lines, filename=name)
+        batch.input_file_id = file_id
+        ProviderBatch.objects.filter(pk=batch_id).update(input_file_id=file_id)
+    state = found or provider.batch_create(
+        input_file_id=batch.input_file_id,
+        metadata={"coursegen_batch": str(batch_id), BATCH_KEY: batch.client_key},
     )
+    if found is not None:
+        logger.warning("batch %s: adopted %s, created by a poller that died", batch_id, found.id)
+        log_event("batch.adopted", f"batch {batch_id} adopted {found.id}", level="warning")
     with transaction.atomic():
         _release(
             batch_id,
@@ -197,6 +228,18 @@ def _submit(batch_id: int, provider: Provider, worker: str, report: BatchPollRep
     report.submitted += 1
     report.lines += len(requests)
     logger.info("batch %s submitted as %s: %s lines", batch_id, state.id, len(requests))
+
+
+CLOCK_SKEW_S = 300.0  # the provider's clock against ours, when listing what was made since
+
+
+def _file_name(batch: ProviderBatch) -> str:
+    return f"coursegen-batch-{batch.pk}-{batch.client_key}.jsonl"
+
+
+def _adoptable(batch: ProviderBatch, provider: Provider) -> BatchState | None:
+    """The provider's batch made for this row by a poller killed before it recorded it."""
+    return provider.batch_find(batch.client_key, since=batch.created_at.timestamp() - CLOCK_SKEW_S)
 
 
 def _line_request(task: GenerationTask, worker: str, provider: Provider) -> CompletionRequest:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from generation.providers.base import (
+    BATCH_KEY,
     BatchLine,
     BatchState,
     Completion,
@@ -52,11 +53,19 @@ class BatchEmulator:
         self.delay_s, self.failed, self.unanswered, self.seed = delay_s, failed, unanswered, seed
 
     # --- Files ------------------------------------------------------------------------------------
-    def upload(self, lines: Sequence[BatchLine]) -> str:
+    def upload(self, lines: Sequence[BatchLine], *, filename: str = "batch.jsonl") -> str:
         file_id = f"file-offline-{uuid.uuid4().hex[:20]}"
         rows = [{"custom_id": line.custom_id, "request": _dump(line.request)} for line in lines]
         _write(self._dir("files") / f"{file_id}.jsonl", jsonl(rows))
+        meta = {"id": file_id, "filename": filename, "created_at": time.time()}
+        _write(self._dir("uploads") / f"{file_id}.json", json.dumps(meta).encode())
         return file_id
+
+    def file_find(self, filename: str, *, since: float) -> str | None:
+        """An uploaded input file by its name (files.list), newest first."""
+        found = [m for m in _records(self._dir("uploads")) if m["filename"] == filename]
+        found = [m for m in found if m["created_at"] >= since]
+        return max(found, key=lambda m: m["created_at"])["id"] if found else None
 
     def content(self, file_id: str) -> str:
         return (self._dir("files") / f"{file_id}.jsonl").read_text()
@@ -75,6 +84,19 @@ class BatchEmulator:
         }
         _write(self._path(batch_id), json.dumps(record).encode())
         return _state(record)
+
+    def find(self, key: str, *, since: float) -> BatchState | None:
+        """A batch by its metadata's coursegen_key (batches.list), newest first."""
+        found = [
+            r
+            for r in _records(self._dir("batches"))
+            if (r.get("metadata") or {}).get(BATCH_KEY) == key and r["created_at"] >= since
+        ]
+        return _state(max(found, key=lambda r: r["created_at"])) if found else None
+
+    def count(self) -> int:
+        """How many batches were ever created here (tests: none made twice)."""
+        return len(list(self._dir("batches").glob("*.json")))
 
     def retrieve(self, batch_id: str, answer: Answer) -> BatchState:
         with self._locked(batch_id):
@@ -182,6 +204,10 @@ def _state(record: dict[str, Any]) -> BatchState:
         completed=int(record.get("completed", 0)),
         failed=int(record.get("failed", 0)),
     )
+
+
+def _records(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in folder.glob("*.json")]
 
 
 def _write(path: Path, data: bytes) -> None:

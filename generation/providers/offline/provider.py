@@ -138,8 +138,14 @@ class OfflineProvider(Provider):
             raise PermanentProviderError("this offline provider has no batch emulator")
         return self.batches
 
-    def batch_upload(self, lines: Sequence[BatchLine]) -> str:
-        return self._emulator().upload(lines)
+    def batch_upload(self, lines: Sequence[BatchLine], *, filename: str = "batch.jsonl") -> str:
+        return self._emulator().upload(lines, filename=filename)
+
+    def batch_file_find(self, filename: str, *, since: float) -> str | None:
+        return self._emulator().file_find(filename, since=since)
+
+    def batch_find(self, key: str, *, since: float) -> BatchState | None:
+        return self._emulator().find(key, since=since)
 
     def batch_create(self, *, input_file_id: str, metadata: Mapping[str, str]) -> BatchState:
         return self._emulator().create(input_file_id=input_file_id, metadata=metadata)
