@@ -450,10 +450,16 @@ if COURSEGEN_CONCURRENCY_DECREASE >= 1:
 # than the budget is waited out, however many tries it takes.
 COURSEGEN_TASK_DEFER_BUDGET_S = env_float("COURSEGEN_TASK_DEFER_BUDGET_S", 1800.0, minimum=1.0)
 COURSEGEN_TASK_DEFER_MAX_S = env_float("COURSEGEN_TASK_DEFER_MAX_S", 60.0, minimum=0.1)
-# The threads pool cannot enforce Celery's time limits, so each task keeps its own deadline.
+# The threads pool cannot enforce Celery's time limits, so each task keeps its own deadline. It
+# comes well before the soft limit, which under prefork cuts a call short: the deadline stops
+# the task between calls and defers it, the soft limit is only the backstop.
 COURSEGEN_TASK_DEADLINE_S = env_float(
-    "COURSEGEN_TASK_DEADLINE_S", float(CELERY_TASK_SOFT_TIME_LIMIT), minimum=1.0
+    "COURSEGEN_TASK_DEADLINE_S", 0.8 * CELERY_TASK_SOFT_TIME_LIMIT, minimum=1.0
 )
+if COURSEGEN_TASK_DEADLINE_S >= CELERY_TASK_SOFT_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        "COURSEGEN_TASK_DEADLINE_S must be below CELERY_TASK_SOFT_TIME_LIMIT"
+    )
 # Reconciler (celery beat): re-send work whose message was lost after this long without progress.
 COURSEGEN_RECONCILE_INTERVAL_S = env_float("COURSEGEN_RECONCILE_INTERVAL_S", 10.0, minimum=0.5)
 COURSEGEN_REDISPATCH_AFTER_S = env_float("COURSEGEN_REDISPATCH_AFTER_S", 120.0, minimum=1.0)

@@ -131,9 +131,10 @@ def record_and_progress(
     fields: dict[str, Any],
     usage: dict[str, Any],
     attempts: list[dict[str, Any]],
-) -> bool:
-    """Close the task and store the job's progress; call inside a transaction. False when our
-    lease was lost and another worker's result stands (the attempt rows are inserted anyway)."""
+) -> tuple[bool, bool]:
+    """Close the task and store the job's progress; call inside a transaction. Whether it closed
+    the task (False when our lease was lost and another worker's result stands; the attempt rows
+    are inserted anyway), and whether the job was still running."""
     params = {
         "id": task.pk,
         "worker": worker,
@@ -155,7 +156,7 @@ def record_and_progress(
         cursor.execute(_RECORD, params)
         closed = bool(cursor.fetchone()[0])
         if not closed:
-            return False
+            return False, False
         cursor.execute(
             _PROGRESS,
             {
@@ -164,7 +165,7 @@ def record_and_progress(
                 "job_running": JobStatus.RUNNING.value,
             },
         )
-    return True
+        return True, cursor.rowcount > 0
 
 
 def _dumps(value: Any) -> str:

@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError
 from pydantic import BaseModel, ValidationError
@@ -481,6 +482,8 @@ def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> Generation
         result.error = public_error("provider unavailable", exc)
     except DeadlineError as exc:
         result.defer_s, result.error = 0.0, str(exc)
+    except SoftTimeLimitExceeded:  # prefork's backstop cut a call short: paid, kept, deferred
+        result.defer_s, result.error = 0.0, "soft time limit reached"
     except LeaseLostError as exc:
         result.lease_lost, result.error = True, str(exc)
     except ProviderError as exc:

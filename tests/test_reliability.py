@@ -4,15 +4,20 @@ Each test here failed before its fix."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
@@ -34,6 +39,7 @@ from tests import worker
 from tests.courses import DuplicatingProvider, finished_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _planned_job(user: Any, base_class: Any, monkeypatch: Any) -> CourseGenerationJob:
@@ -133,6 +139,42 @@ def test_it_puts_the_cost_of_a_run_that_lost_its_lease_into_the_jobs_totals(
     assert victim.attempts == 4 == GenerationAttempt.objects.filter(task=victim).count()
     assert GenerationAttempt.objects.filter(task=victim).exclude(kind="moderation").count() == 2
     assert job.cost_usd == _ledger_cost(job) > 0
+
+
+def test_the_deadline_comes_before_prefork_s_soft_time_limit() -> None:
+    clean = {k: v for k, v in os.environ.items() if k != "COURSEGEN_TASK_DEADLINE_S"}
+
+    def settings_with(**env: str) -> subprocess.CompletedProcess[str]:
+        code = "from coursegen import settings as s; print(s.COURSEGEN_TASK_DEADLINE_S)"
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={**clean, "CELERY_TASK_SOFT_TIME_LIMIT": "300", **env},
+            capture_output=True,
+            text=True,
+        )
+
+    # By default the deadline path fires first (it coincided with the soft limit: never did).
+    assert float(settings_with().stdout) < 300
+    # One that would coincide with the soft limit (or come after it) is refused at start-up.
+    refused = settings_with(COURSEGEN_TASK_DEADLINE_S="300")
+    assert refused.returncode != 0 and "COURSEGEN_TASK_DEADLINE_S" in refused.stderr
+
+
+def test_a_call_cut_short_by_the_soft_time_limit_defers_the_task_instead_of_failing_it(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    job = _planned_job(teacher, base_class, monkeypatch)
+    task = GenerationTask.objects.get(job=job, kind=TaskKind.LESSON_SECTION)
+
+    def soft_time_limit() -> None:  # prefork's signal handler raises inside the call
+        raise SoftTimeLimitExceeded()
+
+    result = services.task_run(task_id=task.pk, provider=HookProvider(soft_time_limit))
+
+    task.refresh_from_db()
+    assert result.retry_in is not None and task.status == TaskStatus.PENDING
+    assert task.error == "soft time limit reached"
 
 
 # --- 3: a database blip while recording a paid result ------------------------------------------
@@ -344,3 +386,64 @@ def test_it_replaces_a_duplicate_question_once_when_two_finalizers_race(
     assert job.status == JobStatus.SUCCEEDED
     assert len([r for r in provider.requests if r.context.get("part")]) == 1
     assert GenerationAttempt.objects.filter(task__job=job, kind="part").count() == 1
+
+
+# --- make chaos's cancel storm: a cancelled job's cost, a cancel during its outline --------------
+def test_it_totals_a_cancelled_jobs_cost_with_a_run_that_records_after_the_cancel(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    job = _planned_job(teacher, base_class, monkeypatch)
+    task = GenerationTask.objects.get(job=job, kind=TaskKind.LESSON_SECTION)
+
+    def cancelled_meanwhile() -> None:  # the owner cancels while the call is on its way
+        services.job_cancel(job_id=job.pk)
+
+    services.task_run(task_id=task.pk, provider=HookProvider(cancelled_meanwhile))
+
+    job.refresh_from_db()
+    task.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and task.status == TaskStatus.SUCCEEDED
+    # the outline's cost (totalled at the cancel) and the paid run that recorded after it
+    assert job.cost_usd == _ledger_cost(job) > task.cost_usd > 0
+
+
+def test_it_totals_a_cancelled_jobs_cost_with_a_run_deferred_after_the_cancel(
+    teacher: Any, base_class: Any, monkeypatch: Any, settings: Any
+) -> None:
+    job = _planned_job(teacher, base_class, monkeypatch)
+    task = GenerationTask.objects.get(job=job, kind=TaskKind.LESSON_SECTION)
+    settings.COURSEGEN_TASK_DEADLINE_S = 0.5
+
+    def cancelled_meanwhile() -> None:  # and the call outlives the task's deadline
+        services.job_cancel(job_id=job.pk)
+        time.sleep(0.6)
+
+    result = services.task_run(task_id=task.pk, provider=HookProvider(cancelled_meanwhile))
+
+    job.refresh_from_db()
+    task.refresh_from_db()
+    # the paid generation call went into the ledger and the task's counters, then the
+    # moderation call met the deadline: deferred, after the cancel
+    assert result.retry_in is not None and task.status == TaskStatus.PENDING
+    assert job.status == JobStatus.CANCELLED
+    assert job.cost_usd == _ledger_cost(job) > 0 and task.cost_usd > 0
+
+
+def test_it_plans_no_tasks_for_a_job_cancelled_while_its_outline_ran(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    request = CourseRequest(topic="Tides and the moon", num_modules=1, lessons_per_module=1)
+    # The outline's message is not run at once here: it runs below, as a worker would run it.
+    monkeypatch.setattr(services.dispatch, "_send_outlines", lambda priorities: None)
+    job = services.job_submit(user=teacher, base_class=base_class, request=request)
+
+    def cancelled_meanwhile() -> None:
+        services.job_cancel(job_id=job.pk)
+
+    services.job_run_outline(job_id=job.pk, provider=HookProvider(cancelled_meanwhile))
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED
+    # nothing left pending in a cancelled job (no message would ever run it), its cost totalled
+    assert list(job.tasks.values_list("kind", "status")) == [("outline", TaskStatus.SUCCEEDED)]
+    assert job.cost_usd == _ledger_cost(job) > 0

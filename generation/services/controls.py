@@ -15,7 +15,7 @@ from generation.models import (
     TaskStatus,
     Urgency,
 )
-from generation.services import batchqueue, common, dispatch
+from generation.services import batchqueue, common, dispatch, ledger
 from monitoring.logs import log_event
 
 
@@ -56,7 +56,9 @@ def job_cancel(*, job_id: UUID, reason: str = "cancelled by user") -> CourseGene
         )
         batchqueue.job_batch_requests_cancel(job_id=job.pk, reason=reason)
         job.status, job.error, job.finished_at = JobStatus.CANCELLED, reason, timezone.now()
-        job.save(update_fields=["status", "error", "finished_at", "updated_at"])
+        # What its runs paid so far; a run still in flight adds its own when it records.
+        ledger.job_totals_apply(job=job, tasks=list(job.tasks.all()))
+        job.save(update_fields=["status", "error", "finished_at", "updated_at", *ledger.JOB_TOTALS])
         dispatch.queue_entry_close(job=job, state=QueueState.CANCELLED)
         transaction.on_commit(dispatch.send_dispatch)
     log_event("job.cancelled", f"job {job.id} cancelled: {reason}", level="warning", job=job)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from django.db.models import F
 
@@ -15,6 +16,7 @@ from generation.models import (
     CourseGenerationJob,
     GenerationAttempt,
     GenerationTask,
+    JobStatus,
     JudgeRun,
 )
 
@@ -125,6 +127,18 @@ def task_usage_add(*, task: GenerationTask, result: GenerationResult) -> None:
         CourseGenerationJob.objects.filter(pk=task.job_id).update(
             **{column: F(column) + usage[column] for column in JOB_TOTALS}
         )
+
+
+def job_totals_refresh_if_cancelled(*, job_id: UUID) -> None:
+    """A run of a cancelled job's task recorded its usage after the cancel totalled the job
+    (a call in flight at the cancel is paid all the same): total the job again. Call inside the
+    transaction that wrote the task's row, after it: the job's lock is taken second, as every
+    task write takes it, so the cancel's own total either saw this row or is committed here."""
+    job = CourseGenerationJob.objects.select_for_update().filter(pk=job_id).first()
+    if job is None or job.status != JobStatus.CANCELLED:
+        return
+    job_totals_apply(job=job, tasks=list(job.tasks.all()))
+    job.save(update_fields=[*JOB_TOTALS, "updated_at"])
 
 
 def job_totals_apply(*, job: CourseGenerationJob, tasks: list[GenerationTask]) -> None:

@@ -60,8 +60,8 @@ def job_after_outline(*, job_id: UUID, detail: str = "") -> None:
 @transaction.atomic
 def job_plan_tasks(*, job_id: UUID, outline: dict[str, Any]) -> None:
     job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
-    if job.outline is not None:
-        return  # planned already (a repeated message)
+    if job.outline is not None or job.status != JobStatus.RUNNING:
+        return  # planned already (a repeated message), or cancelled while the outline ran
     parsed = CourseOutline.model_validate(outline)
     job.outline = outline
     job.save(update_fields=["outline", "updated_at"])

@@ -277,7 +277,7 @@ def _record_result(
         "duration_ms": round(wall_s * 1000),
     }
     if db.hand_written_sql():
-        updated = hotpath.record_and_progress(
+        updated, job_running = hotpath.record_and_progress(
             task=task,
             worker=worker,
             now=timezone.now(),
@@ -288,8 +288,10 @@ def _record_result(
         )
     else:
         updated = _task_close(task=task, worker=worker, status=status, fields=fields, result=result)
-        if updated:
-            job_refresh_progress(job_id=task.job_id)
+        job_running = updated and job_refresh_progress(job_id=task.job_id)
+    if updated and not job_running:
+        # The job was cancelled while this run was in flight: its totals take this run's cost.
+        ledger.job_totals_refresh_if_cancelled(job_id=task.job_id)
     if not updated:
         # Our lease expired and another run took the task over; its result stands. Our calls
         # were paid for all the same: they count in the task's and the job's totals.
@@ -408,6 +410,7 @@ def _task_defer(*, task: GenerationTask, worker: str, result: GenerationResult) 
             result.error = f"deferral budget of {budget_s:.0f}s spent: {result.error}"
         return None
     ledger.task_attempts_record(task=task, result=result)
+    ledger.job_totals_refresh_if_cancelled(job_id=task.job_id)
     logger.warning("task %s deferred %.1fs: %s", task.pk, delay, result.error)
     return delay
 
@@ -418,12 +421,15 @@ def _task_finish(*, task: GenerationTask, worker: str, status: TaskStatus, error
     )
 
 
-def job_refresh_progress(*, job_id: UUID) -> None:
+def job_refresh_progress(*, job_id: UUID) -> bool:
+    """Store the job's progress; whether the job was still running."""
     counts = GenerationTask.objects.filter(job_id=job_id).aggregate(
         total=Count("pk"), done=Count("pk", filter=Q(status=TaskStatus.SUCCEEDED))
     )
     # The outline alone is not the whole job: until tasks are planned, progress stays small.
     progress = 100 * counts["done"] // max(counts["total"], 1)
-    CourseGenerationJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-        progress=progress
+    return bool(
+        CourseGenerationJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+            progress=progress
+        )
     )

@@ -23,8 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -33,24 +31,21 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection
-from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Now
 
 from accounts.models import BaseClass, Role
 from generation import services
+from generation.management import chaos_faults as faults
 from generation.management.chaos_postgres import ScratchPostgres
+from generation.management.chaos_report import deadlocks_logged, report, watchdog_failed
 from generation.models import (
     CourseGenerationJob,
-    GenerationAttempt,
     GenerationTask,
-    JobStatus,
-    JudgeRun,
     JudgeStatus,
     RegenerationRequest,
     RegenerationStatus,
     TaskStatus,
 )
-from generation.rubric import HEURISTIC_EVALUATOR
 from generation.schemas import CourseRequest
 from generation.selectors import jobs_stuck
 
@@ -236,6 +231,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--postgres-down-s", type=float, default=5.0)
         parser.add_argument("--pg-bin", default=None, help="PostgreSQL's bin folder (Debian's 15)")
+        parser.add_argument(
+            "--storm-cancels", type=int, default=6, help="cancels in each of the two storms"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._check_environment()
@@ -249,27 +247,16 @@ class Command(BaseCommand):
             _scratch_postgres(options["pg_bin"]) if options["scratch_postgres"] else None
         )
         try:
-            report = self._run_stack(stack, options)
-            report["deadlocks"] = max(
-                _deadlocks_logged(workdir), self._postgres.deadlocks() if self._postgres else 0
+            figures = self._run_stack(stack, options)
+            figures["deadlocks"] = max(
+                deadlocks_logged(workdir), self._postgres.deadlocks() if self._postgres else 0
             )
         finally:
             if self._postgres:
                 self._postgres.remove()
-        report["wall_s"] = round(time.monotonic() - started, 1)
-        self.stdout.write(json.dumps(report))
-        if (
-            report["completed"] != report["courses"]
-            or report["duplicate_provider_calls"]
-            or report.get("duplicate_judge_calls")
-            or report["duplicate_regeneration_calls"]
-            or report["regenerations_not_succeeded"]
-        ):
-            raise CommandError("chaos run lost work or paid twice")
-        if report["courses_not_scored_once"]:
-            raise CommandError("a finished course was not evaluated exactly once")
-        if report["jobs_stuck"] or report["deadlocks"] or report["ledger_vs_job_cost_diff_usd"]:
-            raise CommandError("a job got stuck, a deadlock happened or the costs disagree")
+        figures["wall_s"] = round(time.monotonic() - started, 1)
+        self.stdout.write(json.dumps(figures))
+        _judge(figures)
 
     def _run_stack(self, stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
         watcher = StuckWatcher()
@@ -282,12 +269,12 @@ class Command(BaseCommand):
                 stack.start_worker(name)
             stack.start_beat()
             watcher.start()
-            report = self._run(stack, options)
+            figures = self._run(stack, options)
         finally:
             watcher.stop()
             stack.stop()
-        report["jobs_stuck"] = len(watcher.seen | _watchdog_failed(report.pop("job_ids")))
-        return report
+        figures["jobs_stuck"] = len(watcher.seen | watchdog_failed(figures.pop("job_ids")))
+        return figures
 
     def _check_environment(self) -> None:
         if settings.CELERY_TASK_ALWAYS_EAGER or not settings.IS_POSTGRES:
@@ -306,17 +293,17 @@ class Command(BaseCommand):
     # --- the scenario ----------------------------------------------------------------------------
     def _run(self, stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
         users, base_class = _chaos_users(options["courses"])
-        n, kills = options["courses"], 0
+        n, kills = options["courses"], faults.Kills(stack)
         self.stdout.write(f"batch: {n} courses, {options['kills']} kill -9 of a worker")
         jobs = self._submit(users, base_class, "Kills")
         self._deliver_twice(jobs)
         for point in range(options["kills"]):
             self._wait_progress(jobs, (point + 1) / (options["kills"] + 2))
-            victim = "w1" if point % 2 == 0 else "w2"
-            stack.kill_worker(victim)
-            kills += 1
-            stack.start_worker(victim)
+            kills.kill("w1" if point % 2 == 0 else "w2")
+        finalizes = faults.kill_during_finalize(kills, jobs, timeout=options["timeout"])
+        self.stdout.write(f"  a worker killed during {finalizes} finalize(s)")
         all_jobs = self._finish(jobs, options["timeout"])
+        self._regenerations_killed(kills, jobs, options["timeout"])
 
         self.stdout.write(f"batch: {n} courses, Redis restarted mid-batch")
         jobs = self._submit(users, base_class, "Redis restart")
@@ -339,17 +326,66 @@ class Command(BaseCommand):
         outage_until = time.time() + options["outage_s"]
         (stack.workdir / "outage").write_text(str(outage_until))
         all_jobs += self._finish(jobs, options["timeout"] + options["outage_s"])
+
+        storm = faults.Storm()
+        jobs = self._cancel_storm(storm, users, base_class, options)
+        all_jobs += self._finish(jobs, options["timeout"] * 2)
         self._wait_judged(all_jobs, options["timeout"])
         self._wait_regenerated(all_jobs, options["timeout"])
-        report = _report(all_jobs, stack.workdir / "calls.log", self._twice)
         return {
-            "kills": kills,
+            "kills": kills.kills,
             "redis_restarts": 1,
             "postgres_restarts": restarts,
             "outage_s": options["outage_s"],
-            **report,
+            "regenerations_killed": kills.regenerations,
+            "finalizes_killed": kills.finalizes,
+            **report(all_jobs, stack.workdir / "calls.log", self._twice),
+            "storm_cancels": storm.cancels,
+            "storm_cancels_refused": storm.cancels_refused,
+            "storm_priority_changes": storm.priority_changes,
+            "storm_dispatches": storm.dispatches,
+            "storm_errors": storm.errors,
+            **faults.cancelled_report(all_jobs, storm),
             "job_ids": all_jobs,
         }
+
+    def _regenerations_killed(self, kills: faults.Kills, jobs: list[UUID], timeout: float) -> None:
+        """Regenerate one task of each finished course of the batch, twice over: workers killed
+        before the new versions are recorded, then after, before the courses re-assemble."""
+        for after_record in (False, True):
+            ids = faults.kill_during_regenerations(
+                kills, jobs, after_record=after_record, timeout=timeout
+            )
+            self._wait_requests(ids, timeout)
+            when = "after recording" if after_record else "before recording"
+            self.stdout.write(f"  {len(ids)} regenerations, workers killed {when}")
+
+    def _cancel_storm(
+        self, storm: faults.Storm, users: list[Any], base_class: BaseClass, options: dict[str, Any]
+    ) -> list[UUID]:
+        """Three courses per user, more than the running slots (the global cap is a batch); a
+        storm of cancels and priority changes as they start and again once they are running."""
+        n, cancels = options["courses"], options["storm_cancels"]
+        self.stdout.write(f"batch: {3 * n} courses, two storms of {cancels} cancels")
+        jobs = [
+            job for round_ in range(3) for job in self._submit(users, base_class, f"Storm {round_}")
+        ]
+        faults.cancel_storm(storm, jobs, cancels=cancels, seed=1)
+        self._wait_progress(jobs, 0.25)
+        faults.cancel_storm(storm, jobs, cancels=cancels, seed=2)
+        self.stdout.write(
+            f"  {storm.cancels} cancelled, {storm.cancels_refused} too late, "
+            f"{storm.priority_changes} priority changes, {storm.dispatches} dispatcher runs"
+        )
+        return jobs
+
+    def _wait_requests(self, ids: list[int], timeout: float) -> None:
+        open_requests = RegenerationRequest.objects.filter(
+            pk__in=ids, status__in=[RegenerationStatus.PENDING, RegenerationStatus.RUNNING]
+        )
+        deadline = time.monotonic() + timeout
+        while _db_tolerant(open_requests.exists, True) and time.monotonic() < deadline:
+            time.sleep(0.5)
 
     def _submit(self, users: list[Any], base_class: BaseClass, label: str) -> list[UUID]:
         request = CourseRequest(
@@ -414,43 +450,31 @@ class Command(BaseCommand):
         return jobs
 
 
-def _deadlocks_logged(workdir: Path) -> int:
-    """Deadlocks PostgreSQL reported to any process of the run (it names them in the error)."""
-    return sum(
-        log.read_text(errors="replace").count("deadlock detected") for log in workdir.glob("*.log")
-    )
-
-
-def _watchdog_failed(jobs: list[UUID]) -> set[UUID]:
-    return set(
-        CourseGenerationJob.objects.filter(
-            pk__in=jobs, status=JobStatus.FAILED, error__startswith="stopped by the watchdog"
-        ).values_list("pk", flat=True)
-    )
-
-
-def _ledger_vs_job_cost(jobs: list[UUID]) -> Decimal:
-    """Sum over jobs of |the job's cost - the cost of its tasks' attempts in the ledger|, at the
-    job total's precision (6 places): what the ledger paid and what the job says must agree."""
-    ledger = dict(
-        GenerationAttempt.objects.filter(task__job_id__in=jobs)
-        .values_list("task__job_id")
-        .annotate(cost=Sum("cost_usd"))
-    )
-    step = Decimal("0.000001")
-    return sum(
-        (
-            abs(cost - (ledger.get(pk) or Decimal(0)).quantize(step))
-            for pk, cost in CourseGenerationJob.objects.filter(pk__in=jobs).values_list(
-                "pk", "cost_usd"
-            )
-        ),
-        Decimal(0),
-    )
-
-
 def _succeeded(jobs: list[UUID]) -> int:
     return GenerationTask.objects.filter(job_id__in=jobs, status=TaskStatus.SUCCEEDED).count()
+
+
+def _judge(figures: dict[str, Any]) -> None:
+    """Exit non-zero on anything lost, paid twice, stuck, deadlocked or not done."""
+    if (
+        figures["completed"] != figures["courses"]
+        or figures["duplicate_provider_calls"]
+        or figures.get("duplicate_judge_calls")
+        or figures["duplicate_regeneration_calls"]
+        or figures["regenerations_not_succeeded"]
+        or figures["courses_not_reassembled"]
+    ):
+        raise CommandError("chaos run lost work or paid twice")
+    if figures["courses_not_scored_once"]:
+        raise CommandError("a finished course was not evaluated exactly once")
+    if figures["jobs_stuck"] or figures["deadlocks"] or figures["ledger_vs_job_cost_diff_usd"]:
+        raise CommandError("a job got stuck, a deadlock happened or the costs disagree")
+    if figures["storm_errors"] or figures["cancels_reverted"] or figures["cancelled_open_tasks"]:
+        raise CommandError("the cancel storm failed a request or left a cancelled job open")
+    if figures["cancelled_slots_held"]:
+        raise CommandError("a cancelled job still holds its slot")
+    if not (figures["regenerations_killed"] and figures["finalizes_killed"]):
+        raise CommandError("no worker was killed during a regeneration or a finalize")
 
 
 def _scratch_postgres(bin_dir: str | None) -> ScratchPostgres:
@@ -480,120 +504,3 @@ def _chaos_users(count: int) -> tuple[list[Any], BaseClass]:
         membership_set(user=user, organisation=org, role=Role.ADMIN)
         users.append(user)
     return users, base_class
-
-
-def _report(jobs: list[UUID], call_log: Path, twice: int) -> dict[str, Any]:
-    calls = [json.loads(line) for line in call_log.read_text().splitlines() if line.strip()]
-    tasks = GenerationTask.objects.filter(job_id__in=jobs)
-    succeeded_at: dict[tuple[str, str, str], datetime] = {
-        (str(t.job_id), t.kind, t.key): t.finished_at
-        for t in tasks.filter(status=TaskStatus.SUCCEEDED)
-        if t.finished_at
-    }
-    # A regeneration (the judge's, or the run's own) calls for a succeeded task on purpose: its
-    # calls carry the version number they are for, and are counted apart.
-    duplicates = sum(
-        1
-        for c in calls
-        if c.get("variant") is None
-        and (when := succeeded_at.get((c["job_id"], c["kind"], c["task_key"])))
-        and c["ts"] > when.timestamp()
-    )
-    statuses = dict(
-        CourseGenerationJob.objects.filter(pk__in=jobs)
-        .values_list("status")
-        .annotate(n=Count("pk"))
-    )
-    twice_task = tasks.get(pk=twice)
-    twice_calls = sum(
-        1
-        for c in calls
-        if (c["job_id"], c["kind"], c["task_key"])
-        == (str(twice_task.job_id), twice_task.kind, twice_task.key)
-    )
-    return {
-        "courses": len(jobs),
-        "completed": statuses.get("succeeded", 0),
-        "failed": statuses.get("failed", 0),
-        "lost_jobs": statuses.get("running", 0) + statuses.get("queued", 0),
-        "tasks": tasks.count(),
-        "provider_calls": len(calls),
-        "ledger_attempts": GenerationAttempt.objects.filter(task__job_id__in=jobs).count(),
-        "duplicate_provider_calls": duplicates,
-        **_regeneration_report(jobs, calls),
-        "double_delivered_task_calls": twice_calls,
-        "redispatched_runs": tasks.filter(runs__gt=1).count(),
-        "deferred_tasks": tasks.filter(deferrals__gt=0).count(),
-        "tasks_not_succeeded": tasks.filter(~Q(status=TaskStatus.SUCCEEDED)).count(),
-        "ledger_vs_job_cost_diff_usd": float(_ledger_vs_job_cost(jobs)),
-        # Finalize may run twice (chord body and reconciler): each course is still scored once
-        # by the heuristic at finalize (a judge-triggered regeneration scores it again, later).
-        "courses_not_scored_once": CourseGenerationJob.objects.filter(
-            pk__in=jobs, status=JobStatus.SUCCEEDED
-        )
-        .annotate(
-            evaluations_n=Count(
-                "evaluations",
-                filter=Q(
-                    evaluations__evaluator=HEURISTIC_EVALUATOR,
-                    evaluations__created_at__lte=F("finished_at"),
-                ),
-            )
-        )
-        .exclude(evaluations_n=1)
-        .count(),
-        **_judge_report(jobs, calls),
-    }
-
-
-def _regeneration_report(jobs: list[UUID], calls: list[dict[str, Any]]) -> dict[str, Any]:
-    """Regenerations under the same faults: each request ends, and none is paid again once its
-    version was recorded (a call for that version after the request finished)."""
-    requests = RegenerationRequest.objects.filter(task__job_id__in=jobs)
-    finished = {
-        (str(job_id), kind, key, version): when.timestamp()
-        for job_id, kind, key, version, when in requests.filter(
-            version__isnull=False, finished_at__isnull=False
-        ).values_list("task__job_id", "task__kind", "task__key", "version", "finished_at")
-        if when is not None
-    }
-    regeneration_calls = [c for c in calls if c.get("variant") is not None]
-    return {
-        "regenerations": requests.count(),
-        "regenerations_not_succeeded": requests.exclude(
-            status=RegenerationStatus.SUCCEEDED
-        ).count(),
-        "regeneration_calls": len(regeneration_calls),
-        "duplicate_regeneration_calls": sum(
-            1
-            for c in regeneration_calls
-            if (done := finished.get((c["job_id"], c["kind"], c["task_key"], c["variant"])))
-            and c["ts"] > done
-        ),
-    }
-
-
-def _judge_report(jobs: list[UUID], calls: list[dict[str, Any]]) -> dict[str, Any]:
-    """The LLM judge under the same faults: every course judged once, no judge call repeated
-    after its lesson's run finished (a repeated message must not pay twice)."""
-    if not settings.COURSEGEN_JUDGE_ENABLED:
-        return {"judge": "off"}
-    finished = {
-        (str(r.job_id), r.lesson_key): r.finished_at.timestamp()
-        for r in JudgeRun.objects.filter(job_id__in=jobs)
-        if r.finished_at is not None
-    }
-    judge_calls = [c for c in calls if c["kind"] == "judge"]
-    return {
-        "judge_calls": len(judge_calls),
-        "duplicate_judge_calls": sum(
-            1
-            for c in judge_calls
-            if (done := finished.get((c["job_id"], c["task_key"]))) and c["ts"] > done
-        ),
-        "courses_not_judged": CourseGenerationJob.objects.filter(
-            pk__in=jobs, status=JobStatus.SUCCEEDED
-        )
-        .exclude(judge_status=JudgeStatus.DONE)
-        .count(),
-    }
