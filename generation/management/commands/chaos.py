@@ -2,13 +2,16 @@
 
 It starts its own Redis server (so it can really restart it), two Celery workers (threads pool)
 and celery beat (the reconciler), then runs batches of courses with the offline provider while it:
-kills -9 a worker at 10 points of a batch and restarts it; restarts Redis in the middle of a batch
-(every queued message, chord counter and breaker state is lost); runs a five-minute provider
-outage (every call answers 503) in the middle of a batch; and delivers one task's message twice.
-The offline provider logs every call it receives, so the figures come from what the provider saw:
-`duplicate_provider_calls` counts calls for a task that had already succeeded. A watcher thread
-samples the job watchdog's own query all along (`jobs_stuck`); the workers' and beat's logs are
-searched for deadlocks. The last line printed is one JSON object.
+kills -9 a worker at 10 points of a batch and restarts it, then once more inside finalize and
+twice inside regenerations (before and after the new version is recorded; chaos_faults.py makes
+those kills land there every time); restarts Redis in the middle of a batch (every queued
+message, chord counter and breaker state is lost); restarts its PostgreSQL cluster; runs a
+five-minute provider outage (every call answers 503); storms a batch with cancels and priority
+changes while the dispatcher runs; and delivers one task's message twice. The offline provider
+logs every call it receives, so the figures come from what the provider saw
+(chaos_report.py): `duplicate_provider_calls` counts calls for a task that had already
+succeeded. A watcher thread samples the job watchdog's own query all along (`jobs_stuck`); the
+logs are searched for deadlocks. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
