@@ -412,6 +412,11 @@ if not re.fullmatch(r"\d+/\d*[smhd]", COURSEGEN_API_RATE):
 COURSEGEN_RATELIMIT_CONCURRENT_RETRY_S = env_int(
     "COURSEGEN_RATELIMIT_CONCURRENT_RETRY_S", 30, minimum=1
 )
+# Organisation budgets (ratelimits/budgets.py): what one generation task is expected to cost, to
+# weigh admitted work that has not reached the ledger yet (a default course is 43 tasks).
+COURSEGEN_BUDGET_TASK_ESTIMATE_USD = env_float(
+    "COURSEGEN_BUDGET_TASK_ESTIMATE_USD", 0.003, minimum=0.0
+)
 RATELIMIT_FAIL_OPEN = True  # the throttle guards the web tier; admission is exact in PostgreSQL
 COURSEGEN_TASK_LEASE_S = env_int("COURSEGEN_TASK_LEASE_S", CELERY_TASK_TIME_LIMIT + 60, minimum=2)
 COURSEGEN_MAX_VALIDATION_ATTEMPTS = env_int("COURSEGEN_MAX_VALIDATION_ATTEMPTS", 3, minimum=1)

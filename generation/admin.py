@@ -37,6 +37,7 @@ from generation.models import (
 from generation.quality import feedback
 from generation.quality_admin import JudgeRunInline, RatingInline
 from generation.rubric import HUMAN_EVALUATOR
+from ratelimits.budgets import BudgetExceeded, budget_refusal_record
 from ratelimits.services import RateLimitExceeded, RequestTooLarge, violation_record
 
 TASK_INLINE_FIELDS: tuple[str, ...] = (
@@ -307,15 +308,21 @@ def _recover_each(
             resumed += 1
         except (services.GenerationError, RequestTooLarge) as exc:
             model_admin.message_user(request, f"job {job_id}: {exc}", level=messages.WARNING)
-        except RateLimitExceeded as exc:
+        except (RateLimitExceeded, BudgetExceeded) as exc:
             _refused(model_admin, request, f"job {job_id}", exc)
     model_admin.message_user(request, f"Resumed {resumed} job(s).")
 
 
 def _refused(
-    model_admin: admin.ModelAdmin, request: HttpRequest, what: str, exc: RateLimitExceeded
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    what: str,
+    exc: RateLimitExceeded | BudgetExceeded,
 ) -> None:
-    violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]  # staff only
+    if isinstance(exc, BudgetExceeded):
+        budget_refusal_record(exceeded=exc)
+    else:
+        violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]  # staff only
     model_admin.message_user(request, f"{what}: {exc.detail}", level=messages.WARNING)
 
 
@@ -436,7 +443,7 @@ class TaskAdmin(admin.ModelAdmin):
                 started += 1
             except services.GenerationError as exc:
                 self.message_user(request, f"{task}: {exc}", level=messages.WARNING)
-            except RateLimitExceeded as exc:
+            except (RateLimitExceeded, BudgetExceeded) as exc:
                 _refused(self, request, str(task), exc)
         self.message_user(request, f"Regenerating {started} task(s).")
 

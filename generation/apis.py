@@ -46,8 +46,9 @@ from generation.serializers import (
     TaskRegenerateOutputSerializer,
     TaskStatusSerializer,
 )
-from ratelimits.apis import too_large, too_many_requests
-from ratelimits.serializers import RateLimitExceededOutputSerializer
+from ratelimits.apis import payment_required, too_large, too_many_requests
+from ratelimits.budgets import BudgetExceeded
+from ratelimits.serializers import BudgetExceededOutputSerializer, RateLimitExceededOutputSerializer
 from ratelimits.services import RateLimitExceeded, RequestTooLarge, violation_record
 
 IDEMPOTENCY_KEY_HEADER = OpenApiParameter(
@@ -132,6 +133,7 @@ TOO_LARGE = OpenApiResponse(
 RECOVER_RESPONSES: dict[int, Any] = {
     200: JobDetailOutputSerializer,
     400: TOO_LARGE,
+    402: BudgetExceededOutputSerializer,
     409: OpenApiResponse(description="Not failed"),
     429: RateLimitExceededOutputSerializer,
 }
@@ -159,6 +161,7 @@ class JobCollectionApi(APIView):
         responses={
             201: JobDetailOutputSerializer,
             400: TOO_LARGE,
+            402: BudgetExceededOutputSerializer,
             403: OpenApiResponse(
                 description='"urgency": "batch" is not allowed for the caller\'s role '
                 "(COURSEGEN_BATCH_ROLES); the error is under urgency"
@@ -209,6 +212,8 @@ class JobCollectionApi(APIView):
         except RateLimitExceeded as exc:
             violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]
             return too_many_requests(exc)
+        except BudgetExceeded as exc:
+            return payment_required(exc)
         except RequestTooLarge as exc:
             return too_large(exc)
         # `job` is the row as inserted, its owner, queue entry and tasks in hand: no re-read.
@@ -379,6 +384,8 @@ def _recover(request: Request, job: CourseGenerationJob, *, task_ids: list[int] 
     except RateLimitExceeded as exc:
         violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]
         return too_many_requests(exc)
+    except BudgetExceeded as exc:
+        return payment_required(exc)
     except RequestTooLarge as exc:
         return too_large(exc)
     job.refresh_from_db()
@@ -394,6 +401,7 @@ class TaskRegenerateApi(APIView):
         responses={
             202: TaskRegenerateOutputSerializer,
             400: OpenApiResponse(description="Field errors"),
+            402: BudgetExceededOutputSerializer,
             409: OpenApiResponse(description="The task cannot be regenerated now"),
             422: ContentFlaggedOutputSerializer,
             429: RateLimitExceededOutputSerializer,
@@ -426,5 +434,7 @@ class TaskRegenerateApi(APIView):
         except RateLimitExceeded as exc:
             violation_record(user=request.user, exceeded=exc)  # type: ignore[arg-type]
             return too_many_requests(exc)
+        except BudgetExceeded as exc:
+            return payment_required(exc)
         task.refresh_from_db()  # with eager Celery (demo, tests) the new version is already there
         return Response(TaskRegenerateOutputSerializer(task).data, status=status.HTTP_202_ACCEPTED)

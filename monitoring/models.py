@@ -91,6 +91,7 @@ class AlertKind(models.TextChoices):
     QUALITY_BELOW_THRESHOLD = "quality_below_threshold", "Quality below threshold"
     CIRCUIT_BREAKER_OPENED = "circuit_breaker_opened", "Circuit breaker opened"
     CONTENT_FLAGGED = "content_flagged", "Content flagged by moderation"
+    BUDGET = "budget", "Monthly budget share reached"
 
 
 class AlertSeverity(models.TextChoices):
@@ -126,6 +127,15 @@ class Alert(models.Model):
     )
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     emailed_at = models.DateTimeField(null=True, blank=True)
+    # Whose alert it is: that organisation's administrators see it too. Empty: platform only.
+    organisation = models.ForeignKey(
+        "accounts.Organisation",
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        db_constraint=False,
+        related_name="+",
+    )
 
     class Meta:
         db_table = "course_generation_alerts"

@@ -20,6 +20,7 @@ from generation.models import (
 from generation.selectors import capacity_now
 from monitoring import charts, metrics
 from monitoring.models import Alert, CourseGenerationLog
+from ratelimits.selectors import budget_rows
 
 DASHBOARD_DAYS = 14
 RECENT_ALERTS = 10
@@ -79,6 +80,7 @@ def dashboard_context(*, now: datetime | None = None) -> dict[str, Any]:
         ),
         "capacity": capacity_now(),
         "since_days": DASHBOARD_DAYS,
+        "budgets": budget_rows(),
     }
 
 

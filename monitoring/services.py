@@ -13,6 +13,8 @@ Alert kinds and the code that raises them:
   breaker_changed signal (monitoring/signals.py), with
   `alert_raise(kind=AlertKind.RATE_LIMIT_VIOLATION, subject=f"user:{user_id}", ...)` and
   `alert_raise(kind=AlertKind.CIRCUIT_BREAKER_OPENED, subject=f"model:{model}", ...)`.
+- budget: an organisation's commitment reached the alert share of its monthly budget, once a month
+  (`soft_alert_raise` in ratelimits/budgets.py).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def alert_raise(
     message: str,
     severity: AlertSeverity | str = AlertSeverity.WARNING,
     data: dict[str, Any] | None = None,
+    organisation_id: Any = None,
 ) -> Alert:
     """Open an alert, or count a repeat into the open alert of the same kind and subject.
 
@@ -53,13 +56,16 @@ def alert_raise(
     its count and last_seen_at; a later one closes the stale alert (it stays unacknowledged for
     staff) and opens a new one. A partial unique index allows one open alert per kind and
     subject, so two processes racing to create it cannot both succeed: the loser retries and
-    counts into the winner's row.
+    counts into the winner's row. `organisation_id`: whose alert it is (an organisation's
+    administrators see it in the admin); None for the platform's operators only.
     """
     kind, severity, subject = AlertKind(kind), AlertSeverity(severity), subject[:200]
     for attempt in range(3):
         try:
             with transaction.atomic():
-                alert, created = _alert_upsert(kind, subject, message, severity, data or {})
+                alert, created = _alert_upsert(
+                    kind, subject, message, severity, data or {}, organisation_id
+                )
             break
         except IntegrityError:
             if attempt == 2:
@@ -78,7 +84,12 @@ def alert_raise(
 
 
 def _alert_upsert(
-    kind: AlertKind, subject: str, message: str, severity: AlertSeverity, data: dict[str, Any]
+    kind: AlertKind,
+    subject: str,
+    message: str,
+    severity: AlertSeverity,
+    data: dict[str, Any],
+    organisation_id: Any,
 ) -> tuple[Alert, bool]:
     now = timezone.now()
     window = timedelta(seconds=settings.MONITORING_ALERT_DEDUP_WINDOW_S)
@@ -96,7 +107,13 @@ def _alert_upsert(
     if current is not None:
         Alert.objects.filter(pk=current.pk).update(closed_at=now)
     alert = Alert.objects.create(
-        kind=kind, subject=subject, message=message, severity=severity, data=data, last_seen_at=now
+        kind=kind,
+        subject=subject,
+        message=message,
+        severity=severity,
+        data=data,
+        last_seen_at=now,
+        organisation_id=organisation_id,
     )
     return alert, True
 

@@ -1,4 +1,5 @@
-"""Admin: policies are edited in place on the list; usage and violations are read-only."""
+"""Admin: policies and organisation budgets are edited here; usage and violations are
+read-only."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from ratelimits.models import RateLimitPolicy, RateLimitUsage, RateLimitViolation
+from ratelimits.models import (
+    OrganisationBudget,
+    RateLimitPolicy,
+    RateLimitUsage,
+    RateLimitViolation,
+)
+from ratelimits.selectors import BudgetReport, budget_report
 
 
 @admin.register(RateLimitPolicy)
@@ -66,3 +73,44 @@ class RateLimitViolationAdmin(ReadOnlyAdmin):
     search_fields = ["user__username", "user__email"]
     list_select_related = ["user"]
     date_hierarchy = "at"
+
+
+@admin.register(OrganisationBudget)
+class OrganisationBudgetAdmin(admin.ModelAdmin):
+    """Each organisation's monthly cap with this month's spend (the ledger) and the work under
+    way; an edit applies to the next admission."""
+
+    list_display = [
+        "organisation",
+        "monthly_usd",
+        "alert_share",
+        "spent_this_month",
+        "reserved",
+        "used_share",
+        "alerted_month",
+        "updated_at",
+    ]
+    list_select_related = ["organisation"]
+    search_fields = ["organisation__name", "organisation__slug"]
+    autocomplete_fields = ["organisation"]
+    readonly_fields = ["alerted_month", "updated_at"]
+
+    def _report(self, budget: OrganisationBudget) -> BudgetReport:
+        report = budget_report(organisation_id=budget.organisation_id, budget=budget)
+        assert report is not None
+        return report
+
+    @admin.display(description="spent this month ($)")
+    def spent_this_month(self, budget: OrganisationBudget) -> str:
+        return f"{self._report(budget).spent_usd:.4f}"
+
+    @admin.display(description="work under way ($, estimate)")
+    def reserved(self, budget: OrganisationBudget) -> str:
+        return f"{self._report(budget).reserved_usd:.4f}"
+
+    @admin.display(description="committed / budget")
+    def used_share(self, budget: OrganisationBudget) -> str:
+        report = self._report(budget)
+        if not report.monthly_usd:
+            return "-"
+        return f"{report.committed_usd / report.monthly_usd:.0%}"

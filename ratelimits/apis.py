@@ -10,9 +10,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from ratelimits.budgets import BudgetExceeded, budget_refusal_record
 from ratelimits.models import LIMIT_SPECS
-from ratelimits.selectors import NotAMemberError, membership_for_limits, usage_report
+from ratelimits.selectors import (
+    NotAMemberError,
+    budget_report,
+    membership_for_limits,
+    usage_report,
+)
 from ratelimits.serializers import (
+    BudgetExceededOutputSerializer,
     RateLimitExceededOutputSerializer,
     UserRateLimitsInputSerializer,
     UserRateLimitsOutputSerializer,
@@ -44,6 +51,18 @@ def too_many_requests(exceeded: RateLimitExceeded) -> Response:
     )
 
 
+def payment_required(exc: BudgetExceeded) -> Response:
+    """The 402 for paid work over the organisation's monthly budget (after its transaction
+    rolled back): the budget, the spend so far, and when it resets; Retry-After till then."""
+    budget_refusal_record(exceeded=exc)
+    body = BudgetExceededOutputSerializer(exc.as_body()).data
+    return Response(
+        body,
+        status=status.HTTP_402_PAYMENT_REQUIRED,
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
 def too_large(exc: RequestTooLarge) -> Response:
     """The 400 for a request larger than its caller's role may spend in a whole window."""
     body = {
@@ -58,7 +77,8 @@ def too_large(exc: RequestTooLarge) -> Response:
 
 
 class UserRateLimitsApi(APIView):
-    """The caller's job limits: per window used, remaining and reset time; unfinished jobs."""
+    """The caller's job limits: per window used, remaining and reset time; unfinished jobs; the
+    organisation's monthly budget, if it has one."""
 
     @extend_schema(
         parameters=[
@@ -95,5 +115,6 @@ class UserRateLimitsApi(APIView):
             "active_jobs": report.active_jobs,
             "concurrent_limit": report.max_concurrent,
             "concurrent_remaining": max(report.max_concurrent - report.active_jobs, 0),
+            "budget": budget_report(organisation_id=membership.organisation_id, now=report.now),
         }
         return Response(UserRateLimitsOutputSerializer(data).data)

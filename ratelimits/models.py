@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-from accounts.models import Role
+from accounts.models import Organisation, Role
 
 
 class Window(models.TextChoices):
@@ -222,3 +223,46 @@ class RateLimitViolation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} over {self.limit} {self.window} ({self.role}) at {self.at:%H:%M:%S}"
+
+
+class OrganisationBudget(models.Model):
+    """An organisation's monthly spending cap in dollars (calendar months, UTC). No row: no cap.
+
+    Admission locks this row (after the user's usage row) and weighs what the organisation has
+    spent this month (the ledger) plus what admitted work will still cost (an estimate) plus the
+    request's own estimate against `monthly_usd`; see ratelimits/budgets.py."""
+
+    organisation = models.OneToOneField(
+        Organisation, on_delete=models.CASCADE, primary_key=True, related_name="budget"
+    )
+    monthly_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Hard stop: paid work that would take this month's spend over it is refused.",
+    )
+    alert_share = models.DecimalField(
+        max_digits=4,
+        decimal_places=3,
+        default=Decimal("0.8"),
+        validators=[MinValueValidator(Decimal("0.01")), MaxValueValidator(Decimal(1))],
+        help_text="Soft limit: one alert a month when spend (with admitted work) reaches this "
+        "share of the budget.",
+    )
+    alerted_month = models.DateField(
+        null=True, blank=True, help_text="The month (its first day) the soft alert was raised for."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "organisation_budgets"
+        verbose_name = "organisation budget"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(monthly_usd__gte=0, alert_share__gt=0, alert_share__lte=1),
+                name="organisation_budget_valid",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organisation}: ${self.monthly_usd} a month"

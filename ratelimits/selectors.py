@@ -7,18 +7,29 @@ the window exactly T after it was made, so `resets_at` is the moment a slot free
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection
 from django.db.models import Count, Min, Q, Sum
+from django.utils import timezone
 
 from accounts.models import Membership, Role
 from coursegen import db
-from generation.models import JOB_TERMINAL, CourseGenerationJob
-from ratelimits.models import LIMIT_SPECS, Admission, RateLimitPolicy, Window
+from generation.models import (
+    JOB_TERMINAL,
+    REGENERATION_OPEN,
+    TASK_TERMINAL,
+    CourseGenerationJob,
+    GenerationAttempt,
+    RegenerationRequest,
+    Urgency,
+)
+from ratelimits.models import LIMIT_SPECS, Admission, OrganisationBudget, RateLimitPolicy, Window
 
 ROLE_RANK = {Role.STUDENT: 0, Role.TEACHER: 1, Role.ADMIN: 2}
 
@@ -215,3 +226,137 @@ def fits_at(*, user: User, window: Window, need: int, now: datetime) -> datetime
         if freed >= need:
             return admitted_at + spec.length
     return None
+
+
+# --- Organisation budgets (ratelimits/budgets.py decides with these) ------------------------------
+def month_start(now: datetime) -> datetime:
+    """The first instant of `now`'s month, UTC: when this month's spend began."""
+    return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month_start(now: datetime) -> datetime:
+    """When the budget resets: the first day of the next month, 00:00 UTC."""
+    start = month_start(now)
+    if start.month == 12:
+        return start.replace(year=start.year + 1, month=1)
+    return start.replace(month=start.month + 1)
+
+
+@dataclass(frozen=True)
+class BudgetReport:
+    organisation_id: UUID
+    monthly_usd: Decimal
+    alert_share: Decimal
+    spent_usd: Decimal  # this month, from the ledger
+    reserved_usd: Decimal  # admitted work not in the ledger yet (an estimate)
+    month_start: datetime
+    resets_at: datetime
+
+    @property
+    def committed_usd(self) -> Decimal:
+        return self.spent_usd + self.reserved_usd
+
+    @property
+    def remaining_usd(self) -> Decimal:
+        return max(self.monthly_usd - self.committed_usd, Decimal(0))
+
+    @property
+    def alert_at_usd(self) -> Decimal:
+        return self.monthly_usd * self.alert_share
+
+
+def usd(amount: Decimal) -> str:
+    return str(amount.quantize(Decimal("0.000001")))
+
+
+# The Batch API's half price (generation/pricing.py's BATCH_DISCOUNT; not imported from there: the
+# dashboard reads these, and monitoring stays clear of the provider code pricing builds on).
+BATCH_SHARE = Decimal("0.5")
+
+
+def work_estimate_usd(*, units: int, batch: bool = False) -> Decimal:
+    """What `units` generation tasks are expected to cost."""
+    per_task = Decimal(str(settings.COURSEGEN_BUDGET_TASK_ESTIMATE_USD))
+    return units * per_task * (BATCH_SHARE if batch else 1)
+
+
+def spent_this_month(*, organisation_id: UUID, now: datetime) -> Decimal:
+    """The organisation's ledger since the first of the month: every provider call of its jobs'
+    tasks and of the judge on its courses."""
+    since = month_start(now)
+    calls = GenerationAttempt.objects.filter(created_at__gte=since)
+    of_tasks = calls.filter(task__job__organisation_id=organisation_id).aggregate(s=Sum("cost_usd"))
+    of_judge = calls.filter(judge_run__job__organisation_id=organisation_id).aggregate(
+        s=Sum("cost_usd")
+    )
+    return (of_tasks["s"] or Decimal(0)) + (of_judge["s"] or Decimal(0))
+
+
+def reserved_now(*, organisation_id: UUID) -> Decimal:
+    """What admitted work of the organisation will still cost: the planned tasks its unfinished
+    jobs have not finished yet, and its open regenerations."""
+    jobs = (
+        CourseGenerationJob.objects.filter(organisation_id=organisation_id)
+        .exclude(status__in=JOB_TERMINAL)
+        .annotate(finished=Count("tasks", filter=Q(tasks__status__in=TASK_TERMINAL)))
+        .values_list("request", "urgency", "finished")
+    )
+    reserved = Decimal(0)
+    for request, urgency, finished in jobs:
+        left = max(_planned_tasks(request) - finished, 0)
+        reserved += work_estimate_usd(units=left, batch=urgency == Urgency.BATCH)
+    regenerations = RegenerationRequest.objects.filter(
+        task__job__organisation_id=organisation_id, status__in=REGENERATION_OPEN
+    ).count()
+    return reserved + work_estimate_usd(units=regenerations)
+
+
+def _planned_tasks(request: dict[str, Any]) -> int:
+    # CourseRequest.task_count, from the stored JSON without validating it again.
+    modules, lessons = int(request.get("num_modules", 4)), int(request.get("lessons_per_module", 3))
+    return 1 + modules * (3 * lessons + 1) + 2
+
+
+def budget_report(
+    *, organisation_id: UUID, now: datetime | None = None, budget: OrganisationBudget | None = None
+) -> BudgetReport | None:
+    """The organisation's month against its budget; None when it has none."""
+    budget = budget or OrganisationBudget.objects.filter(organisation_id=organisation_id).first()
+    if budget is None:
+        return None
+    now = now or timezone.now()
+    return BudgetReport(
+        organisation_id=organisation_id,
+        monthly_usd=budget.monthly_usd,
+        alert_share=budget.alert_share,
+        spent_usd=spent_this_month(organisation_id=organisation_id, now=now),
+        reserved_usd=reserved_now(organisation_id=organisation_id),
+        month_start=month_start(now),
+        resets_at=next_month_start(now),
+    )
+
+
+@dataclass(frozen=True)
+class OrganisationBudgetRow:
+    organisation_name: str
+    report: BudgetReport
+
+    @property
+    def committed_share(self) -> float | None:
+        r = self.report
+        return float(r.committed_usd / r.monthly_usd) if r.monthly_usd else None
+
+
+def budget_rows(*, organisation_ids: list[UUID] | None = None) -> list[OrganisationBudgetRow]:
+    """This month against the budget, for every organisation that has one (or the ones named),
+    most committed first."""
+    budgets = OrganisationBudget.objects.select_related("organisation")
+    if organisation_ids is not None:
+        budgets = budgets.filter(organisation_id__in=organisation_ids)
+    now = timezone.now()
+    rows = []
+    for budget in budgets:
+        report = budget_report(organisation_id=budget.organisation_id, now=now, budget=budget)
+        assert report is not None
+        rows.append(OrganisationBudgetRow(budget.organisation.name, report))
+    return sorted(rows, key=lambda row: -(row.committed_share or 0))

@@ -23,6 +23,39 @@ class RateLimitExceededOutputSerializer(serializers.Serializer):
     )
 
 
+class BudgetExceededOutputSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.ChoiceField(choices=["budget_exceeded"])
+    organisation = serializers.UUIDField()
+    budget_usd = serializers.DecimalField(max_digits=12, decimal_places=2, coerce_to_string=True)
+    spent_usd = serializers.DecimalField(
+        max_digits=14, decimal_places=6, help_text="Spent this month (UTC), from the ledger."
+    )
+    reserved_usd = serializers.DecimalField(
+        max_digits=14, decimal_places=6, help_text="Estimated cost of admitted work under way."
+    )
+    requested_usd = serializers.DecimalField(
+        max_digits=14, decimal_places=6, help_text="This request's estimated cost."
+    )
+    month_start = serializers.DateTimeField()
+    resets_at = serializers.DateTimeField(help_text="The first day of next month, 00:00 UTC.")
+    retry_after_s = serializers.IntegerField(help_text="Also sent as the Retry-After header.")
+
+
+class BudgetUsageOutputSerializer(serializers.Serializer):
+    monthly_usd = serializers.DecimalField(max_digits=12, decimal_places=2)
+    alert_share = serializers.DecimalField(max_digits=4, decimal_places=3)
+    spent_usd = serializers.DecimalField(
+        max_digits=14, decimal_places=6, help_text="Spent this month (UTC), from the ledger."
+    )
+    reserved_usd = serializers.DecimalField(
+        max_digits=14, decimal_places=6, help_text="Estimated cost of admitted work under way."
+    )
+    remaining_usd = serializers.DecimalField(max_digits=14, decimal_places=6)
+    month_start = serializers.DateTimeField()
+    resets_at = serializers.DateTimeField(help_text="The first day of next month, 00:00 UTC.")
+
+
 class UserRateLimitsInputSerializer(serializers.Serializer):
     organisation = serializers.UUIDField(
         required=False, help_text="Whose role applies; default: your highest role."
@@ -47,3 +80,7 @@ class UserRateLimitsOutputSerializer(serializers.Serializer):
     active_jobs = serializers.IntegerField(help_text="Your jobs queued or running.")
     concurrent_limit = serializers.IntegerField()
     concurrent_remaining = serializers.IntegerField()
+    budget = BudgetUsageOutputSerializer(
+        allow_null=True,
+        help_text="The organisation's monthly budget in dollars; null when it has none.",
+    )

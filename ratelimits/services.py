@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from accounts.models import Role
 from coursegen import db
+from ratelimits.budgets import budget_admit
 from ratelimits.models import (
     LIMIT_SPECS,
     LONGEST_WINDOW,
@@ -119,11 +120,14 @@ def admission_check_and_record(
     now: datetime | None = None,
     kind: AdmissionKind = AdmissionKind.JOB,
     units: int = 1,
+    batch: bool = False,
 ) -> UsageReport:
     """Admit one request of `kind` and size `units` (generation tasks) for `user` under the
     policy of the role they hold in `organisation_id` (read from the database with the usage;
     NotAMemberError when there is none), or raise RateLimitExceeded (RequestTooLarge when no
-    wait would admit it).
+    wait would admit it). Then the organisation's monthly budget (ratelimits/budgets.py; its
+    row is locked after the usage row): BudgetExceeded when the work's estimate (at the Batch
+    API's price when `batch`) would take it over.
 
     Must run inside the transaction that creates the work. `now` defaults to the time read after
     the lock is taken, so the admissions log is written in lock order.
@@ -138,6 +142,7 @@ def admission_check_and_record(
     exceeded = _exceeded(report, user=user, kind=kind, units=units)
     if exceeded is not None:
         raise exceeded
+    budget_admit(organisation_id=organisation_id, units=units, batch=batch, now=now)
     counters = _usage_counters(report) if kind == AdmissionKind.JOB else {}
     if postgresql:
         _admission_write_postgresql(user=user, now=now, counters=counters, kind=kind, units=units)
@@ -153,7 +158,8 @@ def work_admit(*, user: User, organisation_id: UUID, kind: AdmissionKind, units:
     """Admission for paid work on an existing job (a regeneration, a resume), in the
     transaction that starts it. A staff user with no membership in the organisation is a
     platform operator: they have no role, so no role's limits apply to them (returns False,
-    nothing recorded). Anyone else without a membership: NotAMemberError."""
+    nothing recorded), but the organisation's budget does: it pays. Anyone else without a
+    membership: NotAMemberError."""
     try:
         admission_check_and_record(
             user=user, organisation_id=organisation_id, kind=kind, units=units
@@ -161,6 +167,7 @@ def work_admit(*, user: User, organisation_id: UUID, kind: AdmissionKind, units:
     except NotAMemberError:
         if not user.is_staff:
             raise
+        budget_admit(organisation_id=organisation_id, units=units)
         return False
     return True
 

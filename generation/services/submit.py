@@ -55,9 +55,13 @@ def job_submit(
     try:
         # The role is the user's in the class's organisation, read with the usage. Raises
         # RateLimitExceeded (and this transaction rolls back) when over a limit.
-        # The job weighs its planned tasks against the role's task budgets.
+        # The job weighs its planned tasks against the role's task budgets, and its estimated
+        # cost against the organisation's monthly budget (BudgetExceeded).
         admitted = admission_check_and_record(
-            user=user, organisation_id=base_class.organisation_id, units=request.task_count
+            user=user,
+            organisation_id=base_class.organisation_id,
+            units=request.task_count,
+            batch=urgency == Urgency.BATCH,
         )
     except NotAMemberError as exc:
         raise common.GenerationError("you are not a member of this class's organisation") from exc
