@@ -20,9 +20,11 @@ export DJANGO_SECRET_KEY
 # Tests run against the real local services; override on the command line if yours differ.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/coursegen
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
+# The worker tests run on RabbitMQ too, each in a vhost of its own (made with rabbitmqctl).
+TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	CELERY_BROKER_URL=$(TEST_REDIS_URL) CELERY_RESULT_BACKEND=$(TEST_REDIS_URL) \
-	COURSEGEN_PROVIDER=offline DJANGO_DEBUG=false
+	TEST_RABBITMQ_URL=$(TEST_RABBITMQ_URL) COURSEGEN_PROVIDER=offline DJANGO_DEBUG=false
 
 # `make chaos`: its own Redis on CHAOS_REDIS_PORT and its own PostgreSQL cluster on CHAOS_PG_PORT
 # (initdb'ed into a temporary folder, removed at the end), so it can restart both; the shared

@@ -15,6 +15,7 @@ from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -283,15 +284,26 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery -----------------------------------------------------------------------------------
 # No broker configured: tasks run eagerly in-process (the embedded default used by `make demo`).
-CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", None, ("redis", "rediss", "amqp", "memory"))
+CELERY_BROKER_URL = env_url(
+    "CELERY_BROKER_URL", None, ("redis", "rediss", "amqp", "amqps", "memory")
+)
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL is None)
 if CELERY_BROKER_URL is None:
     CELERY_BROKER_URL = "memory://localhost/"
+# RabbitMQ (docs/operations.md#broker) holds the messages; Redis stays the result backend.
+RABBITMQ_BROKER = CELERY_BROKER_URL.startswith("amqp")
 CELERY_RESULT_BACKEND = env_url(
     "CELERY_RESULT_BACKEND",
-    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "cache+memory://",
+    CELERY_BROKER_URL
+    if CELERY_BROKER_URL.startswith("redis")
+    else (
+        REDIS_URL if RABBITMQ_BROKER and str(REDIS_URL).startswith("redis") else "cache+memory://"
+    ),
     ("redis", "rediss", "cache+memory", "rpc", "db+postgresql", "db+sqlite"),
 )
+if RABBITMQ_BROKER and not CELERY_TASK_ALWAYS_EAGER and CELERY_RESULT_BACKEND == "cache+memory://":
+    # Chord counters must be shared by every worker, or no course is ever assembled.
+    raise ImproperlyConfigured("a RabbitMQ broker needs CELERY_RESULT_BACKEND (or REDIS_URL)")
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -303,21 +315,59 @@ CELERY_RESULT_EXPIRES = 6 * 3600
 # PostgreSQL make the repeat harmless (claims with leases, succeeded rows return at once).
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# 1: a worker reserves no more messages than it has threads, so the rest wait in the broker, where
+# priorities order them (a prefetched message is out of the broker's reordering).
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
+# On a lost broker connection a threads-pool worker cannot cancel the tasks in hand (Celery 6's
+# default): they finish, their acks fail and the broker redelivers them; leases make that harmless.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
+# Priorities: our scale runs 0 first and 9 last, as Celery's Redis transport orders them.
+# RabbitMQ runs the highest number first (up to the queue's x-max-priority), so every send goes
+# through generation.messages.broker_priority, and settings' own sends through _on_broker.
+MAX_PRIORITY = 9
+
+
+def _on_broker(priority: int) -> int:
+    return MAX_PRIORITY - priority if RABBITMQ_BROKER else priority
+
+
 # Generation messages carry their job's priority; housekeeping (dispatch, reconcile, finalize)
 # is sent at 0 explicitly. A route's priority would not apply: the default wins over routes.
-CELERY_TASK_DEFAULT_PRIORITY = 5
+CELERY_TASK_DEFAULT_PRIORITY = _on_broker(5)
 HOUSEKEEPING_PRIORITY = 0
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    # Must exceed the hard time limit, or Redis re-delivers tasks that are still running.
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
-    "priority_steps": list(range(10)),
-    "sep": ":",
-    "queue_order_strategy": "priority",
-    "max_connections": env_int("CELERY_BROKER_MAX_CONNECTIONS", 200, minimum=10),
-}
+# One queue; on RabbitMQ a classic priority queue (quorum queues ignore priorities before 4.0).
+# Declaring x-max-priority on an existing "celery" queue declared without it fails
+# (PRECONDITION_FAILED): delete that queue once when switching (docs/operations.md#broker).
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = (
+    Queue(
+        "celery",
+        Exchange("celery", type="direct"),
+        routing_key="celery",
+        queue_arguments={"x-max-priority": MAX_PRIORITY},
+    ),
+)
+CELERY_TASK_QUEUE_MAX_PRIORITY = MAX_PRIORITY  # any other queue a deployment routes to
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any]
+if RABBITMQ_BROKER:
+    # Publisher confirms: a send returns once RabbitMQ has the (persistent) message, so a message
+    # sent while the broker goes down raises instead of vanishing.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Must exceed the hard time limit, or Redis re-delivers tasks that are still running.
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
+        "priority_steps": list(range(MAX_PRIORITY + 1)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+        "max_connections": env_int("CELERY_BROKER_MAX_CONNECTIONS", 200, minimum=10),
+    }
+# RabbitMQ closes the channel of a consumer that holds a message unacknowledged longer than its
+# consumer_timeout (30 min by default), and redelivers everything on it. With acks late a message
+# is held for its countdown (a deferral) plus its run: checked below, after the deferral cap.
+RABBITMQ_CONSUMER_TIMEOUT_S = env_int("RABBITMQ_CONSUMER_TIMEOUT_S", 1800, minimum=1)
 # Task events cost every task three Redis publishes (received, started, succeeded): off unless
 # asked for. Flower switches them on in running workers when it starts (its enable_events).
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
@@ -326,7 +376,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}  # filled in below, after coursegen settings
 if CELERY_TASK_SOFT_TIME_LIMIT >= CELERY_TASK_TIME_LIMIT:
     raise ImproperlyConfigured("CELERY_TASK_SOFT_TIME_LIMIT must be below CELERY_TASK_TIME_LIMIT")
-if CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= CELERY_TASK_TIME_LIMIT:  # type: ignore[operator]
+if CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 1 << 30) <= CELERY_TASK_TIME_LIMIT:
     raise ImproperlyConfigured("CELERY_VISIBILITY_TIMEOUT must exceed CELERY_TASK_TIME_LIMIT")
 
 # --- coursegen --------------------------------------------------------------------------------
@@ -455,6 +505,14 @@ if COURSEGEN_CONCURRENCY_DECREASE >= 1:
 # than the budget is waited out, however many tries it takes.
 COURSEGEN_TASK_DEFER_BUDGET_S = env_float("COURSEGEN_TASK_DEFER_BUDGET_S", 1800.0, minimum=1.0)
 COURSEGEN_TASK_DEFER_MAX_S = env_float("COURSEGEN_TASK_DEFER_MAX_S", 60.0, minimum=0.1)
+if (
+    RABBITMQ_BROKER
+    and CELERY_TASK_TIME_LIMIT + COURSEGEN_TASK_DEFER_MAX_S >= RABBITMQ_CONSUMER_TIMEOUT_S
+):
+    raise ImproperlyConfigured(
+        "RABBITMQ_CONSUMER_TIMEOUT_S (the broker's consumer_timeout) must exceed "
+        "CELERY_TASK_TIME_LIMIT + COURSEGEN_TASK_DEFER_MAX_S"
+    )
 # The threads pool cannot enforce Celery's time limits, so each task keeps its own deadline. It
 # comes well before the soft limit, which under prefork cuts a call short: the deadline stops
 # the task between calls and defers it, the soft limit is only the backstop.
@@ -553,8 +611,8 @@ COURSEGEN_JUDGE_REGENERATE = env_bool("COURSEGEN_JUDGE_REGENERATE", True)
 # Celery priority of the judge's messages: after generation's (5), so a busy judge never delays
 # a course.
 COURSEGEN_JUDGE_PRIORITY = env_int("COURSEGEN_JUDGE_PRIORITY", 8, minimum=0)
-if COURSEGEN_JUDGE_PRIORITY > 9:
-    raise ImproperlyConfigured("COURSEGEN_JUDGE_PRIORITY must be 0-9 (Celery's Redis priorities)")
+if COURSEGEN_JUDGE_PRIORITY > MAX_PRIORITY:
+    raise ImproperlyConfigured("COURSEGEN_JUDGE_PRIORITY must be 0 (first) to 9 (last)")
 
 
 def env_kind_days(name: str, default: str, kinds: tuple[str, ...]) -> dict[str, float]:
@@ -649,23 +707,23 @@ CELERY_BEAT_SCHEDULE.update(
         "dispatch-queued-jobs": {
             "task": "generation.tasks.dispatch_queue",
             "schedule": env_float("COURSEGEN_DISPATCH_INTERVAL_S", 5.0, minimum=0.5),
-            "options": {"priority": HOUSEKEEPING_PRIORITY},
+            "options": {"priority": _on_broker(HOUSEKEEPING_PRIORITY)},
         },
         "reconcile": {
             "task": "generation.tasks.reconcile",
             "schedule": COURSEGEN_RECONCILE_INTERVAL_S,
-            "options": {"priority": HOUSEKEEPING_PRIORITY},
+            "options": {"priority": _on_broker(HOUSEKEEPING_PRIORITY)},
         },
         "prune-logs": {"task": "monitoring.tasks.prune_logs", "schedule": 24 * 3600.0},
         "poll-batches": {
             "task": "generation.tasks.batch_poll",
             "schedule": COURSEGEN_BATCH_POLL_INTERVAL_S,
-            "options": {"priority": HOUSEKEEPING_PRIORITY},
+            "options": {"priority": _on_broker(HOUSEKEEPING_PRIORITY)},
         },
         "purge-expired-cache": {
             "task": "generation.tasks.cache_purge_expired",
             "schedule": COURSEGEN_CACHE_PURGE_INTERVAL_S,
-            "options": {"priority": HOUSEKEEPING_PRIORITY},
+            "options": {"priority": _on_broker(HOUSEKEEPING_PRIORITY)},
         },
     }
 )

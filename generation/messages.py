@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task, current_app
+from django.conf import settings
 
 DISPATCH_QUEUE = "generation.tasks.dispatch_queue"
 RUN_OUTLINE = "generation.tasks.run_outline"
@@ -20,8 +21,6 @@ FINALIZE_JOB = "generation.tasks.finalize_job"
 REGENERATE_TASK = "generation.tasks.regenerate_task"
 JUDGE_JOB = "generation.tasks.judge_job"
 JUDGE_LESSON = "generation.tasks.judge_lesson"
-
-MAX_PRIORITY = 9  # priorities run 0 (first) to 9 (last); RabbitMQ queues get x-max-priority 9
 
 NAMES = (
     DISPATCH_QUEUE,
@@ -40,11 +39,23 @@ def task(name: str) -> Task[Any, Any]:
 
 
 def broker_priority(priority: int) -> int:
-    """A message priority on our scale (0 runs first, as Celery's Redis transport orders them)
-    as the broker wants it: RabbitMQ runs the highest number first, up to x-max-priority."""
+    """A message priority on our scale (0 runs first, 9 last, as Celery's Redis transport orders
+    them) as the broker wants it: RabbitMQ runs the highest number first, up to the queue's
+    x-max-priority (settings.MAX_PRIORITY). Every send with a priority goes through here; a
+    retry keeps the priority its message was delivered with, already the broker's."""
     if str(current_app.conf.broker_url).startswith("amqp"):
-        return MAX_PRIORITY - priority
+        return int(settings.MAX_PRIORITY) - priority
     return priority
+
+
+def housekeeping_priority() -> int:
+    """Dispatch, finalize and the chord body: before any generation message."""
+    return broker_priority(settings.HOUSEKEEPING_PRIORITY)
+
+
+def judge_priority() -> int:
+    """The LLM judge: after generation, so a busy judge never delays a course."""
+    return broker_priority(settings.COURSEGEN_JUDGE_PRIORITY)
 
 
 def always_eager() -> bool:

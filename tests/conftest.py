@@ -1,7 +1,8 @@
 """Shared fixtures. Tests run against real PostgreSQL and Redis (see the Makefile's test target).
 
 Celery runs eagerly in-process unless a test is marked `worker`, in which case it starts a real
-worker process (tests/worker.py) and messages go through Redis.
+worker process (tests/worker.py) and messages go through Redis, or through RabbitMQ for tests that
+take the `broker_env` fixture (each of them runs on both).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from monitoring.correlation import reset_correlation_id, set_correlation_id
 from monitoring.logs import installed_handlers
 from ratelimits.services import policies_seed
 from tests.factories import BaseClassFactory, MembershipFactory, OrganisationFactory, UserFactory
+from tests.worker import publishing_to, rabbitmq_vhost
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -40,6 +42,17 @@ def celery_eager(request: pytest.FixtureRequest) -> Iterator[None]:
     celery_app.conf.task_always_eager = eager
     yield
     celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The broker of a real-worker test, as the worker's extra environment: the test settings'
+    Redis, or a fresh RabbitMQ vhost that this process publishes to as well."""
+    if request.param == "redis":
+        yield {}
+        return
+    with rabbitmq_vhost() as url, publishing_to(url):
+        yield {"CELERY_BROKER_URL": url}
 
 
 @pytest.fixture(autouse=True)

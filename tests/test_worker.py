@@ -1,4 +1,5 @@
-"""A real Celery worker (threads pool) runs a whole course chord through Redis."""
+"""A real Celery worker (threads pool) runs a whole course chord through Redis, and through
+RabbitMQ (each test runs on both brokers: the `broker_env` fixture)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,11 @@ def _calls(log: Path) -> list[dict[str, Any]]:
 
 
 def test_it_runs_a_full_course_chord_on_a_real_worker(
-    tmp_path: Path, teacher: Any, base_class: Any
+    tmp_path: Path, teacher: Any, base_class: Any, broker_env: dict[str, str]
 ) -> None:
     call_log = tmp_path / "calls.log"
-    with celery_worker(tmp_path, extra_env={"COURSEGEN_OFFLINE_CALL_LOG": str(call_log)}) as worker:
+    env = {**broker_env, "COURSEGEN_OFFLINE_CALL_LOG": str(call_log)}
+    with celery_worker(tmp_path, extra_env=env) as worker:
         job = services.job_submit(
             user=teacher,
             base_class=base_class,
@@ -81,13 +83,13 @@ SLOW_WORKER = {
 
 
 def test_it_frees_a_killed_workers_slot_after_the_lease_and_starts_the_next_job(
-    tmp_path: Path, teacher: Any, base_class: Any, settings: Any
+    tmp_path: Path, teacher: Any, base_class: Any, settings: Any, broker_env: dict[str, str]
 ) -> None:
     # Given a global cap of one running job, and a second job waiting behind the first
     settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS = 1
     settings.COURSEGEN_REDISPATCH_AFTER_S = 1
     request = CourseRequest(topic="Glaciers", num_modules=1, lessons_per_module=1)
-    with celery_worker(tmp_path, name="doomed", extra_env=SLOW_WORKER) as doomed:
+    with celery_worker(tmp_path, name="doomed", extra_env={**broker_env, **SLOW_WORKER}) as doomed:
         first = services.job_submit(user=teacher, base_class=base_class, request=request)
         second = services.job_submit(user=teacher, base_class=base_class, request=request)
         _wait_for(lambda: GenerationTask.objects.filter(job=first, status="running").exists())
@@ -96,7 +98,7 @@ def test_it_frees_a_killed_workers_slot_after_the_lease_and_starts_the_next_job(
         doomed.process.wait()
     assert CourseGenerationJob.objects.get(pk=second.pk).status == JobStatus.QUEUED
 
-    healthy_env = {"COURSEGEN_GLOBAL_MAX_RUNNING_JOBS": "1"}
+    healthy_env = {**broker_env, "COURSEGEN_GLOBAL_MAX_RUNNING_JOBS": "1"}
     with celery_worker(tmp_path, name="healthy", flush=False, extra_env=healthy_env):
         # Then, once the lease has expired, the reconciler (beat's job) re-sends the lost work
         deadline = time.monotonic() + 90

@@ -1,19 +1,26 @@
-"""Run a real Celery worker process against Redis and the pytest-django test database."""
+"""Run a real Celery worker process against the pytest-django test database, with Redis or
+RabbitMQ as its broker (the result backend is Redis either way)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
 import redis
 from django.conf import settings
 from django.db import connection
+
+from coursegen.celery import app as celery_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,3 +147,62 @@ def celery_beat(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# RabbitMQ for the worker tests: `make test` sets it (amqp://guest:guest@127.0.0.1:5672); each
+# test gets a vhost of its own, so nothing else on that broker is touched. Empty: skipped.
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "")
+
+
+def _rabbitmqctl(*args: str) -> None:
+    command = shutil.which("rabbitmqctl")
+    if command is None:
+        raise RuntimeError("rabbitmqctl not found: the RabbitMQ tests make a vhost with it")
+    subprocess.run([command, "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """A fresh vhost on TEST_RABBITMQ_URL's broker, its URL yielded, deleted afterwards."""
+    if not RABBITMQ_URL:
+        pytest.skip("TEST_RABBITMQ_URL is empty")
+    name = f"coursegen-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    user = RABBITMQ_URL.split("://", 1)[1].split(":", 1)[0] or "guest"
+    _rabbitmqctl("add_vhost", name)
+    try:
+        _rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+        yield f"{RABBITMQ_URL.rstrip('/')}/{name}"
+    finally:
+        _rabbitmqctl("delete_vhost", name)
+
+
+@contextmanager
+def publishing_to(broker_url: str) -> Iterator[None]:
+    """This process's Celery app sends to `broker_url` (as settings.py would configure it for
+    that broker) until the block ends; the worker gets CELERY_BROKER_URL in its environment."""
+    conf = celery_app.conf
+    saved = conf.broker_transport_options, conf.task_default_priority
+    saved_env = os.environ.get("CELERY_BROKER_URL")
+    _drop_broker_connections()
+    os.environ["CELERY_BROKER_URL"] = broker_url  # Celery reads it before its own setting
+    conf.broker_transport_options = {"confirm_publish": True}
+    conf.task_default_priority = settings.MAX_PRIORITY - 5
+    try:
+        yield
+    finally:
+        _drop_broker_connections()
+        conf.broker_transport_options, conf.task_default_priority = saved
+        if saved_env is None:
+            os.environ.pop("CELERY_BROKER_URL", None)
+        else:
+            os.environ["CELERY_BROKER_URL"] = saved_env
+
+
+def _drop_broker_connections() -> None:
+    # Celery keeps its app's connection pool, made from broker_url at first use; kombu's registry
+    # keeps the pool of each URL (not closed here: the next Redis test gets it back).
+    app: Any = celery_app
+    app._pool = None
+    amqp = celery_app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None

@@ -81,7 +81,7 @@ def job_judge_start(*, job_id: UUID) -> list[int]:
 def send_runs(run_ids: list[int]) -> None:
     judge_lesson = messages.task(messages.JUDGE_LESSON)
     for run_id in run_ids:
-        judge_lesson.apply_async(args=(run_id,), priority=settings.COURSEGEN_JUDGE_PRIORITY)
+        judge_lesson.apply_async(args=(run_id,), priority=messages.judge_priority())
 
 
 # --- One lesson -----------------------------------------------------------------------------------

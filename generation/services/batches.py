@@ -462,5 +462,5 @@ def _finish_jobs(report: BatchPollReport) -> None:
 
 def _send_finalize(job_id: UUID) -> None:
     messages.task(messages.FINALIZE_JOB).apply_async(
-        args=(str(job_id),), priority=messages.broker_priority(settings.HOUSEKEEPING_PRIORITY)
+        args=(str(job_id),), priority=messages.housekeeping_priority()
     )

@@ -45,7 +45,9 @@ def send_dispatch() -> None:
     except Exception:  # the cache is only an optimisation: ask anyway
         asked = True
     if asked:
-        messages.task(messages.DISPATCH_QUEUE).apply_async(priority=settings.HOUSEKEEPING_PRIORITY)
+        messages.task(messages.DISPATCH_QUEUE).apply_async(
+            priority=messages.housekeeping_priority()
+        )
 
 
 def dispatch_asked_clear() -> None:

@@ -145,9 +145,7 @@ def _judge_request(*, job: CourseGenerationJob) -> None:
     job.judge_status = JudgeStatus.PENDING
     judge_job = messages.task(messages.JUDGE_JOB)
     transaction.on_commit(
-        lambda: judge_job.apply_async(
-            args=(str(job.id),), priority=settings.COURSEGEN_JUDGE_PRIORITY
-        )
+        lambda: judge_job.apply_async(args=(str(job.id),), priority=messages.judge_priority())
     )
 
 

@@ -7,7 +7,6 @@ import logging
 from typing import Any
 from uuid import UUID
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -162,9 +161,7 @@ def _send_chord(job_id: UUID, task_ids: list[int], priority: int) -> None:
     at = messages.broker_priority(priority)
     header = [run_task.si(task_id).set(priority=at) for task_id in task_ids]
     # The body goes before queued generation messages: it frees a running slot.
-    body = finalize_job.si(str(job_id)).set(
-        priority=messages.broker_priority(settings.HOUSEKEEPING_PRIORITY)
-    )
+    body = finalize_job.si(str(job_id)).set(priority=messages.housekeeping_priority())
     if messages.always_eager():
         # In-process, a chord is its header then its body. Celery's eager chord joins results
         # under a process-wide "may block" flag that races when several threads run jobs at once.
