@@ -680,6 +680,9 @@ COURSEGEN_CACHE_MAX_CANDIDATES = env_int("COURSEGEN_CACHE_MAX_CANDIDATES", 5000,
 COURSEGEN_BATCH_POLL_INTERVAL_S = env_float("COURSEGEN_BATCH_POLL_INTERVAL_S", 30.0, minimum=1.0)
 # A line that failed or went unanswered: into the next batch, or run live at once.
 COURSEGEN_BATCH_RETRY = env_choice("COURSEGEN_BATCH_RETRY", "batch", ("batch", "live"))
+# A batch answer that needs a repair (re-ask, part request, flagged rewrite): the repair's call
+# live at once ("live"), or as a line of the next batch ("batch": half price, another wait).
+COURSEGEN_BATCH_REPAIR = env_choice("COURSEGEN_BATCH_REPAIR", "live", ("live", "batch"))
 # A task's tries through batches before it runs live whatever COURSEGEN_BATCH_RETRY says.
 COURSEGEN_BATCH_MAX_TRIES = env_int("COURSEGEN_BATCH_MAX_TRIES", 2, minimum=1)
 # The poller's lease on one batch (a killed poller's batch is taken over after it).

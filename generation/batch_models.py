@@ -74,6 +74,7 @@ class BatchRequestStatus(models.TextChoices):
     SUBMITTED = "submitted", "In a batch at the provider"
     ANSWERED = "answered", "Answered; the result is not applied yet"
     APPLIED = "applied", "Result taken by its task"
+    CONTINUED = "continued", "Answer taken; a repair of it follows in the task's next request"
     FAILED = "failed", "The line failed"
     UNANSWERED = "unanswered", "Unanswered when the batch ended (expired)"
     RETRIED = "retried", "Failed or unanswered, and sent again (batch or live)"
@@ -112,6 +113,17 @@ class BatchRequest(models.Model):
     )
     response = models.JSONField(
         null=True, blank=True, help_text="The line's response body (a chat.completion)."
+    )
+    # A repair of a batch answer (COURSEGEN_BATCH_REPAIR): what its line asks, and the answers
+    # of the task's earlier requests in this run, replayed (not paid again) before this one's.
+    request = models.JSONField(
+        null=True, blank=True, help_text="The repair request its line sends; empty: the first."
+    )
+    prior = models.JSONField(
+        default=list, blank=True, help_text="Earlier lines' response bodies this run replays."
+    )
+    live = models.BooleanField(
+        default=False, help_text="Continued by live calls in the poller, not by a batch line."
     )
     error_code = models.CharField(max_length=64, blank=True)
     error = models.TextField(blank=True)

@@ -6,16 +6,18 @@ from __future__ import annotations
 from decimal import Decimal
 from uuid import UUID
 
-from django.db.models import Sum
+from django.db.models import Q, Sum
 
-from generation.models import AttemptKind, GenerationAttempt
+from generation.models import GenerationAttempt
 from generation.pricing import BATCH_DISCOUNT
 
 
 def job_batch_saving(*, job_id: UUID) -> Decimal:
-    """What the job's Batch API answers (attempt kind `batch`) would have cost more as live
-    calls: their cost at the batch discount, scaled back to list prices, less what they cost."""
-    paid = GenerationAttempt.objects.filter(task__job_id=job_id, kind=AttemptKind.BATCH).aggregate(
-        total=Sum("cost_usd")
-    )["total"] or Decimal(0)
+    """What the job's Batch API answers (attempts marked `batch`: first answers, repairs,
+    regenerations and judge verdicts) would have cost more as live calls: their cost at the
+    batch discount, scaled back to list prices, less what they cost."""
+    ours = Q(task__job_id=job_id) | Q(judge_run__job_id=job_id)
+    paid = GenerationAttempt.objects.filter(ours, batch=True).aggregate(total=Sum("cost_usd"))[
+        "total"
+    ] or Decimal(0)
     return paid / BATCH_DISCOUNT - paid

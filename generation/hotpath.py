@@ -52,13 +52,13 @@ _RECORD = """
 WITH attempts AS (
     INSERT INTO course_generation_attempts (task_id, number, kind, part, outcome, model,
         input_tokens, cached_tokens, output_tokens, cost_usd, latency_ms, errors, saved_cost_usd,
-        saved_ms, created_at)
+        saved_ms, batch, created_at)
     SELECT %(id)s, a.number, a.kind, a.part, a.outcome, a.model, a.input_tokens,
         a.cached_tokens, a.output_tokens, a.cost_usd, a.latency_ms, a.errors, a.saved_cost_usd,
-        a.saved_ms, %(now)s
+        a.saved_ms, a.batch, %(now)s
     FROM jsonb_to_recordset(%(attempt_rows)s) AS a(number int, kind text, part text, outcome text,
         model text, input_tokens int, cached_tokens int, output_tokens int, cost_usd numeric,
-        latency_ms int, errors jsonb, saved_cost_usd numeric, saved_ms int)
+        latency_ms int, errors jsonb, saved_cost_usd numeric, saved_ms int, batch boolean)
     RETURNING 1
 ), closed AS (
     UPDATE course_generation_tasks

@@ -42,6 +42,8 @@ from generation.field_errors import FieldError, describe, public_error
 from generation.llm_types import REPAIR_KINDS as REPAIR_KINDS  # re-exported
 from generation.llm_types import (
     AttemptRecord,
+    BatchRepairNeeded,
+    BatchReplay,
     DeadlineError,
     GenerationResult,
     LeaseLostError,
@@ -91,6 +93,7 @@ class _Reply:
     latency_s: float
     errors: Errors = ()  # set when the text was not a JSON object
     batch: bool = False  # a batch line's answer: priced at the batch discount
+    replayed: bool = False  # in the ledger already, from the run that took it first
 
 
 # What a batch line brought (generation/services/batches.py): its answer, used as the first
@@ -106,12 +109,13 @@ class _Conversation:
         spec: TaskSpec,
         provider: Provider,
         policy: ReaskPolicy,
-        first: BatchAnswer | None = None,
+        batch: BatchReplay | None = None,
     ):
         self.spec, self.provider, self.policy = spec, provider, policy
         self.model = spec.model  # may switch to the fallback model while a breaker is open
         self.result = GenerationResult()
-        self.first = first  # taken by the first send instead of a call
+        self.batch = batch
+        self.taken = 0  # batch answers taken by send() so far
         if spec.review is not None:
             self.schema, self.base = spec.review.schema, spec.review.messages
             return
@@ -129,10 +133,13 @@ class _Conversation:
     def record(
         self, kind: str, part: str, reply: _Reply, errors: Errors, outcome: str = ""
     ) -> None:
+        if reply.replayed:
+            return
+        judged = self.spec.review is not None and kind != BATCH_KIND
         self.result.attempts.append(
             AttemptRecord(
                 number=len(self.result.attempts) + 1,
-                kind=JUDGE_KIND if self.spec.review else kind,
+                kind=JUDGE_KIND if judged else kind,
                 outcome=outcome or ("invalid" if errors else "ok"),
                 model=self.model,
                 usage=reply.usage,
@@ -140,6 +147,7 @@ class _Conversation:
                 latency_ms=round(reply.latency_s * 1000),
                 errors=[e.as_dict() for e in errors],
                 part=part,
+                batch=reply.batch,
             )
         )
 
@@ -192,9 +200,10 @@ class _Conversation:
     ) -> tuple[_Reply, str]:
         """Call the provider once (plus transport retries); return the reply and its kind."""
         kinds = [kind]
-        if self.first is not None:  # a batch line answered this request already
-            given, self.first = self.first, None
-            return _batch_reply(given), BATCH_KIND
+        if self.batch is not None:
+            given = self._batch_answer(messages, schema=schema, part=part, context=context)
+            if given is not None:
+                return given, BATCH_KIND if self.taken == 1 else kind
 
         def once() -> _Reply:
             self._check_can_call()
@@ -226,6 +235,26 @@ class _Conversation:
 
         reply = transport_retrying()(once)
         return reply, kinds[0]
+
+    def _batch_answer(
+        self,
+        messages: tuple[Message, ...],
+        *,
+        schema: type[BaseModel],
+        part: str,
+        context: Mapping[str, Any] | None,
+    ) -> _Reply | None:
+        """The next batch line's answer for this request; None: make the call live. A repair
+        with no line yet goes into the next batch when the run says so."""
+        assert self.batch is not None
+        if self.taken < len(self.batch.answers):
+            given = self.batch.answers[self.taken]
+            self.taken += 1
+            return _batch_reply(given, replayed=self.taken <= self.batch.recorded)
+        if self.batch.repairs_by_batch:
+            request = self.request_for(messages, schema=schema, part=part, context=context)
+            raise BatchRepairNeeded(request)
+        return None
 
     def request_for(
         self,
@@ -318,11 +347,12 @@ class _Conversation:
         return value, tuple(found)
 
 
-def _batch_reply(given: BatchAnswer) -> _Reply:
+def _batch_reply(given: BatchAnswer, *, replayed: bool) -> _Reply:
     if isinstance(given, InvalidOutputError):
         error = FieldError("", f"the reply is not a single JSON object ({given})")
-        return _Reply(None, given.raw_text, given.usage, given.latency_s, (error,), batch=True)
-    return _Reply(given.data, given.raw_text, given.usage, given.latency_s, batch=True)
+        usage, latency = given.usage, given.latency_s
+        return _Reply(None, given.raw_text, usage, latency, (error,), True, replayed)
+    return _Reply(given.data, given.raw_text, given.usage, given.latency_s, (), True, replayed)
 
 
 def _part_errors(part: str, exc: ValidationError) -> Errors:
@@ -490,6 +520,8 @@ def _run(convo: _Conversation, body: Callable[[], dict[str, Any]]) -> Generation
         result.error = public_error("provider error", exc)
     except StopGeneration as exc:
         result.error = str(exc)
+    except BatchRepairNeeded as exc:  # not an outcome: the run goes on when the line answers
+        result.batch_request, result.error = exc.request, "a repair waits for the next batch"
     except INFRASTRUCTURE_ERRORS as exc:  # our database or Redis blinked: try again later
         logger.warning("task deferred after an infrastructure error: %r", exc)
         result.defer_s = INFRASTRUCTURE_RETRY_S
@@ -505,13 +537,13 @@ def generate(
     provider: Provider,
     policy: ReaskPolicy | None = None,
     *,
-    first: BatchAnswer | None = None,
+    batch: BatchReplay | None = None,
 ) -> GenerationResult:
     """Run one task: its output, or the reason it failed, and every attempt either way.
-    `first` is a batch line's answer to the first request: it is taken instead of that call
-    (attempt kind `batch`, at the batch price), and validated, repaired (live) and moderated as
-    a live reply would be."""
-    convo = _Conversation(spec, provider, policy or ReaskPolicy.from_settings(), first)
+    `batch` holds Batch API lines' answers: the first request's is taken instead of that call
+    (attempt kind `batch`), each later one instead of a repair's call (its own kind), all at the
+    batch price, and validated, repaired and moderated as live replies would be."""
+    convo = _Conversation(spec, provider, policy or ReaskPolicy.from_settings(), batch)
     return _run(convo, lambda: _moderated(convo, _whole(convo), retry=True))
 
 

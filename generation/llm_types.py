@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from pydantic import BaseModel
 
-from generation.providers.base import Message, Provider, Usage
+from generation.providers.base import CompletionRequest, Message, Provider, Usage
 from generation.schemas import CourseOutline, CourseRequest, TaskKind, Tier
 
 REPAIR_KINDS = ("reask", "part")
@@ -49,6 +49,7 @@ class AttemptRecord:
     part: str = ""  # the part requested (questions.2); empty for the whole object
     saved_cost_usd: Decimal = Decimal(0)  # a cache hit: what generating the output had cost
     saved_ms: int = 0  # a cache hit: how long generating it had taken
+    batch: bool = False  # answered by a Batch API line: priced at the batch discount
 
     @property
     def is_repair(self) -> bool:
@@ -67,6 +68,9 @@ class GenerationResult:
     lease_lost: bool = False
     moderation: str = ""  # ModerationStatus: "" not moderated, "passed" or "held"
     moderation_categories: list[str] = field(default_factory=list)
+    # Set when the run stopped for a repair that goes into the next batch (BatchReplay): the
+    # request its line must send.
+    batch_request: CompletionRequest | None = None
 
     @property
     def ok(self) -> bool:
@@ -114,6 +118,27 @@ class TaskSpec:
     # The calls' place in line when the provider's limit binds (concurrency.call_rank); None:
     # a NORMAL call arriving now.
     rank: float | None = None
+
+
+@dataclass(frozen=True)
+class BatchReplay:
+    """What Batch API lines answered for this run (docs/batch.md), in the order the
+    conversation asks: the first request's answer, then each repair's. The first `recorded` of
+    them are in the ledger already (an earlier run stopped after them): replayed, not recorded
+    again. `repairs_by_batch`: a repair the answers do not cover stops the run
+    (BatchRepairNeeded) instead of a live call (COURSEGEN_BATCH_REPAIR)."""
+
+    answers: tuple[Any, ...]  # Completion | InvalidOutputError, one per line
+    recorded: int = 0
+    repairs_by_batch: bool = False
+
+
+class BatchRepairNeeded(Exception):
+    """A repair of a batch answer goes into the next batch: the request its line sends."""
+
+    def __init__(self, request: CompletionRequest) -> None:
+        super().__init__("a repair goes into the next batch")
+        self.request = request
 
 
 class LeaseLostError(Exception):

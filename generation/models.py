@@ -262,7 +262,7 @@ class AttemptKind(models.TextChoices):
     JUDGE = "judge", "Quality judge"
     MODERATION = "moderation", "Content moderation"
     CACHE = "cache", "Served from the cache (no provider call)"
-    BATCH = "batch", "First attempt through the Batch API (batch price)"
+    BATCH = "batch", "First answer through the Batch API (batch price)"
 
 
 # Attempts that repair output: their cost is the job's re-ask share (with every failed attempt).
@@ -313,6 +313,11 @@ class GenerationAttempt(models.Model):
         max_digits=12, decimal_places=8, default=Decimal(0), db_default=Decimal(0)
     )
     saved_ms = models.IntegerField(default=0, db_default=0)
+    batch = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Answered by a Batch API line, at the batch price (docs/batch.md).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

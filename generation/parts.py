@@ -79,7 +79,19 @@ def part_schema(schema: type[BaseModel], part: str) -> type[BaseModel]:
         return item
     info = schema.model_fields[field]
     name = f"{schema.__name__}{''.join(w.title() for w in field.split('_'))}Part"
-    return create_model(name, __base__=Strict, **{field: (info.annotation, info)})  # type: ignore[call-overload]
+    made = create_model(name, __base__=Strict, **{field: (info.annotation, info)})  # type: ignore[call-overload]
+    _ORIGINS[made] = (schema, field)
+    return made
+
+
+# A field part's model is made on demand, so it has no importable name: a request kept in a row
+# (a batch line's repair) names it by its object's schema and the field (providers/batchfiles.py).
+_ORIGINS: dict[type[BaseModel], tuple[type[BaseModel], str]] = {}
+
+
+def part_origin(schema: type[BaseModel]) -> tuple[type[BaseModel], str] | None:
+    """The object schema and field a field part's model was made from; None for others."""
+    return _ORIGINS.get(schema)
 
 
 def extract(data: dict[str, Any], part: str) -> Any:

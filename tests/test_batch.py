@@ -133,6 +133,62 @@ def test_failed_and_unanswered_lines_are_retried_and_each_task_paid_once(
         _paid_once(job)
 
 
+def _answered_lines_paid_once(job: CourseGenerationJob) -> None:
+    """Every line that brought an answer is one ledger row at the batch price, and a line's
+    answer replayed by a later run of its task is not paid again."""
+    lines = BatchRequest.objects.filter(
+        task__job=job, live=False, status__in=["applied", "continued"]
+    ).count()
+    assert GenerationAttempt.objects.filter(task__job=job, batch=True).count() == lines
+
+
+@pytest.mark.parametrize("repair", ["batch", "live"])
+def test_a_repair_of_a_batch_answer_goes_live_or_into_the_next_batch_by_setting(
+    teacher: Any, base_class: Any, batch_settings: Any, repair: str
+) -> None:
+    batch_settings.COURSEGEN_BATCH_REPAIR = repair
+    batch_settings.COURSEGEN_OFFLINE_FAULTS = "invalid=0.25,malformed=0.1"
+    job = _submit(teacher, base_class)
+
+    _poll_until_done(job, rounds=20)
+
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    attempts = GenerationAttempt.objects.filter(task__job=job).exclude(kind="moderation")
+    repairs = attempts.filter(kind__in=[AttemptKind.REASK, AttemptKind.PART])
+    assert repairs.exists()  # some answers needed a repair
+    continued = BatchRequest.objects.filter(task__job=job, status="continued")
+    if repair == "batch":  # each repair a line of a later batch, at the batch price
+        assert not attempts.filter(batch=False).exists()
+        assert continued.exists() and not continued.filter(live=True).exists()
+        assert BatchRequest.objects.filter(request__isnull=False, status="applied").exists()
+    else:  # repaired at once by live calls, at list price
+        assert set(repairs.values_list("batch", flat=True)) == {False}
+        assert not continued.exists()
+    _paid_once(job)
+    _answered_lines_paid_once(job)
+
+
+def test_a_failed_repair_line_goes_on_live_without_paying_the_earlier_answers_again(
+    teacher: Any, base_class: Any, batch_settings: Any
+) -> None:
+    batch_settings.COURSEGEN_BATCH_REPAIR = "batch"
+    batch_settings.COURSEGEN_BATCH_RETRY = "live"
+    batch_settings.COURSEGEN_OFFLINE_FAULTS = "invalid=0.3"
+    job = _submit(teacher, base_class)
+    services.batch_poll()  # the outline's batch
+    _emulator().unanswered = 1.0  # from now on every line goes unanswered
+
+    _poll_until_done(job, rounds=20)
+
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    live_rows = BatchRequest.objects.filter(task__job=job, live=True)
+    assert live_rows.filter(status="applied").exists()  # repairs continued live in the poller
+    for row in live_rows:
+        assert row.prior  # with the answers taken before, replayed
+    _paid_once(job)
+    _answered_lines_paid_once(job)
+
+
 def test_a_cancelled_jobs_answers_are_not_applied(teacher: Any, base_class: Any) -> None:
     job = _submit(teacher, base_class)
     services.batch_poll()  # the outline's batch: submitted, answered, applied; the rest queued

@@ -11,19 +11,26 @@ permanent one (other 4xx).
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterable
 from typing import Any
 
+from pydantic import BaseModel
+
+from generation import parts
 from generation.providers.base import (
     BatchLineResult,
     Completion,
+    CompletionRequest,
     InvalidOutputError,
+    Message,
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
     Usage,
 )
+from generation.schemas import TaskKind, Tier
 
 UNANSWERED_CODES = ("batch_expired", "batch_cancelled")
 
@@ -134,3 +141,48 @@ def _status_error(status: int, body: dict[str, Any]) -> ProviderError:
     if status == 429 or status >= 500 or status == 0:
         return TransientProviderError(text, status_code=status)
     return PermanentProviderError(text, status_code=status)
+
+
+# A request as a row keeps it (a batch line's repair, the emulator's input file): its whole
+# context too (real providers read only the messages; the simulator answers from the context).
+def request_dump(request: CompletionRequest) -> dict[str, Any]:
+    return {
+        "messages": [m.as_dict() for m in request.messages],
+        "schema": _schema_ref(request.schema),
+        "model": request.model,
+        "tier": request.tier.value,
+        "task_kind": request.task_kind.value,
+        "context": json.loads(json.dumps(dict(request.context), default=str)),
+        "max_output_tokens": request.max_output_tokens,
+        "purpose": request.purpose,
+    }
+
+
+def request_load(data: dict[str, Any]) -> CompletionRequest:
+    return CompletionRequest(
+        messages=tuple(Message(m["role"], m["content"]) for m in data["messages"]),
+        schema=_schema_load(str(data["schema"])),
+        model=data["model"],
+        tier=Tier(data["tier"]),
+        task_kind=TaskKind(data["task_kind"]),
+        context=data["context"],
+        max_output_tokens=data["max_output_tokens"],
+        purpose=data["purpose"],
+    )
+
+
+def _schema_ref(schema: type[BaseModel]) -> str:
+    """module:QualName, or module:QualName#field for a field part's model (made on demand)."""
+    origin = parts.part_origin(schema)
+    if origin is not None:
+        return f"{_schema_ref(origin[0])}#{origin[1]}"
+    return f"{schema.__module__}:{schema.__qualname__}"
+
+
+def _schema_load(ref: str) -> type[BaseModel]:
+    ref, _, field = ref.partition("#")
+    module, _, name = ref.partition(":")
+    schema: Any = importlib.import_module(module)
+    for attribute in name.split("."):
+        schema = getattr(schema, attribute)
+    return parts.part_schema(schema, field) if field else schema

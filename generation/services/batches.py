@@ -24,6 +24,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 from uuid import UUID, uuid4
 
 from django.conf import settings
@@ -35,7 +36,7 @@ from django.utils import timezone
 from generation import messages
 from generation.batch_models import BatchRequestStatus, BatchStatus
 from generation.leases import db_now_plus
-from generation.llm import BatchAnswer, first_request
+from generation.llm import BatchAnswer, BatchReplay, GenerationResult, first_request
 from generation.models import (
     BatchRequest,
     CourseGenerationJob,
@@ -55,7 +56,12 @@ from generation.providers import (
     Provider,
     get_provider,
 )
-from generation.providers.batchfiles import UNANSWERED_CODES, completion_from_body
+from generation.providers.batchfiles import (
+    UNANSWERED_CODES,
+    completion_from_body,
+    request_dump,
+    request_load,
+)
 from generation.schemas import TaskKind
 from generation.services import batchqueue, common, planning, runs
 from monitoring.logs import log_event
@@ -199,9 +205,7 @@ def _submit(
         since = batch.created_at.timestamp() - CLOCK_SKEW_S
         file_id = (provider.batch_file_find(name, since=since) if resumed else None) or ""
         if not file_id:
-            lines = [
-                BatchLine(r.custom_id, _line_request(r.task, worker, provider)) for r in requests
-            ]
+            lines = [BatchLine(r.custom_id, _line_request(r, worker, provider)) for r in requests]
             file_id = provider.batch_upload(lines, filename=name)
         batch.input_file_id = file_id
         ProviderBatch.objects.filter(pk=batch_id).update(input_file_id=file_id)
@@ -242,8 +246,11 @@ def _adoptable(batch: ProviderBatch, provider: Provider) -> BatchState | None:
     return provider.batch_find(batch.client_key, since=batch.created_at.timestamp() - CLOCK_SKEW_S)
 
 
-def _line_request(task: GenerationTask, worker: str, provider: Provider) -> CompletionRequest:
-    spec = runs.task_spec_build(task=task, worker=worker, heartbeat=lambda: True)
+def _line_request(request: BatchRequest, worker: str, provider: Provider) -> CompletionRequest:
+    """What the line asks: a repair's stored request, or the task's first request."""
+    if request.request is not None:
+        return request_load(dict(request.request))
+    spec = runs.task_spec_build(task=request.task, worker=worker, heartbeat=lambda: True)
     return first_request(spec, provider)
 
 
@@ -342,26 +349,55 @@ def _apply(request_id: int, provider: Provider, worker: str, report: BatchPollRe
         )
         return False
 
-    def taken() -> None:
-        _close(request_id, BatchRequestStatus.APPLIED, "")
+    def taken(outcome: GenerationResult) -> None:
+        if outcome.batch_request is not None or outcome.defer_s is not None:
+            _continue(request, outcome)
+        else:
+            _close(request_id, BatchRequestStatus.APPLIED, "")
 
     result = runs.task_run(
-        task_id=task.pk, worker=worker, provider=provider, first=_answer(request), recorded=taken
+        task_id=task.pk, worker=worker, provider=provider, batch=_replay(request), recorded=taken
     )
     if not result.ran:
         return False  # another run holds the task (its lease); the next poll looks again
-    if result.retry_in is not None:  # a live repair found the provider down: run live later
-        _send_live(task, countdown=result.retry_in)
-    if task.kind == TaskKind.OUTLINE and result.retry_in is None:
+    if task.kind == TaskKind.OUTLINE and result.status != TaskStatus.PENDING:
         planning.job_after_outline(job_id=task.job_id, detail=str(result))
     return True
 
 
-def _answer(request: BatchRequest) -> BatchAnswer:
+def _bodies(request: BatchRequest) -> list[dict[str, Any]]:
+    """The response bodies this request's run takes, in order: the earlier lines' of the run
+    (replayed), then its own (none for a live continuation)."""
+    own = [] if request.live else [dict(request.response or {})]
+    return [dict(body) for body in request.prior or []] + own
+
+
+def _replay(request: BatchRequest) -> BatchReplay:
+    by_batch = settings.COURSEGEN_BATCH_REPAIR == "batch" and not request.live
+    answers = tuple(_answer(body) for body in _bodies(request))
+    recorded = len(request.prior or [])
+    return BatchReplay(answers=answers, recorded=recorded, repairs_by_batch=by_batch)
+
+
+def _answer(body: dict[str, Any]) -> BatchAnswer:
     try:
-        return completion_from_body(dict(request.response or {}), provider="batch")
+        return completion_from_body(body, provider="batch")
     except InvalidOutputError as exc:
         return exc
+
+
+def _continue(request: BatchRequest, outcome: GenerationResult) -> None:
+    """The task's run goes on in a new request (in the transaction that gave the task back):
+    a repair of the answers so far into the next batch, or, when a live repair found the
+    provider down, a live continuation the next poll applies. Either replays these answers
+    from their bodies, paid for once (they are in the ledger now)."""
+    _close(request.pk, BatchRequestStatus.CONTINUED, outcome.error[:2000])
+    batchqueue.batch_request_continue(
+        task_id=request.task_id,
+        prior=_bodies(request),
+        request=request_dump(outcome.batch_request) if outcome.batch_request else None,
+        model=outcome.batch_request.model if outcome.batch_request else request.model,
+    )
 
 
 def _close(request_id: int, status: str, error: str) -> int:
@@ -403,16 +439,26 @@ def _retry(request_id: int, report: BatchPollReport) -> None:
     request.save(update_fields=["status", "finished_at"])
     tries = BatchRequest.objects.filter(task=task).count()
     permanent = request.error_code.startswith("http_4") and request.error_code != "http_429"
-    if (
+    by_batch = (
         settings.COURSEGEN_BATCH_RETRY == "batch"
         and tries < settings.COURSEGEN_BATCH_MAX_TRIES
         and not permanent
-    ):
+    )
+    if request.request is not None:  # a repair's line: the run goes on from the same answers
+        batchqueue.batch_request_continue(
+            task_id=task.pk,
+            prior=list(request.prior or []),
+            request=dict(request.request) if by_batch else None,
+            model=request.model,
+        )
+    elif by_batch:
         batchqueue.batch_requests_queue(task_ids=[task.pk])
+    else:
+        _send_live(task)
+    if by_batch:
         report.retried_batch += 1
-        return
-    _send_live(task)
-    report.retried_live += 1
+    else:
+        report.retried_live += 1
 
 
 def _send_live(task: GenerationTask, *, countdown: float = 0.0) -> None:

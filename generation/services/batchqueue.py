@@ -5,6 +5,7 @@ them; this module only queues, so planning and the controls can use it without a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 from uuid import UUID
 
 from django.db.models import Count
@@ -34,6 +35,25 @@ def batch_requests_queue(*, task_ids: Iterable[int]) -> int:
     ]
     created = BatchRequest.objects.bulk_create(rows, ignore_conflicts=True)
     return len(created)
+
+
+def batch_request_continue(
+    *, task_id: int, prior: list[dict[str, Any]], request: dict[str, Any] | None, model: str
+) -> BatchRequest:
+    """The task's run goes on in a new request: `request` (a repair) waits for the next batch,
+    or, without one, the poller continues the run with live calls (`live`, answered at once).
+    `prior`: the answers the run took so far, replayed before the new one."""
+    number = BatchRequest.objects.filter(task_id=task_id).count() + 1
+    return BatchRequest.objects.create(
+        task_id=task_id,
+        number=number,
+        custom_id=f"task-{task_id}-try-{number}",
+        model=model,
+        request=request,
+        prior=prior,
+        live=request is None,
+        status=BatchRequestStatus.QUEUED if request is not None else BatchRequestStatus.ANSWERED,
+    )
 
 
 def outline_to_batch(*, task: GenerationTask) -> bool:

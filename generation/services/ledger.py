@@ -63,6 +63,7 @@ def _attempt_rows(
             errors=a.errors,
             saved_cost_usd=a.saved_cost_usd,
             saved_ms=a.saved_ms,
+            batch=a.batch,
         )
         for a in result.attempts
     ]
@@ -83,6 +84,7 @@ def _attempt_dict(row: GenerationAttempt) -> dict[str, Any]:
         "errors": row.errors,
         "saved_cost_usd": str(row.saved_cost_usd),
         "saved_ms": row.saved_ms,
+        "batch": row.batch,
     }
 
 

@@ -24,7 +24,7 @@ from generation import cache, hotpath
 from generation.concurrency import call_rank
 from generation.field_errors import public_error
 from generation.leases import db_now_plus
-from generation.llm import BatchAnswer, GenerationResult, TaskSpec, generate
+from generation.llm import BatchReplay, GenerationResult, TaskSpec, generate
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.prompts import task_context
 from generation.providers import Provider, get_moderation_provider, get_provider
@@ -135,13 +135,13 @@ def task_run(
     task_id: int,
     worker: str | None = None,
     provider: Provider | None = None,
-    first: BatchAnswer | None = None,
-    recorded: Callable[[], object] | None = None,
+    batch: BatchReplay | None = None,
+    recorded: Callable[[GenerationResult], object] | None = None,
 ) -> TaskRunResult:
-    """Run one task. `first` is a batch line's answer to its first request (docs/batch.md):
-    taken instead of that call, with no cache in between; `recorded` runs in the transaction
-    that records the result (or defers the task), so the line counts as taken exactly when
-    its attempt is in the ledger."""
+    """Run one task. `batch` holds Batch API lines' answers (docs/batch.md), taken instead of
+    calls, with no cache in between; `recorded` runs in the transaction that records the
+    result (or defers the task, or gives it back to wait for a repair's batch line), so a line
+    counts as taken exactly when its attempt is in the ledger."""
     worker = worker or common.worker_name()
     task = _task_claim_and_load(task_id=task_id, worker=worker)
     if task is None:
@@ -158,31 +158,44 @@ def task_run(
             task_lease_renew(task_id=task.pk, worker=worker, run=task.runs)
         ),
     )
-    cached = first is None and cache.cache_applies(task=task)
+    cached = batch is None and cache.cache_applies(task=task)
     started = time.monotonic()
     result = cache.cache_lookup(task=task, spec=spec) if cached else None
     hit = result is not None
     if result is None:
         _db_release_during_io()
         try:
-            result = generate(spec, provider or get_provider(), first=first)
+            result = generate(spec, provider or get_provider(), batch=batch)
         except Exception as exc:  # a bug must fail this task, not hang the job waiting on it
             logger.exception("task %s crashed", task_id)
             result = GenerationResult(error=public_error("internal error", exc))
     wall_s = time.monotonic() - started
+    if result.batch_request is not None:  # a repair waits for the next batch
+        given_back = while_lease_holds(
+            lease,
+            lambda: _marked(
+                lambda: _task_to_batch(task=task, worker=worker, result=result), recorded, result
+            ),
+        )
+        status = TaskStatus.PENDING if given_back else TaskStatus.RUNNING
+        return TaskRunResult(task_id, status, ran=given_back is not None)
     if result.defer_s is not None:
         delay = while_lease_holds(
             lease,
-            lambda: _marked(lambda: _task_defer(task=task, worker=worker, result=result), recorded),
+            lambda: _marked(
+                lambda: _task_defer(task=task, worker=worker, result=result), recorded, result
+            ),
         )
         if delay is not None:
             return TaskRunResult(task_id, TaskStatus.PENDING, ran=True, retry_in=delay)
+        result.defer_s = None  # not deferred after all: recorded as it stands
     final = result
     status = while_lease_holds(
         lease,
         lambda: _marked(
             lambda: _record_result(task=task, worker=worker, result=final, wall_s=wall_s),
             recorded,
+            final,
             always=True,
         ),
     )
@@ -192,7 +205,11 @@ def task_run(
 
 
 def _marked(
-    write: Callable[[], T], recorded: Callable[[], object] | None, *, always: bool = False
+    write: Callable[[], T],
+    recorded: Callable[[GenerationResult], object] | None,
+    result: GenerationResult,
+    *,
+    always: bool = False,
 ) -> T:
     """`write`, and in its transaction the caller's `recorded` mark when it wrote (a deferral
     that did not happen leaves the record to `_record_result`)."""
@@ -201,7 +218,7 @@ def _marked(
     with transaction.atomic():
         out = write()
         if always or out is not None:
-            recorded()
+            recorded(result)
         return out
 
 
@@ -413,6 +430,23 @@ def _task_defer(*, task: GenerationTask, worker: str, result: GenerationResult) 
     ledger.job_totals_refresh_if_cancelled(job_id=task.job_id)
     logger.warning("task %s deferred %.1fs: %s", task.pk, delay, result.error)
     return delay
+
+
+@transaction.atomic
+def _task_to_batch(*, task: GenerationTask, worker: str, result: GenerationResult) -> bool | None:
+    """Give the task back (pending, no lease) while a repair of its batch answer waits for the
+    next batch; the answers taken so far go in the ledger now (the next run replays them
+    without recording them again). None when the lease was lost."""
+    if not _owned(task, worker).update(
+        status=TaskStatus.PENDING,
+        lease_expires_at=None,
+        worker="",
+        error=result.error,
+        **ledger.usage_increments(result=result),
+    ):
+        return None
+    ledger.task_attempts_record(task=task, result=result)
+    return True
 
 
 def _task_finish(*, task: GenerationTask, worker: str, status: TaskStatus, error: str) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import json
 import os
 import random
@@ -31,13 +30,17 @@ from generation.providers.base import (
     Completion,
     CompletionRequest,
     InvalidOutputError,
-    Message,
     ProviderError,
     TransientProviderError,
 )
-from generation.providers.batchfiles import chat_completion, jsonl, read_lines
+from generation.providers.batchfiles import (
+    chat_completion,
+    jsonl,
+    read_lines,
+    request_dump,
+    request_load,
+)
 from generation.providers.offline.seeding import stable_int
-from generation.schemas import TaskKind, Tier
 
 Answer = Callable[[CompletionRequest], Completion]
 
@@ -55,7 +58,9 @@ class BatchEmulator:
     # --- Files ------------------------------------------------------------------------------------
     def upload(self, lines: Sequence[BatchLine], *, filename: str = "batch.jsonl") -> str:
         file_id = f"file-offline-{uuid.uuid4().hex[:20]}"
-        rows = [{"custom_id": line.custom_id, "request": _dump(line.request)} for line in lines]
+        rows = [
+            {"custom_id": line.custom_id, "request": request_dump(line.request)} for line in lines
+        ]
         _write(self._dir("files") / f"{file_id}.jsonl", jsonl(rows))
         meta = {"id": file_id, "filename": filename, "created_at": time.time()}
         _write(self._dir("uploads") / f"{file_id}.json", json.dumps(meta).encode())
@@ -128,7 +133,7 @@ class BatchEmulator:
             elif roll < self.unanswered + self.failed:
                 errors.append(_failed(custom_id, 500, "simulated failure of this batch line"))
             else:
-                line, ok = _answer(custom_id, _load(row["request"]), answer)
+                line, ok = _answer(custom_id, request_load(row["request"]), answer)
                 (output if ok else errors).append(line)
         expired = any((e.get("error") or {}).get("code") == "batch_expired" for e in errors)
         return record | {
@@ -215,35 +220,3 @@ def _write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-# The simulator answers from the whole request, its context included (real providers read only
-# the messages): the emulated file keeps it.
-def _dump(request: CompletionRequest) -> dict[str, Any]:
-    return {
-        "messages": [m.as_dict() for m in request.messages],
-        "schema": f"{request.schema.__module__}:{request.schema.__qualname__}",
-        "model": request.model,
-        "tier": request.tier.value,
-        "task_kind": request.task_kind.value,
-        "context": json.loads(json.dumps(dict(request.context), default=str)),
-        "max_output_tokens": request.max_output_tokens,
-        "purpose": request.purpose,
-    }
-
-
-def _load(data: dict[str, Any]) -> CompletionRequest:
-    module, _, name = str(data["schema"]).partition(":")
-    schema: Any = importlib.import_module(module)
-    for part in name.split("."):
-        schema = getattr(schema, part)
-    return CompletionRequest(
-        messages=tuple(Message(m["role"], m["content"]) for m in data["messages"]),
-        schema=schema,
-        model=data["model"],
-        tier=Tier(data["tier"]),
-        task_kind=TaskKind(data["task_kind"]),
-        context=data["context"],
-        max_output_tokens=data["max_output_tokens"],
-        purpose=data["purpose"],
-    )
