@@ -61,6 +61,9 @@ logger = logging.getLogger("coursegen.generation")
 BUSY_RETRY_S = 5.0  # another regeneration of the same course is running: try again after this
 # Regenerations people ask for pass admission; the quality loop's are bounded per job instead.
 ADMITTED_SOURCES = (RegenerationSource.API, RegenerationSource.ADMIN)
+# A part request's "problem": the teacher's own words reach the model only in the task text,
+# quoted as data (prompts.INSTRUCTION_TEMPLATE), never as a validation error.
+_PART_ASK = "asked for a new version (see the teacher's request above, if any)"
 
 
 def _admit(*, by: User, organisation_id: UUID) -> None:
@@ -291,7 +294,7 @@ def _regeneration_generate(
                 provider or get_provider(),
                 data=task.output or {},
                 part=request.part,
-                errors=[FieldError(request.part, request.instruction or "asked for a new version")],
+                errors=[FieldError(request.part, _PART_ASK)],
             )
         else:
             result = generate(spec, provider or get_provider())

@@ -7,10 +7,12 @@ messages reach the re-ask prompt as specific feedback.
 
 from __future__ import annotations
 
+import unicodedata
 from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,17 +35,44 @@ class Level(StrEnum):
 
 
 # --- The request --------------------------------------------------------------------------------
+# Bidirectional overrides and isolates reorder what a reader sees ("Trojan Source").
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def control_characters_refused(value: str, *, allowed: str = "") -> str:
+    """`value` unchanged, or ValueError naming the first control character (newlines and tabs
+    only where `allowed` lets them in: the multi-line instructions)."""
+    for char in value:
+        if char in allowed:
+            continue
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS:
+            where = "" if allowed else " (one line only)"
+            raise ValueError(f"must not contain control characters{where}: U+{ord(char):04X}")
+    return value
+
+
+def _single_line(value: str) -> str:
+    return control_characters_refused(value)
+
+
+def _multi_line(value: str) -> str:
+    return control_characters_refused(value, allowed="\n\r\t")
+
+
+SingleLine = Annotated[str, AfterValidator(_single_line)]
+MultiLine = Annotated[str, AfterValidator(_multi_line)]
+
 class CourseRequest(Strict):
     """A validated course request as stored on the job (the class and owner live on the job)."""
 
-    topic: str = Field(min_length=3, max_length=200)
-    audience: str = Field(default="general learners", min_length=3, max_length=200)
+    topic: SingleLine = Field(min_length=3, max_length=200)
+    audience: SingleLine = Field(default="general learners", min_length=3, max_length=200)
     level: Level = Level.BEGINNER
     num_modules: int = Field(default=4, ge=1, le=12)
     lessons_per_module: int = Field(default=3, ge=1, le=10)
     questions_per_lesson: int = Field(default=4, ge=1, le=15)
     language: str = Field(default="en", pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
-    instructions: str = Field(default="", max_length=2000)
+    instructions: MultiLine = Field(default="", max_length=2000)
 
     @property
     def task_count(self) -> int:

@@ -23,7 +23,7 @@ from generation.models import (
     Urgency,
 )
 from generation.providers import MODERATION_CATEGORIES
-from generation.schemas import CourseRequest, Level
+from generation.schemas import CourseRequest, Level, control_characters_refused
 
 COST_QUANTUM = Decimal(10) ** -GenerationTask._meta.get_field("cost_usd").decimal_places
 JOB_COST_QUANTUM = Decimal(10) ** -CourseGenerationJob._meta.get_field("cost_usd").decimal_places
@@ -293,8 +293,15 @@ class TaskRegenerateInputSerializer(serializers.Serializer):
         allow_blank=True,
         default="",
         trim_whitespace=True,
-        help_text='What the new version should do differently, e.g. "simpler examples".',
+        help_text='What the new version should do differently, e.g. "simpler examples". '
+        "Newlines and tabs are allowed; other control characters are not.",
     )
+
+    def validate_instruction(self, value: str) -> str:
+        try:
+            return control_characters_refused(value, allowed="\n\r\t")
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         unknown = set(self.initial_data) - set(self.fields)

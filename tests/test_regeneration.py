@@ -75,7 +75,10 @@ def test_it_regenerates_a_task_through_the_api_keeping_the_previous_version(
     new_calls = spy.requests[calls_before:]
     assert {r.task_kind for r in new_calls} == {TaskKind.LESSON_SECTION}
     prompt = new_calls[0].messages[-1].content
-    assert prompt.endswith("The teacher asked for a new version of this part: Use simpler examples")
+    assert prompt.endswith(
+        '<teacher_request>\n{"instruction": "Use simpler examples"}\n</teacher_request>'
+    )  # the teacher's words as data, never in the system message
+    assert "Use simpler examples" not in new_calls[0].messages[0].content
     flush_all()
     event = CourseGenerationLog.objects.get(task=task, event="task.regenerated")
     assert event.data["instruction"] == "Use simpler examples"

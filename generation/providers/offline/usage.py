@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import OrderedDict
 
@@ -13,7 +14,7 @@ from generation.tokens import count_message_tokens, count_tokens
 class SeenPrefixes:
     """A small thread-safe LRU set of prompt-prefix hashes: the simulated provider-side cache."""
 
-    def __init__(self, capacity: int = 256) -> None:
+    def __init__(self, capacity: int = 4096) -> None:
         self._capacity = capacity
         self._keys: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
@@ -30,20 +31,29 @@ class SeenPrefixes:
 
 
 def usage_of(request: CompletionRequest, raw_text: str, prefixes: SeenPrefixes) -> Usage:
+    input_tokens = count_message_tokens([m.as_dict() for m in request.messages])
     return Usage(
-        input_tokens=count_message_tokens([m.as_dict() for m in request.messages]),
-        cached_tokens=cached_tokens(request, prefixes),
+        input_tokens=input_tokens,
+        cached_tokens=min(cached_tokens(request, prefixes), input_tokens),
         output_tokens=count_tokens(raw_text),
     )
 
 
+_PARAGRAPHS = re.compile(r"(?<=\n\n)")
+
+
 def cached_tokens(request: CompletionRequest, prefixes: SeenPrefixes) -> int:
-    """Like OpenAI: a repeated prefix of >= 1024 tokens is served from cache in 128s."""
-    if not request.messages or request.messages[0].role != "system":
-        return 0
-    system = request.messages[0].content
-    tokens = count_tokens(system)
-    if tokens < 1024:
-        return 0
-    key = hashlib.sha256(f"{request.model}\0{system}".encode()).hexdigest()
-    return tokens // 128 * 128 if prefixes.seen_before(key) else 0
+    """Like OpenAI: the longest repeated prefix of >= 1024 tokens is served from cache, in 128s.
+
+    The prefix runs across messages (the guide in the system message, then the course data that
+    opens every user message of a course); it is tried at each paragraph boundary."""
+    digest = hashlib.sha256(request.model.encode())
+    tokens = best = 0
+    for message in request.messages:
+        digest.update(f"\0{message.role}\0".encode())
+        for paragraph in _PARAGRAPHS.split(message.content):
+            digest.update(paragraph.encode())
+            tokens += count_tokens(paragraph)  # cached: guide and course data repeat
+            if tokens >= 1024 and prefixes.seen_before(digest.copy().hexdigest()):
+                best = tokens
+    return best // 128 * 128
