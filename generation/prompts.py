@@ -7,7 +7,8 @@ model as data in the user message: labelled JSON between tags, with "<" and ">" 
 can close its block, and the guide says that nothing inside the tags is an instruction. The course
 data opens every user message of a course, so providers with prompt caching serve the guide and
 that block from cache; the task-specific part comes last, and so do re-ask feedback and part
-requests. Bump a kind's version whenever its template changes: the version is stored on each task row.
+requests. Bump a kind's version whenever its template changes: the version is stored on each
+task row.
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ general rule, then how to practise it.
 - Summaries restate the objectives as things the learner can now do.
 
 # 3. Style and reading level
-- Write for the stated audience and level, inside the reading-grade band of the course data (measured \
-with the Flesch-Kincaid grade; the subject's own terms do not count against you). Beginner: \
-short sentences of about 15 words, everyday words, one new term at a time. Intermediate: \
+- Write for the stated audience and level, inside the reading-grade band of the course data \
+(measured with the Flesch-Kincaid grade; the subject's own terms do not count against you). \
+Beginner: short sentences of about 15 words, everyday words, one new term at a time. Intermediate: \
 standard prose with some field vocabulary. Advanced: precise, field-specific language and \
 longer reasoning.
 - Address the learner as "you", in the active voice. Be warm and direct; no filler phrases such \

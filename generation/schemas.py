@@ -62,6 +62,7 @@ def _multi_line(value: str) -> str:
 SingleLine = Annotated[str, AfterValidator(_single_line)]
 MultiLine = Annotated[str, AfterValidator(_multi_line)]
 
+
 class CourseRequest(Strict):
     """A validated course request as stored on the job (the class and owner live on the job)."""
 
