@@ -102,7 +102,7 @@ if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
     # Only behind a proxy that sets X-Forwarded-Proto itself (nginx in compose overwrites it).
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
-SECURE_REDIRECT_EXEMPT = [r"^api/health/"]  # load balancers probe over plain HTTP
+SECURE_REDIRECT_EXEMPT = [r"^api/health/", r"^health/"]  # load balancers probe over plain HTTP
 SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0, minimum=0)
@@ -748,6 +748,16 @@ MONITORING_QUALITY_THRESHOLD = env_float("MONITORING_QUALITY_THRESHOLD", 0.7, mi
 MONITORING_METRICS_TOKEN = env_str("MONITORING_METRICS_TOKEN", "")  # Bearer token for /metrics
 MONITORING_METRICS_WINDOW_H = env_int("MONITORING_METRICS_WINDOW_H", 24, minimum=1)
 MONITORING_HEALTH_PING_TIMEOUT_S = env_float("MONITORING_HEALTH_PING_TIMEOUT_S", 1.0, minimum=0.1)
+# The readiness report is computed at most once per this many seconds, shared by all callers.
+MONITORING_HEALTH_CACHE_S = env_int("MONITORING_HEALTH_CACHE_S", 5, minimum=1)
+# `Authorization: Bearer <token>` gets the detailed readiness report, like a staff session.
+MONITORING_HEALTH_TOKEN = env_str("MONITORING_HEALTH_TOKEN", "")
+# Readiness calls per client (user or IP); /health/live is not throttled.
+MONITORING_HEALTH_RATE = env_str("MONITORING_HEALTH_RATE", "60/m")
+if not re.fullmatch(r"\d+/\d*[smhd]", MONITORING_HEALTH_RATE):
+    raise ImproperlyConfigured(
+        f"MONITORING_HEALTH_RATE={MONITORING_HEALTH_RATE!r} must look like 60/m"
+    )
 ADMINS = [(email, email) for email in env_list("DJANGO_ADMINS", [])]
 SERVER_EMAIL = env_str("DJANGO_SERVER_EMAIL", "coursegen@localhost")
 # e.g. smtp://user:password@127.0.0.1:25; the default prints mails to the console.

@@ -1,15 +1,20 @@
-"""Health checks for GET /api/health/course-generation.
+"""Health checks for GET /api/health/course-generation (readiness; /health/live is liveness).
 
 Failing any of database, redis, broker, workers or capacity makes the service unhealthy (503).
 Queue depth and breaker states are reported and can only warn: a long queue is the design (jobs
 wait, they are not refused) and an open breaker has a fallback tier. Details never include URLs
 or credentials: errors are reported as the exception's class and a redacted message.
+
+The report is computed at most once per MONITORING_HEALTH_CACHE_S by all web processes together
+(the shared cache): one caller takes a short lock and runs the checks; the others get the last
+report meanwhile, so a burst of calls costs one database query and one broker ping, not one each.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +23,7 @@ from urllib.parse import urlsplit
 
 import redis
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 
 from generation.selectors import capacity_now, provider_constraints
@@ -184,3 +190,60 @@ def health_report() -> dict[str, Any]:
         "warnings": [c.name for c in checks if c.warning],
         "checks": {c.name: {"ok": c.ok, **c.detail} for c in checks},
     }
+
+
+_REPORT_KEY = "health:report"
+_LAST_KEY = "health:report:last"  # kept longer: what callers get while the next one is computed
+_LOCK_KEY = "health:report:lock"
+_PROCESS_LOCK = threading.Lock()
+_PROCESS_REPORT: dict[str, Any] = {}
+
+
+def cached_health_report() -> dict[str, Any]:
+    """The latest report, at most MONITORING_HEALTH_CACHE_S old, shared by every caller."""
+    try:
+        return _shared_report()
+    except (redis.RedisError, OSError):
+        # The shared cache is down (the report says so): share within this process instead.
+        return _process_report()
+
+
+def _process_report() -> dict[str, Any]:
+    with _PROCESS_LOCK:
+        report, at = _PROCESS_REPORT.get("report"), _PROCESS_REPORT.get("at", 0.0)
+        if report is None or time.monotonic() - at > settings.MONITORING_HEALTH_CACHE_S:
+            report = health_report()
+            _PROCESS_REPORT.update(report=report, at=time.monotonic())
+        return dict(report)
+
+
+def _shared_report() -> dict[str, Any]:
+    report = cache.get(_REPORT_KEY)
+    if report is not None:
+        return dict(report)
+    # Longer than the slowest run of the checks, so a crashed holder cannot block them for long.
+    lock_s = max(5, math.ceil(settings.MONITORING_HEALTH_PING_TIMEOUT_S * 4))
+    if cache.add(_LOCK_KEY, 1, timeout=lock_s):
+        try:
+            report = health_report()
+            report["checked_at"] = time.time()
+            cache.set(_REPORT_KEY, report, timeout=settings.MONITORING_HEALTH_CACHE_S)
+            cache.set(_LAST_KEY, report, timeout=max(60, lock_s * 2))
+        finally:
+            cache.delete(_LOCK_KEY)
+        return dict(report)
+    return dict(_report_of_the_lock_holder(lock_s))
+
+
+def _report_of_the_lock_holder(wait_s: float) -> dict[str, Any]:
+    """Another caller runs the checks: its last report at once, or wait for this one."""
+    last = cache.get(_LAST_KEY)
+    if last is not None:
+        return dict(last)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        report = cache.get(_REPORT_KEY)
+        if report is not None:
+            return dict(report)
+    return {"status": "unhealthy", "failing": ["health"], "warnings": [], "checks": {}}

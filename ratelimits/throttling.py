@@ -36,7 +36,7 @@ class ApiRateThrottle(BaseThrottle):
                 request,
                 group=self.group,
                 key="user_or_ip",
-                rate=settings.COURSEGEN_API_RATE,  # read per request: settings may change
+                rate=self.rate(),
                 increment=True,
             )
         except (RedisError, OSError):
@@ -47,6 +47,9 @@ class ApiRateThrottle(BaseThrottle):
             return True
         self.wait_s = max(int(usage["time_left"]), 1)
         return not usage["should_limit"]
+
+    def rate(self) -> str:
+        return str(settings.COURSEGEN_API_RATE)  # read per request: settings may change
 
     def wait(self) -> float:
         return float(self.wait_s)

@@ -165,3 +165,15 @@ def test_image_holds_every_project_app() -> None:
     local_apps = {app for app in settings.INSTALLED_APPS if (ROOT / app).is_dir()}
     assert local_apps | {"coursegen", "templates"} <= copied
     assert "collectstatic --noinput" in dockerfile
+
+
+def test_compose_web_healthcheck_probes_liveness_only(compose: dict[str, Any]) -> None:
+    """The container healthcheck must stay cheap: the liveness view, not the readiness report."""
+    from django.urls import resolve
+
+    from monitoring.apis import liveness
+
+    probe = " ".join(compose["services"]["web"]["healthcheck"]["test"])
+    match = re.search(r"http://127\.0\.0\.1:8000(/[^'\"]+)", probe)
+    assert match is not None, probe
+    assert resolve(match.group(1)).func is liveness
