@@ -68,11 +68,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages: pango for WeasyPrint (the PDF export), chromium for the browser tests.
+# Debian packages: pango for WeasyPrint (the PDF export), chromium for the browser tests, nginx
+# for the slow-client test of the edge (tests/test_edge.py runs deploy/nginx.conf).
 PDF_DEBS := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
 system-deps:
 	@ldconfig -p | grep -q libpangoft2-1.0 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PDF_DEBS) >/dev/null; }
+	@test -x /usr/sbin/nginx || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
 
 browser-deps: system-deps
 	@command -v chromium >/dev/null || { apt-get update -qq && \

@@ -102,6 +102,12 @@ if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
     # Only behind a proxy that sets X-Forwarded-Proto itself (nginx in compose overwrites it).
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# Behind a proxy every request comes from the proxy's address: the per-IP throttles
+# (django-ratelimit) then read the client's address from this header, e.g. X-Real-IP, which the
+# proxy must overwrite (deploy/nginx.conf does). Empty: REMOTE_ADDR.
+DJANGO_CLIENT_IP_HEADER = env_str("DJANGO_CLIENT_IP_HEADER", "")
+if DJANGO_CLIENT_IP_HEADER:
+    RATELIMIT_IP_META_KEY = "coursegen.client_ip.client_ip"
 SECURE_REDIRECT_EXEMPT = [r"^api/health/", r"^health/"]  # load balancers probe over plain HTTP
 SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE

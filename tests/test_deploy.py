@@ -97,7 +97,7 @@ def app_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_compose_runs_every_part_from_the_one_image(compose: dict[str, Any]) -> None:
     assert set(app_services(compose)) == {"migrate", "web", "worker", "beat", "flower"}
-    assert set(compose["services"]) - set(app_services(compose)) == {"postgres", "redis"}
+    assert set(compose["services"]) - set(app_services(compose)) == {"postgres", "redis", "proxy"}
 
 
 def test_compose_workers_scale_out(compose: dict[str, Any]) -> None:
