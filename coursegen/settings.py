@@ -392,6 +392,16 @@ OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", None, ("http", "https"))
 OPENAI_TIMEOUT_S = env_float("OPENAI_TIMEOUT_S", 120.0, minimum=1.0)
 # One retry policy: ours (generation/retry.py). The SDK's own retries stay off.
 OPENAI_MAX_RETRIES = env_int("OPENAI_MAX_RETRIES", 0, minimum=0)
+# Sampling sent with every call; empty leaves the server's default. A small local model wants
+# temperature 0 and a seed (make demo-local sets both).
+OPENAI_TEMPERATURE = (
+    env_float("OPENAI_TEMPERATURE", 0.0, minimum=0.0)
+    if env_str("OPENAI_TEMPERATURE", "").strip()
+    else None
+)
+OPENAI_SEED = env_int("OPENAI_SEED", 0) if env_str("OPENAI_SEED", "").strip() else None
+# The output token limit of a call that names none itself; 0: none (the server's default).
+OPENAI_MAX_TOKENS = env_int("OPENAI_MAX_TOKENS", 0, minimum=0)
 if COURSEGEN_PROVIDER == "openai" and not OPENAI_API_KEY and OPENAI_BASE_URL is None:
     raise ImproperlyConfigured(
         "COURSEGEN_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL)"
@@ -557,6 +567,15 @@ if COURSEGEN_TASK_LEASE_S <= COURSEGEN_TASK_DEADLINE_S:
 COURSEGEN_TASK_TOKEN_BUDGET = env_int("COURSEGEN_TASK_TOKEN_BUDGET", 60_000, minimum=1_000)
 # Two questions of a course are near-duplicates at this rapidfuzz token_sort_ratio (0-100) or above.
 COURSEGEN_DUPLICATE_SIMILARITY = env_float("COURSEGEN_DUPLICATE_SIMILARITY", 90.0, minimum=50.0)
+# The question types assessments use (a content check, the prompt and the grammar). A grammar
+# cannot make a multiple-choice answer one of the options: a small local model is better off with
+# true_false,short_answer (make demo-local).
+_QUESTION_TYPES = ("multiple_choice", "true_false", "short_answer")
+COURSEGEN_QUESTION_TYPES = env_list("COURSEGEN_QUESTION_TYPES", list(_QUESTION_TYPES))
+if not COURSEGEN_QUESTION_TYPES or set(COURSEGEN_QUESTION_TYPES) - set(_QUESTION_TYPES):
+    raise ImproperlyConfigured(
+        f"COURSEGEN_QUESTION_TYPES takes some of {', '.join(_QUESTION_TYPES)}"
+    )
 
 
 def env_grade_bands(name: str, default: str) -> dict[str, tuple[float, float]]:

@@ -148,7 +148,16 @@ def check_assessment(
                 check="question_count",
             )
         )
+    allowed = settings.COURSEGEN_QUESTION_TYPES
     for index, question in enumerate(model.questions):
+        if question.type.value not in allowed:
+            errors.append(
+                FieldError(
+                    f"questions.{index}.type",
+                    f"{question.type.value} is not used in this course; use {', '.join(allowed)}",
+                    check="question_type",
+                )
+            )
         errors += question_flaws(index, question)
     return errors + _duplicate_stems(model.questions, request.topic)
 

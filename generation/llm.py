@@ -53,6 +53,7 @@ from generation.llm_types import (
 )
 from generation.llm_types import Review as Review  # re-exported
 from generation.moderation import flagged_feedback, moderation_call, text_of
+from generation.output_bounds import bounded_schema
 from generation.pricing import cost_of
 from generation.prompts import build_messages, dumps, part_messages, reask_messages
 from generation.providers.base import (
@@ -277,6 +278,7 @@ class _Conversation:
                 "part": part,
             },
             purpose=JUDGE_KIND if self.spec.review else "generate",
+            json_schema=bounded_schema(schema, request=self.spec.request),
         )
 
     # --- moderation ------------------------------------------------------------------------------

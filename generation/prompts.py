@@ -152,9 +152,9 @@ TASK_TEMPLATES: dict[TaskKind, str] = {
     ),
     TaskKind.ASSESSMENT: (
         "Task: write exactly {questions_per_lesson} assessment questions (schema Assessment) for "
-        "module {module_index}, lesson {lesson_index}: {lesson_title}. Mix multiple_choice, "
-        "true_false and short_answer. Each question checks one of these objectives and names it: "
-        "{objectives}. Give difficulty, bloom_level and an explanation for each."
+        "module {module_index}, lesson {lesson_index}: {lesson_title}. Mix {question_types}. "
+        "Each question checks one of these objectives and names it: {objectives}. Give "
+        "difficulty, bloom_level and an explanation for each."
     ),
     TaskKind.BRAIN_BYTES: (
         "Task: write the brain byte (schema BrainBytes) for module {module_index}, lesson "
@@ -274,6 +274,8 @@ def task_text(
             values[name] = quoted(values[name])
     objectives = context.get("learning_objectives", [])
     values["objectives"] = quoted(list(objectives)) if objectives else "(see the outline)"
+    *first, last = settings.COURSEGEN_QUESTION_TYPES
+    values["question_types"] = f"{', '.join(first)} and {last}" if first else f"only {last}"
     return task_template(kind, version).format(**values)
 
 

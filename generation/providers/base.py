@@ -44,6 +44,10 @@ class CompletionRequest:
     # then the kind of what is judged). Real providers ignore it; the offline simulator answers
     # a judge request with its simulated verdict.
     purpose: str = "generate"
+    # The schema to enforce where a server compiles it into a grammar (and to show in the
+    # prompt): the output model's, with the bounds that make a reply finish
+    # (generation/output_bounds.py). None: the output model's own schema.
+    json_schema: Mapping[str, Any] | None = None
 
     @property
     def schema_name(self) -> str:

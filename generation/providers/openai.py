@@ -165,7 +165,11 @@ def _messages(request: CompletionRequest, *, step: ConstraintStep) -> list[dict[
         return messages
     # The schema is in the prompt for both json_object steps: with a grammar it still tells the
     # model what each field is for; without one it is all the model has.
-    schema = prompt_schema_text(request.schema)
+    schema = (
+        json.dumps(request.json_schema, separators=(",", ":"))
+        if request.json_schema is not None
+        else prompt_schema_text(request.schema)
+    )
     instruction = f"Reply with one JSON object that matches this JSON schema: {schema}"
     system = next((m for m in messages if m["role"] == "system"), None)
     if system is None:
@@ -178,7 +182,9 @@ def _response_format(request: CompletionRequest, *, step: ConstraintStep) -> dic
     if step is ConstraintStep.JSON_OBJECT:
         return {"type": "json_object"}
     if step is ConstraintStep.JSON_OBJECT_SCHEMA:
-        return {"type": "json_object", "schema": grammar_schema(request.schema)}
+        given = request.json_schema
+        schema = copy.deepcopy(dict(given)) if given is not None else grammar_schema(request.schema)
+        return {"type": "json_object", "schema": schema}
     json_schema = {
         "name": _schema_name(request.schema),
         "strict": True,
@@ -262,6 +268,9 @@ class OpenAIProvider(OpenAIBatches, Provider):
         timeout_s: float,
         max_retries: int = 0,
         constraints: ConstraintStore | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        max_tokens: int = 0,
     ) -> None:
         if not api_key and not base_url:
             raise ValueError("OpenAIProvider needs an API key or a base URL")
@@ -269,6 +278,9 @@ class OpenAIProvider(OpenAIBatches, Provider):
         self._base_url = (base_url or OFFICIAL_BASE_URL).rstrip("/")
         self._timeout_s = timeout_s
         self._constraints = constraints or PROCESS_CONSTRAINTS
+        # Sampling: None leaves the server's default. A small local model wants temperature 0
+        # (and a seed), or it wanders off; max_tokens caps a call that names no limit itself.
+        self._temperature, self._seed, self._max_tokens = temperature, seed, max_tokens
         self._client = openai.OpenAI(
             api_key=api_key or PLACEHOLDER_API_KEY,
             base_url=self._base_url,
@@ -286,6 +298,9 @@ class OpenAIProvider(OpenAIBatches, Provider):
             timeout_s=settings.OPENAI_TIMEOUT_S,
             max_retries=settings.OPENAI_MAX_RETRIES,
             constraints=DatabaseConstraints(),
+            temperature=settings.OPENAI_TEMPERATURE,
+            seed=settings.OPENAI_SEED,
+            max_tokens=settings.OPENAI_MAX_TOKENS,
         )
 
     @property
@@ -407,8 +422,13 @@ class OpenAIProvider(OpenAIBatches, Provider):
             "messages": _messages(request, step=step),
             "response_format": _response_format(request, step=step),
         }
-        if request.max_output_tokens is not None:
-            body[self._token_limit_param()] = request.max_output_tokens
+        limit = request.max_output_tokens or self._max_tokens
+        if limit:
+            body[self._token_limit_param()] = limit
+        if self._temperature is not None:
+            body["temperature"] = self._temperature
+        if self._seed is not None:
+            body["seed"] = self._seed
         return body
 
     def _token_limit_param(self) -> str:
