@@ -58,7 +58,7 @@ BENCH_ENV := DATABASE_URL=$(BENCH_THROUGHPUT_DATABASE_URL) DATABASE_POOL=true CO
 	REDIS_URL=redis://127.0.0.1:$(BENCH_REDIS_PORT)/1 DJANGO_DEBUG=false LOG_LEVEL=warning \
 	COURSEGEN_JUDGE_ENABLED=$(BENCH_JUDGE)
 
-.PHONY: system-deps browser-deps venv llm-deps demo demo-local test chaos bench lint typecheck check migrations-check worker beat flower web clean bench-admission bench-cache bench-cache-pgvector
+.PHONY: system-deps browser-deps venv llm-deps demo demo-local test chaos chaos-rabbitmq bench lint typecheck check migrations-check worker beat flower web clean bench-admission bench-cache bench-cache-pgvector
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -123,6 +123,13 @@ test: $(STAMP) $(LLM_STAMP) $(NODE_STAMP) browser-deps
 
 chaos: $(STAMP)
 	$(CHAOS_ENV) $(BIN)/python manage.py chaos --scratch-postgres $(CHAOS_ARGS)
+
+# `make chaos-rabbitmq`: the same run with RabbitMQ as the broker (Redis stays the result backend
+# and cache), in a vhost of its own, and RabbitMQ itself restarted mid-batch (rabbitmqctl).
+CHAOS_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/coursegen-chaos-$(CHAOS_REDIS_PORT)
+chaos-rabbitmq: $(STAMP)
+	$(CHAOS_ENV) CELERY_BROKER_URL=$(CHAOS_RABBITMQ_URL) \
+		$(BIN)/python manage.py chaos --scratch-postgres $(CHAOS_ARGS)
 
 bench: $(STAMP)
 	dropdb --if-exists --force -h 127.0.0.1 -U postgres $(BENCH_THROUGHPUT_DB)

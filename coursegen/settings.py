@@ -327,6 +327,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER",
 # On a lost broker connection a threads-pool worker cannot cancel the tasks in hand (Celery 6's
 # default): they finish, their acks fail and the broker redelivers them; leases make that harmless.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# After a reconnect Celery lowers the prefetch and raises it again with a basic.qos per ack. Under
+# the threads pool that RPC ran off the event loop's thread, on the consumer's connection: after a
+# RabbitMQ restart the loop hung mid-frame and the broker dropped it for missed heartbeats three
+# minutes later (make chaos-rabbitmq; celery#9512 names the same switch). Full prefetch at once.
+CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION = False
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
 # Priorities: our scale runs 0 first and 9 last, as Celery's Redis transport orders them.

@@ -16,7 +16,7 @@ import redis
 from django.conf import settings
 
 from generation import messages
-from tests.worker import ROOT, celery_worker
+from tests.worker import RABBITMQ_URL, ROOT, celery_worker
 
 SETTINGS_PROBE = """
 import json
@@ -30,6 +30,7 @@ print(json.dumps({
         k: v.get("options", {}).get("priority") for k, v in settings.CELERY_BEAT_SCHEDULE.items()
     },
     "backend": settings.CELERY_RESULT_BACKEND,
+    "prefetch_reduction": settings.CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION,
 }))
 """
 
@@ -60,6 +61,7 @@ def test_it_configures_a_rabbitmq_broker_as_rabbitmq_wants_it() -> None:
     assert got["beat"]["dispatch-queued-jobs"] == 9  # housekeeping first
     assert got["beat"]["reconcile"] == 9
     assert got["backend"] == "redis://127.0.0.1:6379/3"  # chord counters stay in Redis
+    assert got["prefetch_reduction"] is False  # it hung workers after a broker restart
 
 
 def test_it_keeps_redis_priorities_as_they_are() -> None:
@@ -125,3 +127,28 @@ def _wait_for_probes(client: redis.Redis, count: int, timeout: float = 60) -> li
             return [json.loads(row)["label"] for row in rows]
         time.sleep(0.05)
     raise TimeoutError(f"fewer than {count} probes ran")
+
+
+def test_it_gives_the_chaos_run_a_vhost_of_its_own_and_never_the_default() -> None:
+    from django.core.management.base import CommandError
+
+    if not RABBITMQ_URL:
+        pytest.skip("TEST_RABBITMQ_URL is empty")
+    from generation.management.chaos_rabbitmq import ChaosRabbitMQ
+
+    with pytest.raises(CommandError, match="vhost of its own"):
+        ChaosRabbitMQ("amqp://guest:guest@127.0.0.1:5672/")
+    chaos = ChaosRabbitMQ(f"amqp://guest:guest@127.0.0.1:5672/coursegen-chaos-test-{os.getpid()}")
+    assert chaos.vhost == f"coursegen-chaos-test-{os.getpid()}" and chaos.user == "guest"
+
+    chaos.init()
+    try:
+        assert chaos.vhost in _vhosts()
+    finally:
+        chaos.remove()
+    assert chaos.vhost not in _vhosts()
+
+
+def _vhosts() -> list[str]:
+    run = subprocess.run(["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True)
+    return run.stdout.split()

@@ -12,6 +12,10 @@ logs every call it receives, so the figures come from what the provider saw
 (chaos_report.py): `duplicate_provider_calls` counts calls for a task that had already
 succeeded. A watcher thread samples the job watchdog's own query all along (`jobs_stuck`); the
 logs are searched for deadlocks. The last line printed is one JSON object.
+
+With a RabbitMQ broker (`make chaos-rabbitmq`: CELERY_BROKER_URL names a vhost of the run's own,
+chaos_rabbitmq.py) the same batches run on it, Redis kept as result backend and cache, plus one
+more batch with RabbitMQ itself restarted mid-batch; the same checks apply.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from accounts.models import BaseClass, Role
 from generation import services
 from generation.management import chaos_faults as faults
 from generation.management.chaos_postgres import ScratchPostgres
+from generation.management.chaos_rabbitmq import ChaosRabbitMQ
 from generation.management.chaos_report import deadlocks_logged, report, watchdog_failed
 from generation.models import (
     CourseGenerationJob,
@@ -233,6 +238,7 @@ class Command(BaseCommand):
             "migrate it, restart it mid-batch and remove it at the end",
         )
         parser.add_argument("--postgres-down-s", type=float, default=5.0)
+        parser.add_argument("--rabbitmq-down-s", type=float, default=5.0)
         parser.add_argument("--pg-bin", default=None, help="PostgreSQL's bin folder (Debian's 15)")
         parser.add_argument(
             "--storm-cancels", type=int, default=6, help="cancels in each of the two storms"
@@ -249,7 +255,12 @@ class Command(BaseCommand):
         self._postgres = (
             _scratch_postgres(options["pg_bin"]) if options["scratch_postgres"] else None
         )
+        rabbitmq = self._rabbitmq = (
+            ChaosRabbitMQ(str(settings.CELERY_BROKER_URL)) if settings.RABBITMQ_BROKER else None
+        )
         try:
+            if rabbitmq:
+                rabbitmq.init()
             figures = self._run_stack(stack, options)
             figures["deadlocks"] = max(
                 deadlocks_logged(workdir), self._postgres.deadlocks() if self._postgres else 0
@@ -257,6 +268,8 @@ class Command(BaseCommand):
         finally:
             if self._postgres:
                 self._postgres.remove()
+            if rabbitmq:
+                rabbitmq.remove()
         figures["wall_s"] = round(time.monotonic() - started, 1)
         self.stdout.write(json.dumps(figures))
         _judge(figures)
@@ -281,7 +294,7 @@ class Command(BaseCommand):
 
     def _check_environment(self) -> None:
         if settings.CELERY_TASK_ALWAYS_EAGER or not settings.IS_POSTGRES:
-            raise CommandError("run through `make chaos`: it needs PostgreSQL and a Redis broker")
+            raise CommandError("run through `make chaos`: it needs PostgreSQL and a broker")
 
     def _child_env(self, workdir: Path, options: dict[str, Any]) -> dict[str, str]:
         env = {
@@ -314,6 +327,13 @@ class Command(BaseCommand):
         stack.restart_redis()
         all_jobs += self._finish(jobs, options["timeout"])
 
+        if self._rabbitmq:
+            self.stdout.write(f"batch: {n} courses, RabbitMQ restarted mid-batch")
+            jobs = self._submit(users, base_class, "RabbitMQ restart")
+            self._wait_progress(jobs, 0.3)
+            self._rabbitmq.restart(down_s=options["rabbitmq_down_s"])
+            all_jobs += self._finish(jobs, options["timeout"])
+
         restarts = 0
         if self._postgres:
             self.stdout.write(f"batch: {n} courses, PostgreSQL restarted mid-batch")
@@ -337,7 +357,9 @@ class Command(BaseCommand):
         self._wait_regenerated(all_jobs, options["timeout"])
         return {
             "kills": kills.kills,
+            "broker": "rabbitmq" if self._rabbitmq else "redis",
             "redis_restarts": 1,
+            "rabbitmq_restarts": self._rabbitmq.restarts if self._rabbitmq else 0,
             "postgres_restarts": restarts,
             "outage_s": options["outage_s"],
             "regenerations_killed": kills.regenerations,
@@ -478,6 +500,8 @@ def _judge(figures: dict[str, Any]) -> None:
         raise CommandError("a cancelled job still holds its slot")
     if not (figures["regenerations_killed"] and figures["finalizes_killed"]):
         raise CommandError("no worker was killed during a regeneration or a finalize")
+    if figures["broker"] == "rabbitmq" and not figures["rabbitmq_restarts"]:
+        raise CommandError("RabbitMQ was not restarted")
 
 
 def _scratch_postgres(bin_dir: str | None) -> ScratchPostgres:
@@ -489,7 +513,7 @@ def _scratch_postgres(bin_dir: str | None) -> ScratchPostgres:
 
 
 def _redis_port() -> int:
-    url = str(settings.CELERY_BROKER_URL)
+    url = str(settings.REDIS_URL)  # the broker's too, unless the broker is RabbitMQ
     return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
