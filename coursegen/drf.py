@@ -1,5 +1,6 @@
 """DRF plumbing every API view shares (named in REST_FRAMEWORK): the JSON parser, the exception
-handler and the pagination class.
+handler, the pagination class, the JSON 404 for unknown /api/ paths, and the error bodies the
+OpenAPI schema documents (coursegen/openapi.py).
 
 Hostile bodies must end in a clear 4xx, never a 5xx: a deeply nested document made the stock
 parser raise RecursionError (500), and a body of any size was read whole into memory.
@@ -8,12 +9,15 @@ parser raise RecursionError (500), and a body of any size was read whole into me
 from __future__ import annotations
 
 import codecs
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from rest_framework import exceptions, pagination
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions, pagination, serializers
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.utils import json
@@ -86,15 +90,46 @@ def _depth_exceeds(data: Any, max_depth: int) -> bool:
     return False
 
 
+class ThrottledWithBody(exceptions.Throttled):
+    """A 429 answered with a whole body (the rate-limit body that job admission answers with
+    too), not DRF's bare {"detail"}: one 429 shape for clients, whichever limit refused them."""
+
+    def __init__(self, *, body: dict[str, Any], wait: float) -> None:
+        super().__init__(wait=wait, detail=str(body["detail"]))
+        self.body = body
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, plus Django's own "body too large" (form and multipart bodies over
-    DATA_UPLOAD_MAX_MEMORY_SIZE) as a JSON 413 instead of an HTML 400."""
+    DATA_UPLOAD_MAX_MEMORY_SIZE) as a JSON 413 instead of an HTML 400, and throttles' bodies."""
     if isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge(str(exc) or RequestTooLarge.default_detail)
     # Imported here: rest_framework.views reads REST_FRAMEWORK, which names this module.
     from rest_framework.views import exception_handler as drf_exception_handler
 
-    return drf_exception_handler(exc, context)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(exc, ThrottledWithBody):
+        response.data = exc.body  # DRF's handler would turn its numbers into strings
+    return response
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The client address throttles count by (RATELIMIT_IP_META_KEY): REMOTE_ADDR, or one shared
+    "0.0.0.0" when it is missing or not an address (a Unix socket, a test client); django-
+    ratelimit's own lookup raised KeyError or ValueError there, a 500."""
+    address = request.META.get("REMOTE_ADDR") or ""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return "0.0.0.0"
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler404: under /api/ a JSON body like every other API error (a path no route
+    matches, e.g. a job id that is not a UUID); elsewhere Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return defaults.page_not_found(request, exception)
 
 
 class LimitOffsetPagination(pagination.LimitOffsetPagination):
@@ -103,3 +138,45 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
     @property
     def max_limit(self) -> int:  # type: ignore[override]  # read per request: settings may change
         return int(settings.API_PAGE_MAX_LIMIT)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        # DRF's, with what the values may be and what happens to others.
+        limit, offset = super().get_schema_operation_parameters(view)
+        limit["description"] = (
+            f"Results per page (default {settings.REST_FRAMEWORK['PAGE_SIZE']}); a larger value "
+            f"than {self.max_limit} is capped to it, an invalid one gives the default."
+        )
+        limit["schema"] = {"type": "integer", "minimum": 1}
+        offset["description"] = "How many results to skip (default 0)."
+        offset["schema"] = {"type": "integer", "minimum": 0}
+        return [limit, offset]
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that takes only strings: DRF's turns a number into its text, so
+    {"instruction": 0} was accepted as the instruction "0"."""
+
+    default_error_messages = {"invalid": "Not a valid string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+# --- Error bodies (documented in the OpenAPI schema, coursegen/openapi.py) ---------------------
+class ClosedOutputSerializer(serializers.Serializer):
+    """An output body with exactly its declared fields (additionalProperties: false in the
+    schema): error bodies are told apart by their fields where one status has several."""
+
+
+class ErrorOutputSerializer(ClosedOutputSerializer):
+    """DRF's error body: 401, 403, 404, 405, 413, 415, and a body that is not valid JSON (400)."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField(required=False, help_text="A stable name for the error.")
+
+
+class FieldErrorsOutputSerializer(serializers.Serializer):
+    """400: each invalid field (or non_field_errors, or a header such as Idempotency-Key) maps
+    to its messages; a nested field's errors are an object of the same shape."""

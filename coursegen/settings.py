@@ -252,7 +252,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, documenting the errors every operation may answer (401, 404, 429 ...).
+    "DEFAULT_SCHEMA_CLASS": "coursegen.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "coursegen.drf.LimitOffsetPagination",  # capped: API_PAGE_MAX_LIMIT
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50, minimum=1),
     # JSON bodies: at most API_MAX_BODY_BYTES and API_JSON_MAX_DEPTH levels (else 413 / 400).
@@ -286,6 +287,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Names for choice sets that share a field name (otherwise named by a hash).
+    "ENUM_NAME_OVERRIDES": {
+        "WindowEnum": "ratelimits.models.Window",
+        "ThrottleWindowEnum": "ratelimits.serializers.THROTTLE_WINDOWS",
+    },
 }
 
 # --- Celery -----------------------------------------------------------------------------------
@@ -488,6 +494,7 @@ COURSEGEN_RATELIMIT_CONCURRENT_RETRY_S = env_int(
 COURSEGEN_BUDGET_TASK_ESTIMATE_USD = env_float(
     "COURSEGEN_BUDGET_TASK_ESTIMATE_USD", 0.003, minimum=0.0
 )
+RATELIMIT_IP_META_KEY = "coursegen.drf.client_ip"  # REMOTE_ADDR, robust to a missing one
 RATELIMIT_FAIL_OPEN = True  # the throttle guards the web tier; admission is exact in PostgreSQL
 COURSEGEN_TASK_LEASE_S = env_int("COURSEGEN_TASK_LEASE_S", CELERY_TASK_TIME_LIMIT + 60, minimum=2)
 COURSEGEN_MAX_VALIDATION_ATTEMPTS = env_int("COURSEGEN_MAX_VALIDATION_ATTEMPTS", 3, minimum=1)

@@ -5,6 +5,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.throttling import login_throttled
 
+# Under /api/, a JSON 404 like every other API error (e.g. a job id that is not a UUID).
+handler404 = "coursegen.drf.not_found"
+
 urlpatterns = [
     # Before admin.site.urls, so sign-in attempts pass the throttle (COURSEGEN_LOGIN_RATE).
     path("admin/login/", login_throttled(admin.site.login), name="admin-login"),

@@ -10,14 +10,20 @@ from uuid import UUID
 from django.http import Http404, HttpResponse
 from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
 from rest_framework import status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from coursegen.drf import LimitOffsetPagination
+from coursegen.drf import ErrorOutputSerializer, FieldErrorsOutputSerializer, LimitOffsetPagination
+from coursegen.openapi import bad_request, error
 from generation import exports, idempotency, recovery, regeneration, safety, services
 from generation.models import (
     CourseEvaluation,
@@ -37,6 +43,8 @@ from generation.selectors import (
 )
 from generation.serializers import (
     ContentFlaggedOutputSerializer,
+    CourseHeldOutputSerializer,
+    CourseNotReadyOutputSerializer,
     EvaluationOutputSerializer,
     JobDetailOutputSerializer,
     JobOutputSerializer,
@@ -45,17 +53,26 @@ from generation.serializers import (
     TaskRegenerateInputSerializer,
     TaskRegenerateOutputSerializer,
     TaskStatusSerializer,
+    UnknownExportFormatOutputSerializer,
 )
 from ratelimits.apis import payment_required, too_large, too_many_requests
 from ratelimits.budgets import BudgetExceeded
-from ratelimits.serializers import BudgetExceededOutputSerializer, RateLimitExceededOutputSerializer
+from ratelimits.serializers import (
+    BudgetExceededOutputSerializer,
+    RateLimitExceededOutputSerializer,
+    RequestTooLargeOutputSerializer,
+)
 from ratelimits.services import RateLimitExceeded, RequestTooLarge, violation_record
 
 IDEMPOTENCY_KEY_HEADER = OpenApiParameter(
     "Idempotency-Key",
-    str,
+    {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},
     OpenApiParameter.HEADER,
-    description="Retry-safe submit: the same key and body return the first response (24 h).",
+    description="Retry-safe submit: the same key and body return the first response (24 h); "
+    f"1 to {idempotency.MAX_KEY_LENGTH} characters (else 400, under Idempotency-Key).",
+)
+STATUS_FILTER = OpenApiParameter(
+    "status", str, enum=list(JobStatus.values), description="Only jobs in this status."
 )
 
 
@@ -126,25 +143,43 @@ def _visible_job(request: Request, job_id: UUID) -> CourseGenerationJob:
     return job
 
 
-TOO_LARGE = OpenApiResponse(
-    description="Field errors; or (code request_too_large) larger than the role's task budget "
-    "allows in a whole window"
+TOO_LARGE = "larger than the role's task budget allows in a whole window (code request_too_large)"
+RATE_LIMITED = OpenApiResponse(
+    RateLimitExceededOutputSerializer,
+    description="Over one of the role's limits (job admission), or the request throttle "
+    "(window requests); Retry-After says when to retry",
 )
+BUDGET_EXCEEDED = OpenApiResponse(
+    BudgetExceededOutputSerializer,
+    description="The organisation's monthly budget would be exceeded (code budget_exceeded); "
+    "nothing was changed; Retry-After until it resets",
+)
+MODERATION_UNAVAILABLE = error("Content moderation unavailable; retry later (Retry-After)")
 RECOVER_RESPONSES: dict[int, Any] = {
     200: JobDetailOutputSerializer,
-    400: TOO_LARGE,
-    402: BudgetExceededOutputSerializer,
-    409: OpenApiResponse(description="Not failed"),
-    429: RateLimitExceededOutputSerializer,
+    400: OpenApiResponse(RequestTooLargeOutputSerializer, description=f"The resume is {TOO_LARGE}"),
+    402: BUDGET_EXCEEDED,
+    409: error("The job or task is not failed"),
+    429: RATE_LIMITED,
 }
 
 
 class JobCollectionApi(APIView):
-    """GET lists the jobs the caller may see; POST submits a new course request."""
+    """GET lists the jobs the caller may see, newest first, a page at a time; POST submits a
+    new course request."""
 
-    @extend_schema(responses=JobOutputSerializer(many=True), operation_id="jobs_list")
+    pagination_class = LimitOffsetPagination  # also how the schema knows the list is paginated
+
+    @extend_schema(
+        parameters=[STATUS_FILTER],
+        responses={
+            200: JobOutputSerializer(many=True),
+            400: OpenApiResponse(FieldErrorsOutputSerializer, description="Not a job status"),
+        },
+        operation_id="jobs_list",
+    )
     def get(self, request: Request) -> Response:
-        paginator = LimitOffsetPagination()
+        paginator = self.pagination_class()
         # The list shows neither the outline nor the course: those documents stay in the database.
         jobs = jobs_visible_to(user=request.user).defer("outline", "course").order_by("-created_at")
         status_filter = request.query_params.get("status")
@@ -160,21 +195,34 @@ class JobCollectionApi(APIView):
         parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={
             201: JobDetailOutputSerializer,
-            400: TOO_LARGE,
-            402: BudgetExceededOutputSerializer,
-            403: OpenApiResponse(
-                description='"urgency": "batch" is not allowed for the caller\'s role '
-                "(COURSEGEN_BATCH_ROLES); the error is under urgency"
+            400: bad_request(
+                RequestTooLargeOutputSerializer,
+                description="Field errors (an Idempotency-Key out of bounds among them); a "
+                f"body that is not valid JSON (detail); or a job {TOO_LARGE}",
             ),
-            409: OpenApiResponse(description="A request with this Idempotency-Key is in flight"),
+            402: BUDGET_EXCEEDED,
+            403: OpenApiResponse(
+                PolymorphicProxySerializer(
+                    component_name="SubmitForbidden",
+                    serializers=[FieldErrorsOutputSerializer, ErrorOutputSerializer],
+                    resource_type_field_name=None,
+                ),
+                description='"urgency": "batch" is not allowed for the caller\'s role '
+                "(COURSEGEN_BATCH_ROLES), the error under urgency; or CSRF failed (detail)",
+            ),
+            409: error("A request with this Idempotency-Key is in flight"),
             422: OpenApiResponse(
-                response=ContentFlaggedOutputSerializer,
+                PolymorphicProxySerializer(
+                    component_name="SubmitUnprocessable",
+                    serializers=[ContentFlaggedOutputSerializer, ErrorOutputSerializer],
+                    resource_type_field_name=None,
+                ),
                 description="Flagged by content moderation (code content_flagged, with the "
                 "categories and fields); or an Idempotency-Key reused with a different body "
                 "(detail only)",
             ),
-            429: RateLimitExceededOutputSerializer,
-            503: OpenApiResponse(description="Content moderation unavailable; retry later"),
+            429: RATE_LIMITED,
+            503: MODERATION_UNAVAILABLE,
         },
         operation_id="jobs_submit",
     )
@@ -246,8 +294,8 @@ class JobProgressApi(APIView):
 class JobCourseApi(APIView):
     @extend_schema(
         responses={
-            200: OpenApiResponse(description="The assembled course"),
-            409: OpenApiResponse(description="The course is not ready"),
+            200: OpenApiResponse(OpenApiTypes.OBJECT, description="The assembled course"),
+            409: OpenApiResponse(CourseNotReadyOutputSerializer, description="Not ready"),
         },
         operation_id="jobs_course",
     )
@@ -276,10 +324,22 @@ class JobExportApi(APIView):
         ],
         responses={
             (200, "application/octet-stream"): OpenApiTypes.BINARY,
-            404: OpenApiResponse(description="No such job, or no such format"),
+            404: OpenApiResponse(
+                PolymorphicProxySerializer(
+                    component_name="ExportNotFound",
+                    serializers=[ErrorOutputSerializer, UnknownExportFormatOutputSerializer],
+                    resource_type_field_name=None,
+                ),
+                description="No such job (detail), or no such format (with the formats)",
+            ),
             409: OpenApiResponse(
+                PolymorphicProxySerializer(
+                    component_name="ExportConflict",
+                    serializers=[CourseNotReadyOutputSerializer, CourseHeldOutputSerializer],
+                    resource_type_field_name=None,
+                ),
                 description="The course is not ready, or part of it is held for content "
-                "review (code content_held)"
+                "review (code content_held)",
             ),
         },
         operation_id="jobs_export",
@@ -330,7 +390,7 @@ class JobCancelApi(APIView):
         request=None,
         responses={
             200: JobDetailOutputSerializer,
-            409: OpenApiResponse(description="Already ended"),
+            409: error("Already ended"),
         },
         operation_id="jobs_cancel",
     )
@@ -400,12 +460,11 @@ class TaskRegenerateApi(APIView):
         request=TaskRegenerateInputSerializer,
         responses={
             202: TaskRegenerateOutputSerializer,
-            400: OpenApiResponse(description="Field errors"),
-            402: BudgetExceededOutputSerializer,
-            409: OpenApiResponse(description="The task cannot be regenerated now"),
-            422: ContentFlaggedOutputSerializer,
-            429: RateLimitExceededOutputSerializer,
-            503: OpenApiResponse(description="Content moderation unavailable; retry later"),
+            402: BUDGET_EXCEEDED,
+            409: error("The task cannot be regenerated now"),
+            422: OpenApiResponse(ContentFlaggedOutputSerializer, description="Flagged"),
+            429: RATE_LIMITED,
+            503: MODERATION_UNAVAILABLE,
         },
         operation_id="tasks_regenerate",
     )

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coursegen.drf import LimitOffsetPagination
+from coursegen.openapi import error
 from generation.models import CourseGenerationJob, Experiment
 from generation.quality import feedback
 from generation.quality_serializers import (
@@ -48,8 +49,7 @@ class JobFeedbackApi(APIView):
         responses={
             201: FeedbackOutputSerializer,
             200: OpenApiResponse(FeedbackOutputSerializer, description="Replaced your rating"),
-            400: OpenApiResponse(description="Field errors"),
-            409: OpenApiResponse(description="The course is not finished"),
+            409: error("The course is not finished"),
         },
         operation_id="jobs_feedback",
     )
@@ -80,13 +80,21 @@ def _staff_only(request: Request) -> None:
         raise PermissionDenied("Experiments are for staff with permission to view them.")
 
 
-class ExperimentCollectionApi(APIView):
-    """A/B experiments, newest first, with their variants and promotions."""
+STAFF_ONLY = error("Not staff with permission to view experiments")
 
-    @extend_schema(responses=ExperimentOutputSerializer(many=True), operation_id="experiments_list")
+
+class ExperimentCollectionApi(APIView):
+    """A/B experiments, newest first, with their variants and promotions, a page at a time."""
+
+    pagination_class = LimitOffsetPagination  # also how the schema knows the list is paginated
+
+    @extend_schema(
+        responses={200: ExperimentOutputSerializer(many=True), 403: STAFF_ONLY},
+        operation_id="experiments_list",
+    )
     def get(self, request: Request) -> Response:
         _staff_only(request)
-        paginator = LimitOffsetPagination()
+        paginator = self.pagination_class()
         experiments = Experiment.objects.prefetch_related("variants").select_related("stopped_by")
         page = paginator.paginate_queryset(experiments.order_by("-created_at"), request, view=self)
         return paginator.get_paginated_response(ExperimentOutputSerializer(page, many=True).data)
@@ -95,7 +103,10 @@ class ExperimentCollectionApi(APIView):
 class ExperimentDetailApi(APIView):
     """One experiment with its report: per-variant figures with 95% intervals and rankings."""
 
-    @extend_schema(responses=ExperimentReportOutputSerializer, operation_id="experiments_detail")
+    @extend_schema(
+        responses={200: ExperimentReportOutputSerializer, 403: STAFF_ONLY},
+        operation_id="experiments_detail",
+    )
     def get(self, request: Request, experiment_id: int) -> Response:
         _staff_only(request)
         experiment = Experiment.objects.filter(pk=experiment_id).first()

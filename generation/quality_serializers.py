@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from coursegen.drf import StrictCharField
 from generation.models import (
     CourseEvaluation,
     Experiment,
@@ -33,7 +34,7 @@ class FeedbackInputSerializer(_NoUnknownFields):
         default=None,
         help_text="A task of this job to rate on its own; empty rates the whole course.",
     )
-    comment = serializers.CharField(
+    comment = StrictCharField(
         max_length=2000, required=False, allow_blank=True, default="", trim_whitespace=True
     )
     flags = serializers.ListField(
@@ -60,8 +61,12 @@ class FeedbackInputSerializer(_NoUnknownFields):
 
 class FeedbackOutputSerializer(serializers.ModelSerializer):
     target = serializers.SerializerMethodField(help_text='"course", or the task rated.')
-    task_kind = serializers.CharField(source="task.kind", default=None, read_only=True)
-    task_key = serializers.CharField(source="task.key", default=None, read_only=True)
+    task_kind = serializers.CharField(
+        source="task.kind", default=None, read_only=True, allow_null=True
+    )
+    task_key = serializers.CharField(
+        source="task.key", default=None, read_only=True, allow_null=True
+    )
     comment = serializers.SerializerMethodField()
     rated_by = serializers.CharField(source="rated_by.get_username", read_only=True)
 
@@ -106,7 +111,7 @@ class ExperimentOutputSerializer(serializers.ModelSerializer):
     variants = VariantOutputSerializer(many=True, read_only=True)
     promotions = serializers.SerializerMethodField()
     stopped_by = serializers.CharField(
-        source="stopped_by.get_username", read_only=True, default=None
+        source="stopped_by.get_username", read_only=True, default=None, allow_null=True
     )
 
     class Meta:

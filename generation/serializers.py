@@ -13,12 +13,14 @@ from rest_framework import serializers
 
 from accounts.models import BaseClass
 from accounts.selectors import class_of_member_get
+from coursegen.drf import ClosedOutputSerializer, StrictCharField
 from generation.exports import FORMATS
 from generation.models import (
     CourseEvaluation,
     CourseGenerationJob,
     GenerationTask,
     GenerationTaskVersion,
+    JobStatus,
     RegenerationRequest,
     Urgency,
 )
@@ -31,14 +33,14 @@ JOB_COST_QUANTUM = Decimal(10) ** -CourseGenerationJob._meta.get_field("cost_usd
 
 class JobSubmitInputSerializer(serializers.Serializer):
     base_class = serializers.UUIDField(help_text="The class the course is for.")
-    topic = serializers.CharField(min_length=3, max_length=200)
-    audience = serializers.CharField(min_length=3, max_length=200, required=False)
+    topic = StrictCharField(min_length=3, max_length=200)
+    audience = StrictCharField(min_length=3, max_length=200, required=False)
     level = serializers.ChoiceField(choices=[lv.value for lv in Level], required=False)
     num_modules = serializers.IntegerField(min_value=1, max_value=12, required=False)
     lessons_per_module = serializers.IntegerField(min_value=1, max_value=10, required=False)
     questions_per_lesson = serializers.IntegerField(min_value=1, max_value=15, required=False)
     language = serializers.RegexField(r"^[a-z]{2}(-[A-Z]{2})?$", required=False)
-    instructions = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    instructions = StrictCharField(max_length=2000, required=False, allow_blank=True)
     urgency = serializers.ChoiceField(
         choices=Urgency.choices,
         default=Urgency.NOW,
@@ -141,7 +143,7 @@ class FieldsOnceMixin(serializers.Serializer):
 
 
 class JobOutputSerializer(FieldsOnceMixin, serializers.ModelSerializer):
-    topic = serializers.CharField(read_only=True)
+    topic = StrictCharField(read_only=True)
     owner = serializers.CharField(source="owner.get_username", read_only=True)
     base_class = serializers.UUIDField(source="base_class_id", read_only=True)
     organisation = serializers.UUIDField(source="organisation_id", read_only=True)
@@ -273,7 +275,7 @@ class JobProgressOutputSerializer(
         ]
 
 
-class ContentFlaggedOutputSerializer(serializers.Serializer):
+class ContentFlaggedOutputSerializer(ClosedOutputSerializer):
     """A request refused by content moderation (docs/safety.md); nothing was created."""
 
     detail = serializers.CharField()
@@ -286,8 +288,32 @@ class ContentFlaggedOutputSerializer(serializers.Serializer):
     )
 
 
+class CourseNotReadyOutputSerializer(ClosedOutputSerializer):
+    """409: the job has no course yet (or it failed or was cancelled)."""
+
+    detail = serializers.CharField()
+    status = serializers.ChoiceField(choices=JobStatus.choices, help_text="The job's status.")
+
+
+class CourseHeldOutputSerializer(ClosedOutputSerializer):
+    """409 (code content_held): part of the course is held for content review."""
+
+    detail = serializers.CharField()
+    code = serializers.ChoiceField(choices=["content_held"])
+    held = serializers.ListField(child=serializers.CharField(), help_text="The held tasks' keys.")
+
+
+class UnknownExportFormatOutputSerializer(ClosedOutputSerializer):
+    """404: no such export format."""
+
+    detail = serializers.CharField()
+    formats = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(FORMATS)), help_text="The formats there are."
+    )
+
+
 class TaskRegenerateInputSerializer(serializers.Serializer):
-    instruction = serializers.CharField(
+    instruction = StrictCharField(
         max_length=1000,
         required=False,
         allow_blank=True,
@@ -312,7 +338,7 @@ class TaskRegenerateInputSerializer(serializers.Serializer):
 
 class TaskVersionOutputSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(
-        source="created_by.get_username", read_only=True, default=None
+        source="created_by.get_username", read_only=True, default=None, allow_null=True
     )
 
     class Meta:
@@ -333,7 +359,7 @@ class TaskVersionOutputSerializer(serializers.ModelSerializer):
 
 class RegenerationOutputSerializer(serializers.ModelSerializer):
     requested_by = serializers.CharField(
-        source="requested_by.get_username", read_only=True, default=None
+        source="requested_by.get_username", read_only=True, default=None, allow_null=True
     )
 
     class Meta:
@@ -360,7 +386,9 @@ class TaskRegenerateOutputSerializer(TaskOutputSerializer):
 
 
 class EvaluationOutputSerializer(serializers.ModelSerializer):
-    task_key = serializers.CharField(source="task.key", default=None, read_only=True)
+    task_key = serializers.CharField(
+        source="task.key", default=None, read_only=True, allow_null=True
+    )
 
     class Meta:
         model = CourseEvaluation

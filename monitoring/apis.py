@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from monitoring.health import cached_health_report
+from ratelimits.serializers import RateLimitExceededOutputSerializer
 from ratelimits.throttling import ApiRateThrottle
 
 
@@ -69,7 +70,7 @@ class CourseGenerationHealthApi(APIView):
                 description="Not ready; staff or the health token also see `failing`.",
             ),
             429: OpenApiResponse(
-                inline_serializer("HealthThrottled", {"detail": serializers.CharField()}),
+                RateLimitExceededOutputSerializer,  # every throttle's 429 body (window requests)
                 description="Over MONITORING_HEALTH_RATE for this client; see `Retry-After`.",
             ),
         },

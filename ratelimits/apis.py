@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from django.http import Http404
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from coursegen.drf import ErrorOutputSerializer, FieldErrorsOutputSerializer
 from ratelimits.budgets import BudgetExceeded, budget_refusal_record
 from ratelimits.models import LIMIT_SPECS
 from ratelimits.selectors import (
@@ -21,6 +23,7 @@ from ratelimits.selectors import (
 from ratelimits.serializers import (
     BudgetExceededOutputSerializer,
     RateLimitExceededOutputSerializer,
+    RequestTooLargeOutputSerializer,
     UserRateLimitsInputSerializer,
     UserRateLimitsOutputSerializer,
 )
@@ -65,14 +68,16 @@ def payment_required(exc: BudgetExceeded) -> Response:
 
 def too_large(exc: RequestTooLarge) -> Response:
     """The 400 for a request larger than its caller's role may spend in a whole window."""
-    body = {
-        "detail": exc.detail,
-        "code": "request_too_large",
-        "role": exc.role,
-        "window": exc.window,
-        "limit": exc.limit,
-        "requested": exc.requested,
-    }
+    body = RequestTooLargeOutputSerializer(
+        {
+            "detail": exc.detail,
+            "code": "request_too_large",
+            "role": exc.role,
+            "window": exc.window,
+            "limit": exc.limit,
+            "requested": exc.requested,
+        }
+    ).data
     return Response(body, status=status.HTTP_400_BAD_REQUEST)
 
 
@@ -83,10 +88,19 @@ class UserRateLimitsApi(APIView):
     @extend_schema(
         parameters=[
             OpenApiParameter(
-                "organisation", str, description="organisation id (default: your highest role)"
+                "organisation",
+                OpenApiTypes.UUID,
+                description="The id of an organisation you are a member of, whose role applies "
+                "(default: your highest role); not a UUID: 400, not yours: 404.",
             )
         ],
-        responses=UserRateLimitsOutputSerializer,
+        responses={
+            200: UserRateLimitsOutputSerializer,
+            400: OpenApiResponse(FieldErrorsOutputSerializer, description="Not a UUID"),
+            404: OpenApiResponse(
+                ErrorOutputSerializer, description="Not a member of that (or any) organisation"
+            ),
+        },
         operation_id="user_rate_limits",
     )
     def get(self, request: Request) -> Response:

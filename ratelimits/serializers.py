@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from coursegen.drf import ClosedOutputSerializer
 from ratelimits.models import Window
 
+# The request throttle's window (COURSEGEN_API_RATE): every API request of a client counts.
+REQUESTS_WINDOW = "requests"
+THROTTLE_WINDOWS = [*Window.choices, (REQUESTS_WINDOW, "API requests (any endpoint)")]
 
-class RateLimitExceededOutputSerializer(serializers.Serializer):
+
+class RateLimitExceededOutputSerializer(ClosedOutputSerializer):
+    """Every 429 of the API: job admission's limits and the request throttle alike."""
+
     detail = serializers.CharField()
-    role = serializers.CharField()
-    window = serializers.ChoiceField(choices=Window.choices)
-    window_seconds = serializers.IntegerField(allow_null=True)
+    role = serializers.CharField(
+        allow_null=True,
+        help_text="The role whose limit applies; null for the request throttle "
+        "(window requests), which is the same for every client.",
+    )
+    window = serializers.ChoiceField(choices=THROTTLE_WINDOWS)
+    window_seconds = serializers.IntegerField(
+        allow_null=True, help_text="The window's length; null for the concurrent limit."
+    )
     limit = serializers.IntegerField()
     used = serializers.IntegerField()
     reset_at = serializers.DateTimeField(
@@ -23,7 +36,7 @@ class RateLimitExceededOutputSerializer(serializers.Serializer):
     )
 
 
-class BudgetExceededOutputSerializer(serializers.Serializer):
+class BudgetExceededOutputSerializer(ClosedOutputSerializer):
     detail = serializers.CharField()
     code = serializers.ChoiceField(choices=["budget_exceeded"])
     organisation = serializers.UUIDField()
@@ -54,6 +67,17 @@ class BudgetUsageOutputSerializer(serializers.Serializer):
     remaining_usd = serializers.DecimalField(max_digits=14, decimal_places=6)
     month_start = serializers.DateTimeField()
     resets_at = serializers.DateTimeField(help_text="The first day of next month, 00:00 UTC.")
+
+
+class RequestTooLargeOutputSerializer(ClosedOutputSerializer):
+    """400 (code request_too_large): more work than the role may spend in a whole window."""
+
+    detail = serializers.CharField()
+    code = serializers.ChoiceField(choices=["request_too_large"])
+    role = serializers.CharField()
+    window = serializers.ChoiceField(choices=Window.choices)
+    limit = serializers.IntegerField()
+    requested = serializers.IntegerField(help_text="This request's size in generation tasks.")
 
 
 class UserRateLimitsInputSerializer(serializers.Serializer):

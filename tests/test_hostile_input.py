@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.http import HttpRequest
 from django.test.utils import CaptureQueriesContext
 from rest_framework.exceptions import ParseError
 from rest_framework.test import APIClient
 
-from coursegen.drf import BoundedJSONParser, RequestTooLarge
+from coursegen.drf import BoundedJSONParser, RequestTooLarge, client_ip
 from generation.models import CourseGenerationJob
 from tests.courses import finished_job
 
@@ -152,3 +153,92 @@ def test_a_huge_limit_is_capped_and_the_list_leaves_the_documents_out(
     sql = [q["sql"] for q in queries]
     listing = next(q for q in sql if "course_generation_jobs" in q and "LIMIT" in q)
     assert '."course"' not in listing and '."outline"' not in listing
+
+
+@pytest.mark.parametrize(("key", "status"), [("k" * 256, 400), ("k" * 10_000, 400), ("", 400)])
+def test_it_answers_400_to_an_idempotency_key_out_of_bounds(
+    key: str, status: int, teacher: Any, base_class: Any, client_for: Any
+) -> None:
+    body = {"base_class": str(base_class.pk), "topic": "Volcanoes", "num_modules": 1}
+
+    response = client_for(teacher).post(
+        "/api/jobs/", body, format="json", headers={"Idempotency-Key": key}
+    )
+
+    assert response.status_code == status
+    assert "Idempotency-Key" in response.json()
+    assert not CourseGenerationJob.objects.filter(request__topic="Volcanoes").exists()
+
+
+def test_it_accepts_an_idempotency_key_of_the_longest_length(
+    teacher: Any, base_class: Any, client_for: Any, settings: Any
+) -> None:
+    settings.COURSEGEN_JUDGE_ENABLED = False
+    body = {"base_class": str(base_class.pk), "topic": "Volcanoes", "num_modules": 1}
+
+    response = client_for(teacher).post(
+        "/api/jobs/", body, format="json", headers={"Idempotency-Key": "k" * 255}
+    )
+
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize("instruction", [0, 1.5, True, ["simpler"], {"a": "b"}])
+def test_regenerate_answers_400_to_an_instruction_that_is_not_a_string(
+    instruction: Any, job: CourseGenerationJob, teacher: Any, client_for: Any
+) -> None:
+    task = job.tasks.order_by("pk").first()
+    assert task is not None
+
+    response = client_for(teacher).post(
+        f"/api/jobs/{job.pk}/tasks/{task.pk}/regenerate/",
+        {"instruction": instruction},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["instruction"]
+    assert not task.regeneration_requests.exists()
+
+
+@pytest.mark.parametrize("field", ["topic", "audience", "instructions"])
+def test_submit_answers_400_to_text_fields_that_are_not_strings(
+    field: str, teacher: Any, base_class: Any, client_for: Any
+) -> None:
+    body = {"base_class": str(base_class.pk), "topic": "Volcanoes", field: 12345}
+
+    response = client_for(teacher).post("/api/jobs/", body, format="json")
+
+    assert response.status_code == 400
+    assert field in response.json()
+
+
+@pytest.mark.parametrize("path", ["/api/jobs/not-a-uuid/", "/api/nothing-here/"])
+def test_an_unknown_api_path_answers_a_json_404(path: str) -> None:
+    response = APIClient().get(path)
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found."}
+
+
+@pytest.mark.parametrize("remote_addr", ["", "unix:/run/gunicorn.sock"])
+def test_a_client_without_a_usable_address_is_throttled_not_failed(
+    remote_addr: str, settings: Any
+) -> None:
+    # django-ratelimit read REMOTE_ADDR itself: empty, ImproperlyConfigured; not an address,
+    # ValueError; missing (the fuzzer's WSGI client), KeyError: each a 500.
+    settings.COURSEGEN_API_RATE = "2/m"
+    client = APIClient(REMOTE_ADDR=remote_addr)
+
+    # The schema: open to anonymous callers, so the throttle runs (elsewhere 401 comes first).
+    statuses = [client.get("/api/schema/").status_code for _ in range(3)]
+
+    assert statuses == [200, 200, 429]
+
+
+def test_the_throttles_count_a_request_without_an_address_as_0_0_0_0() -> None:
+    request = HttpRequest()  # no REMOTE_ADDR at all
+
+    assert client_ip(request) == "0.0.0.0"
+    request.META["REMOTE_ADDR"] = "2001:db8::1"
+    assert client_ip(request) == "2001:db8::1"

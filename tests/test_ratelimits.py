@@ -21,6 +21,7 @@ from generation.models import CourseGenerationJob
 from monitoring.models import Alert, AlertKind
 from ratelimits.models import Admission, RateLimitPolicy, RateLimitViolation, Window
 from ratelimits.selectors import NotAMemberError, PolicyMissingError
+from ratelimits.serializers import RateLimitExceededOutputSerializer
 from ratelimits.services import RateLimitExceeded, admission_check_and_record
 from tests.factories import OrganisationFactory
 
@@ -407,8 +408,14 @@ def test_it_throttles_a_client_hammering_any_endpoint_with_a_json_429(
 
     assert throttled.status_code == 429
     assert throttled["Content-Type"] == "application/json"
-    assert "throttled" in throttled.json()["detail"]
+    body = throttled.json()
+    assert "throttled" in body["detail"]
     assert 1 <= int(throttled["Retry-After"]) <= 60
+    # The same body as job admission's 429 (one shape in the schema).
+    assert set(body) == set(RateLimitExceededOutputSerializer().fields)
+    assert body["window"] == "requests" and body["role"] is None
+    assert (body["limit"], body["window_seconds"], body["used"]) == (3, 60, 4)
+    assert body["retry_after_s"] == int(throttled["Retry-After"]) and body["requested"] == 1
     assert client_for(make_member(Role.TEACHER)).get("/api/jobs/").status_code == 200
 
 
