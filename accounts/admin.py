@@ -11,6 +11,7 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Organisation)
 class OrganisationAdmin(admin.ModelAdmin):
+    organisation_path = "pk"  # whose rows: accounts/tenancy.py
     list_display = ["name", "slug", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
@@ -19,6 +20,7 @@ class OrganisationAdmin(admin.ModelAdmin):
 
 @admin.register(BaseClass)
 class BaseClassAdmin(admin.ModelAdmin):
+    organisation_path = "organisation"  # whose rows: accounts/tenancy.py
     list_display = ["name", "organisation", "subject", "created_at"]
     list_filter = ["organisation"]
     search_fields = ["name", "subject", "organisation__name"]
@@ -27,6 +29,7 @@ class BaseClassAdmin(admin.ModelAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
+    organisation_path = "organisation"  # whose rows: accounts/tenancy.py
     list_display = ["user", "organisation", "role", "created_at"]
     list_filter = ["role", "organisation"]
     search_fields = ["user__username", "user__email", "organisation__name"]

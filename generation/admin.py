@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import content_disposition_header
 
+from accounts.selectors import is_organisation_admin
 from generation import (
     cache_admin,
     exports,
@@ -84,6 +85,7 @@ class EvaluationInline(ReadOnlyTabularInline):
 class EvaluationAdmin(admin.ModelAdmin):
     """Evaluation scores across jobs: sort by `overall` to find the weakest courses."""
 
+    organisation_path = "job__organisation"  # whose rows: accounts/tenancy.py
     list_display = ["job", "task", "overall", "evaluator", "rating", "rated_by", "created_at"]
     list_filter = ["evaluator", "rating", "created_at"]
     search_fields = ["job__id", "job__request__topic", "rated_by__username"]
@@ -127,7 +129,9 @@ def _export_action(name: str) -> Callable[..., HttpResponse | None]:
 
     export.__name__ = f"export_{name}"
     label = exports.FORMATS[name].label
-    return admin.action(description=f"Export the selected courses as {label}")(export)
+    return admin.action(
+        description=f"Export the selected courses as {label}", permissions=["view"]
+    )(export)
 
 
 def _download(content: bytes, content_type: str, filename: str) -> HttpResponse:
@@ -144,6 +148,7 @@ def _zip(files: list[tuple[CourseGenerationJob, exports.ExportFile]]) -> bytes:
 
 @admin.register(CourseGenerationJob)
 class JobAdmin(admin.ModelAdmin):
+    organisation_path = "organisation"  # whose rows: accounts/tenancy.py
     list_display = [
         "topic",
         "status",
@@ -197,6 +202,13 @@ class JobAdmin(admin.ModelAdmin):
     fields = ["priority", "urgency", *readonly_fields]
     inlines = [EvaluationInline, RatingInline, JudgeRunInline, TaskInline]
     actions = ["cancel_jobs", "resume_jobs", *(_export_action(name) for name in exports.FORMATS)]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
+        # The queue's order and the price are the platform's: an organisation's administrator
+        # cannot move its jobs ahead of other organisations' (accounts/tenancy.py).
+        if is_organisation_admin(request.user):
+            return ["priority", "urgency", *self.readonly_fields]
+        return list(self.readonly_fields)
 
     def save_model(
         self, request: HttpRequest, obj: CourseGenerationJob, form: object, change: bool
@@ -258,7 +270,7 @@ class JobAdmin(admin.ModelAdmin):
     def reask_share_display(self, job: CourseGenerationJob) -> str:
         return f"{job.reask_share:.1%}"
 
-    @admin.action(description="Cancel the selected jobs")
+    @admin.action(description="Cancel the selected jobs", permissions=["change"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[CourseGenerationJob]) -> None:
         cancelled = 0
         for job in queryset:
@@ -269,7 +281,10 @@ class JobAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{job}: {exc}", level=messages.WARNING)
         self.message_user(request, f"Cancelled {cancelled} job(s).")
 
-    @admin.action(description="Resume the selected failed jobs (retry their failed tasks)")
+    @admin.action(
+        description="Resume the selected failed jobs (retry their failed tasks)",
+        permissions=["change"],
+    )
     def resume_jobs(self, request: HttpRequest, queryset: QuerySet[CourseGenerationJob]) -> None:
         _recover_each(self, request, [(job.id, None) for job in queryset])
 
@@ -374,6 +389,7 @@ class RegenerationRequestAdmin(admin.ModelAdmin):
     """Every regeneration asked for, by whom, and how it went (a running one shows its
     worker and lease; the reconciler re-sends one whose worker died)."""
 
+    organisation_path = "task__job__organisation"  # whose rows: accounts/tenancy.py
     list_display = [
         "pk",
         "task",
@@ -401,6 +417,7 @@ class RegenerationRequestAdmin(admin.ModelAdmin):
 
 @admin.register(GenerationTask)
 class TaskAdmin(admin.ModelAdmin):
+    organisation_path = "job__organisation"  # whose rows: accounts/tenancy.py
     list_display = [
         "kind",
         "key",
@@ -423,14 +440,17 @@ class TaskAdmin(admin.ModelAdmin):
     inlines = [AttemptInline, VersionInline, RegenerationInline]
     actions = ["retry_tasks", "regenerate_tasks", cache_admin.report_wrong_content_of_tasks]
 
-    @admin.action(description="Retry the selected failed tasks")
+    @admin.action(description="Retry the selected failed tasks", permissions=["change"])
     def retry_tasks(self, request: HttpRequest, queryset: QuerySet[GenerationTask]) -> None:
         by_job: dict[UUID, list[int]] = {}
         for task in queryset:
             by_job.setdefault(task.job_id, []).append(task.pk)
         _recover_each(self, request, list(by_job.items()))
 
-    @admin.action(description="Regenerate the selected tasks (previous output kept as a version)")
+    @admin.action(
+        description="Regenerate the selected tasks (previous output kept as a version)",
+        permissions=["change"],
+    )
     def regenerate_tasks(self, request: HttpRequest, queryset: QuerySet[GenerationTask]) -> None:
         started = 0
         for task in queryset:
@@ -453,6 +473,8 @@ class TaskAdmin(admin.ModelAdmin):
 
 @admin.register(GenerationAttempt)
 class AttemptAdmin(admin.ModelAdmin):
+    # Whose rows (accounts/tenancy.py): a task's calls, or the judge's on a job.
+    organisation_path = ("task__job__organisation", "judge_run__job__organisation")
     list_display = [
         "task",
         "judge_run",
@@ -482,6 +504,7 @@ class ProviderConstraintAdmin(admin.ModelAdmin):
     """What each OpenAI-compatible server accepted (the provider's constraint ladder). Deleting a
     row makes the next call climb the ladder again from json_schema (after a server upgrade)."""
 
+    organisation_path = None  # platform-only (accounts/tenancy.py)
     list_display = ["base_url", "model", "step", "decided_at", "updated_at"]
     list_filter = ["step"]
     search_fields = ["base_url", "model"]
@@ -493,6 +516,7 @@ class ProviderConstraintAdmin(admin.ModelAdmin):
 
 @admin.register(QueueEntry)
 class QueueEntryAdmin(admin.ModelAdmin):
+    organisation_path = "job__organisation"  # whose rows: accounts/tenancy.py
     list_display = [
         "job",
         "state",

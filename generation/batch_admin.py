@@ -32,6 +32,7 @@ class BatchRequestInline(ReadOnlyTabularInline):
 
 @admin.register(ProviderBatch)
 class ProviderBatchAdmin(admin.ModelAdmin):
+    organisation_path = None  # platform-only (accounts/tenancy.py)
     list_display = [
         "id",
         "provider_batch_id",

@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from accounts.selectors import administered_organisation_ids, is_organisation_admin
 from generation.cache import reports
 from generation.cache_models import CacheEntry, CacheFalseHit
 from generation.models import GenerationTask
@@ -15,6 +16,7 @@ from generation.models import GenerationTask
 
 @admin.register(CacheEntry)
 class CacheEntryAdmin(admin.ModelAdmin):
+    organisation_path = "organisation"  # whose rows: accounts/tenancy.py
     list_display = [
         "kind",
         "embedded_text",
@@ -38,7 +40,10 @@ class CacheEntryAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
         return [f.name for f in CacheEntry._meta.fields if f.name != "embedding"]
 
-    @admin.action(description="Wrong content from cache: delete the entries and record it")
+    @admin.action(
+        description="Wrong content from cache: delete the entries and record it",
+        permissions=["delete"],
+    )
     def report_wrong_content(self, request: HttpRequest, queryset: QuerySet[CacheEntry]) -> None:
         ids = list(queryset.values_list("pk", flat=True))
         done = sum(
@@ -53,6 +58,7 @@ class CacheEntryAdmin(admin.ModelAdmin):
 
 @admin.register(CacheFalseHit)
 class CacheFalseHitAdmin(admin.ModelAdmin):
+    organisation_path = "organisation"  # whose rows: accounts/tenancy.py
     list_display = ["created_at", "kind", "organisation", "hits", "reported_by", "note"]
     list_filter = ["kind"]
     search_fields = ["key_hash", "note"]
@@ -65,7 +71,17 @@ class CacheFalseHitAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.action(description="Wrong content from cache: delete the entry that served it")
+def _may_delete_entry(request: HttpRequest, entry_id: int) -> bool:
+    if not is_organisation_admin(request.user):
+        return True
+    mine = administered_organisation_ids(request.user)
+    return CacheEntry.objects.filter(pk=entry_id, organisation_id__in=mine).exists()
+
+
+@admin.action(
+    description="Wrong content from cache: delete the entry that served it",
+    permissions=["change"],  # on the tasks it is offered for
+)
 def report_wrong_content_of_tasks(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[GenerationTask]
 ) -> None:
@@ -74,6 +90,8 @@ def report_wrong_content_of_tasks(
     done, none = 0, 0
     for task in queryset.select_related("job"):
         entry_id = reports.cache_entry_of_task(task=task)
+        if entry_id is not None and not _may_delete_entry(request, entry_id):
+            entry_id = None  # another organisation's shared entry: its operators decide
         report = (
             reports.cache_false_hit_report(entry_id=entry_id, by=request.user, task=task)  # type: ignore[arg-type]
             if entry_id is not None

@@ -20,6 +20,7 @@ REVIEW_PERMISSION = "generation.review_heldcontent"
 
 @admin.register(HeldContent)
 class HeldContentAdmin(admin.ModelAdmin):
+    organisation_path = "job__organisation"  # whose rows: accounts/tenancy.py
     list_display = [
         "kind",
         "key",

@@ -79,6 +79,7 @@ class RatingInline(ReadOnlyTabularInline):
 class JudgeRunAdmin(admin.ModelAdmin):
     """The judge's work per lesson: sort by score, filter the ones below threshold."""
 
+    organisation_path = "job__organisation"  # whose rows: accounts/tenancy.py
     list_display = [
         "job",
         "lesson_key",
@@ -145,6 +146,7 @@ class ExperimentAdmin(admin.ModelAdmin):
     """Create an experiment with its variants (draft), start it, read its report, stop it or
     promote a variant from the report."""
 
+    organisation_path = None  # platform-only (accounts/tenancy.py)
     list_display = ["name", "scope", "status", "primary_metric", "started_at", "report_link"]
     list_filter = ["status", "task_kind"]
     search_fields = ["name", "description"]
@@ -290,6 +292,7 @@ def _cell(name: str, interval: Interval) -> str:
 class PromotionAdmin(admin.ModelAdmin):
     """Who made which variant the default, and when."""
 
+    organisation_path = None  # platform-only (accounts/tenancy.py)
     list_display = ["variant", "task_kind", "prompt_version", "model", "promoted_by", "promoted_at"]
     list_select_related = ["variant__experiment", "promoted_by"]
     readonly_fields = [f.name for f in Promotion._meta.fields]

@@ -27,6 +27,7 @@ from django.db.models import (
 )
 
 from accounts.models import Membership, Role
+from accounts.selectors import administered_organisation_ids, is_organisation_admin
 from coursegen import db
 from generation.batch_models import BATCH_REQUEST_OPEN
 from generation.models import (
@@ -67,6 +68,8 @@ def course_job_visible(*, user: User | AnonymousUser, job_id: UUID) -> CourseGen
         and user.has_perm("generation.view_coursegenerationjob")
     ):
         jobs = CourseGenerationJob.objects.select_related("owner", "base_class", "organisation")
+        if is_organisation_admin(user):  # staff scoped to their organisations (docs/admin.md)
+            jobs = jobs.filter(organisation_id__in=administered_organisation_ids(user))
         return jobs.filter(pk=job_id).first()
     return job_get_visible(user=user, job_id=job_id)
 

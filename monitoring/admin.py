@@ -47,6 +47,7 @@ ALERT_FIELDS: tuple[str, ...] = (
 
 @admin.register(CourseGenerationLog)
 class LogAdmin(admin.ModelAdmin):
+    organisation_path = "organisation"  # whose rows: accounts/tenancy.py
     list_display = [
         "created_at",
         "level",
@@ -116,6 +117,7 @@ class AcknowledgedFilter(admin.SimpleListFilter):
 
 @admin.register(Alert)
 class AlertAdmin(admin.ModelAdmin):
+    organisation_path = "organisation"  # whose rows: accounts/tenancy.py
     list_display = [
         "last_seen_at",
         "severity",

@@ -140,6 +140,11 @@ class Alert(models.Model):
     class Meta:
         db_table = "course_generation_alerts"
         ordering = ["-last_seen_at"]
+        # Named permissions for the platform-wide views (docs/admin.md).
+        permissions = [
+            ("view_dashboard", "Can see the monitoring dashboard on the admin index"),
+            ("view_metrics", "Can read /metrics with a session"),
+        ]
         constraints = [
             # At most one open alert per kind and subject: concurrent raisers cannot both create.
             models.UniqueConstraint(

@@ -1,8 +1,9 @@
 """GET /metrics in the Prometheus text format, computed from the database at scrape time.
 
 Access: `Authorization: Bearer <MONITORING_METRICS_TOKEN>` (when that setting is set) or a staff
-session; anything else gets 403. Windowed figures cover the last MONITORING_METRICS_WINDOW_H
-hours, so a scrape never reads whole tables of history.
+session with the permission monitoring.view_metrics (never an organisation administrator's);
+anything else gets 403. Windowed figures cover the last MONITORING_METRICS_WINDOW_H hours, so a
+scrape never reads whole tables of history.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from accounts.selectors import is_organisation_admin
 from generation.models import CourseGenerationJob
 from generation.selectors import capacity_now
 from monitoring import metrics
@@ -146,7 +148,14 @@ def _allowed(request: HttpRequest) -> bool:
     given = request.headers.get("Authorization", "")
     if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return True
-    return bool(request.user.is_authenticated and request.user.is_staff)
+    # Platform-wide figures: staff with the named permission, never an organisation's admin.
+    user = request.user
+    return bool(
+        user.is_authenticated
+        and user.is_staff
+        and user.has_perm("monitoring.view_metrics")
+        and not is_organisation_admin(user)
+    )
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.models import Organisation
 from generation.models import (
     CourseGenerationJob,
     GenerationAttempt,
@@ -37,6 +38,7 @@ def dashboard_context(*, now: datetime | None = None) -> dict[str, Any]:
     labels = [d.day.strftime("%m-%d") for d in days]
     statuses = [s.value for s in JobStatus]
     return {
+        "platform": True,
         "charts": [
             charts.stacked_bars(
                 "chart-jobs-by-status",
@@ -81,6 +83,30 @@ def dashboard_context(*, now: datetime | None = None) -> dict[str, Any]:
         "capacity": capacity_now(),
         "since_days": DASHBOARD_DAYS,
         "budgets": budget_rows(),
+    }
+
+
+def organisation_dashboard_context(*, organisation_ids: list[Any]) -> dict[str, Any]:
+    """The dashboard of an organisation administrator: only their organisations' budgets,
+    alerts and running jobs; no platform-wide figures (docs/admin.md)."""
+    alerts = Alert.objects.filter(
+        acknowledged_at__isnull=True, organisation_id__in=organisation_ids
+    )
+    return {
+        "platform": False,
+        "scope_names": list(
+            Organisation.objects.filter(pk__in=organisation_ids).values_list("name", flat=True)
+        ),
+        "alerts": list(alerts.order_by("-last_seen_at")[:RECENT_ALERTS]),
+        "open_alert_count": alerts.count(),
+        "running_jobs": list(
+            CourseGenerationJob.objects.filter(
+                status=JobStatus.RUNNING, organisation_id__in=organisation_ids
+            )
+            .select_related("owner", "organisation")
+            .order_by("started_at")[:RUNNING_JOBS]
+        ),
+        "budgets": budget_rows(organisation_ids=organisation_ids),
     }
 
 

@@ -19,6 +19,7 @@ from ratelimits.selectors import BudgetReport, budget_report
 
 @admin.register(RateLimitPolicy)
 class RateLimitPolicyAdmin(admin.ModelAdmin):
+    organisation_path = None  # platform-only (accounts/tenancy.py)
     list_editable = [
         "per_minute",
         "per_hour",
@@ -52,6 +53,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(RateLimitUsage)
 class RateLimitUsageAdmin(ReadOnlyAdmin):
+    organisation_path = "user__memberships__organisation"  # whose rows: accounts/tenancy.py
     list_display = [
         "user",
         "role",
@@ -68,6 +70,7 @@ class RateLimitUsageAdmin(ReadOnlyAdmin):
 
 @admin.register(RateLimitViolation)
 class RateLimitViolationAdmin(ReadOnlyAdmin):
+    organisation_path = "user__memberships__organisation"  # whose rows: accounts/tenancy.py
     list_display = ["at", "user", "role", "window", "limit", "used", "retry_after_s", "reset_at"]
     list_filter = ["window", "role", "at"]
     search_fields = ["user__username", "user__email"]
@@ -80,6 +83,7 @@ class OrganisationBudgetAdmin(admin.ModelAdmin):
     """Each organisation's monthly cap with this month's spend (the ledger) and the work under
     way; an edit applies to the next admission."""
 
+    organisation_path = "organisation"  # whose rows: accounts/tenancy.py
     list_display = [
         "organisation",
         "monthly_usd",

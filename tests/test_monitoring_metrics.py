@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db.models import Sum
 from django.test import Client
 from django.utils import timezone
@@ -106,4 +107,7 @@ def test_the_metrics_endpoint_needs_a_token_or_staff_and_reports_from_the_databa
 
     staff = get_user_model().objects.create_user("ops", is_staff=True)
     client.force_login(staff)
+    assert client.get("/metrics").status_code == 403  # staff, but not the named permission
+    staff.user_permissions.add(Permission.objects.get(codename="view_metrics"))
+    client.force_login(get_user_model().objects.get(pk=staff.pk))
     assert client.get("/metrics").status_code == 200

@@ -187,4 +187,5 @@ def alert_below(*, run: JudgeRun, verdict: LessonVerdict, limits: Thresholds) ->
             "reasons": why,
             "regenerated": run.regenerated,
         },
+        organisation_id=run.job.organisation_id,  # its administrators see it (docs/admin.md)
     )

@@ -6,6 +6,7 @@ by the app that knows what a job is (as ratelimits and the circuit breaker do fo
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.conf import settings
 
@@ -75,15 +76,22 @@ def quality_check(*, job: CourseGenerationJob, score: float | None = None) -> Al
         subject=f"job:{job.id}",
         message=f"Job {job.id} ({job.topic}) scored {score:.2f}, below {threshold:.2f}",
         data={"job_id": str(job.id), "score": score, "threshold": threshold},
+        organisation_id=job.organisation_id,  # its administrators see it (docs/admin.md)
     )
 
 
-def content_flagged(*, subject: str, message: str, data: dict[str, object]) -> Alert | None:
+def content_flagged(
+    *, subject: str, message: str, data: dict[str, object], organisation_id: Any = None
+) -> Alert | None:
     """Alert staff to content moderation flagged: a refused request, or generated output held
     for their review (docs/safety.md). Never raises: the flag itself is already recorded."""
     try:
         return alert_raise(
-            kind=AlertKind.CONTENT_FLAGGED, subject=subject, message=message[:1000], data=data
+            kind=AlertKind.CONTENT_FLAGGED,
+            subject=subject,
+            message=message[:1000],
+            data=data,
+            organisation_id=organisation_id,
         )
     except Exception:
         logger.exception("could not raise the content-flagged alert for %s", subject)

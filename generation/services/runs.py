@@ -360,6 +360,7 @@ def task_held_alert(*, task: GenerationTask, categories: list[str]) -> None:
         message=f"Job {task.job_id}: {task.kind} {task.key} was flagged by moderation ({flagged}) "
         "after one regeneration and is held for review (admin: held content)",
         data={"job_id": str(task.job_id), "task_id": task.pk, "categories": categories},
+        organisation_id=task.job.organisation_id,
     )
 
 
