@@ -727,6 +727,14 @@ COURSEGEN_BATCH_REPAIR = env_choice("COURSEGEN_BATCH_REPAIR", "live", ("live", "
 COURSEGEN_BATCH_MAX_TRIES = env_int("COURSEGEN_BATCH_MAX_TRIES", 2, minimum=1)
 # The poller's lease on one batch (a killed poller's batch is taken over after it).
 COURSEGEN_BATCH_LEASE_S = env_float("COURSEGEN_BATCH_LEASE_S", 300.0, minimum=5.0)
+# Work besides batch jobs' tasks that may go by batch (docs/batch.md, judge runs and regenerations):
+# the judge's verdicts: "off" (live), "batch" (of courses submitted with urgency batch), "all".
+COURSEGEN_BATCH_JUDGE = env_choice("COURSEGEN_BATCH_JUDGE", "off", ("off", "batch", "all"))
+# Regenerations: "off" (live), "judge" (the judge's own, which no one waits for), "low" (those,
+# and people's regenerations of courses of low priority or submitted with urgency batch).
+COURSEGEN_BATCH_REGENERATIONS = env_choice(
+    "COURSEGEN_BATCH_REGENERATIONS", "off", ("off", "judge", "low")
+)
 # The offline simulator's Batch API (generation/providers/offline/batches.py): where its files
 # and batches live (shared by the processes of one machine), when a batch ends, and the shares
 # of its lines that fail or are left unanswered at expiry (0-1).

@@ -22,6 +22,8 @@ class BatchRequestInline(ReadOnlyTabularInline):
     fields = (
         "custom_id",
         "task",
+        "judge_run",
+        "regeneration",
         "status",
         "error_code",
         "error",
@@ -74,18 +76,23 @@ class ProviderBatchAdmin(admin.ModelAdmin):
 
 
 def job_batch_state(job: CourseGenerationJob) -> str:
-    """What a batch job waits for: its requests queued for the next batch and at the provider."""
-    if job.urgency != "batch":
-        return "-"
+    """What a job waits for in the Batch API: a batch job's task requests, and any job's judge
+    runs and regenerations that went by batch (COURSEGEN_BATCH_JUDGE, _REGENERATIONS), queued
+    for the next batch or at the provider."""
     waiting = BatchRequest.objects.filter(task__job=job, status__in=BATCH_REQUEST_OPEN)
-    queued = waiting.filter(status=BatchRequestStatus.QUEUED).count()
     total = waiting.count()
     if not total:
-        return "no request waiting for a batch"
+        return "no request waiting for a batch" if job.urgency == "batch" else "-"
+    queued = waiting.filter(status=BatchRequestStatus.QUEUED).count()
+    judge = waiting.filter(judge_run__isnull=False).count()
+    regenerations = waiting.filter(regeneration__isnull=False).count()
     return format_html(
-        "<strong>waiting for batch</strong>: {} request(s), {} queued for the next batch, "
-        "{} at the provider",
+        "<strong>waiting for batch</strong>: {} request(s) ({} of tasks, {} of the judge, {} "
+        "regeneration(s)), {} queued for the next batch, {} at the provider",
         total,
+        total - judge - regenerations,
+        judge,
+        regenerations,
         queued,
         total - queued,
     )

@@ -102,6 +102,24 @@ class BatchRequest(models.Model):
         blank=True,
         related_name="requests",
     )
+    # Besides course tasks, a judge run's verdict and a regeneration go by batch too, by setting
+    # (COURSEGEN_BATCH_JUDGE, COURSEGEN_BATCH_REGENERATIONS): the request is then that run's or
+    # that regeneration's, and `task` the task it is about (the lesson's section, the task
+    # regenerated). The run itself takes the answer, woken by the poller (docs/batch.md).
+    judge_run = models.ForeignKey(
+        "generation.JudgeRun",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="batch_requests",
+    )
+    regeneration = models.ForeignKey(
+        "generation.RegenerationRequest",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="batch_requests",
+    )
     custom_id = models.CharField(max_length=64, unique=True)
     number = models.PositiveIntegerField(help_text="The task's n-th request through a batch.")
     model = models.CharField(max_length=100)
@@ -137,9 +155,27 @@ class BatchRequest(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["task"],
-                condition=models.Q(status__in=["queued", "submitted", "answered"]),
+                condition=models.Q(
+                    status__in=["queued", "submitted", "answered"],
+                    judge_run__isnull=True,
+                    regeneration__isnull=True,
+                ),
                 name="uniq_open_batch_request_per_task",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["judge_run"],
+                condition=models.Q(status__in=["queued", "submitted", "answered"]),
+                name="uniq_open_batch_request_per_judge_run",
+            ),
+            models.UniqueConstraint(
+                fields=["regeneration"],
+                condition=models.Q(status__in=["queued", "submitted", "answered"]),
+                name="uniq_open_batch_request_per_regeneration",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(judge_run__isnull=True) | models.Q(regeneration__isnull=True),
+                name="batch_request_one_owner",
+            ),
         ]
         verbose_name = "batch request"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from uuid import UUID
 
+from django.conf import settings
 from django.db.models import Q, Sum
 
 from generation.models import GenerationAttempt
@@ -21,3 +22,10 @@ def job_batch_saving(*, job_id: UUID) -> Decimal:
         "total"
     ] or Decimal(0)
     return paid / BATCH_DISCOUNT - paid
+
+
+def owner_batch_work() -> bool:
+    """Whether judge runs or regenerations may go by batch (docs/batch.md): a job that ran
+    live may then have a saving too."""
+    modes = (settings.COURSEGEN_BATCH_JUDGE, settings.COURSEGEN_BATCH_REGENERATIONS)
+    return any(mode != "off" for mode in modes)

@@ -566,12 +566,14 @@ def regenerate_part(
     hints: Sequence[str] = (),
     context: Mapping[str, Any] | None = None,
     policy: ReaskPolicy | None = None,
+    batch: BatchReplay | None = None,
 ) -> GenerationResult:
     """Regenerate one part of a finished output (e.g. a question that duplicates another lesson's)
     and return the whole output with it merged. `extra` adds checks the task alone cannot make.
     With no whole object to fall back on, the part request itself gets up to `max_attempts`
-    rounds, and stops early when a round ends with the previous round's errors."""
-    convo = _Conversation(spec, provider, policy or ReaskPolicy.from_settings())
+    rounds, and stops early when a round ends with the previous round's errors. `batch`: Batch
+    API lines' answers, as for `generate`."""
+    convo = _Conversation(spec, provider, policy or ReaskPolicy.from_settings(), batch)
 
     def body() -> dict[str, Any]:
         previous: list[dict[str, str]] | None = None

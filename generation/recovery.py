@@ -174,7 +174,9 @@ def _redispatch_regenerations(*, now: datetime, stale: datetime) -> int:
     overdue = Q(dispatched_at__lt=stale) | Q(dispatched_at__isnull=True)
     expired = Q(status=RegenerationStatus.RUNNING, lease_expires_at__lt=now)
     lost = Q(status=RegenerationStatus.PENDING)
-    requests = RegenerationRequest.objects.filter(overdue, expired | lost)
+    # A pending request whose line is queued or at the provider is the poller's to wake.
+    waiting = Q(status=RegenerationStatus.PENDING) & services.owner_waiting_for_batch()
+    requests = RegenerationRequest.objects.filter(overdue, expired | lost).exclude(waiting)
     with transaction.atomic():
         rows = list(
             requests.select_for_update(skip_locked=True, of=("self",)).values_list(

@@ -37,12 +37,14 @@ from django.utils import timezone
 from generation import assembly, messages, parts, services
 from generation.field_errors import FieldError, public_error
 from generation.leases import db_now_plus
-from generation.llm import GenerationResult, generate, regenerate_part
+from generation.llm import BatchReplay, GenerationResult, generate, regenerate_part
 from generation.models import (
     CourseGenerationJob,
     GenerationTask,
     GenerationTaskVersion,
     JobStatus,
+    JudgeRun,
+    JudgeRunStatus,
     RegenerationRequest,
     RegenerationSource,
     RegenerationStatus,
@@ -167,6 +169,7 @@ class RegenerationRun:
     status: str
     ran: bool  # False when the message was a repeat (or the request cannot run any more)
     retry_in: float | None = None  # set when it must wait: send it again after this
+    batch: bool = False  # waiting for a Batch API line: the poller wakes it (docs/batch.md)
 
 
 def regeneration_run(*, request_id: int, provider: Provider | None = None) -> RegenerationRun:
@@ -184,6 +187,8 @@ def regeneration_run(*, request_id: int, provider: Provider | None = None) -> Re
         return lease.renewed(bool(_owned(request, worker).update(lease_expires_at=_lease())))
 
     if request.version is None and not request.error:  # not recorded by an earlier run
+        if _regeneration_to_batch(request=request, worker=worker, provider=provider, holds=holds):
+            return RegenerationRun(request_id, RegenerationStatus.PENDING, ran=True, batch=True)
         delay = _regeneration_generate(
             request=request, worker=worker, provider=provider, holds=holds, lease=lease
         )
@@ -194,7 +199,26 @@ def regeneration_run(*, request_id: int, provider: Provider | None = None) -> Re
     if request.version is not None:
         services.job_dedupe_questions(job_id=job_id, provider=provider, finished=True, holds=holds)
     status = while_lease_holds(lease, lambda: _regeneration_close(request=request, worker=worker))
+    if request.source == RegenerationSource.JUDGE:
+        _judge_wake(request.task)
     return RegenerationRun(request_id, status, ran=True)
+
+
+def _judge_wake(task: GenerationTask) -> None:
+    """A judge run given back while this regeneration waited for a batch goes on now (the
+    reconciler would send it later, if this message were lost)."""
+    waiting = JudgeRun.objects.filter(
+        job_id=task.job_id, lesson_key=task.key, status=JudgeRunStatus.PENDING
+    ).values_list("pk", flat=True)
+    run_ids = list(waiting)
+    if run_ids:
+        transaction.on_commit(lambda: _judge_send(run_ids))
+
+
+def _judge_send(run_ids: list[int]) -> None:
+    judge_lesson = messages.task(messages.JUDGE_LESSON)
+    for run_id in run_ids:
+        judge_lesson.apply_async(args=(run_id,), priority=messages.judge_priority())
 
 
 def _lease() -> Any:
@@ -270,6 +294,59 @@ def _first_version_keep(task: GenerationTask) -> None:
     )
 
 
+def _regeneration_call(
+    *,
+    request: RegenerationRequest,
+    worker: str,
+    provider: Provider | None,
+    holds: Any,
+    batch: BatchReplay | None = None,
+) -> GenerationResult:
+    task = request.task
+    spec = services.task_spec_build(task=task, worker=worker, heartbeat=holds)
+    # The new version number makes the offline simulator draw anew; real providers ignore it.
+    number = (task.versions.aggregate(n=Max("number"))["n"] or 1) + 1
+    spec = dataclasses.replace(
+        spec, instruction=request.instruction, context={**spec.context, "variant": number}
+    )
+    if request.part:
+        return regenerate_part(
+            spec,
+            provider or get_provider(),
+            data=task.output or {},
+            part=request.part,
+            errors=[FieldError(request.part, _PART_ASK)],
+            batch=batch,
+        )
+    return generate(spec, provider or get_provider(), batch=batch)
+
+
+def _regeneration_to_batch(
+    *, request: RegenerationRequest, worker: str, provider: Provider | None, holds: Any
+) -> bool:
+    """True when the request waits for a Batch API line (COURSEGEN_BATCH_REGENERATIONS): its
+    line queued now (the request its first call would send), or queued earlier and not yet
+    answered. The request is given back (pending) until the poller wakes it."""
+    line = services.owner_line(regeneration_id=request.pk)
+    if line.answered is not None:
+        return False
+    if not line.waiting:
+        if not services.regeneration_by_batch(request=request):
+            return False
+        asked = _regeneration_call(
+            request=request, worker=worker, provider=provider, holds=holds, batch=services.ASK_FIRST
+        )
+        if asked.batch_request is None:  # it could not even be asked (a bug): run it live
+            return False
+        services.owner_request_queue(
+            task_id=request.task_id, regeneration_id=request.pk, request=asked.batch_request
+        )
+    _owned(request, worker).update(
+        status=RegenerationStatus.PENDING, worker="", lease_expires_at=None, dispatched_at=Now()
+    )
+    return True
+
+
 def _regeneration_generate(
     *,
     request: RegenerationRequest,
@@ -278,51 +355,70 @@ def _regeneration_generate(
     holds: Any,
     lease: LeaseClock,
 ) -> float | None:
-    """Call the provider and record the outcome; a delay when the provider is unavailable."""
+    """Call the provider (or take the Batch API line's answer that woke this run) and record
+    the outcome; a delay when the provider is unavailable."""
     task = request.task
-    spec = services.task_spec_build(task=task, worker=worker, heartbeat=holds)
-    # The new version number makes the offline simulator draw anew; real providers ignore it.
-    number = (task.versions.aggregate(n=Max("number"))["n"] or 1) + 1
-    spec = dataclasses.replace(
-        spec, instruction=request.instruction, context={**spec.context, "variant": number}
-    )
+    line = services.owner_line(regeneration_id=request.pk).answered
+    replay = services.owner_replay(line) if line is not None else None
+    line_id = line.pk if line is not None else None
     started = time.monotonic()
     try:
-        if request.part:
-            result = regenerate_part(
-                spec,
-                provider or get_provider(),
-                data=task.output or {},
-                part=request.part,
-                errors=[FieldError(request.part, _PART_ASK)],
-            )
-        else:
-            result = generate(spec, provider or get_provider())
+        result = _regeneration_call(
+            request=request, worker=worker, provider=provider, holds=holds, batch=replay
+        )
     except Exception as exc:  # a bug must not leave the request claimed for ever
         logger.exception("regeneration %s of task %s crashed", request.pk, task.pk)
         result = GenerationResult(error=public_error("internal error", exc))
     wall_s = time.monotonic() - started
     if result.defer_s is not None:
         delay = while_lease_holds(
-            lease, lambda: _regeneration_defer(request=request, worker=worker, result=result)
+            lease,
+            lambda: _regeneration_defer(
+                request=request, worker=worker, result=result, line_id=line_id
+            ),
         )
         if delay is not None:
             return delay
     while_lease_holds(
         lease,
-        lambda: _regeneration_record(request=request, worker=worker, result=result, wall_s=wall_s),
+        lambda: _regeneration_record(
+            request=request, worker=worker, result=result, wall_s=wall_s, line_id=line_id
+        ),
     )
     return None
 
 
+def _line_take(
+    *, request: RegenerationRequest, worker: str, result: GenerationResult, line_id: int | None
+) -> bool:
+    """Take the Batch API line's answer the run used, once, while the run owns the request
+    (its row locked till the commit). When it cannot, the line's answer is someone else's to
+    record: only the run's own live calls stay in `result`."""
+    if line_id is None:
+        return True
+    owned = _owned(request, worker).select_for_update().exists()
+    if owned and services.owner_line_take(request_id=line_id):
+        return True
+    result.attempts = [a for a in result.attempts if not a.batch]
+    return False
+
+
 @transaction.atomic
 def _regeneration_defer(
-    *, request: RegenerationRequest, worker: str, result: GenerationResult
+    *,
+    request: RegenerationRequest,
+    worker: str,
+    result: GenerationResult,
+    line_id: int | None = None,
 ) -> float | None:
     """The provider is unavailable: give the request back (pending) to be sent again later,
     within the deferral budget counted from when it was asked for. None when it is spent (or
     the run lost its lease): nothing is recorded here then, the caller records the result."""
     task = GenerationTask.objects.select_for_update().get(pk=request.task_id)
+    if not _line_take(request=request, worker=worker, result=result, line_id=line_id):
+        services.task_attempts_record(task=task, result=result)
+        services.task_usage_add(task=task, result=result)
+        return 0.0  # not this run's to record: the owner of the line goes on
     delay = services.defer_delay(defer_s=result.defer_s, deferrals=request.runs - 1)
     budget = db_now_plus(-settings.COURSEGEN_TASK_DEFER_BUDGET_S)
     deferred = (
@@ -345,13 +441,23 @@ def _regeneration_defer(
 
 @transaction.atomic
 def _regeneration_record(
-    *, request: RegenerationRequest, worker: str, result: GenerationResult, wall_s: float
+    *,
+    request: RegenerationRequest,
+    worker: str,
+    result: GenerationResult,
+    wall_s: float,
+    line_id: int | None = None,
 ) -> None:
     """Record the calls (always: they were paid for), then, while the run still owns the
-    request, the new version and the task's new output (or why there is none)."""
+    request (and takes its Batch API line, if one answered it), the new version and the
+    task's new output (or why there is none)."""
     task = GenerationTask.objects.select_for_update().select_related("job").get(pk=request.task_id)
+    taken = _line_take(request=request, worker=worker, result=result, line_id=line_id)
     services.task_attempts_record(task=task, result=result)
     services.task_usage_add(task=task, result=result)
+    if not taken:
+        logger.warning("regeneration %s: its batch line is not %s's to take", request.pk, worker)
+        return
     number = (task.versions.aggregate(n=Max("number"))["n"] or 0) + 1
     error = "" if result.ok else f"regeneration failed, the previous version stays: {result.error}"
     if not _owned(request, worker).update(version=number if result.ok else None, error=error):

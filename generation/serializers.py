@@ -201,9 +201,11 @@ class JobOutputSerializer(FieldsOnceMixin, serializers.ModelSerializer):
 
 
 def _batch_saving(job: CourseGenerationJob) -> Decimal:
-    if job.urgency != Urgency.BATCH:  # no query for the jobs that ran live
+    from generation.batch_selectors import job_batch_saving, owner_batch_work
+
+    # No query for the jobs that ran live, unless their judge or regenerations may go by batch.
+    if job.urgency != Urgency.BATCH and not owner_batch_work():
         return Decimal(0)
-    from generation.batch_selectors import job_batch_saving
 
     return job_batch_saving(job_id=job.pk)
 

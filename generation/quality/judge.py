@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 
-from generation.llm import GenerationResult, Review, TaskSpec, generate
+from generation.llm import BatchReplay, GenerationResult, Review, TaskSpec, generate
 from generation.providers import Provider
 from generation.quality import prompt
 from generation.rubric import LessonVerdict
@@ -105,8 +105,10 @@ def judge_lesson(
     model: str | None = None,
     job_id: str = "",
     heartbeat: Callable[[], bool] | None = None,
+    batch: BatchReplay | None = None,
 ) -> JudgeOutcome:
-    """Ask the judge for a verdict on `lesson`; every call made is in the outcome's result."""
+    """Ask the judge for a verdict on `lesson`; every call made is in the outcome's result.
+    `batch`: a Batch API line's answer taken as the first call's (docs/batch.md)."""
     spec = TaskSpec(
         kind=TaskKind.LESSON_SECTION,
         tier=judge_tier(),
@@ -118,6 +120,6 @@ def judge_lesson(
         heartbeat=heartbeat,
         deadline=time.monotonic() + settings.COURSEGEN_TASK_DEADLINE_S,
     )
-    result = generate(spec, provider)
+    result = generate(spec, provider, batch=batch)
     verdict = LessonVerdict.model_validate(result.data) if result.ok else None
     return JudgeOutcome(verdict=verdict, result=result, simulated=provider.name == "offline")

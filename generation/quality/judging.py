@@ -24,12 +24,14 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce, Now
 
 from generation import messages, services
 from generation.leases import db_now, db_now_plus
+from generation.llm import BatchReplay
 from generation.models import (
+    BatchRequest,
     CourseEvaluation,
     CourseGenerationJob,
     GenerationTask,
@@ -37,6 +39,7 @@ from generation.models import (
     JudgeRun,
     JudgeRunStatus,
     JudgeStatus,
+    RegenerationSource,
     TaskStatus,
 )
 from generation.providers import Provider, get_provider
@@ -91,6 +94,7 @@ class _Round:
     defer_s: float | None = None
     error: str = ""
     lease_lost: bool = False
+    batch: bool = False  # the round waits for a Batch API line (COURSEGEN_BATCH_JUDGE)
 
 
 def judge_run_execute(
@@ -120,16 +124,22 @@ def _advance(run: JudgeRun, worker: str, provider: Provider) -> float | None:
     verdict = _latest_verdict(run) if run.rounds else None
     if run.rounds == 0:
         first = _judge_round(run, worker, provider, number=1)
+        if first.batch:
+            return _wait_for_batch(run, worker)
         if first.verdict is None:
             return _end_without_verdict(run, worker, first)
         verdict = first.verdict
     assert verdict is not None  # rounds >= 1 has a recorded verdict
     if run.rounds == 1 and limits.below(verdict):
         regenerations = _regenerate_once(run, verdict, provider)
+        if regenerations is not None and regenerations.batch:
+            return _wait_for_batch(run, worker)  # the regeneration's line wakes the run
         if regenerations is not None and regenerations.waiting_s is not None:
             return _wait(run, worker, regenerations.waiting_s)
         if regenerations is not None and regenerations.succeeded:
             second = _judge_round(run, worker, provider, number=2)
+            if second.batch:
+                return _wait_for_batch(run, worker)
             if second.verdict is None:
                 return _end_without_verdict(run, worker, second)
             verdict = second.verdict
@@ -170,15 +180,30 @@ def _lease_renew(run: JudgeRun, worker: str) -> bool:
 
 
 def _judge_round(run: JudgeRun, worker: str, provider: Provider, *, number: int) -> _Round:
-    run.job.refresh_from_db(fields=["course"])  # round 2 reads the regenerated lesson
+    run.job.refresh_from_db(fields=["course", "urgency"])  # round 2 reads the regenerated lesson
     lesson = judge.JudgedLesson.from_course(run.job.course or {}, run.lesson_key)
-    outcome = judge.judge_lesson(
-        lesson,
-        provider=provider,
-        job_id=str(run.job_id),
-        heartbeat=lambda: _lease_renew(run, worker),
-    )
-    recorded = _record_round(run, worker, outcome, number=number)
+
+    def ask(batch: BatchReplay | None) -> judge.JudgeOutcome:
+        return judge.judge_lesson(
+            lesson,
+            provider=provider,
+            job_id=str(run.job_id),
+            heartbeat=lambda: _lease_renew(run, worker),
+            batch=batch,
+        )
+
+    line = services.owner_line(judge_run_id=run.pk)
+    if line.waiting:
+        return _Round(None, batch=True)
+    if line.answered is None and services.judge_by_batch(job=run.job):
+        request = ask(services.ASK_FIRST).result.batch_request
+        assert request is not None  # ASK_FIRST stops at the first call
+        services.owner_request_queue(task_id=run.task_id, judge_run_id=run.pk, request=request)
+        return _Round(None, batch=True)
+    answered = line.answered
+    outcome = ask(services.owner_replay(answered) if answered is not None else None)
+    line_id = answered.pk if answered is not None else None
+    recorded = _record_round(run, worker, outcome, number=number, line_id=line_id)
     result = outcome.result
     if not recorded:
         return _Round(None, lease_lost=True, error="lease lost")
@@ -188,10 +213,25 @@ def _judge_round(run: JudgeRun, worker: str, provider: Provider, *, number: int)
 
 
 @transaction.atomic
-def _record_round(run: JudgeRun, worker: str, outcome: judge.JudgeOutcome, *, number: int) -> bool:
+def _record_round(
+    run: JudgeRun,
+    worker: str,
+    outcome: judge.JudgeOutcome,
+    *,
+    number: int,
+    line_id: int | None = None,
+) -> bool:
     """The round's calls in the ledger (paid for, so kept whatever happens), its cost on the run
-    and the job, and the verdict as an evaluation of the lesson. False if the lease was lost."""
-    result = outcome.result
+    and the job, and the verdict as an evaluation of the lesson. False if the lease was lost.
+    A Batch API line's answer (`line_id`) is taken here, once: a run that lost its lease, or
+    finds the line taken, records only the live calls it made itself."""
+    result, taken = outcome.result, True
+    if line_id is not None:
+        owned = _owned(run, worker).select_for_update().exists()  # held till the commit
+        taken = owned and services.owner_line_take(request_id=line_id)
+        if not taken:
+            result.attempts = [a for a in result.attempts if not a.batch]
+            outcome.verdict = None
     run.refresh_from_db(fields=["attempts"])
     services.judge_attempts_record(judge_run=run, result=result)
     cost = result.cost_usd
@@ -213,7 +253,7 @@ def _record_round(run: JudgeRun, worker: str, outcome: judge.JudgeOutcome, *, nu
     if outcome.verdict is not None:
         run.rounds = number
         _evaluation_create(run, outcome, number=number, cost=cost)
-    return True
+    return taken
 
 
 def _evaluation_create(
@@ -282,6 +322,15 @@ def _regenerate_once(
             data={"run": run.pk, "kinds": outcome.succeeded, "instruction": instruction},
         )
     return outcome
+
+
+def _wait_for_batch(run: JudgeRun, worker: str) -> float | None:
+    """Give the run back while its line (or its regeneration's) waits for a batch: no message
+    is due; the poller wakes it when the line is answered (the reconciler leaves it alone)."""
+    _owned(run, worker).update(
+        status=JudgeRunStatus.PENDING, worker="", lease_expires_at=None, dispatched_at=Now()
+    )
+    return None
 
 
 def _wait(run: JudgeRun, worker: str, delay_s: float) -> float:
@@ -411,6 +460,20 @@ def _course_evaluation(job: CourseGenerationJob, runs: list[JudgeRun]) -> Course
 
 
 # --- Recovery -------------------------------------------------------------------------------------
+def _waiting_for_batch() -> Q:
+    """Pending runs whose line, or whose lesson's regeneration's line, is queued or at the
+    provider: the poller wakes them (docs/batch.md); an answered line is theirs to take."""
+    regeneration_line = BatchRequest.objects.filter(
+        regeneration__source=RegenerationSource.JUDGE,
+        regeneration__task__job_id=OuterRef("job_id"),
+        regeneration__task__key=OuterRef("lesson_key"),
+        status__in=services.owner_waiting_statuses(),
+    )
+    return Q(status=JudgeRunStatus.PENDING) & (
+        services.owner_waiting_for_batch() | Q(Exists(regeneration_line))
+    )
+
+
 def judge_recover(*, now: datetime, stale: datetime) -> int:
     """For the reconciler: re-send runs whose message was lost (pending and overdue, or running
     with an expired lease), start courses whose judge_job message was lost, close courses whose
@@ -421,7 +484,8 @@ def judge_recover(*, now: datetime, stale: datetime) -> int:
     with transaction.atomic():
         run_ids = list(
             JudgeRun.objects.filter(lost)
-            .select_for_update(skip_locked=True)
+            .exclude(_waiting_for_batch())
+            .select_for_update(skip_locked=True, of=("self",))
             .values_list("pk", flat=True)[:500]
         )
         JudgeRun.objects.filter(pk__in=run_ids).update(dispatched_at=now)

@@ -119,6 +119,7 @@ class Regenerations:
 
     waiting_s: float | None  # some are not finished: look again after this many seconds
     succeeded: list[str]  # the kinds that got a new version
+    batch: bool = False  # one waits for a Batch API line: its regeneration wakes the run
 
 
 def regenerations_advance(*, run: JudgeRun, instruction: str, provider: Provider) -> Regenerations:
@@ -128,6 +129,7 @@ def regenerations_advance(*, run: JudgeRun, instruction: str, provider: Provider
     one that must wait, is looked at again later."""
     waiting: float | None = None
     succeeded = []
+    batch = False
     for kind in run.regenerated:
         request = _request_for(run, kind, instruction)
         if request is None:
@@ -136,11 +138,12 @@ def regenerations_advance(*, run: JudgeRun, instruction: str, provider: Provider
             outcome = regeneration.regeneration_run(request_id=request.pk, provider=provider)
             request.refresh_from_db(fields=["status"])
             if request.status in REGENERATION_OPEN:
+                batch = batch or outcome.batch
                 waiting = max(waiting or 0.0, outcome.retry_in or regeneration.BUSY_RETRY_S)
                 continue
         if request.status == RegenerationStatus.SUCCEEDED:
             succeeded.append(kind)
-    return Regenerations(waiting, succeeded)
+    return Regenerations(waiting, succeeded, batch=batch)
 
 
 def _request_for(run: JudgeRun, kind: str, instruction: str) -> RegenerationRequest | None:

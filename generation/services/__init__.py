@@ -24,6 +24,18 @@ from generation.services.alerts import (
     quality_check,
 )
 from generation.services.batches import BatchPollReport, batch_poll
+from generation.services.batchowners import (
+    ASK_FIRST,
+    Line,
+    judge_by_batch,
+    owner_line,
+    owner_line_take,
+    owner_replay,
+    owner_request_queue,
+    regeneration_by_batch,
+)
+from generation.services.batchowners import waiting_for_batch as owner_waiting_for_batch
+from generation.services.batchowners import waiting_statuses as owner_waiting_statuses
 from generation.services.batchqueue import batch_requests_queue
 from generation.services.common import (
     GenerationError,
@@ -72,11 +84,13 @@ from generation.services.submit import ROLE_PRIORITY, job_submit, urgency_check
 from generation.services.watchdog import job_fail_stuck
 
 __all__ = [
+    "ASK_FIRST",
     "FINALIZED_FIELDS",
     "ROLE_PRIORITY",
     "BatchPollReport",
     "GenerationError",
     "LeaseClock",
+    "Line",
     "TaskRunResult",
     "UrgencyNotAllowedError",
     "batch_poll",
@@ -101,11 +115,19 @@ __all__ = [
     "job_submit",
     "job_totals_apply",
     "judge_attempts_record",
+    "judge_by_batch",
     "model_for",
+    "owner_line",
+    "owner_line_take",
+    "owner_replay",
+    "owner_request_queue",
+    "owner_waiting_for_batch",
+    "owner_waiting_statuses",
     "plan_units",
     "quality_check",
     "queue_dispatch",
     "queue_entry_close",
+    "regeneration_by_batch",
     "running_job_count",
     "send_dispatch",
     "task_attempts_record",

@@ -63,7 +63,7 @@ from generation.providers.batchfiles import (
     request_load,
 )
 from generation.schemas import TaskKind
-from generation.services import batchqueue, common, planning, runs
+from generation.services import batchowners, batchqueue, common, planning, runs
 from monitoring.logs import log_event
 
 logger = logging.getLogger("coursegen.batches")
@@ -80,7 +80,8 @@ class BatchPollReport:
     applied: int = 0  # answers taken by their tasks
     retried_batch: int = 0  # failed or unanswered requests queued again
     retried_live: int = 0  # failed or unanswered requests sent live
-    cancelled: int = 0  # requests of cancelled jobs dropped
+    woken: int = 0  # judge runs and regenerations woken to take their answers
+    cancelled: int = 0  # requests of cancelled jobs (or closed runs) dropped
     finalized: int = 0  # batch jobs sent to finalize
     errors: int = 0
 
@@ -104,6 +105,7 @@ def batch_poll(*, provider: Provider | None = None, worker: str | None = None) -
     step("poll", lambda: _poll_submitted(provider, worker, report))
     step("apply", lambda: _apply_answered(provider, worker, report))
     step("retry", lambda: _retry_unsuccessful(report))
+    step("wake", lambda: _wake_owners(report))
     step("finish", lambda: _finish_jobs(report))
     if any(report.as_dict().values()):
         logger.info("batch poll: %s", report.as_dict())
@@ -287,9 +289,16 @@ def _poll_one(batch_id: int, provider: Provider, worker: str, report: BatchPollR
 
 
 def _has_live_requests(batch: ProviderBatch) -> bool:
-    return batch.requests.filter(
-        status=BatchRequestStatus.SUBMITTED, task__job__status=JobStatus.RUNNING
-    ).exists()
+    """Whether anyone still waits for the batch: a running job's task, or an open judge run
+    or regeneration."""
+    course_task = Q(
+        judge_run__isnull=True, regeneration__isnull=True, task__job__status=JobStatus.RUNNING
+    )
+    return (
+        batch.requests.filter(status=BatchRequestStatus.SUBMITTED)
+        .filter(course_task | batchowners.owner_still_wants())
+        .exists()
+    )
 
 
 def _record_lines(
@@ -330,7 +339,9 @@ def _record_lines(
 
 # --- 3. apply ------------------------------------------------------------------------------------
 def _apply_answered(provider: Provider, worker: str, report: BatchPollReport) -> None:
-    answered = BatchRequest.objects.filter(status=BatchRequestStatus.ANSWERED).order_by("pk")
+    answered = BatchRequest.objects.filter(
+        status=BatchRequestStatus.ANSWERED, judge_run__isnull=True, regeneration__isnull=True
+    ).order_by("pk")  # a judge run's or a regeneration's answer is its own to take (wake)
     for request_id in list(answered.values_list("pk", flat=True)[:STEP_ROWS]):
         report.applied += _apply(request_id, provider, worker, report)
 
@@ -429,6 +440,9 @@ def _retry(request_id: int, report: BatchPollReport) -> None:
     )
     if request is None:
         return  # another poller has it
+    if request.judge_run_id is not None or request.regeneration_id is not None:
+        _retry_owner(request, report)
+        return
     task = request.task
     if task.job.status != JobStatus.RUNNING or task.status != TaskStatus.PENDING:
         request.status = BatchRequestStatus.CANCELLED
@@ -455,6 +469,36 @@ def _retry(request_id: int, report: BatchPollReport) -> None:
         batchqueue.batch_requests_queue(task_ids=[task.pk])
     else:
         _send_live(task)
+    if by_batch:
+        report.retried_batch += 1
+    else:
+        report.retried_live += 1
+
+
+def _retry_owner(request: BatchRequest, report: BatchPollReport) -> None:
+    """A judge run's or a regeneration's failed or unanswered line: its line again in the next
+    batch, or a live continuation its run makes when woken; nothing if the run has closed."""
+    wanted = BatchRequest.objects.filter(batchowners.owner_still_wants(), pk=request.pk)
+    if not wanted.exists():
+        request.status, request.finished_at = BatchRequestStatus.CANCELLED, timezone.now()
+        request.save(update_fields=["status", "finished_at"])
+        report.cancelled += 1
+        return
+    request.status, request.finished_at = BatchRequestStatus.RETRIED, timezone.now()
+    request.save(update_fields=["status", "finished_at"])
+    permanent = request.error_code.startswith("http_4") and request.error_code != "http_429"
+    by_batch = (
+        settings.COURSEGEN_BATCH_RETRY == "batch"
+        and batchowners.owner_tries(request) < settings.COURSEGEN_BATCH_MAX_TRIES
+        and not permanent
+    )
+    batchowners.owner_request_queue(
+        task_id=request.task_id,
+        judge_run_id=request.judge_run_id,
+        regeneration_id=request.regeneration_id,
+        request=dict(request.request or {}),
+        live=not by_batch,
+    )
     if by_batch:
         report.retried_batch += 1
     else:
@@ -489,7 +533,47 @@ def _send_live(task: GenerationTask, *, countdown: float = 0.0) -> None:
     )
 
 
-# --- 5. finish -----------------------------------------------------------------------------------
+# --- 5. wake -------------------------------------------------------------------------------------
+def _wake_owners(report: BatchPollReport) -> None:
+    """Judge runs and regenerations with an answered line (or a live continuation): their own
+    message, so the run takes the answer under its lease. A repeated wake finds the run
+    claimed or the line taken; a lost one is sent again by the reconciler. A line whose run
+    has closed meanwhile is cancelled, never applied."""
+    answered = BatchRequest.objects.filter(
+        batchowners.owner_requests(), status=BatchRequestStatus.ANSWERED
+    ).order_by("pk")
+    rows = answered.values_list(
+        "pk", "judge_run_id", "judge_run__status", "regeneration_id", "regeneration__status"
+    )
+    for request_id, run_id, run_status, regeneration_id, regeneration_status in list(
+        rows[:STEP_ROWS]
+    ):
+        status = run_status if run_id is not None else regeneration_status
+        if status not in ("pending", "running"):
+            report.cancelled += _close(request_id, BatchRequestStatus.CANCELLED, f"{status}")
+        elif status == "pending":
+            _send_wake(run_id, regeneration_id)
+            report.woken += 1
+
+
+def _send_wake(run_id: int | None, regeneration_id: int | None) -> None:
+    if run_id is not None:
+        messages.task(messages.JUDGE_LESSON).apply_async(
+            args=(run_id,), priority=messages.judge_priority()
+        )
+        return
+    assert regeneration_id is not None
+    priority = (
+        CourseGenerationJob.objects.filter(tasks__regeneration_requests__pk=regeneration_id)
+        .values_list("priority", flat=True)
+        .first()
+    )
+    messages.task(messages.REGENERATE_TASK).apply_async(
+        args=(regeneration_id,), priority=messages.broker_priority(priority or 5)
+    )
+
+
+# --- 6. finish -----------------------------------------------------------------------------------
 def _finish_jobs(report: BatchPollReport) -> None:
     """Batch jobs whose tasks all ended (none pending, running, or in a batch): finalized by
     the message a chord body sends; job_finalize is idempotent and leased."""
