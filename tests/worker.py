@@ -53,6 +53,27 @@ def test_database_url() -> str:
 
 
 @contextmanager
+def _running(
+    command: list[str], *, env: dict[str, str], log_path: Path, ready: str
+) -> Iterator[WorkerProcess]:
+    """Start a Celery process logging to `log_path`, wait for its `ready` line, and stop it
+    (SIGTERM, then SIGKILL after 20 s) when the block ends."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    started = WorkerProcess(process, log_path)
+    try:
+        started.wait_for_log(ready, timeout=60)
+        yield started
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
 def celery_worker(
     tmp_path: Path,
     *,
@@ -93,19 +114,8 @@ def celery_worker(
         "--without-mingle",
         "--without-heartbeat",
     ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    worker = WorkerProcess(process, log_path)
-    try:
-        worker.wait_for_log("ready.", timeout=60)
+    with _running(command, env=env, log_path=log_path, ready="ready.") as worker:
         yield worker
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextmanager
@@ -134,19 +144,8 @@ def celery_beat(
         "--pidfile",
         str(tmp_path / f"{name}.pid"),
     ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    beat = WorkerProcess(process, log_path)
-    try:
-        beat.wait_for_log("beat: Starting", timeout=60)
+    with _running(command, env=env, log_path=log_path, ready="beat: Starting") as beat:
         yield beat
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # RabbitMQ for the worker tests: `make test` sets it (amqp://guest:guest@127.0.0.1:5672); each
