@@ -746,6 +746,9 @@ COURSEGEN_OFFLINE_BATCH_FAILED = env_float("COURSEGEN_OFFLINE_BATCH_FAILED", 0.0
 COURSEGEN_OFFLINE_BATCH_UNANSWERED = env_float(
     "COURSEGEN_OFFLINE_BATCH_UNANSWERED", 0.0, minimum=0.0
 )
+# The provider reaches those endpoints through the official openai SDK over a loopback HTTP
+# server it starts in-process (127.0.0.1, a free port), as a real provider's; false: directly.
+COURSEGEN_OFFLINE_BATCH_HTTP = env_bool("COURSEGEN_OFFLINE_BATCH_HTTP", True)
 if COURSEGEN_OFFLINE_BATCH_FAILED + COURSEGEN_OFFLINE_BATCH_UNANSWERED > 1:
     raise ImproperlyConfigured(
         "COURSEGEN_OFFLINE_BATCH_FAILED + COURSEGEN_OFFLINE_BATCH_UNANSWERED must not exceed 1"

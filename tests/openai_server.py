@@ -24,7 +24,6 @@ would be, except the custom_ids in `batch_failed` (a 500 line in the error file)
 from __future__ import annotations
 
 import contextlib
-import email.parser
 import itertools
 import json
 import threading
@@ -35,6 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+
+from generation.providers.offline.batch_http import multipart_fields
 
 Mode = Literal["json_schema", "llamacpp", "json_object_only"]
 HOST = "127.0.0.1"  # never anything else: the fake must not be reachable from the network
@@ -364,22 +365,6 @@ def _batch_object(batch_id: str, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _multipart(content_type: str, raw: bytes) -> dict[str, Any]:
-    """The fields of a multipart/form-data body (the SDK's file upload), as text."""
-    message = email.parser.BytesParser().parsebytes(
-        f"content-type: {content_type}\r\n\r\n".encode() + raw
-    )
-    fields: dict[str, Any] = {}
-    parts: Any = message.get_payload()
-    for part in parts:
-        name = part.get_param("name", header="content-disposition")
-        payload: Any = part.get_payload(decode=True)
-        fields[str(name)] = payload.decode()
-        if filename := part.get_filename():
-            fields["filename"] = filename
-    return fields
-
-
 def _schema_name(body: dict[str, Any]) -> str:
     """The json_schema name the client asked for; "" for json_object and plain text."""
     fmt = body.get("response_format") or {}
@@ -396,7 +381,7 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             content_type = headers.get("content-type", "")
             if content_type.startswith("multipart/form-data"):
-                body = _multipart(content_type, raw)
+                body = multipart_fields(content_type, raw)
             else:
                 body = json.loads(raw or b"{}")
             self._send(server.respond(ReceivedRequest(self.path, headers, body)))

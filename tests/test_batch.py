@@ -375,3 +375,35 @@ def test_generate_course_by_batch_prints_half_the_live_cost_in_its_json(
     assert batch["attempts"]["batch"]["ok"] == batch["tasks"]
     assert batch["first_attempt_valid_share"] == 1.0
     assert abs(batch["batch_saving_usd"] - batch["cost_usd"]) < 1e-6  # half price: saved as much
+
+
+def test_the_offline_provider_reaches_its_batch_endpoints_through_the_sdk_over_loopback(
+    teacher: Any, base_class: Any
+) -> None:
+    from generation.providers.offline import batch_http
+
+    job = _submit(teacher, base_class)
+    _poll_until_done(job)
+
+    assert job.status == JobStatus.SUCCEEDED
+    server = batch_http._servers[str(_emulator().root)]
+    assert server.base_url.startswith("http://127.0.0.1:")
+    batch_ids = set(ProviderBatch.objects.values_list("provider_batch_id", flat=True))
+    served = {(method, path.split("/")[2]) for method, path in server.served}
+    assert {("POST", "files"), ("POST", "batches"), ("GET", "batches")} <= served
+    retrieved = {path.split("/")[3] for method, path in server.served if path.count("/") == 3}
+    assert batch_ids <= retrieved  # every batch was retrieved over HTTP by the SDK
+
+
+def test_the_offline_provider_calls_its_emulator_directly_without_the_loopback(
+    teacher: Any, base_class: Any, batch_settings: Any
+) -> None:
+    from generation.providers.offline import batch_http
+
+    batch_settings.COURSEGEN_OFFLINE_BATCH_HTTP = False
+    get_provider.cache_clear()
+    job = _submit(teacher, base_class)
+    _poll_until_done(job)
+
+    assert job.status == JobStatus.SUCCEEDED
+    assert str(_emulator().root) not in batch_http._servers  # no server was started for it

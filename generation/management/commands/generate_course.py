@@ -25,9 +25,16 @@ from tqdm import tqdm
 
 from accounts.models import BaseClass
 from generation import messages, safety, selectors, services
+from generation.batch_models import BATCH_REQUEST_OPEN
 from generation.batch_selectors import job_batch_saving
 from generation.evaluation import CRITERIA, EVALUATOR
-from generation.models import CourseGenerationJob, GenerationAttempt, GenerationTask, JobStatus
+from generation.models import (
+    BatchRequest,
+    CourseGenerationJob,
+    GenerationAttempt,
+    GenerationTask,
+    JobStatus,
+)
 from generation.providers import get_provider
 from generation.providers.openai import OpenAIProvider
 from generation.rubric import JUDGE_EVALUATOR
@@ -163,13 +170,15 @@ class Command(BaseCommand):
         with tqdm(total=100, unit="%", desc=request.topic[:40], disable=None) as bar:
             while time.monotonic() < deadline:
                 job = self._latest_job(submitted, user, since) or job
+                waiting = job is not None and _waits_for_batch(job)
                 if job is not None:
                     bar.update(job.progress - bar.n)
-                    if job.is_terminal and not thread.is_alive():
+                    if job.is_terminal and not thread.is_alive() and not waiting:
                         return job
                 if "error" in submitted:
                     raise CommandError(f"submit failed: {submitted['error']}")
-                if urgency == "batch" and messages.always_eager() and "job" in submitted:
+                batch_job = urgency == "batch" and "job" in submitted
+                if messages.always_eager() and (waiting or batch_job):
                     services.batch_poll()  # no beat in-process: poll the batches here
                 time.sleep(0.2)
         raise TimedOut(f"timed out after {timeout:.0f}s", job)
@@ -239,6 +248,14 @@ class Command(BaseCommand):
             f"Judge:     {judged.overall:.2f} ({judged.evaluator}{simulated}): {scores}; "
             f"${job.judge_cost_usd:.4f}, apart from the generation cost"
         )
+
+
+def _waits_for_batch(job: CourseGenerationJob) -> bool:
+    """In-process only: the job's tasks, judge runs or regenerations wait for a batch
+    (COURSEGEN_BATCH_JUDGE, COURSEGEN_BATCH_REGENERATIONS), which this command polls."""
+    return messages.always_eager() and (
+        BatchRequest.objects.filter(task__job=job, status__in=BATCH_REQUEST_OPEN).exists()
+    )
 
 
 class TimedOut(Exception):

@@ -99,6 +99,25 @@ class BatchEmulator:
         ]
         return _state(max(found, key=lambda r: r["created_at"])) if found else None
 
+    def uploads(self) -> list[dict[str, Any]]:
+        """The uploaded input files (files.list), newest first."""
+        found = _records(self._dir("uploads"))
+        return [
+            {"object": "file", "purpose": "batch", "status": "processed", "bytes": 0}
+            | m
+            | {"created_at": int(m["created_at"])}
+            for m in sorted(found, key=lambda m: m["created_at"], reverse=True)
+        ]
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every batch's record (batches.list), newest first."""
+        found = _records(self._dir("batches"))
+        return sorted(found, key=lambda r: r["created_at"], reverse=True)
+
+    def record(self, batch_id: str) -> dict[str, Any]:
+        record: dict[str, Any] = json.loads(self._path(batch_id).read_text())
+        return record
+
     def count(self) -> int:
         """How many batches were ever created here (tests: none made twice)."""
         return len(list(self._dir("batches").glob("*.json")))

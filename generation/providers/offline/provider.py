@@ -27,6 +27,7 @@ from generation.providers.base import (
     TransientProviderError,
 )
 from generation.providers.batchfiles import line_result, read_lines
+from generation.providers.offline.batch_http import SdkBatchClient, sdk_client
 from generation.providers.offline.batches import BatchEmulator
 from generation.providers.offline.calllog import call_log_append
 from generation.providers.offline.content import Data, build_content, part_content
@@ -66,6 +67,7 @@ class OfflineProvider(Provider):
         latency: Mapping[Tier, TierLatency] | None = None,
         rate_limit: ProviderRateLimit | None = None,
         batches: BatchEmulator | None = None,
+        batch_http: bool = False,
     ) -> None:
         if not latency_scale >= 0.0:
             raise ValueError(f"latency_scale must be >= 0, got {latency_scale!r}")
@@ -82,6 +84,7 @@ class OfflineProvider(Provider):
         self._fault_rng = random.Random(stable_int("faults", self.seed))
         self._fault_lock = threading.Lock()
         self.batches = batches
+        self.batch_http = batch_http
 
     @classmethod
     def from_settings(cls) -> OfflineProvider:
@@ -102,6 +105,7 @@ class OfflineProvider(Provider):
                 unanswered=settings.COURSEGEN_OFFLINE_BATCH_UNANSWERED,
                 seed=int(settings.COURSEGEN_OFFLINE_SEED),
             ),
+            batch_http=settings.COURSEGEN_OFFLINE_BATCH_HTTP,
         )
 
     def complete(self, request: CompletionRequest) -> Completion:
@@ -138,27 +142,47 @@ class OfflineProvider(Provider):
             raise PermanentProviderError("this offline provider has no batch emulator")
         return self.batches
 
+    # With `batch_http` (COURSEGEN_OFFLINE_BATCH_HTTP, the default) every call goes through the
+    # official SDK to the emulator's loopback server (offline/batch_http.py), as a real
+    # provider's would; without, straight to the emulator.
+    def _sdk(self) -> SdkBatchClient | None:
+        return sdk_client(self._emulator(), self.complete) if self.batch_http else None
+
     def batch_upload(self, lines: Sequence[BatchLine], *, filename: str = "batch.jsonl") -> str:
+        if sdk := self._sdk():
+            return sdk.batch_upload(lines, filename=filename)
         return self._emulator().upload(lines, filename=filename)
 
     def batch_file_find(self, filename: str, *, since: float) -> str | None:
+        if sdk := self._sdk():
+            return sdk.batch_file_find(filename, since=since)
         return self._emulator().file_find(filename, since=since)
 
     def batch_find(self, key: str, *, since: float) -> BatchState | None:
+        if sdk := self._sdk():
+            return sdk.batch_find(key, since=since)
         return self._emulator().find(key, since=since)
 
     def batch_create(self, *, input_file_id: str, metadata: Mapping[str, str]) -> BatchState:
+        if sdk := self._sdk():
+            return sdk.batch_create(input_file_id=input_file_id, metadata=metadata)
         return self._emulator().create(input_file_id=input_file_id, metadata=metadata)
 
     def batch_retrieve(self, batch_id: str) -> BatchState:
+        if sdk := self._sdk():
+            return sdk.batch_retrieve(batch_id)
         return self._emulator().retrieve(batch_id, self.complete)
 
     def batch_results(self, state: BatchState) -> list[BatchLineResult]:
+        if sdk := self._sdk():
+            return sdk.batch_results(state)
         files = [f for f in (state.output_file_id, state.error_file_id) if f]
         lines = [line for f in files for line in read_lines(self._emulator().content(f))]
         return [line_result(line, provider=self.name) for line in lines]
 
     def batch_cancel(self, batch_id: str) -> BatchState:
+        if sdk := self._sdk():
+            return sdk.batch_cancel(batch_id)
         return self._emulator().cancel(batch_id)
 
     # --- steps of complete() ---------------------------------------------------------------------
