@@ -13,6 +13,7 @@ import pytest
 from django.utils import timezone
 
 from generation import recovery, regeneration, services
+from generation.batch_admin import job_batch_state
 from generation.batch_models import BatchRequestStatus, BatchStatus
 from generation.batch_selectors import job_batch_saving
 from generation.models import (
@@ -100,8 +101,12 @@ def test_it_judges_by_batch_at_half_price_and_takes_each_verdict_once(
         (f"judge-{r.pk}-try-1", BatchRequestStatus.QUEUED) for r in runs
     )
     assert not GenerationAttempt.objects.filter(judge_run__job=job).exists()  # nothing paid yet
+    assert "waiting for batch</strong>: 2 request(s) (0 of tasks, 2 of the judge" in (
+        job_batch_state(job)
+    )  # the job's admin page
 
     _poll_until(lambda: _judged(job))
+    assert job_batch_state(job) == "-"
 
     rows = list(GenerationAttempt.objects.filter(judge_run__job=job))
     assert len(rows) == 2  # one line per run, no live call
