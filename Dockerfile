@@ -19,5 +19,5 @@ RUN python manage.py collectstatic --noinput -v 0
 RUN useradd --create-home coursegen && mkdir -p /app/.cache && chown -R coursegen /app
 USER coursegen
 EXPOSE 8000
-# gthread, 2 processes x 8 threads (coursegen/gunicorn_conf.py; WEB_WORKERS, WEB_THREADS).
+# gevent, 2 processes (coursegen/gunicorn_conf.py; WEB_WORKER_CLASS, WEB_WORKERS).
 CMD ["gunicorn", "-c", "python:coursegen.gunicorn_conf", "coursegen.wsgi:application"]

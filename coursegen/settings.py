@@ -480,6 +480,14 @@ COURSEGEN_GLOBAL_MAX_RUNNING_JOBS = env_int("COURSEGEN_GLOBAL_MAX_RUNNING_JOBS",
 COURSEGEN_DISPATCH_ASK_TTL_S = env_int("COURSEGEN_DISPATCH_ASK_TTL_S", 5, minimum=1)
 # Queue aging: a waiting job's priority improves by one step per this many seconds of waiting.
 COURSEGEN_QUEUE_AGING_S = env_float("COURSEGEN_QUEUE_AGING_S", 60.0, minimum=1.0)
+# Progress as server-sent events (GET /api/jobs/<id>/events/, generation/events.py): each web
+# process reads the jobs its streams follow once every COURSEGEN_EVENTS_POLL_S; a comment line
+# every COURSEGEN_EVENTS_HEARTBEAT_S keeps a quiet stream open; a stream ends after
+# COURSEGEN_EVENTS_MAX_S (clients reconnect after COURSEGEN_EVENTS_RETRY_S, SSE's `retry`).
+COURSEGEN_EVENTS_POLL_S = env_float("COURSEGEN_EVENTS_POLL_S", 1.0, minimum=0.05)
+COURSEGEN_EVENTS_HEARTBEAT_S = env_float("COURSEGEN_EVENTS_HEARTBEAT_S", 15.0, minimum=0.1)
+COURSEGEN_EVENTS_MAX_S = env_float("COURSEGEN_EVENTS_MAX_S", 300.0, minimum=1.0)
+COURSEGEN_EVENTS_RETRY_S = env_float("COURSEGEN_EVENTS_RETRY_S", 2.0, minimum=0.1)
 # Rate limits. Job limits per role live in the database (admin: Rate limit policies).
 # Request-level throttle for every API view, per user (per IP before login): "<n>/<m|s|h|d>".
 COURSEGEN_API_RATE = env_str("COURSEGEN_API_RATE", "120/m")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
 
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBase
 from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -17,14 +17,15 @@ from drf_spectacular.utils import (
     extend_schema,
 )
 from rest_framework import status
-from rest_framework.renderers import JSONRenderer
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coursegen.drf import ErrorOutputSerializer, FieldErrorsOutputSerializer, LimitOffsetPagination
 from coursegen.openapi import bad_request, error
-from generation import exports, idempotency, recovery, regeneration, safety, services
+from generation import events, exports, idempotency, recovery, regeneration, safety, services
 from generation.models import (
     CourseEvaluation,
     CourseGenerationJob,
@@ -289,6 +290,48 @@ class JobProgressApi(APIView):
         if job is None:
             raise Http404("No such job.")
         return Response(JobProgressOutputSerializer(job).data)
+
+
+class _JsonErrors(DefaultContentNegotiation):
+    """JSON for every answer but the stream itself: a client that accepts only
+    text/event-stream still gets its 401/404/429 body (a StreamingHttpResponse sets its own
+    content type), never a 406."""
+
+    def select_renderer(
+        self,
+        request: Request,
+        renderers: Iterable[BaseRenderer],
+        format_suffix: str | None = None,
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
+        return renderer, str(renderer.media_type)
+
+
+class JobEventsApi(APIView):
+    """The push alternative to polling progress: server-sent events (generation/events.py)."""
+
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = _JsonErrors
+
+    @extend_schema(
+        operation_id="jobs_events",
+        responses={
+            (200, events.CONTENT_TYPE): OpenApiResponse(
+                events.EVENT_SCHEMA,
+                description="A stream of server-sent events, `event: progress` with the body of "
+                "GET /api/jobs/{job_id}/progress/ as JSON on its `data:` line: one at once, "
+                "then one whenever that changes; the stream ends after the job's terminal "
+                "status (succeeded, failed, cancelled) or after COURSEGEN_EVENTS_MAX_S, when "
+                "the client reconnects. Lines starting with ':' are keep-alive comments.",
+            ),
+        },
+    )
+    def get(self, request: Request, job_id: UUID) -> HttpResponseBase:
+        job = job_progress_visible(user=request.user, job_id=job_id)
+        if job is None:
+            raise Http404("No such job.")
+        first = JobProgressOutputSerializer(job).data
+        return events.progress_stream(job_id=job.pk, first=first)
 
 
 class JobCourseApi(APIView):

@@ -201,6 +201,48 @@ def _queue_position_postgresql(*, job_id: UUID) -> int | None:
     return None if row is None else int(row[0])
 
 
+# Every followed job's progress columns and queue position in one statement (the events hub,
+# generation/events.py): rank() over the queue is _QUEUE_POSITION_SQL's count + 1 for each row.
+_JOBS_PROGRESS_SQL = """
+SELECT {columns}, j.course IS NOT NULL AS has_course,
+    CASE WHEN j.status = %(queued_job)s THEN q.position END AS known_queue_position
+FROM course_generation_jobs j
+LEFT JOIN (
+    SELECT e.job_id, rank() OVER (ORDER BY {e_aged}, e.enqueued_at) AS position
+    FROM course_generation_queue e
+    WHERE e.state = %(queued)s
+) q ON q.job_id = j.id
+WHERE j.id = ANY(%(jobs)s)
+""".format(
+    columns=", ".join(f"j.{name}" for name in PROGRESS_FIELDS),
+    e_aged=PG_AGED_PRIORITY.format(
+        priority="e.priority", enqueued_at="e.enqueued_at", aging_s="%(aging_s)s"
+    ),
+)
+
+
+def jobs_progress(*, job_ids: Sequence[UUID]) -> list[CourseGenerationJob]:
+    """The progress columns of these jobs (no visibility check: the caller checked when it
+    started following), with their queue positions as `known_queue_position`."""
+    if not db.hand_written_sql():
+        has_course = ExpressionWrapper(Q(course__isnull=False), output_field=BooleanField())
+        jobs: list[CourseGenerationJob] = list(
+            CourseGenerationJob.objects.filter(pk__in=list(job_ids))
+            .only(*PROGRESS_FIELDS)
+            .annotate(has_course=has_course)
+        )
+        for job in jobs:
+            job.known_queue_position = queue_position(job=job)  # type: ignore[attr-defined]
+        return jobs
+    params: dict[str, Any] = {
+        "jobs": list(job_ids),
+        "queued_job": JobStatus.QUEUED.value,
+        "queued": QueueState.QUEUED.value,
+        "aging_s": float(settings.COURSEGEN_QUEUE_AGING_S),
+    }
+    return list(CourseGenerationJob.objects.raw(_JOBS_PROGRESS_SQL, params))
+
+
 def capacity_now() -> dict[str, int]:
     """Jobs waiting in the queue and jobs running now (claimed entries), in one query."""
     counts = QueueEntry.objects.filter(state__in=[QueueState.QUEUED, QueueState.CLAIMED]).aggregate(

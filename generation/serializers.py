@@ -220,6 +220,9 @@ class _WaitingFieldsMixin(serializers.Serializer):
     def get_queue_position(self, job: CourseGenerationJob) -> int | None:
         from generation.selectors import queue_position
 
+        if hasattr(job, "known_queue_position"):  # read with the row (selectors.jobs_progress)
+            known: int | None = job.known_queue_position
+            return known
         return queue_position(job=job)
 
     def get_course_url(self, job: CourseGenerationJob) -> str | None:

@@ -6,6 +6,7 @@ urlpatterns = [
     path("jobs/", apis.JobCollectionApi.as_view(), name="jobs"),
     path("jobs/<uuid:job_id>/", apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/progress/", apis.JobProgressApi.as_view(), name="job-progress"),
+    path("jobs/<uuid:job_id>/events/", apis.JobEventsApi.as_view(), name="job-events"),
     path("jobs/<uuid:job_id>/course/", apis.JobCourseApi.as_view(), name="job-course"),
     path(
         "jobs/<uuid:job_id>/export/<str:export_format>/",

@@ -1,6 +1,8 @@
-"""The load generator: simulated users who submit a course through the real HTTP API, poll its
+"""The load generator: simulated users who submit a course through the real HTTP API, follow its
 progress until it ends, fetch the course, and submit the next one. Each user is a thread with its
-own keep-alive connection.
+own keep-alive connection. A user follows its job as a client would: by server-sent events
+(GET /api/jobs/<id>/events/, one stream read until the terminal event, reconnecting when the
+server ends it early) or, for clients that cannot stream, by polling /progress/ every `poll_s`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class LoadResult:
     courses: list[Course] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     polls: list[tuple[float, float]] = field(default_factory=list)  # (monotonic at, ms)
+    # Server-sent events: (monotonic at, ms from the request to its first event) per stream
+    # opened, and the monotonic time of every progress event received.
+    streams: list[tuple[float, float]] = field(default_factory=list)
+    events: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, course: Course) -> None:
@@ -71,11 +77,13 @@ class User(threading.Thread):
         ramp_s: float = 0.0,
         modules: int = 4,
         lessons: int = 3,
+        events: bool = False,
     ):
         super().__init__(daemon=True)
         self.port, self.token, self.base_class = port, token, base_class
         self.result, self.stop, self.budget, self.poll_s = result, stop, budget, poll_s
         self.modules, self.lessons, self.ramp_s = modules, lessons, ramp_s or poll_s
+        self.events = events
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
     def request(
@@ -121,6 +129,9 @@ class User(threading.Thread):
             return
         course = Course(str(data["id"]), started, submit_ms)
         self.result.add(course)
+        if self.events:
+            self.follow_events(course)
+            return
         while not self.stop.is_set():
             time.sleep(self.poll_s)
             # The cheap poll a waiting client uses; the course is fetched once when it is done.
@@ -132,6 +143,49 @@ class User(threading.Thread):
                 if data.get("course_url"):
                     self.request("GET", str(data["course_url"]))
                 return
+
+    def follow_events(self, course: Course) -> None:
+        """Read the job's event stream until its terminal event; reconnect if the server ends
+        the stream first (its COURSEGEN_EVENTS_MAX_S), as an EventSource would."""
+        headers = {"Authorization": f"Token {self.token}", "Accept": "text/event-stream"}
+        path = f"/api/jobs/{course.job_id}/events/"
+        while not self.stop.is_set():
+            opened = time.monotonic()
+            try:
+                self.conn.request("GET", path, headers=headers)
+                response = self.conn.getresponse()
+            except (http.client.HTTPException, OSError):
+                self.conn.close()  # a keep-alive connection the server closed: reconnect
+                continue
+            if response.status != 200:
+                self.result.error(f"events {response.status}: {response.read()[:200]!r}")
+                time.sleep(self.poll_s)
+                continue
+            data = self.read_stream(response, opened)
+            if data is not None and data.get("status") in TERMINAL:
+                course.finished_at, course.status = time.monotonic(), str(data["status"])
+                if data.get("course_url"):
+                    self.request("GET", str(data["course_url"]))
+                return
+
+    def read_stream(self, response: http.client.HTTPResponse, opened: float) -> dict | None:
+        """The last progress event of one stream, read to its end."""
+        last: dict | None = None
+        lines: list[bytes] = []
+        for raw in iter(response.readline, b""):
+            line = raw.rstrip(b"\r\n")
+            if line.startswith(b"data:"):
+                lines.append(line[5:].strip())
+            elif not line and lines:  # a blank line ends an event
+                now = time.monotonic()
+                if last is None:
+                    self.result.streams.append((opened, (now - opened) * 1000))
+                self.result.events.append(now)
+                last, lines = json.loads(b"\n".join(lines)), []
+            if self.stop.is_set():
+                self.conn.close()
+                return None
+        return last
 
 
 class Budget:
@@ -160,8 +214,11 @@ def run_users(
     stop: threading.Event,
     budget: Budget,
     ramp_s: float = 0.0,
+    event_share: float = 0.0,
 ) -> tuple[LoadResult, list[User]]:
+    """`event_share` of the users follow their jobs by server-sent events, the rest poll."""
     result = LoadResult()
+    streaming = round(len(tokens) * event_share)
     users = [
         User(
             port=port,
@@ -172,8 +229,9 @@ def run_users(
             budget=budget,
             poll_s=poll_s,
             ramp_s=ramp_s,
+            events=index < streaming,
         )
-        for token in tokens
+        for index, token in enumerate(tokens)
     ]
     for user in users:
         user.start()

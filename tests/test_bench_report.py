@@ -35,7 +35,7 @@ def test_targets_met_missed_and_not_measured() -> None:
 def test_last_line_is_the_json_with_the_settings() -> None:
     last = json.loads(report({"courses_per_hour": 6319})[-1])
     assert last["courses_per_hour"] == 6319
-    assert last["settings"]["web"] == "gunicorn gthread 2x8"
+    assert last["settings"]["web"] == "gunicorn gevent 2x1000"  # processes x connections
     assert last["settings"]["pool"] == "threads"
 
 

@@ -20,7 +20,10 @@ from django.test import Client, override_settings
 from gunicorn.config import Config
 
 ROOT = Path(settings.BASE_DIR)
-WEB_ENV = ("WEB_BIND", "WEB_WORKERS", "WEB_THREADS", "WEB_KEEPALIVE_S", "WEB_TIMEOUT_S")
+WEB_ENV = (
+    "WEB_BIND", "WEB_WORKERS", "WEB_THREADS", "WEB_KEEPALIVE_S", "WEB_TIMEOUT_S",
+    "WEB_WORKER_CLASS", "WEB_WORKER_CONNECTIONS",
+)  # fmt: skip
 
 
 def gunicorn_config(monkeypatch: pytest.MonkeyPatch, **env: str) -> Config:
@@ -41,11 +44,22 @@ def gunicorn_config(monkeypatch: pytest.MonkeyPatch, **env: str) -> Config:
 
 def test_gunicorn_defaults_are_the_benchmarked_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     config = gunicorn_config(monkeypatch)
-    assert config.worker_class_str == "gthread"
-    assert (config.workers, config.threads) == (2, 8)
+    assert config.worker_class_str == "gevent"  # event streams hold no thread
+    assert (config.workers, config.worker_connections) == (2, 1000)
     assert config.address == [("0.0.0.0", 8000)]
     assert config.keepalive == 5
     assert config.accesslog is None
+
+
+def test_gunicorn_takes_gthread_or_gevent_and_refuses_other_worker_classes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = gunicorn_config(monkeypatch, WEB_WORKER_CLASS="gthread", WEB_THREADS="16")
+    assert (config.worker_class_str, config.threads) == ("gthread", 16)
+    with pytest.raises(ValueError, match="WEB_WORKER_CLASS must be gthread or gevent, got 'sync'"):
+        gunicorn_config(monkeypatch, WEB_WORKER_CLASS="sync")
+    monkeypatch.delenv("WEB_WORKER_CLASS")
+    importlib.reload(importlib.import_module("coursegen.gunicorn_conf"))  # leave it loaded
 
 
 def test_gunicorn_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -205,6 +205,8 @@ def test_it_reads_the_settings_and_the_gunicorn_config() -> None:
     assert from_gunicorn == {
         "WEB_BIND",
         "WEB_WORKERS",
+        "WEB_WORKER_CLASS",
+        "WEB_WORKER_CONNECTIONS",
         "WEB_THREADS",
         "WEB_KEEPALIVE_S",
         "WEB_TIMEOUT_S",

@@ -1,11 +1,11 @@
 """The edge (issue 21, item 7): slow clients against the real web stack on 127.0.0.1.
 
-gunicorn runs with the shipped settings (coursegen/gunicorn_conf.py: gthread, 2 x 8 threads) and
+gunicorn runs with the shipped settings (coursegen/gunicorn_conf.py: gevent, 2 processes) and
 Debian's nginx with deploy/nginx.conf (only its listen address and upstream replaced). Slow
 clients send the headers and part of the body of an authenticated POST /api/jobs/, then stall.
 
-- gunicorn alone: each slow client holds a thread while Django waits for the rest of the body;
-  with 16 of them, a normal request waits and nothing cuts them.
+- gunicorn alone: each slow client holds a greenlet (a thread under gthread) while Django waits
+  for the rest of the body, and nothing cuts them.
 - behind nginx: 50 slow clients reach nginx only; gunicorn never sees their requests, normal
   requests answer, and nginx cuts the stalled ones after client_body_timeout.
 

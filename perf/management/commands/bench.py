@@ -97,12 +97,20 @@ class Command(BaseCommand):
         parser.add_argument("--ramp", type=float, default=45.0, help="users start spread over")
         parser.add_argument("--duration", type=float, default=180.0)
         parser.add_argument("--poll", type=float, default=2.0, help="users' status poll, seconds")
+        parser.add_argument(
+            "--event-share",
+            type=float,
+            default=0.9,
+            help="share of the throughput and users1000 users that follow their jobs by "
+            "server-sent events (the rest poll every --poll s)",
+        )
         parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
         parser.add_argument("--pool", default="threads", choices=["threads", "gevent", "prefork"])
         parser.add_argument("--concurrency", type=int, default=300, help="per worker process")
         parser.add_argument("--worker-nice", type=int, default=0, help="nice value of workers")
         parser.add_argument("--web-workers", type=int, default=2)
         parser.add_argument("--web-threads", type=int, default=8)
+        parser.add_argument("--web-worker-class", default="", choices=["", "gthread", "gevent"])
         parser.add_argument(
             "--web-keepalive",
             type=int,
@@ -279,12 +287,22 @@ class Command(BaseCommand):
                 "%(m)s %(U)s %(s)s %(D)s",
             ),
             {
+                **(
+                    {"WEB_WORKER_CLASS": self.opts["web_worker_class"]}
+                    if self.opts["web_worker_class"]
+                    else {}
+                ),
                 "DATABASE_POOL_MAX_SIZE": str(self.opts["web_threads"]),
                 "DATABASE_POOL_MIN_SIZE": str(min(2, self.opts["web_threads"])),
             },
         )
         self.start_beat(fleet, "beat", self.logdir / "beat-schedule")
         procs.wait_for(lambda: procs.port_open(self.web_port), 30, "gunicorn", web)
+
+    def web_worker_class(self) -> str:
+        """--web-worker-class, else the shipped configuration's (WEB_WORKER_CLASS, gevent)."""
+        chosen = self.opts["web_worker_class"] or os.environ.get("WEB_WORKER_CLASS", "")
+        return chosen.strip() or "gevent"
 
     def start_workers(
         self,
@@ -548,6 +566,7 @@ class Command(BaseCommand):
             stop=stop,
             budget=load.Budget(None),
             ramp_s=min(self.opts["ramp"], warmup),
+            event_share=self.opts["event_share"],
         )
         window_start = started + warmup
         web_profiler = self.start_web_profiler(fleet)
@@ -659,6 +678,7 @@ class Command(BaseCommand):
             stop=stop,
             budget=load.Budget(None),
             ramp_s=opts["u1000_ramp"],
+            event_share=opts["event_share"],
         )
         time.sleep(opts["u1000_ramp"])
         web_before, window_start = fleet.cpu_by_role().get("web", 0.0), time.monotonic()
@@ -673,6 +693,8 @@ class Command(BaseCommand):
             thread.join(timeout=30)
         submits = [c.submit_ms for c in result.courses]
         polls = [ms for at, ms in list(result.polls) if window_start <= at <= window_end]
+        streams = [ms for _, ms in list(result.streams)]
+        events = [at for at in list(result.events) if window_start <= at <= window_end]
         server = self.server_ms(access_from)
         server_polls = server["poll"]
         self.results.update(
@@ -684,6 +706,9 @@ class Command(BaseCommand):
             users1000_poll_server_p99_ms=round(load.percentile(server_polls, 99), 1),
             users1000_polls_per_s=round(len(polls) / window, 1),
             users1000_web_cpu_cores=round(web_cores, 2),
+            users1000_streams=len(streams),
+            users1000_stream_first_event_p99_ms=round(load.percentile(streams, 99), 1),
+            users1000_events_per_s=round(len(events) / window, 1),
         )
         rows = [
             ("users / ramp s / window s", f"{len(users)} / {opts['u1000_ramp']:g} / {window:.0f}"),
@@ -695,6 +720,8 @@ class Command(BaseCommand):
                 _ms(server_polls),
             ),
             ("polls per s in the window", f"{len(polls) / window:.1f}"),
+            (f"event streams opened, first event ms p50 / p99 (n={len(streams)})", _ms(streams)),
+            ("progress events per s in the window", f"{len(events) / window:.1f}"),
             ("web CPU cores busy in the window", f"{web_cores:.2f}"),
             ("(load generator) CPU cores busy in the window", f"{generator_cores:.2f}"),
             ("load errors", str(len(result.errors))),
@@ -1071,7 +1098,8 @@ class Command(BaseCommand):
             "workers": self.opts["workers"],
             "pool": self.opts["pool"],
             "concurrency": self.opts["concurrency"],
-            "web": f"gunicorn gthread {self.opts['web_workers']}x{self.opts['web_threads']}",
+            "web": f"gunicorn {self.web_worker_class()} {self.opts['web_workers']}x"
+            + (str(self.opts["web_threads"]) if self.web_worker_class() == "gthread" else "1000"),
             "users": self.opts["users"],
             "poll_s": self.opts["poll"],
             "global_max_running_jobs": settings.COURSEGEN_GLOBAL_MAX_RUNNING_JOBS,
