@@ -133,3 +133,55 @@ def test_it_flags_the_category_and_scores_every_category():
     assert set(result.scores) == set(MODERATION_CATEGORIES)
     assert result.scores["dangerous"] > 0.5 > result.scores["hate"]
     assert result.provider == "offline" and result.model == SIMULATED_MODEL
+
+
+# The literal prefilter (moderation.needles): a rule's regex is skipped when the text lacks one
+# of its required literals, so it must never skip a text the rule matches.
+def _variants(text: str) -> list[str]:
+    """The text as written, shouted, and with the letters IGNORECASE matches outside ASCII
+    (the long s, the dotless and the dotted capital i, the Kelvin sign)."""
+    odd = text.replace("s", "\u017f").replace("i", "\u0131").replace("I", "\u0130")
+    return [text, text.upper(), odd, text.upper().replace("I", "\u0130").replace("K", "\u212a")]
+
+
+def test_it_never_skips_a_rule_that_matches():
+    from generation.providers.offline.moderation import _COMPILED, _lower, _may_match
+
+    matched = 0
+    for text, _ in LABELLED:
+        for variant in _variants(text):
+            for rules in _COMPILED.values():
+                for found, rule in rules:
+                    if rule.search(variant):
+                        matched += 1
+                        assert _may_match(found, _lower(variant)), (variant, rule.pattern)
+    assert matched >= 4 * 18  # the flagged texts, in every variant
+
+
+def test_it_derives_required_literals_from_a_rule():
+    from generation.providers.offline.moderation import needles
+
+    assert needles(r"\bhow to (?:hack|break) into\b") == (
+        (" into",),
+        ("how to break into", "how to hack into"),
+    )
+    assert needles(r"\b(?:pro[- ]ana|thinspiration)\b") == (
+        ("pro ana", "pro-ana", "thinspiration"),
+    )
+    # No literal of three characters or more that every match needs: no prefilter.
+    assert needles(r"\b(?:a|b)\w+\b") == ()
+    assert needles(r"\bbomb(?:s|ing)?\b[^.]{0,9}\b(?:x|yy)\b") == (("bomb",),)
+
+
+def test_it_lower_cases_every_letter_ignorecase_matches_to_that_letter():
+    import re
+
+    from generation.providers.offline.moderation import _lower
+
+    letter = re.compile("[a-z]", re.IGNORECASE)
+    for code in range(0x110000):
+        char = chr(code)
+        if letter.fullmatch(char):
+            low = _lower(char)
+            assert len(low) == 1 and "a" <= low <= "z", hex(code)
+            assert re.fullmatch(low, char, re.IGNORECASE), hex(code)

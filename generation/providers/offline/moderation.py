@@ -12,7 +12,9 @@ weaker than a trained classifier, so production uses `omni-moderation-latest` (d
 from __future__ import annotations
 
 import re
+import re._parser as _p  # the stdlib's own regex parser: the prefilter's literals
 import time
+from typing import Any
 
 from generation.providers.base import (
     MODERATION_CATEGORIES,
@@ -98,8 +100,88 @@ _RULES: dict[str, tuple[str, ...]] = {
         r"\b(?:kys|go kill yourself)\b",
     ),
 }
+
+
+# --- A literal prefilter ----------------------------------------------------------------------
+# Most texts match no rule, and a case-insensitive search of a few kilobytes with a rule that
+# starts with an alternation costs ~0.1 ms per rule (30 rules: 2 ms a task, the largest share of a
+# worker's CPU in `make bench`). Each rule gets sets of literal strings, every match containing one
+# string of each set (derived from the rule itself, so they cannot drift from it); the rule's regex
+# runs only when the lower-cased text holds one string of every set. Same verdicts, less time.
+MIN_NEEDLE = 3  # shorter required literals ("a ", "i ") filter nothing
+MAX_NEEDLES = 64
+Needles = tuple[tuple[str, ...], ...]
+
+
+def _alternatives(op: Any, av: Any) -> list[Any] | None:
+    """The parsed sequences one of which an item matches, when it is a choice among them."""
+    if op is _p.SUBPATTERN and not av[1] and not av[2]:
+        return [av[3]]
+    if op is _p.BRANCH:
+        return list(av[1])
+    if op is _p.IN and all(kind is _p.LITERAL for kind, _ in av):
+        return [[(_p.LITERAL, char)] for _, char in av]  # a small class such as [- ]
+    return None
+
+
+def _prefixes(items: Any) -> tuple[set[str], bool]:
+    """Literal strings one of which every match of the parsed sequence `items` starts with, and
+    whether they are the whole match (so that what follows can extend them)."""
+    found = {""}
+    for op, av in items:
+        if op in (_p.AT, _p.ASSERT_NOT, _p.ASSERT):
+            continue  # zero-width: consumes nothing
+        if op is _p.LITERAL:
+            found = {f + chr(av).lower() for f in found}
+            continue
+        options = _alternatives(op, av)
+        if options is None:
+            return found, False
+        alternatives = [_prefixes(option) for option in options]
+        found = {f + a for f in found for alts, _ in alternatives for a in alts}
+        if len(found) > MAX_NEEDLES:
+            return {""}, False
+        if not all(complete for _, complete in alternatives):
+            return found, False
+    return found, True
+
+
+def needles(pattern: str) -> Needles:
+    """Sets of lower-case literals such that every match of `pattern` (IGNORECASE) contains one
+    literal of each set; () when it has none worth checking. A match of a pattern contains a match
+    of each of its top-level suffixes, and a match of a suffix starts with one of its prefixes."""
+    items = list(_p.parse(pattern, re.IGNORECASE))
+    candidates = {tuple(sorted(_prefixes(items[start:])[0])) for start in range(len(items))}
+    # The cheapest first (fewest strings, then the longest); a set another kept set implies is
+    # dropped, such as "ow to" after "how to".
+    sets: list[tuple[str, ...]] = []
+    for found in sorted(candidates, key=lambda c: (len(c), -min(map(len, c)), c)):
+        if min(map(len, found)) >= MIN_NEEDLE and not any(_implies(s, found) for s in sets):
+            sets.append(found)
+    return tuple(sets)
+
+
+def _implies(kept: tuple[str, ...], found: tuple[str, ...]) -> bool:
+    """True when a text holding one of `kept` holds one of `found` too: checking `found` after
+    `kept` would add nothing."""
+    return all(any(n in k for n in found) for k in kept)
+
+
+def _may_match(found: Needles, low: str) -> bool:
+    return all(any(n in low for n in options) for options in found)
+
+
+# Characters IGNORECASE matches with an ASCII letter that str.lower() does not turn into it.
+_TO_ASCII = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s"})
+
+
+def _lower(text: str) -> str:
+    """The text lower-cased as IGNORECASE compares it with the needles' ASCII letters."""
+    return text.lower() if text.isascii() else text.translate(_TO_ASCII).lower()
+
+
 _COMPILED = {
-    category: tuple(re.compile(rule, re.IGNORECASE) for rule in rules)
+    category: tuple((needles(rule), re.compile(rule, re.IGNORECASE)) for rule in rules)
     for category, rules in _RULES.items()
 }
 assert set(_COMPILED) == set(MODERATION_CATEGORIES)
@@ -112,8 +194,11 @@ UNSAFE_SENTENCE = (
 
 def classify(text: str) -> dict[str, float]:
     """Each category's score for one text: FLAG_SCORE when a rule matches, else 0."""
+    low = _lower(text)
     return {
-        category: FLAG_SCORE if any(rule.search(text) for rule in rules) else 0.0
+        category: FLAG_SCORE
+        if any(_may_match(found, low) and rule.search(text) for found, rule in rules)
+        else 0.0
         for category, rules in _COMPILED.items()
     }
 
