@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +175,19 @@ _db_url = env_url(
 )
 _default_db: dict[str, Any] = environ.Env.db_url_config(_db_url)
 IS_POSTGRES = _default_db["ENGINE"] == "django.db.backends.postgresql"
+# Under gevent (gunicorn's default worker here, coursegen/gunicorn_conf.py) Django's connections are
+# per greenlet: without a pool each request in flight opens a connection of its own, and a burst
+# of requests or event streams (up to WEB_WORKER_CONNECTIONS per process) passes PostgreSQL's
+# max_connections ("too many clients", 500s). The pool bounds them, so it is on by default there.
+_gevent_monkey = sys.modules.get("gevent.monkey")
+_UNDER_GEVENT = bool(_gevent_monkey and _gevent_monkey.is_module_patched("socket"))
 if IS_POSTGRES:
-    if env_bool("DATABASE_POOL", False):
+    if _UNDER_GEVENT and not env_bool("DATABASE_POOL", True):
+        raise ImproperlyConfigured(
+            "DATABASE_POOL=false under gevent opens a connection per request in flight: "
+            "leave DATABASE_POOL on (DATABASE_POOL_MAX_SIZE bounds the connections per process)"
+        )
+    if env_bool("DATABASE_POOL", _UNDER_GEVENT):
         # Celery closes Django's connection around every task (celery#4116); a pool makes it cheap.
         _default_db["CONN_MAX_AGE"] = 0
         _default_db.setdefault("OPTIONS", {})["pool"] = {

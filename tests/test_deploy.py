@@ -7,7 +7,11 @@ code they name: a renamed setting, module or command breaks these tests, not a d
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -191,3 +195,45 @@ def test_compose_web_healthcheck_probes_liveness_only(compose: dict[str, Any]) -
     match = re.search(r"http://127\.0\.0\.1:8000(/[^'\"]+)", probe)
     assert match is not None, probe
     assert resolve(match.group(1)).func is liveness
+
+
+_GEVENT_DB_PROBE = """
+from gevent import monkey
+monkey.patch_all()  # as gunicorn's gevent worker does before it loads the application
+import json
+from django.conf import settings
+db = settings.DATABASES["default"]
+print(json.dumps({"pool": db.get("OPTIONS", {}).get("pool"), "max_age": db["CONN_MAX_AGE"]}))
+"""
+
+
+def _gevent_settings(**env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_POOL")}
+    return subprocess.run(
+        [sys.executable, "-c", _GEVENT_DB_PROBE],
+        cwd=ROOT,
+        env={
+            **base,
+            "DJANGO_SETTINGS_MODULE": "coursegen.settings",
+            "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/coursegen",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_gevent_web_processes_pool_their_database_connections() -> None:
+    """Under gevent each greenlet has its own Django connection: without the pool, 200 event
+    streams opened at once made 200 connections and PostgreSQL refused the rest ("too many
+    clients", 500s). The pool is on by default there and cannot be turned off."""
+    run = _gevent_settings(DATABASE_POOL_MAX_SIZE="8")
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.splitlines()[-1])
+    assert got["pool"]["max_size"] == 8
+    assert got["max_age"] == 0
+
+    refused = _gevent_settings(DATABASE_POOL="false")
+    assert refused.returncode != 0
+    assert "DATABASE_POOL=false under gevent" in refused.stderr
