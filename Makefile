@@ -125,8 +125,10 @@ chaos: $(STAMP)
 	$(CHAOS_ENV) $(BIN)/python manage.py chaos --scratch-postgres $(CHAOS_ARGS)
 
 # `make chaos-rabbitmq`: the same run with RabbitMQ as the broker (Redis stays the result backend
-# and cache), in a vhost of its own, and RabbitMQ itself restarted mid-batch (rabbitmqctl).
-CHAOS_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/coursegen-chaos-$(CHAOS_REDIS_PORT)
+# and cache), on a RabbitMQ node of its own on CHAOS_RABBITMQ_PORT (started in a temporary folder,
+# stopped and removed at the end), restarted mid-batch; the shared node on 5672 is never touched.
+CHAOS_RABBITMQ_PORT ?= 5682
+CHAOS_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:$(CHAOS_RABBITMQ_PORT)/coursegen-chaos
 chaos-rabbitmq: $(STAMP)
 	$(CHAOS_ENV) CELERY_BROKER_URL=$(CHAOS_RABBITMQ_URL) \
 		$(BIN)/python manage.py chaos --scratch-postgres $(CHAOS_ARGS)

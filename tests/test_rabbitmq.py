@@ -129,24 +129,42 @@ def _wait_for_probes(client: redis.Redis, count: int, timeout: float = 60) -> li
     raise TimeoutError(f"fewer than {count} probes ran")
 
 
-def test_it_gives_the_chaos_run_a_vhost_of_its_own_and_never_the_default() -> None:
+def test_the_chaos_run_restarts_a_rabbitmq_node_of_its_own_never_the_shared_one() -> None:
+    """`make chaos-rabbitmq` restarts its broker: a second node on a port of its own, stopped and
+    removed at the end; the shared node (5672, other tests' vhosts) is refused and untouched."""
+    import kombu
+    import kombu.exceptions
     from django.core.management.base import CommandError
 
-    if not RABBITMQ_URL:
-        pytest.skip("TEST_RABBITMQ_URL is empty")
+    from generation.management.chaos_postgres import free_port
     from generation.management.chaos_rabbitmq import ChaosRabbitMQ
 
-    with pytest.raises(CommandError, match="vhost of its own"):
-        ChaosRabbitMQ("amqp://guest:guest@127.0.0.1:5672/")
-    chaos = ChaosRabbitMQ(f"amqp://guest:guest@127.0.0.1:5672/coursegen-chaos-test-{os.getpid()}")
-    assert chaos.vhost == f"coursegen-chaos-test-{os.getpid()}" and chaos.user == "guest"
-
+    if not RABBITMQ_URL or not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
+        pytest.skip("no RabbitMQ on this machine")
+    with pytest.raises(CommandError, match="port of its own"):
+        ChaosRabbitMQ("amqp://guest:guest@127.0.0.1:5672/coursegen-chaos")
+    shared_vhosts = _vhosts()
+    port = free_port()
+    url = f"amqp://guest:guest@127.0.0.1:{port}/coursegen-chaos-test"
+    chaos = ChaosRabbitMQ(url)
     chaos.init()
+    folder = chaos.dir
     try:
-        assert chaos.vhost in _vhosts()
+        assert folder is not None and folder.exists()
+        with kombu.Connection(url) as conn:
+            conn.connect()
+        chaos.restart(down_s=0.5)
+        with kombu.Connection(url, connect_timeout=10) as conn:
+            conn.connect()  # serves again after the restart
+        assert chaos.restarts == 1
+        assert "coursegen-chaos-test" not in _vhosts()  # made on its node, not the shared one
     finally:
         chaos.remove()
-    assert chaos.vhost not in _vhosts()
+    assert folder is not None and not folder.exists()
+    refused = (OSError, kombu.exceptions.OperationalError)
+    with pytest.raises(refused), kombu.Connection(url, connect_timeout=2) as conn:
+        conn.ensure_connection(max_retries=1)
+    assert _vhosts() == shared_vhosts  # the shared node was never restarted nor changed
 
 
 def _vhosts() -> list[str]:

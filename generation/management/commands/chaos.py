@@ -13,9 +13,10 @@ logs every call it receives, so the figures come from what the provider saw
 succeeded. A watcher thread samples the job watchdog's own query all along (`jobs_stuck`); the
 logs are searched for deadlocks. The last line printed is one JSON object.
 
-With a RabbitMQ broker (`make chaos-rabbitmq`: CELERY_BROKER_URL names a vhost of the run's own,
-chaos_rabbitmq.py) the same batches run on it, Redis kept as result backend and cache, plus one
-more batch with RabbitMQ itself restarted mid-batch; the same checks apply.
+With a RabbitMQ broker (`make chaos-rabbitmq`: CELERY_BROKER_URL names the port of a RabbitMQ
+node the run starts for itself, chaos_rabbitmq.py) the same batches run on it, Redis kept as
+result backend and cache, plus one more batch with that node restarted mid-batch; the same
+checks apply.
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ from generation import services
 from generation.management import chaos_faults as faults
 from generation.management.chaos_postgres import ScratchPostgres
 from generation.management.chaos_rabbitmq import ChaosRabbitMQ
-from generation.management.chaos_report import deadlocks_logged, report, watchdog_failed
+from generation.management.chaos_report import (
+    deadlocks_logged,
+    ledger_mismatches,
+    report,
+    watchdog_failed,
+)
 from generation.models import (
     CourseGenerationJob,
     GenerationTask,
@@ -241,6 +247,11 @@ class Command(BaseCommand):
         parser.add_argument("--rabbitmq-down-s", type=float, default=5.0)
         parser.add_argument("--pg-bin", default=None, help="PostgreSQL's bin folder (Debian's 15)")
         parser.add_argument(
+            "--rabbitmq-bin",
+            default=None,
+            help="RabbitMQ's scripts (Debian's /usr/lib/rabbitmq/bin)",
+        )
+        parser.add_argument(
             "--storm-cancels", type=int, default=6, help="cancels in each of the two storms"
         )
 
@@ -256,7 +267,9 @@ class Command(BaseCommand):
             _scratch_postgres(options["pg_bin"]) if options["scratch_postgres"] else None
         )
         rabbitmq = self._rabbitmq = (
-            ChaosRabbitMQ(str(settings.CELERY_BROKER_URL)) if settings.RABBITMQ_BROKER else None
+            ChaosRabbitMQ(str(settings.CELERY_BROKER_URL), bin_dir=options["rabbitmq_bin"])
+            if settings.RABBITMQ_BROKER
+            else None
         )
         try:
             if rabbitmq:
@@ -355,6 +368,15 @@ class Command(BaseCommand):
         all_jobs += self._finish(jobs, options["timeout"] * 2)
         self._wait_judged(all_jobs, options["timeout"])
         self._wait_regenerated(all_jobs, options["timeout"])
+        mismatches = ledger_mismatches(all_jobs)
+        if mismatches:
+            (stack.workdir / "ledger_mismatches.json").write_text(
+                json.dumps(mismatches, indent=1, default=str)
+            )
+            self.stdout.write(
+                f"  {len(mismatches)} job(s) whose cost is not the ledger's: "
+                f"{stack.workdir / 'ledger_mismatches.json'}"
+            )
         return {
             "kills": kills.kills,
             "broker": "rabbitmq" if self._rabbitmq else "redis",
