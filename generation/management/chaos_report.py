@@ -30,6 +30,7 @@ from generation.models import (
     TaskStatus,
 )
 from generation.rubric import HEURISTIC_EVALUATOR
+from generation.services.ledger import job_cost
 
 
 def deadlocks_logged(workdir: Path) -> int:
@@ -49,22 +50,77 @@ def watchdog_failed(jobs: list[UUID]) -> set[UUID]:
 
 def ledger_vs_job_cost(jobs: list[UUID]) -> Decimal:
     """Sum over jobs of |the job's cost - the cost of its tasks' attempts in the ledger|, at the
-    job total's precision (6 places): what the ledger paid and what the job says must agree."""
+    job total's precision (6 places, rounded as the job's total is: `ledger.job_cost`): what the
+    ledger paid and what the job says must agree."""
     ledger = dict(
         GenerationAttempt.objects.filter(task__job_id__in=jobs)
         .values_list("task__job_id")
         .annotate(cost=Sum("cost_usd"))
     )
-    step = Decimal("0.000001")
     return sum(
         (
-            abs(cost - (ledger.get(pk) or Decimal(0)).quantize(step))
+            abs(cost - job_cost(ledger.get(pk) or Decimal(0)))
             for pk, cost in CourseGenerationJob.objects.filter(pk__in=jobs).values_list(
                 "pk", "cost_usd"
             )
         ),
         Decimal(0),
     )
+
+
+def ledger_mismatches(jobs: list[UUID]) -> list[dict[str, Any]]:
+    """Each job whose cost disagrees with its ledger, with what it is made of: the exact ledger
+    sum, the sum of its tasks' counters, and every task whose counter is not its ledger rows'
+    sum (with those rows and the task's regenerations). Written beside the run's logs."""
+    step = Decimal("0.000001")  # the half-to-even rounding it used to compare with
+    out = []
+    for job in CourseGenerationJob.objects.filter(pk__in=jobs).order_by("created_at"):
+        rows = list(
+            GenerationAttempt.objects.filter(task__job_id=job.pk).values(
+                "task_id", "number", "kind", "part", "outcome", "model", "cost_usd", "created_at"
+            )
+        )
+        exact = sum((r["cost_usd"] for r in rows), Decimal(0))
+        if job.cost_usd == job_cost(exact):
+            continue
+        tasks = list(job.tasks.all())
+        odd = []
+        for task in tasks:
+            mine = [r for r in rows if r["task_id"] == task.pk]
+            paid = sum((r["cost_usd"] for r in mine), Decimal(0))
+            if paid != task.cost_usd:
+                odd.append(
+                    {
+                        "task": task.pk,
+                        "kind": task.kind,
+                        "key": task.key,
+                        "status": task.status,
+                        "runs": task.runs,
+                        "attempts": task.attempts,
+                        "cost_usd": str(task.cost_usd),
+                        "ledger_usd": str(paid),
+                        "ledger": [{**r, "cost_usd": str(r["cost_usd"])} for r in mine],
+                        "regenerations": list(
+                            task.regeneration_requests.values(
+                                "pk", "source", "status", "version", "runs", "finished_at"
+                            )
+                        ),
+                    }
+                )
+        out.append(
+            {
+                "job": str(job.pk),
+                "status": job.status,
+                "cost_usd": str(job.cost_usd),
+                "ledger_exact_usd": str(exact),
+                "ledger_half_even_usd": str(exact.quantize(step)),
+                "tasks_sum_usd": str(sum((t.cost_usd for t in tasks), Decimal(0))),
+                "finished_at": job.finished_at,
+                "updated_at": job.updated_at,
+                "tasks_not_matching_ledger": odd,
+            }
+        )
+    return out
 
 
 def report(jobs: list[UUID], call_log: Path, twice: int) -> dict[str, Any]:

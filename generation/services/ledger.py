@@ -4,7 +4,7 @@ regeneration all account for their provider calls through these."""
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from uuid import UUID
 
@@ -111,24 +111,21 @@ JOB_TOTALS = ("input_tokens", "cached_tokens", "output_tokens", "cost_usd", "rea
 def task_usage_add(*, task: GenerationTask, result: GenerationResult) -> None:
     """Count a run's usage apart from its result: a run that lost its task's lease (its calls
     are in the ledger and were paid for), or a pass that replaces part of a succeeded task's
-    output. The usage goes on the task's counters, and on the job's totals too if the job is
-    closed (a finalize sums the tasks' counters before that). Call inside a transaction.
+    output. The usage goes on the task's counters, and the job's totals are summed again from
+    the tasks if the job is closed (a finalize sums the tasks' counters before that). Call
+    inside a transaction.
 
     The task's row is written first and the job's locked second, the order every task write
     takes: either a finalize that has not committed yet sums this task's new counters, or the
-    job is already closed when its lock is granted and gets the usage added here."""
-    usage = usage_totals(result=result)
+    job is already closed when its lock is granted and is totalled again here. Summed again,
+    not incremented: the job's cost has 6 places, and adding a rounded increment to a rounded
+    total drifts from the ledger's sum rounded once (`job_cost`)."""
     GenerationTask.objects.filter(pk=task.pk).update(**usage_increments(result=result))
     # Lock whatever its status: a filter on status would skip a row a finalize holds.
-    status = (
-        CourseGenerationJob.objects.select_for_update()
-        .values_list("status", flat=True)
-        .get(pk=task.job_id)
-    )
-    if status in JOB_TERMINAL:
-        CourseGenerationJob.objects.filter(pk=task.job_id).update(
-            **{column: F(column) + usage[column] for column in JOB_TOTALS}
-        )
+    job = CourseGenerationJob.objects.select_for_update().get(pk=task.job_id)
+    if job.status in JOB_TERMINAL:
+        job_totals_apply(job=job, tasks=list(job.tasks.all()))
+        job.save(update_fields=[*JOB_TOTALS, "updated_at"])
 
 
 def job_totals_refresh_if_cancelled(*, job_id: UUID) -> None:
@@ -143,10 +140,21 @@ def job_totals_refresh_if_cancelled(*, job_id: UUID) -> None:
     job.save(update_fields=[*JOB_TOTALS, "updated_at"])
 
 
+JOB_COST_QUANTUM = Decimal(10) ** -CourseGenerationJob._meta.get_field("cost_usd").decimal_places
+
+
+def job_cost(total: Decimal) -> Decimal:
+    """A job's cost from its tasks' (or its ledger rows') 8-place sum: at the job column's 6
+    places, half rounded up. Rounded here, once, so PostgreSQL never rounds it when storing it
+    (it rounds a half away from zero, Python's default context to even: the two disagreed on a
+    sum ending in 50, `make chaos-rabbitmq`'s 8e-06) and every reader can round the same way."""
+    return total.quantize(JOB_COST_QUANTUM, rounding=ROUND_HALF_UP)
+
+
 def job_totals_apply(*, job: CourseGenerationJob, tasks: list[GenerationTask]) -> None:
     """Set the job's token and cost totals to the sum over its tasks (the caller saves)."""
     job.input_tokens = sum(t.input_tokens for t in tasks)
     job.cached_tokens = sum(t.cached_tokens for t in tasks)
     job.output_tokens = sum(t.output_tokens for t in tasks)
-    job.cost_usd = sum((t.cost_usd for t in tasks), Decimal(0))
-    job.reask_cost_usd = sum((t.reask_cost_usd for t in tasks), Decimal(0))
+    job.cost_usd = job_cost(sum((t.cost_usd for t in tasks), Decimal(0)))
+    job.reask_cost_usd = job_cost(sum((t.reask_cost_usd for t in tasks), Decimal(0)))
