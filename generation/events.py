@@ -79,12 +79,16 @@ class ProgressHub:
         self._lock = threading.Lock()
         self._subscriptions: dict[UUID, set[Subscription]] = {}
         self._seen: dict[UUID, bytes] = {}  # the last event per job, to wake streams on change
+        # Subscribed since the last tick: their first event was read before they subscribed, so
+        # the next read goes to them even if it equals _seen (a change seen in between).
+        self._fresh: set[Subscription] = set()
         self._thread: threading.Thread | None = None
 
     def subscribe(self, job_id: UUID) -> Subscription:
         subscription = Subscription(job_id)
         with self._lock:
             self._subscriptions.setdefault(job_id, set()).add(subscription)
+            self._fresh.add(subscription)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="progress-hub", daemon=True)
                 self._thread.start()
@@ -92,6 +96,7 @@ class ProgressHub:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
+            self._fresh.discard(subscription)
             following = self._subscriptions.get(subscription.job_id)
             if following is not None:
                 following.discard(subscription)
@@ -115,12 +120,15 @@ class ProgressHub:
         """Read every followed job once and wake the streams whose job changed."""
         with self._lock:
             job_ids = list(self._subscriptions)
+            fresh, self._fresh = self._fresh, set()
         if not job_ids:
             return
         try:
             jobs = {job.pk: job for job in jobs_progress(job_ids=job_ids)}
         except DatabaseError:
             logger.warning("progress hub: database unavailable, streams wait for the next tick")
+            with self._lock:
+                self._fresh |= fresh  # still not read since they subscribed
             return
         finally:
             connection.close()  # back to the pool until the next tick
@@ -128,10 +136,12 @@ class ProgressHub:
             job = jobs.get(job_id)
             event = b"" if job is None else encode(JobProgressOutputSerializer(job).data)
             with self._lock:
+                following = self._subscriptions.get(job_id, set())
                 if self._seen.get(job_id) == event:
-                    continue
-                self._seen[job_id] = event
-                subscriptions = list(self._subscriptions.get(job_id, ()))
+                    subscriptions = [s for s in following if s in fresh]
+                else:
+                    self._seen[job_id] = event
+                    subscriptions = list(following)
             for subscription in subscriptions:
                 subscription.event, subscription.gone = event, job is None
                 subscription.status = "" if job is None else str(job.status)
@@ -160,8 +170,8 @@ def _events(*, job_id: UUID, first: bytes, status: str) -> Iterator[bytes]:
     if status in TERMINAL:
         yield f"retry: {retry_ms}\n".encode() + first
         return
-    # Followed before the first event goes out, so no change after it is missed (the hub's
-    # first read of the job wakes the stream; an event equal to the last one sent is skipped).
+    # `first` was read in the view, before this subscribes: the hub's next read goes to this
+    # stream whatever it saw before (ProgressHub._fresh); an event equal to the one sent is skipped.
     subscription = hub.subscribe(job_id)
     try:
         yield f"retry: {retry_ms}\n".encode() + first

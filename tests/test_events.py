@@ -135,6 +135,38 @@ def test_a_queued_job_streams_each_change_until_it_ends(
     assert hub.following() == 0
 
 
+def test_a_second_stream_gets_a_change_the_hub_saw_before_it_subscribed(
+    client_for: Any, teacher: Any, base_class: Any, held: None, hub: events.ProgressHub
+) -> None:
+    """A stream reads its first event in the view but subscribes when its body starts: a tick in
+    between, for a job another stream already follows, must not be taken as already sent."""
+    client = client_for(teacher)
+    job_id = _submit(client, base_class)
+    one = _stream(client, job_id)
+    assert _data(next(one))["status"] == "queued"
+    hub.tick()  # the hub has seen the job queued
+
+    two = _stream(client, job_id)  # its first event read now (queued), its body not started
+    QueueEntry.objects.filter(job_id=uuid.UUID(job_id)).update(state="claimed")
+    CourseGenerationJob.objects.filter(pk=job_id).update(status=JobStatus.RUNNING)
+    hub.tick()  # seen: running; wakes `one` only, `two` does not follow yet
+    assert _data(next(one))["status"] == "running"
+
+    assert _data(next(two))["status"] == "queued"
+    hub.tick()  # nothing changed since the last tick, but `two` has not had it
+    assert _data(next(two))["status"] == "running"
+    hub.tick()  # and only once
+    assert _parse(next(two)) == [(":", "keep-alive")]
+
+    CourseGenerationJob.objects.filter(pk=job_id).update(status=JobStatus.CANCELLED)
+    hub.tick()
+    for stream in (one, two):
+        assert _data(next(stream))["status"] == "cancelled"
+        with pytest.raises(StopIteration):
+            next(stream)
+    assert hub.following() == 0
+
+
 def test_the_hub_reads_what_the_poll_answers_for_every_followed_job(
     client_for: Any, make_member: Any, base_class: Any, held: None, read_path: str
 ) -> None:
