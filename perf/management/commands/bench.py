@@ -294,6 +294,10 @@ class Command(BaseCommand):
                     else {}
                 ),
                 "DATABASE_POOL_MAX_SIZE": str(self.opts["web_threads"]),
+                # gevent takes every request at once and they queue on the pool: on an
+                # overloaded machine they wait (as they do for a gthread thread) rather than
+                # fail after the 10 s default.
+                "DATABASE_POOL_TIMEOUT": "60",
                 "DATABASE_POOL_MIN_SIZE": str(min(2, self.opts["web_threads"])),
             },
         )
