@@ -331,7 +331,7 @@ class JobEventsApi(APIView):
         if job is None:
             raise Http404("No such job.")
         first = JobProgressOutputSerializer(job).data
-        return events.progress_stream(job_id=job.pk, first=first)
+        return events.progress_stream(job_id=job.pk, first=first, head=request.method == "HEAD")
 
 
 class JobCourseApi(APIView):

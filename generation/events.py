@@ -151,13 +151,18 @@ class ProgressHub:
 hub = ProgressHub()
 
 
-def progress_stream(*, job_id: UUID, first: dict[str, Any]) -> StreamingHttpResponse:
-    """The response for a job the caller may see; `first` is its progress now."""
+def progress_stream(
+    *, job_id: UUID, first: dict[str, Any], head: bool = False
+) -> StreamingHttpResponse:
+    """The response for a job the caller may see; `first` is its progress now. `head`: the
+    headers only (a server iterates a HEAD body without writing it, so it must not follow)."""
     # The request's pooled connection goes back now: the stream may last minutes, and only the
     # hub reads the database while it does.
     connection.close()
     response = StreamingHttpResponse(
-        _events(job_id=job_id, first=encode(first), status=str(first["status"])),
+        iter(())
+        if head
+        else _events(job_id=job_id, first=encode(first), status=str(first["status"])),
         content_type=CONTENT_TYPE,
     )
     response["Cache-Control"] = "no-cache"

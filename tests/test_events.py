@@ -262,3 +262,34 @@ def test_only_those_who_may_see_the_job_can_follow_it(
     assert _data(next(_stream(client_for(student), student_job)))["id"] == student_job
     assert _data(next(_stream(client_for(teacher), student_job)))["id"] == student_job
     assert hub.following() == 2
+
+
+def test_a_head_request_does_not_follow_the_job(
+    teacher: Any,
+    client_for: Any,
+    base_class: Any,
+    held: None,
+    hub: events.ProgressHub,
+    settings: Any,
+) -> None:
+    """gunicorn iterates a HEAD response's body without writing it, so a followed job held the
+    connection, its greenlet and a subscription for COURSEGEN_EVENTS_MAX_S after the client had
+    its headers and gone. (The test client drops a HEAD body unread, so the view is called.)"""
+    from rest_framework.test import APIRequestFactory, force_authenticate
+
+    from generation.apis import JobEventsApi
+
+    settings.COURSEGEN_EVENTS_MAX_S = 1.0
+    job_id = _submit(client_for(teacher), base_class)
+    request = APIRequestFactory().head(
+        f"/api/jobs/{job_id}/events/", HTTP_ACCEPT=STREAM["HTTP_ACCEPT"]
+    )
+    force_authenticate(request, user=teacher)
+    response: Any = JobEventsApi.as_view()(request, job_id=uuid.UUID(job_id))
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream"
+    body = iter(response.streaming_content)
+    assert hub.following() == 0
+    assert list(body) == []
+    assert hub.following() == 0
