@@ -146,6 +146,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A view that waits past DATABASE_POOL_TIMEOUT for a connection answers 503 + Retry-After.
+    "coursegen.overload.DatabaseBusyMiddleware",
 ]
 
 ROOT_URLCONF = "coursegen.urls"
