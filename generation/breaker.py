@@ -110,6 +110,22 @@ class CircuitBreaker:
             return True
         raise CircuitOpenError(self.model, min(self.config.open_s, 5.0))
 
+    # --- the limiter's scripts ------------------------------------------------------------------
+    def shared_key(self, suffix: str) -> str | None:
+        """This breaker's `suffix` key as stored, when its store is the Redis at REDIS_URL (the
+        concurrency limiter's): the limiter's scripts check it and count in it in their own
+        round trips (generation/concurrency.py). None with another store."""
+        backend = caches["default"]
+        servers = getattr(backend, "_servers", None)  # Django's RedisCache: its LOCATION, split
+        if not isinstance(backend, RedisCache) or servers != [settings.REDIS_URL]:
+            return None
+        return str(backend.make_and_validate_key(_key(self.model, suffix)))
+
+    def shared_count_key(self, outcome: str) -> tuple[str, int] | None:
+        """The current bucket's key of `outcome` (as `_count` increments it) and its ttl."""
+        key = self.shared_key(f"{outcome}:{int(time.time()) // BUCKET_S}")
+        return None if key is None else (key, self.config.window_s + BUCKET_S)
+
     # --- outcomes --------------------------------------------------------------------------------
     @fail_open(None)
     def record_success(self, *, probe: bool = False) -> None:

@@ -44,21 +44,31 @@ import redis
 from django.conf import settings
 
 from coursegen.cache import redis_client
-from generation.breaker import CircuitOpenError
+from generation.breaker import CircuitBreaker, CircuitOpenError
 from generation.models import Priority
 from generation.providers.base import (
     Completion,
     CompletionRequest,
+    InvalidOutputError,
+    PermanentProviderError,
     Provider,
     TransientProviderError,
 )
 
 logger = logging.getLogger("coursegen.concurrency")
 
-# KEYS: holders (zset), state (hash), waiters (zset by rank), waiters' expiry (zset).
+# KEYS: holders (zset), state (hash), waiters (zset by rank), waiters' expiry (zset), and
+# optionally the model's circuit breaker's open-until key (its `before_call` in the same round
+# trip: while it exists the breaker decides, and no permit is taken).
 # ARGV: token, lease_s, initial limit, ttl_s, rank, waiter_ttl_s (0: do not stand in line).
-# Returns {1 if acquired, epoch, limit, in flight, waiters ranked ahead}.
+# Returns {1 if acquired (-1: the breaker is not closed), epoch, limit, in flight, waiters
+# ranked ahead}.
 _ACQUIRE = """
+if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return {-1, 0, '0', 0, 0}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -105,10 +115,16 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: holders, state. ARGV: token, signal (ok|throttle|neutral), permit epoch, increase,
-# decrease factor, min, max, initial. Returns the new limit.
+# KEYS: holders, state, and optionally a circuit breaker's outcome bucket to count the call in
+# (its `record_success` in the same round trip). ARGV: token, signal (ok|throttle|neutral),
+# permit epoch, increase, decrease factor, min, max, initial, the bucket's ttl. Returns the new
+# limit.
 _RELEASE = """
 redis.call('ZREM', KEYS[1], ARGV[1])
+if KEYS[3] then
+  redis.call('INCR', KEYS[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[9])
+end
 local limit = tonumber(redis.call('HGET', KEYS[2], 'limit')) or tonumber(ARGV[8])
 local epoch = tonumber(redis.call('HGET', KEYS[2], 'epoch')) or 0
 if ARGV[2] == 'ok' then
@@ -120,6 +136,10 @@ end
 redis.call('HSET', KEYS[2], 'limit', limit, 'epoch', epoch)
 return tostring(limit)
 """
+
+
+class GateClosed(Exception):
+    """The breaker's open-until key exists: the breaker itself decides whether the call goes."""
 
 
 class ProviderBusyError(CircuitOpenError):
@@ -201,26 +221,35 @@ class ConcurrencyLimiter:
         permit, _ = self._try(token or uuid.uuid4().hex, rank, wait=token is not None)
         return permit
 
-    def _try(self, token: str, rank: float, *, wait: bool = True) -> tuple[Permit | None, int]:
-        """(the permit or None, how many waiters rank ahead)."""
+    def _try(
+        self, token: str, rank: float, *, wait: bool = True, gate: str | None = None
+    ) -> tuple[Permit | None, int]:
+        """(the permit or None, how many waiters rank ahead). With a `gate` key (a breaker's
+        open-until), GateClosed when it exists: no permit is taken and the call is not in line."""
         ttl = int(max(self.config.lease_s * 4, 3600))
         args: list[str | float] = [token, self.config.lease_s, self.config.initial, ttl]
         args += [f"{rank:.6f}", WAITER_TTL_S if wait else 0]
-        got, epoch, _, _, ahead = self._acquire(keys=[*self._keys, *self._line], args=args)
+        keys = [*self._keys, *self._line, *([gate] if gate else [])]
+        got, epoch, _, _, ahead = self._acquire(keys=keys, args=args)
+        if int(got) < 0:
+            raise GateClosed
         return (Permit(token, int(epoch)) if got else None), int(ahead)
 
     def leave(self, token: str) -> None:
         self._leave(keys=self._line, args=[token])
 
-    def acquire(self, *, timeout: float, rank: float | None = None) -> Permit:
+    def acquire(
+        self, *, timeout: float, rank: float | None = None, gate: str | None = None
+    ) -> Permit:
         """Wait up to `timeout` seconds for a permit, in line at `rank`; ProviderBusyError
-        when none frees (the call leaves the line)."""
+        when none frees (the call leaves the line). With a `gate` key, GateClosed as soon as it
+        exists (see `_try`)."""
         started = time.monotonic()
         token, rank = uuid.uuid4().hex, default_rank() if rank is None else rank
         pause = 0.01
         try:
             while True:
-                permit, ahead = self._try(token, rank)
+                permit, ahead = self._try(token, rank, gate=gate)
                 if permit is not None:
                     return permit
                 waited = time.monotonic() - started
@@ -237,22 +266,27 @@ class ConcurrencyLimiter:
         with contextlib.suppress(redis.RedisError):  # else the place expires with WAITER_TTL_S
             self.leave(token)
 
-    def release(self, permit: Permit, *, signal: str) -> float:
-        """Give the permit back; `signal` is ok (increase), throttle (decrease) or neutral."""
+    def release(
+        self, permit: Permit, *, signal: str, count: tuple[str, int] | None = None
+    ) -> float:
+        """Give the permit back; `signal` is ok (increase), throttle (decrease) or neutral.
+        `count`: a counter key and its ttl, incremented in the same round trip (a breaker's
+        outcome bucket)."""
         c = self.config
-        limit = self._release(
-            keys=self._keys,
-            args=[
-                permit.token,
-                signal,
-                permit.epoch,
-                c.increase,
-                c.decrease,
-                c.minimum,
-                c.maximum,
-                c.initial,
-            ],
-        )
+        args: list[str | float] = [
+            permit.token,
+            signal,
+            permit.epoch,
+            c.increase,
+            c.decrease,
+            c.minimum,
+            c.maximum,
+            c.initial,
+        ]
+        keys = self._keys
+        if count is not None:
+            keys, args = [*keys, count[0]], [*args, count[1]]
+        limit = self._release(keys=keys, args=args)
         return float(limit)
 
     def state(self) -> dict[str, float]:
@@ -299,42 +333,105 @@ def _number(value: Any) -> float | None:
 
 
 def call_limited(
-    provider: Provider, request: CompletionRequest, *, rank: float | None = None
+    provider: Provider,
+    request: CompletionRequest,
+    *,
+    rank: float | None = None,
+    paced: bool = False,
+    breaker: CircuitBreaker | None = None,
 ) -> Completion:
     """`provider.complete(request)` under the model's concurrency limit, waiting in line at
-    `rank` (`call_rank`; None: a NORMAL call arriving now) when it binds (see the module doc)."""
+    `rank` (`call_rank`; None: a NORMAL call arriving now) when it binds (see the module doc).
+    `paced`: generation/pacer.py spends the provider's limit for this model, so its 429s and
+    low remaining are the pacer's to answer and do not shrink the limit here.
+
+    With a `breaker`, the call also goes through it: CircuitOpenError before any permit is taken
+    while it is open, and the outcome counted (a transient error is a failure; an answer, even an
+    invalid or refused one, a success). When the breaker's store is the limiter's Redis, its
+    check rides on the acquire script and a success's count on the release script: two round
+    trips a call instead of four."""
     limiter = limiter_for(request.model)
-    permit = _acquire(limiter, request.model, rank) if limiter else None
-    if limiter is None or permit is None:
-        return provider.complete(request)
-    signal = "neutral"
+    probe = False
+    permit = None
+    if limiter is not None:
+        permit, probe = _acquire(limiter, request.model, rank, breaker)
+    elif breaker is not None:
+        probe = breaker.before_call()
+    signal, succeeded = "neutral", None  # succeeded: the breaker's outcome (None: not counted)
     try:
         completion = provider.complete(request)
-        low = runs_low(completion.headers, limiter.config.low_remaining)
-        signal = "throttle" if low else "ok"
+        if limiter is not None:
+            low = not paced and runs_low(completion.headers, limiter.config.low_remaining)
+            signal = "throttle" if low else "ok"
+        succeeded = True
         return completion
     except TransientProviderError as exc:
-        signal = "throttle" if exc.status_code == 429 else "neutral"
+        signal = "throttle" if exc.status_code == 429 and not paced else "neutral"
+        succeeded = False
+        raise
+    except (InvalidOutputError, PermanentProviderError):  # the provider answered: it is up
+        succeeded = True
         raise
     finally:
-        _release(limiter, permit, signal)
+        _settle(limiter, permit, signal, breaker, succeeded, probe)
 
 
-def _acquire(limiter: ConcurrencyLimiter, model: str, rank: float | None) -> Permit | None:
+def _settle(
+    limiter: ConcurrencyLimiter | None,
+    permit: Permit | None,
+    signal: str,
+    breaker: CircuitBreaker | None,
+    succeeded: bool | None,
+    probe: bool,
+) -> None:
+    """Give the permit back and count the breaker's outcome, in one round trip when they can."""
+    count = None
+    if breaker is not None and succeeded and not probe:
+        count = breaker.shared_count_key("ok")
+    released = False
+    if limiter is not None and permit is not None:
+        released = _release(limiter, permit, signal, count)
+    if breaker is None or succeeded is None or (released and count is not None):
+        return
+    if succeeded:
+        breaker.record_success(probe=probe)
+    else:
+        breaker.record_failure(probe=probe)
+
+
+def _acquire(
+    limiter: ConcurrencyLimiter, model: str, rank: float | None, breaker: CircuitBreaker | None
+) -> tuple[Permit | None, bool]:
+    """A permit (None: the limiter failed open) and whether the call is the breaker's probe."""
+    gate = breaker.shared_key("open_until") if breaker is not None else None
+    probe = False
+    if breaker is not None and gate is None:
+        probe = breaker.before_call()
     try:
-        return limiter.acquire(timeout=limiter.config.wait_s, rank=rank)
+        try:
+            return limiter.acquire(timeout=limiter.config.wait_s, rank=rank, gate=gate), probe
+        except GateClosed:
+            assert breaker is not None
+            probe = breaker.before_call()  # CircuitOpenError, or this call is the probe
+            return limiter.acquire(timeout=limiter.config.wait_s, rank=rank), probe
     except redis.RedisError as exc:
         logger.warning("concurrency limiter for %s unavailable (%s); failing open", model, exc)
-        return None
+        if breaker is not None and gate is not None and not probe:
+            probe = breaker.before_call()  # fails open too if its store is the same Redis
+        return None, probe
 
 
-def _release(limiter: ConcurrencyLimiter, permit: Permit, signal: str) -> None:
+def _release(
+    limiter: ConcurrencyLimiter, permit: Permit, signal: str, count: tuple[str, int] | None = None
+) -> bool:
+    """Whether the permit went back (with `count` counted, if any)."""
     try:
-        limit = limiter.release(permit, signal=signal)
+        limit = limiter.release(permit, signal=signal, count=count)
     except redis.RedisError as exc:  # the permit expires with its lease
         logger.warning("could not release a %s permit (%s)", limiter.model, exc)
-        return
+        return False
     if signal == "throttle":
         logger.info(
             "concurrency limit for %s now %.1f (provider pushed back)", limiter.model, limit
         )
+    return True

@@ -54,6 +54,7 @@ from generation.llm_types import (
 from generation.llm_types import Review as Review  # re-exported
 from generation.moderation import flagged_feedback, moderation_call, text_of
 from generation.output_bounds import bounded_schema
+from generation.pacer import call_paced
 from generation.pricing import cost_of
 from generation.prompts import build_messages, dumps, part_messages, reask_messages
 from generation.providers.base import (
@@ -181,8 +182,12 @@ class _Conversation:
         return breaker
 
     def _check_budget(self, messages: tuple[Message, ...]) -> None:
-        needed = count_message_tokens([m.as_dict() for m in messages])
         used, budget = self.tokens_used(), self.policy.token_budget
+        # A token is at least one byte of UTF-8, so the bytes bound the count: tokenizing every
+        # prompt (~0.3 ms each) is only needed when that bound does not fit the budget.
+        if used + sum(len(m.content.encode()) + 3 for m in messages) + 3 <= budget:
+            return
+        needed = count_message_tokens([m.as_dict() for m in messages])
         if used + needed > budget:
             raise StopGeneration(
                 f"token budget exhausted: {used} tokens used and the next request needs about "
@@ -210,26 +215,26 @@ class _Conversation:
             self._check_can_call()
             self._check_budget(messages)
             breaker = self._breaker()
-            probe = breaker.before_call()
             request = self.request_for(messages, schema=schema, part=part, context=context)
             started = time.monotonic()
             try:
-                completion = call_limited(
-                    self.provider, request, rank=self.spec.rank
-                )  # AIMD, in line
+                # Paced to the provider's advertised limit, then through the breaker
+                # (CircuitOpenError while open; the outcome counted: invalid output and refusals
+                # are successes, transient errors failures) and AIMD; both in rank order.
+                completion = call_paced(
+                    request.model,
+                    lambda paced: call_limited(
+                        self.provider, request, rank=self.spec.rank, paced=paced, breaker=breaker
+                    ),
+                    rank=self.spec.rank,
+                )
             except InvalidOutputError as exc:
-                breaker.record_success(probe=probe)  # invalid output is not a provider failure
                 error = FieldError("", f"the reply is not a single JSON object ({exc})")
                 return _Reply(None, exc.raw_text, exc.usage, exc.latency_s, (error,))
             except (TransientProviderError, PermanentProviderError) as exc:
-                if isinstance(exc, TransientProviderError):
-                    breaker.record_failure(probe=probe)
-                else:
-                    breaker.record_success(probe=probe)  # the provider answered: it is up
                 self._record_failure(kinds[0], part, exc, time.monotonic() - started)
                 kinds[0] = "transport_retry"
                 raise
-            breaker.record_success(probe=probe)
             return _Reply(
                 completion.data, completion.raw_text, completion.usage, completion.latency_s
             )
