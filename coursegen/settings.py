@@ -330,12 +330,20 @@ CELERY_RESULT_BACKEND = env_url(
 if RABBITMQ_BROKER and not CELERY_TASK_ALWAYS_EAGER and CELERY_RESULT_BACKEND == "cache+memory://":
     # Chord counters must be shared by every worker, or no course is ever assembled.
     raise ImproperlyConfigured("a RabbitMQ broker needs CELERY_RESULT_BACKEND (or REDIS_URL)")
+if not CELERY_TASK_ALWAYS_EAGER and not CELERY_RESULT_BACKEND.startswith("redis"):
+    # Chord header tasks store no result (generation/tasks.py): the Redis backend counts a chord
+    # down in the chord's own keys, while the others (rpc, db+, cache+) poll the header's stored
+    # results with chord_unlock, which would never see them, and the course never be assembled.
+    raise ImproperlyConfigured(
+        "CELERY_RESULT_BACKEND must be Redis (redis:// or rediss://) when tasks run on workers:"
+        " chords are counted down there"
+    )
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-CELERY_TASK_IGNORE_RESULT = True  # only chord headers keep a (tiny) result
+CELERY_TASK_IGNORE_RESULT = True  # chords count down in their own keys (planning._send_chord)
 CELERY_RESULT_EXPIRES = 6 * 3600
 # A task is acknowledged after it ran, so a killed worker's task is delivered again; the rows in
 # PostgreSQL make the repeat harmless (claims with leases, succeeded rows return at once).
@@ -393,7 +401,10 @@ else:
         "priority_steps": list(range(MAX_PRIORITY + 1)),
         "sep": ":",
         "queue_order_strategy": "priority",
-        "max_connections": env_int("CELERY_BROKER_MAX_CONNECTIONS", 200, minimum=10),
+        # Each task acks on the consumer's pool; past this many at once redis-py raises "Too many
+        # connections" (it does not wait), so keep it above the worker concurrency. A connection
+        # opens only when that many are in use at once.
+        "max_connections": env_int("CELERY_BROKER_MAX_CONNECTIONS", 2000, minimum=10),
     }
 # RabbitMQ closes the channel of a consumer that holds a message unacknowledged longer than its
 # consumer_timeout (30 min by default), and redelivers everything on it. With acks late a message
@@ -550,6 +561,14 @@ COURSEGEN_CONCURRENCY_WAIT_S = env_float("COURSEGEN_CONCURRENCY_WAIT_S", 60.0, m
 COURSEGEN_PROVIDER_PROGRESS_STEPS = env_float("COURSEGEN_PROVIDER_PROGRESS_STEPS", 1.0, minimum=0.0)
 if COURSEGEN_CONCURRENCY_DECREASE >= 1:
     raise ImproperlyConfigured("COURSEGEN_CONCURRENCY_DECREASE must be below 1")
+# Client-side pacing (generation/pacer.py): calls spend this share of the requests and tokens per
+# minute the provider advertises (x-ratelimit-limit-*), in rank order, holding at most this many
+# seconds of it for a burst. Needs REDIS_URL; a provider that advertises no limit is not paced.
+COURSEGEN_PACER_ENABLED = env_bool("COURSEGEN_PACER_ENABLED", True)
+COURSEGEN_PACER_SHARE = env_float("COURSEGEN_PACER_SHARE", 0.97, minimum=0.01)
+COURSEGEN_PACER_BURST_S = env_float("COURSEGEN_PACER_BURST_S", 1.0, minimum=0.0)
+if COURSEGEN_PACER_SHARE > 1:
+    raise ImproperlyConfigured("COURSEGEN_PACER_SHARE must be at most 1")
 # A task that cannot reach the provider is deferred (rescheduled with a growing back-off of at
 # most COURSEGEN_TASK_DEFER_MAX_S) until it has been deferred for this long: an outage shorter
 # than the budget is waited out, however many tries it takes.

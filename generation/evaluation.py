@@ -67,9 +67,12 @@ def evaluate_course(
     tasks: Sequence[GenerationTask],
     invalid_replies: Mapping[int, int],
     reask_share: float,
+    unique: bool = False,
 ) -> Scorecard:
     """Score an assembled course (`assembly.assemble_course`) made by `tasks`;
-    `invalid_replies` counts each task's replies that failed validation (by task id)."""
+    `invalid_replies` counts each task's replies that failed validation (by task id).
+    `unique`: the caller compared these very questions across the course and found no
+    near-duplicate (finalize's de-duplication pass), so they are not compared again."""
     card = Scorecard()
     lessons = [
         Lesson(
@@ -86,7 +89,7 @@ def evaluate_course(
         card.add(*_objective_coverage(lessons))
         card.add(*_readability(lessons, request))
     card.add(*_assessment_quality(lessons))
-    card.add(*_uniqueness(lessons, request.topic))
+    card.add(*(("uniqueness", 1.0, []) if unique else _uniqueness(lessons, request.topic)))
     card.add(
         "cost_efficiency",
         1.0 - reask_share,
@@ -98,7 +101,11 @@ def evaluate_course(
 
 
 def evaluate_job(
-    *, job: CourseGenerationJob, tasks: Sequence[GenerationTask], invalid_replies: Mapping[int, int]
+    *,
+    job: CourseGenerationJob,
+    tasks: Sequence[GenerationTask],
+    invalid_replies: Mapping[int, int],
+    unique: bool = False,
 ) -> Scorecard:
     if job.course is None:
         raise ValueError(f"job {job.id} has no assembled course to evaluate")
@@ -111,6 +118,7 @@ def evaluate_job(
         tasks=tasks,
         invalid_replies=invalid_replies,
         reask_share=job.reask_share,
+        unique=unique,
     )
 
 

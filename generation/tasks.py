@@ -55,8 +55,9 @@ def run_outline(self: Task, job_id: str) -> None:
     _run_deferrable(self, lambda: services.job_run_outline(job_id=UUID(job_id)))
 
 
-# Chord header: keeps a small result so the chord counts it (the result backend holds the count).
-@shared_task(bind=True, name="generation.tasks.run_task", ignore_result=False)
+# Chord header. Its result is not stored: the result backend counts the chord down in the chord's
+# own keys either way (planning._send_chord).
+@shared_task(bind=True, name="generation.tasks.run_task", ignore_result=True)
 def run_task(self: Task, task_id: int) -> str:
     outcome: dict[str, Any] = {}
 

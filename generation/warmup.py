@@ -1,9 +1,11 @@
 """Load what the first task would otherwise load, before a worker takes any task.
 
 textstat's first reading-level check builds its dictionaries (about a second of CPU) and
-tiktoken's encoding loads on first use. Loaded lazily, every thread of a fresh worker that got a
-task at the same moment built them at once under the GIL: the first course after a worker start
-took ten seconds longer than its slowest chain of provider calls. `worker_init` runs before the
+tiktoken's encoding loads on first use, and so does the provider (the offline simulator imports
+the openai SDK for its Batch emulation: about 2.5 CPU-s in the bench's profile, issue 22).
+Loaded lazily, every thread of a fresh worker that got a task at the same moment built them at
+once under the GIL: the first course after a worker start took ten seconds longer than its
+slowest chain of provider calls. `worker_init` runs before the
 worker consumes; prefork children inherit the loaded state.
 """
 
@@ -21,12 +23,18 @@ logger = logging.getLogger("coursegen.generation")
 def warm_up() -> float:
     from generation.checks import prose_grade
     from generation.pricing import warn_unpriced_models
+    from generation.providers import get_moderation_provider, get_provider
     from generation.tokens import count_tokens
 
     started = time.monotonic()
     warn_unpriced_models()  # a worker runs no system checks: the same warning, once, at start
     count_tokens("Warm the tokenizer up.")
     prose_grade("Plants turn light into sugar. The leaf holds the green pigment that does it.")
+    try:
+        get_provider()  # built once per process (cached); no network until the first call
+        get_moderation_provider()
+    except Exception:  # e.g. a setting the first task will report; the worker still starts
+        logger.exception("worker warm-up could not build the provider")
     return time.monotonic() - started
 
 

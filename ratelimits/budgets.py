@@ -20,8 +20,10 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from django.db import connection
 from django.utils import timezone
 
+from coursegen import db
 from ratelimits.models import OrganisationBudget
 from ratelimits.selectors import BudgetReport, budget_report, usd, work_estimate_usd
 
@@ -72,11 +74,7 @@ def budget_admit(
     raise BudgetExceeded. Raises the month's soft alert when the commitment with this request
     reaches the alert share. Must run inside the transaction that starts the work, after the
     user's usage row is locked."""
-    budget = (
-        OrganisationBudget.objects.select_for_update(no_key=True)
-        .filter(organisation_id=organisation_id)
-        .first()
-    )
+    budget = _budget_locked(organisation_id=organisation_id)
     if budget is None:
         return None
     # A statement after the lock: it sees the work committed by whoever held the lock before.
@@ -88,6 +86,29 @@ def budget_admit(
     if report.committed_usd + requested >= report.alert_at_usd:
         soft_alert_raise(report=report, committed_usd=report.committed_usd + requested)
     return report
+
+
+def _budget_locked(*, organisation_id: UUID) -> OrganisationBudget | None:
+    """The organisation's budget row, locked (FOR NO KEY UPDATE), or None. On PostgreSQL one
+    hand-written statement: the ORM's query building was a tenth of a submit's CPU (issue 22)."""
+    if not db.hand_written_sql():
+        return (
+            OrganisationBudget.objects.select_for_update(no_key=True)
+            .filter(organisation_id=organisation_id)
+            .first()
+        )
+    fields = OrganisationBudget._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in fields)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns} FROM {OrganisationBudget._meta.db_table} "
+            "WHERE organisation_id = %s FOR NO KEY UPDATE",
+            [organisation_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return OrganisationBudget.from_db(connection.alias, [f.attname for f in fields], row)
 
 
 def soft_alert_raise(*, report: BudgetReport, committed_usd: Decimal) -> bool:

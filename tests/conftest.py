@@ -7,7 +7,9 @@ take the `broker_env` fixture (each of them runs on both).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import BaseClass, Organisation, Role
 from coursegen.celery import app as celery_app
+from generation import pacer
 from generation.providers import get_provider
 from monitoring.correlation import reset_correlation_id, set_correlation_id
 from monitoring.logs import installed_handlers
@@ -57,8 +60,10 @@ def broker_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(autouse=True)
 def clean_cache() -> Iterator[None]:
-    # Circuit breaker state and rate counters live in the cache (Redis in tests).
+    # Circuit breaker state and rate counters live in the cache (Redis in tests), and so does
+    # the pacer's: what this process remembers of it goes with it.
     cache.clear()
+    pacer._unpaced_until.clear()
     yield
 
 
@@ -103,6 +108,16 @@ def rate_limit_policies(request: pytest.FixtureRequest) -> None:
 def api_rate(settings: Any) -> None:
     # Request throttling has its own test; elsewhere it must not trip bursts or repeated runs.
     settings.COURSEGEN_API_RATE = "100000/m"
+
+
+@pytest.fixture
+def ratelimit_clock_still(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Holds django-ratelimit's clock still for a throttle test. It counts in fixed windows offset
+    per key, so on a slow run N+1 requests against an N/m rate can straddle a window edge and find
+    the count reset (CI of stops 29 and 30: 200 or 503 where 429 was due)."""
+    frozen = time.time()
+    monkeypatch.setattr("django_ratelimit.core.time", SimpleNamespace(time=lambda: frozen))
+    return frozen
 
 
 @pytest.fixture

@@ -51,6 +51,20 @@ def test_it_scores_every_finished_course_at_finalize(job: CourseGenerationJob) -
     assert evaluation.overall == 1.0 and evaluation.feedback == []
 
 
+def test_finalize_records_what_a_full_evaluation_scores(job: CourseGenerationJob) -> None:
+    """Finalize skips comparing questions again when its de-duplication pass found none: the
+    record is the same as an evaluation that compares them."""
+    assert job.course is not None
+    recorded = CourseEvaluation.objects.get(job=job, evaluator=EVALUATOR)
+    card = _evaluate(job, job.course, reask_share=job.reask_share)
+
+    assert (recorded.criteria, recorded.feedback, recorded.overall) == (
+        card.criteria,
+        card.feedback,
+        card.overall,
+    )
+
+
 def test_the_overall_is_the_weighted_mean_of_the_criteria(job: CourseGenerationJob) -> None:
     assert job.course is not None
     card = _evaluate(job, job.course, reask_share=0.5)

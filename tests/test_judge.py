@@ -154,6 +154,7 @@ def test_a_failing_judge_never_fails_or_delays_the_course(
     unjudged: CourseGenerationJob, monkeypatch: Any, settings: Any
 ) -> None:
     settings.COURSEGEN_TASK_DEFER_BUDGET_S = 0  # no waiting out the outage
+    settings.COURSEGEN_TASK_DEFER_MAX_S = 0.1  # and its one deferral (eager: a sleep) is short
     broken = ScriptedJudge(5, fail_judge=TransientProviderError("503", status_code=503))
     settings.COURSEGEN_TRANSIENT_MAX_ATTEMPTS = 1
 

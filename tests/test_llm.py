@@ -148,6 +148,52 @@ def test_it_stops_a_task_when_its_token_budget_is_spent(settings: Any) -> None:
     assert len(result.attempts) == len(provider.requests)  # every call is in the ledger
 
 
+def test_the_budget_check_tokenizes_a_prompt_only_when_its_bytes_do_not_fit(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import generation.llm as llm
+
+    counted: list[int] = []
+
+    def counting(messages: list[dict[str, str]]) -> int:
+        counted.append(len(messages))
+        return count_message_tokens(messages)
+
+    monkeypatch.setattr(llm, "count_message_tokens", counting)
+    provider = MeteredProvider([GOOD_SUMMARY])
+    assert generate(_spec(), provider).ok
+    assert counted == []  # a few KB of prompt against 60,000 tokens: the bytes decide
+
+    messages = provider.requests[0].messages
+    bound = sum(len(m.content.encode()) + 3 for m in messages) + 3
+    settings.COURSEGEN_TASK_TOKEN_BUDGET = bound - 1  # the bytes do not fit, the tokens do
+    provider = MeteredProvider([GOOD_SUMMARY])
+    assert generate(_spec(), provider).ok
+    assert counted == [len(messages)]
+
+    settings.COURSEGEN_TASK_TOKEN_BUDGET = 10  # neither fits: stopped before the call
+    provider = MeteredProvider([GOOD_SUMMARY])
+    result = generate(_spec(), provider)
+    assert not result.ok and "token budget exhausted" in result.error
+    assert provider.requests == []
+
+
+def test_a_bounded_schema_is_built_once_and_follows_the_question_types(settings: Any) -> None:
+    from generation.output_bounds import bounded_schema
+
+    request = CourseRequest(topic="Rivers and valleys", num_modules=2)
+    first = bounded_schema(Question, request=request)
+    assert bounded_schema(Question, request=request) is first  # cached: read-only
+    kinds = {v["properties"]["type"]["const"] for v in first["anyOf"]}
+    assert kinds == set(settings.COURSEGEN_QUESTION_TYPES)
+
+    settings.COURSEGEN_QUESTION_TYPES = ["true_false"]
+    only = bounded_schema(Question, request=request)
+    assert [v["properties"]["type"]["const"] for v in only["anyOf"]] == ["true_false"]
+    other = bounded_schema(Question, request=request.model_copy(update={"num_modules": 3}))
+    assert other == only  # a Question does not depend on the counts
+
+
 # --- Targeted regeneration -------------------------------------------------------------------
 LESSON_REQUEST = CourseRequest(topic="Rivers and valleys", num_modules=1, lessons_per_module=1)
 

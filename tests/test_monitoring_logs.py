@@ -17,6 +17,7 @@ from accounts.models import Role
 from generation import services
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus
 from generation.schemas import CourseRequest
+from monitoring import logs
 from monitoring.correlation import correlation_scope
 from monitoring.logs import DatabaseLogHandler, flush_all, log_event
 from monitoring.models import CourseGenerationLog
@@ -52,8 +53,19 @@ def _submit(user: Any, base_class: Any, **overrides: Any) -> CourseGenerationJob
 
 @pytest.mark.django_db
 def test_it_buffers_records_and_writes_them_in_one_batch(
-    handler: DatabaseLogHandler, teacher: Any, django_assert_num_queries: Any
+    handler: DatabaseLogHandler,
+    teacher: Any,
+    django_assert_num_queries: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    copies: list[int] = []
+    copy_rows = logs._copy_rows
+
+    def counted(rows: list[dict[str, Any]]) -> None:
+        copies.append(len(rows))
+        copy_rows(rows)
+
+    monkeypatch.setattr(logs, "_copy_rows", counted)
     logger = _logger(handler)
     cid = uuid4()
 
@@ -72,9 +84,8 @@ def test_it_buffers_records_and_writes_them_in_one_batch(
 
     with CaptureQueriesContext(connection) as queries:
         handler.flush()
-    assert [q["sql"][:34] for q in queries if "INSERT" in q["sql"]] == [
-        'INSERT INTO "course_generation_logs"'[:34]
-    ]  # one statement for all 50 rows
+    assert copies == [50]  # one COPY for all 50 rows (psycopg's, not seen by Django) ...
+    assert not [q for q in queries if "INSERT" in q["sql"]]  # ... and no INSERT
 
     rows = CourseGenerationLog.objects.filter(correlation_id=cid).order_by("created_at", "pk")
     assert rows.count() == 50
@@ -95,7 +106,7 @@ def test_it_never_raises_into_the_caller_and_keeps_its_transaction_usable(
         with connection.cursor() as cursor:
             cursor.execute("INSERT INTO no_such_table VALUES (1)")
 
-    monkeypatch.setattr(CourseGenerationLog.objects, "bulk_create", broken)
+    monkeypatch.setattr(logs, "_copy_rows", broken)
     with transaction.atomic():
         logger.error("this row cannot be written")
         handler.flush()  # fails inside the caller's transaction ...
@@ -103,6 +114,25 @@ def test_it_never_raises_into_the_caller_and_keeps_its_transaction_usable(
 
     assert handler.failed == 1
     assert "dropped 1 log rows" in capsys.readouterr().err
+
+
+@pytest.mark.django_db
+def test_text_and_data_that_copy_would_escape_arrive_as_logged(
+    handler: DatabaseLogHandler, teacher: Any, base_class: Any
+) -> None:
+    logger = _logger(handler)
+    job = _submit(teacher, base_class, num_modules=1, lessons_per_module=1)
+    text = 'tab\there, line\nbreak, back\\slash \\N, "quotes", \u00e9\u4e2d\U0001f331 and \\.'
+    log_event("test.odd", text, job=job, data={"text": text, "nested": [None, 1.5]}, logger=logger)
+    logger.info("\\N")  # COPY's null marker as the whole message: still text
+
+    handler.flush()
+
+    odd = CourseGenerationLog.objects.get(event="test.odd")
+    assert odd.message == text and odd.data == {"text": text, "nested": [None, 1.5]}
+    assert (odd.job_id, odd.organisation_id) == (job.pk, job.organisation_id)
+    assert odd.correlation_id == job.correlation_id and odd.task_id is None
+    assert CourseGenerationLog.objects.get(event="coursegen.test", message="\\N").data == {}
 
 
 @pytest.mark.django_db

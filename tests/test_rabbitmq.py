@@ -78,6 +78,8 @@ def test_it_keeps_redis_priorities_as_they_are() -> None:
     [
         ({"REDIS_URL": "", "CELERY_RESULT_BACKEND": ""}, "needs CELERY_RESULT_BACKEND"),
         ({"RABBITMQ_CONSUMER_TIMEOUT_S": "300"}, "RABBITMQ_CONSUMER_TIMEOUT_S"),
+        ({"CELERY_RESULT_BACKEND": "rpc://"}, "must be Redis"),
+        ({"CELERY_RESULT_BACKEND": "db+postgresql://127.0.0.1/x"}, "must be Redis"),
     ],
 )
 def test_it_refuses_a_rabbitmq_set_up_that_would_lose_work(env: dict[str, str], error: str) -> None:

@@ -141,6 +141,46 @@ def test_it_puts_the_cost_of_a_run_that_lost_its_lease_into_the_jobs_totals(
     assert job.cost_usd == _ledger_cost(job) > 0
 
 
+def test_a_database_error_after_a_lost_lease_is_recorded_does_not_count_the_run_twice(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    """The record of a run that lost its lease is retried whole through a database error (the
+    re-total of the closed job here): its usage and ledger rows must go in once, not once per
+    try (a review found them doubled when the record committed before its follow-up)."""
+    job = _planned_job(teacher, base_class, monkeypatch)
+    victim = GenerationTask.objects.get(job=job, kind=TaskKind.LESSON_SECTION)
+    for other in GenerationTask.objects.filter(job=job, status=TaskStatus.PENDING).exclude(
+        pk=victim.pk
+    ):
+        services.task_run(task_id=other.pk)
+
+    def finished_elsewhere() -> None:
+        _expire_lease(victim)
+        assert services.task_run(task_id=victim.pk, worker="other").status == "succeeded"
+        assert services.job_finalize(job_id=job.pk).status == JobStatus.SUCCEEDED
+
+    from django.db import OperationalError
+
+    from generation.services import ledger
+
+    refresh = ledger.job_totals_refresh_if_closed
+    failures = [OperationalError("server closed the connection unexpectedly")]
+
+    def refresh_once_failing(*, job_id: Any) -> None:
+        refresh(job_id=job_id)
+        if failures:
+            raise failures.pop()
+
+    monkeypatch.setattr(ledger, "job_totals_refresh_if_closed", refresh_once_failing)
+    services.task_run(task_id=victim.pk, worker="slow", provider=HookProvider(finished_elsewhere))
+
+    assert not failures  # the error happened, and the record was tried again
+    job.refresh_from_db()
+    victim.refresh_from_db()
+    assert victim.attempts == 4 == GenerationAttempt.objects.filter(task=victim).count()
+    assert job.cost_usd == _ledger_cost(job) > 0
+
+
 def test_the_deadline_comes_before_prefork_s_soft_time_limit() -> None:
     clean = {k: v for k, v in os.environ.items() if k != "COURSEGEN_TASK_DEADLINE_S"}
 

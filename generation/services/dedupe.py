@@ -17,6 +17,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Case, JSONField, When
 
 from generation.checks import Duplicate, course_duplicates, is_near_duplicate
 from generation.field_errors import FieldError, public_error
@@ -41,22 +42,34 @@ def job_dedupe_questions(
     assessments; return how many were found. Runs when every task has succeeded (on a running
     job at finalize, or on a finished one after a regeneration when `finished`). `holds`
     renews the caller's lease and says whether it still holds it: the pass stops when not."""
-    job = CourseGenerationJob.objects.get(pk=job_id)
+    job = CourseGenerationJob.objects.only("status", "request").get(pk=job_id)
     wanted = JobStatus.SUCCEEDED if finished else JobStatus.RUNNING
-    tasks = list(job.tasks.all())
-    if job.status != wanted or any(t.status != TaskStatus.SUCCEEDED for t in tasks):
+    if job.status != wanted:
         return 0
-    assessments = sorted((t for t in tasks if t.kind == TaskKind.ASSESSMENT), key=_reading_order)
-    duplicates = course_duplicates(
-        [(t.key, t.output or {}) for t in assessments], topic=job.course_request.topic
+    # Every task's status, and the assessments' outputs only: finalize reads the whole rows
+    # again under its lock, so the pass does not parse the lessons' outputs a first time.
+    rows = list(
+        job.tasks.values_list(
+            "key",
+            "status",
+            Case(When(kind=TaskKind.ASSESSMENT, then="output"), output_field=JSONField()),
+        ).order_by()
     )
-    by_key = {t.key: t for t in assessments}
+    if any(status != TaskStatus.SUCCEEDED for _, status, _ in rows):
+        return 0
+    assessments = sorted(
+        ((key, output or {}) for key, _, output in rows if output is not None),
+        key=lambda row: _reading_order(row[0]),
+    )
+    duplicates = course_duplicates(assessments, topic=job.course_request.topic)
     for duplicate in duplicates:
         if not holds():
             logger.warning("job %s: lease lost; question de-duplication stopped", job_id)
             break
         _dedupe_one(
-            task=by_key[duplicate.key],
+            task=GenerationTask.objects.select_related("job").get(
+                job_id=job_id, kind=TaskKind.ASSESSMENT, key=duplicate.key
+            ),
             duplicate=duplicate,
             provider=provider,
             finished=finished,
@@ -67,8 +80,8 @@ def job_dedupe_questions(
     return len(duplicates)
 
 
-def _reading_order(task: GenerationTask) -> tuple[int, int]:
-    module, _, lesson = task.key.partition(".")
+def _reading_order(key: str) -> tuple[int, int]:
+    module, _, lesson = key.partition(".")
     return int(module[1:]), int(lesson[1:] or 0)
 
 

@@ -50,6 +50,15 @@ def send_dispatch() -> None:
         )
 
 
+def send_dispatch_if_queued() -> None:
+    """After a job freed its running slot (committed): ask for a dispatcher run only when a job
+    is waiting for one. Most finished jobs find the queue empty, and a dispatcher run is a Celery
+    message, a transaction and five statements. A job queued after this read asks for its own
+    run after its commit, and that run sees the slot freed before it."""
+    if QueueEntry.objects.filter(state=QueueState.QUEUED).exists():
+        send_dispatch()
+
+
 def dispatch_asked_clear() -> None:
     try:
         cache.delete(DISPATCH_ASKED_KEY)

@@ -8,7 +8,7 @@ from collections import Counter
 from uuid import UUID
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -48,9 +48,9 @@ def job_finalize(*, job_id: UUID) -> CourseGenerationJob:
         return lease.renewed(_finalize_renew(job_id=job_id, worker=worker, run=run))
 
     # Assessments ran in parallel: only now can questions be compared across the course.
-    dedupe.job_dedupe_questions(job_id=job_id, holds=holds)
+    found = dedupe.job_dedupe_questions(job_id=job_id, holds=holds)
     job, closed = runs.while_lease_holds(
-        lease, lambda: _finalize_close(job_id=job_id, worker=worker, run=run)
+        lease, lambda: _finalize_close(job_id=job_id, worker=worker, run=run, unique=not found)
     )
     if closed:
         alerts.job_outcome_record(job=job)  # logs the outcome, alerts on failure, checks quality
@@ -65,9 +65,51 @@ def _open_tasks() -> Exists:
     )
 
 
+# The ORM claim below, written out for PostgreSQL with RETURNING (leases on the database's clock).
+_CLAIM = """
+UPDATE course_generation_jobs j
+SET finalize_worker = %(worker)s, finalize_runs = j.finalize_runs + 1,
+    finalize_lease_expires_at = STATEMENT_TIMESTAMP() + make_interval(secs => %(lease_s)s)
+WHERE j.id = %(id)s AND j.status = %(running)s
+  AND (j.finalize_lease_expires_at IS NULL OR j.finalize_lease_expires_at < STATEMENT_TIMESTAMP())
+  AND NOT EXISTS (
+      SELECT 1 FROM course_generation_tasks t WHERE t.job_id = j.id AND t.status = ANY(%(open)s)
+  )
+RETURNING j.finalize_runs
+"""
+
+
 def _finalize_claim(*, job_id: UUID, worker: str) -> int | None:
     """Take the job's finalize lease (on the database's clock); its run number, or None when
     the job is closed, has tasks still open, or another finalizer holds the lease."""
+    run = (
+        _finalize_claim_postgresql(job_id=job_id, worker=worker)
+        if connection.vendor == "postgresql"
+        else _finalize_claim_orm(job_id=job_id, worker=worker)
+    )
+    if run is None:
+        logger.info("job %s: not finalized here (closed, tasks open or being finalized)", job_id)
+    return run
+
+
+def _finalize_claim_postgresql(*, job_id: UUID, worker: str) -> int | None:
+    """The claim and its run number in one round trip (the ORM's is an update and a select)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CLAIM,
+            {
+                "id": job_id,
+                "worker": worker,
+                "lease_s": settings.COURSEGEN_TASK_LEASE_S,
+                "running": JobStatus.RUNNING,
+                "open": [TaskStatus.PENDING, TaskStatus.RUNNING],
+            },
+        )
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+def _finalize_claim_orm(*, job_id: UUID, worker: str) -> int | None:
     free = Q(finalize_lease_expires_at__isnull=True) | Q(finalize_lease_expires_at__lt=Now())
     claimed = (
         CourseGenerationJob.objects.filter(free, pk=job_id, status=JobStatus.RUNNING)
@@ -79,7 +121,6 @@ def _finalize_claim(*, job_id: UUID, worker: str) -> int | None:
         )
     )
     if not claimed:
-        logger.info("job %s: not finalized here (closed, tasks open or being finalized)", job_id)
         return None
     return CourseGenerationJob.objects.values_list("finalize_runs", flat=True).get(pk=job_id)
 
@@ -98,8 +139,13 @@ def _finalize_renew(*, job_id: UUID, worker: str, run: int) -> bool:
 
 
 @transaction.atomic
-def _finalize_close(*, job_id: UUID, worker: str, run: int) -> tuple[CourseGenerationJob, bool]:
-    """Close the job if this finalizer still holds it; the job, and whether it closed it."""
+def _finalize_close(
+    *, job_id: UUID, worker: str, run: int, unique: bool = False
+) -> tuple[CourseGenerationJob, bool]:
+    """Close the job if this finalizer still holds it; the job, and whether it closed it.
+    `unique`: the de-duplication pass found no near-duplicate question. It compared every
+    assessment when every task had succeeded, the only case the course is scored in, and no
+    output changes under the finalize lease, so the evaluation need not compare them again."""
     job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
     if job.is_terminal or (job.finalize_worker, job.finalize_runs) != (worker, run):
         return job, False  # closed by another finalizer, or our lease was taken over
@@ -120,13 +166,16 @@ def _finalize_close(*, job_id: UUID, worker: str, run: int) -> tuple[CourseGener
     else:
         job.status, job.progress = JobStatus.SUCCEEDED, 100
         job.course = assembly.assemble_course(job=job, tasks=tasks)
-        job_evaluate(job=job, tasks=tasks)  # in this transaction: every course is scored once
+        # In this transaction: every course is scored once.
+        job_evaluate(job=job, tasks=tasks, unique=unique)
         _judge_request(job=job)
     job.finished_at = timezone.now()
     job.finalize_lease_expires_at = None
     job.save(update_fields=FINALIZED_FIELDS)  # not the request and outline documents again
     dispatch.queue_entry_close(job=job, state=QueueState.DONE)
-    transaction.on_commit(dispatch.send_dispatch)
+    # robust: the job is closed; an error here must not make the caller retry the close (beat's
+    # dispatcher run starts the next job within seconds anyway). Django logs it.
+    transaction.on_commit(dispatch.send_dispatch_if_queued, robust=True)
     return job, True
 
 
@@ -150,7 +199,7 @@ def _judge_request(*, job: CourseGenerationJob) -> None:
 
 
 def job_evaluate(
-    *, job: CourseGenerationJob, tasks: list[GenerationTask]
+    *, job: CourseGenerationJob, tasks: list[GenerationTask], unique: bool = False
 ) -> CourseEvaluation | None:
     """Score the job's assembled course and record it; sets `job.quality_score`, which the
     caller saves with the rest of the job. A failing evaluator leaves the course unscored: it
@@ -162,7 +211,9 @@ def job_evaluate(
                     task__job=job, outcome=AttemptOutcome.INVALID
                 ).values_list("task_id", flat=True)
             )
-            card = evaluation.evaluate_job(job=job, tasks=tasks, invalid_replies=invalid)
+            card = evaluation.evaluate_job(
+                job=job, tasks=tasks, invalid_replies=invalid, unique=unique
+            )
             record = CourseEvaluation.objects.create(
                 job=job,
                 evaluator=evaluation.EVALUATOR,

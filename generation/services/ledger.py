@@ -11,6 +11,7 @@ from uuid import UUID
 from django.db.models import F
 
 from generation.llm import GenerationResult
+from generation.llm_types import AttemptRecord
 from generation.models import (
     JOB_TERMINAL,
     CourseGenerationJob,
@@ -34,8 +35,10 @@ def judge_attempts_record(*, judge_run: JudgeRun, result: GenerationResult) -> N
 
 
 def attempt_dicts(*, task: GenerationTask, result: GenerationResult) -> list[dict[str, Any]]:
-    """The same rows as plain dicts, for hand-written SQL (generation/hotpath.py)."""
-    return [_attempt_dict(row) for row in _attempt_rows(task, result)]
+    """The same rows' columns as plain dicts, for hand-written SQL (generation/hotpath.py, which
+    writes their Decimals as JSON strings); not built through model instances (a chord task's
+    hottest Python)."""
+    return [_attempt_fields(a, task.attempts) for a in result.attempts]
 
 
 def _attempt_rows(
@@ -47,44 +50,29 @@ def _attempt_rows(
 ) -> list[GenerationAttempt]:
     start = first if first is not None else (task.attempts if task else 0)
     return [
-        GenerationAttempt(
-            task=task,
-            judge_run=judge_run,
-            number=start + a.number,
-            kind=a.kind,
-            part=a.part,
-            outcome=a.outcome,
-            model=a.model,
-            input_tokens=a.usage.input_tokens,
-            cached_tokens=a.usage.cached_tokens,
-            output_tokens=a.usage.output_tokens,
-            cost_usd=a.cost_usd,
-            latency_ms=a.latency_ms,
-            errors=a.errors,
-            saved_cost_usd=a.saved_cost_usd,
-            saved_ms=a.saved_ms,
-            batch=a.batch,
-        )
+        GenerationAttempt(task=task, judge_run=judge_run, **_attempt_fields(a, start))
         for a in result.attempts
     ]
 
 
-def _attempt_dict(row: GenerationAttempt) -> dict[str, Any]:
+def _attempt_fields(a: AttemptRecord, start: int) -> dict[str, Any]:
+    """One provider call's ledger columns, by GenerationAttempt's field names, numbered after
+    `start` earlier attempts."""
     return {
-        "number": row.number,
-        "kind": row.kind,
-        "part": row.part,
-        "outcome": row.outcome,
-        "model": row.model,
-        "input_tokens": row.input_tokens,
-        "cached_tokens": row.cached_tokens,
-        "output_tokens": row.output_tokens,
-        "cost_usd": str(row.cost_usd),
-        "latency_ms": row.latency_ms,
-        "errors": row.errors,
-        "saved_cost_usd": str(row.saved_cost_usd),
-        "saved_ms": row.saved_ms,
-        "batch": row.batch,
+        "number": start + a.number,
+        "kind": a.kind,
+        "part": a.part,
+        "outcome": a.outcome,
+        "model": a.model,
+        "input_tokens": a.usage.input_tokens,
+        "cached_tokens": a.usage.cached_tokens,
+        "output_tokens": a.usage.output_tokens,
+        "cost_usd": a.cost_usd,
+        "latency_ms": a.latency_ms,
+        "errors": a.errors,
+        "saved_cost_usd": a.saved_cost_usd,
+        "saved_ms": a.saved_ms,
+        "batch": a.batch,
     }
 
 
@@ -121,8 +109,15 @@ def task_usage_add(*, task: GenerationTask, result: GenerationResult) -> None:
     not incremented: the job's cost has 6 places, and adding a rounded increment to a rounded
     total drifts from the ledger's sum rounded once (`job_cost`)."""
     GenerationTask.objects.filter(pk=task.pk).update(**usage_increments(result=result))
+    job_totals_refresh_if_closed(job_id=task.job_id)
+
+
+def job_totals_refresh_if_closed(*, job_id: UUID) -> None:
+    """The job's side of `task_usage_add`, after the task's row was written (the hand-written
+    record does that part in its statement): a closed job is totalled again. Call inside a
+    transaction."""
     # Lock whatever its status: a filter on status would skip a row a finalize holds.
-    job = CourseGenerationJob.objects.select_for_update().get(pk=task.job_id)
+    job = CourseGenerationJob.objects.select_for_update().get(pk=job_id)
     if job.status in JOB_TERMINAL:
         job_totals_apply(job=job, tasks=list(job.tasks.all()))
         job.save(update_fields=[*JOB_TOTALS, "updated_at"])
@@ -130,9 +125,10 @@ def task_usage_add(*, task: GenerationTask, result: GenerationResult) -> None:
 
 def job_totals_refresh_if_cancelled(*, job_id: UUID) -> None:
     """A run of a cancelled job's task recorded its usage after the cancel totalled the job
-    (a call in flight at the cancel is paid all the same): total the job again. Call inside the
-    transaction that wrote the task's row, after it: the job's lock is taken second, as every
-    task write takes it, so the cancel's own total either saw this row or is committed here."""
+    (a call in flight at the cancel is paid all the same): total the job again. Call after the
+    task's row was written (in its transaction, or after it committed): the job's lock is taken
+    second, as every task write takes it, so the cancel's own total either saw this row or is
+    committed here."""
     job = CourseGenerationJob.objects.select_for_update().filter(pk=job_id).first()
     if job is None or job.status != JobStatus.CANCELLED:
         return

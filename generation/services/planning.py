@@ -4,10 +4,11 @@ course, and send every row as a chord whose body finalizes the job (once per job
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from generation import messages, variants
@@ -36,14 +37,17 @@ def job_run_outline(
     result = runs.task_run(task_id=outline_task.pk, worker=worker, provider=provider)
     if result.retry_in is not None:
         return result.retry_in
-    job_after_outline(job_id=job_id, detail=str(result))
+    job_after_outline(job_id=job_id, detail=str(result), job=job)
     return None
 
 
-def job_after_outline(*, job_id: UUID, detail: str = "") -> None:
+def job_after_outline(
+    *, job_id: UUID, detail: str = "", job: CourseGenerationJob | None = None
+) -> None:
     """Once the outline task ended: plan the tasks and send them (a chord, or the next batch),
-    or close the job when the outline failed."""
-    job = CourseGenerationJob.objects.get(pk=job_id)
+    or close the job when the outline failed. `job`, when the caller has read it, is only
+    logged: planning re-reads it under its lock."""
+    job = job or CourseGenerationJob.objects.get(pk=job_id)
     outline_task = job.tasks.get(kind=TaskKind.OUTLINE)
     if outline_task.status == TaskStatus.FAILED:
         finalize.job_finalize(job_id=job_id)
@@ -126,16 +130,18 @@ def plan_units(outline: CourseOutline) -> list[tuple[TaskKind, str]]:
 @transaction.atomic  # a batch job's tasks are queued with the claim, or not at all
 def job_dispatch_chord(*, job_id: UUID) -> bool:
     """Send the chord once per job: only the caller that sets chord_dispatched_at sends it."""
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        return _dispatch_chord_postgresql(job_id=job_id, now=now)
     won = CourseGenerationJob.objects.filter(
         pk=job_id, status=JobStatus.RUNNING, chord_dispatched_at__isnull=True
-    ).update(chord_dispatched_at=timezone.now())
+    ).update(chord_dispatched_at=now)
     if not won:
         return False
     job = CourseGenerationJob.objects.only("priority", "created_at", "urgency").get(pk=job_id)
     if job.urgency == Urgency.BATCH:  # the poller finalizes when the last task ended
         batchqueue.job_pending_to_batch(job_id=job_id)
         return True
-    now = timezone.now()
     # The job's priority aged since its submission, as the queue ages it (generation/queueing.py).
     priority = aged_broker_priority(priority=job.priority, since=job.created_at, now=now)
     pending_tasks = GenerationTask.objects.filter(job_id=job_id, status=TaskStatus.PENDING).exclude(
@@ -147,11 +153,52 @@ def job_dispatch_chord(*, job_id: UUID) -> bool:
     return True
 
 
+# The same claim and marking as the ORM path, each one statement with RETURNING.
+_CHORD_CLAIM = """
+UPDATE course_generation_jobs SET chord_dispatched_at = %(now)s
+WHERE id = %(id)s AND status = %(running)s AND chord_dispatched_at IS NULL
+RETURNING priority, created_at, urgency
+"""
+_CHORD_MARK = """
+UPDATE course_generation_tasks SET dispatched_at = %(now)s, priority_sent = %(priority)s
+WHERE job_id = %(id)s AND status = %(pending)s AND kind <> %(outline)s
+RETURNING id, position
+"""
+
+
+def _dispatch_chord_postgresql(*, job_id: UUID, now: datetime) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(_CHORD_CLAIM, {"id": job_id, "now": now, "running": JobStatus.RUNNING})
+        row = cursor.fetchone()
+        if row is None:
+            return False
+        job_priority, created_at, urgency = row
+        if urgency == Urgency.BATCH:  # the poller finalizes when the last task ended
+            batchqueue.job_pending_to_batch(job_id=job_id)
+            return True
+        priority = aged_broker_priority(priority=job_priority, since=created_at, now=now)
+        cursor.execute(
+            _CHORD_MARK,
+            {
+                "id": job_id,
+                "now": now,
+                "priority": priority,
+                "pending": TaskStatus.PENDING,
+                "outline": TaskKind.OUTLINE,
+            },
+        )
+        pending = [task_id for task_id, _ in sorted(cursor.fetchall(), key=lambda r: r[1])]
+    transaction.on_commit(lambda: _send_chord(job_id, pending, priority))
+    return True
+
+
 def _send_chord(job_id: UUID, task_ids: list[int], priority: int) -> None:
     """The job's tasks as a chord header at the job's priority; its body finalizes the job.
 
-    Header tasks store a small result, which is how the Redis result backend counts the chord
-    down (one INCR per task); everything else ignores results. A lost chord (Redis restarted)
+    Header tasks ignore their result like every other task: the Redis result backend counts the
+    chord down in its own keys (Celery calls on_chord_part_return whether or not a result is
+    stored), so the per-task result key and its PUBLISH were only written and never read. A lost
+    chord (Redis restarted)
     is the reconciler's to find: it re-sends open tasks and finalizes jobs with none left.
     """
     from celery import chord

@@ -4,6 +4,8 @@ unavailable). A repeated message finds the row claimed or succeeded and does not
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import random
 import time
@@ -28,7 +30,7 @@ from generation.llm import BatchReplay, GenerationResult, TaskSpec, generate
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus
 from generation.prompts import task_context
 from generation.providers import Provider, get_moderation_provider, get_provider
-from generation.schemas import CourseOutline, TaskKind, Tier
+from generation.schemas import CourseOutline, CourseRequest, TaskKind, Tier
 from generation.services import alerts, common, ledger
 from monitoring.logs import log_event
 
@@ -235,8 +237,7 @@ def task_spec_build(
     """What a run of the task asks of the LLM conversation: its kind, tier and model, the
     request and outline, the prompt context, a lease-renewing heartbeat (the task's own lease
     unless the caller holds another) and the deadline."""
-    request = task.job.course_request
-    outline = CourseOutline.model_validate(task.job.outline) if task.job.outline else None
+    request, outline = job_models(task.job)
     tier = Tier(task.tier)
     other = Tier.SIMPLE if tier is Tier.COMPLEX else Tier.COMPLEX
     return TaskSpec(
@@ -266,6 +267,30 @@ def task_spec_build(
     )
 
 
+def job_models(job: CourseGenerationJob) -> tuple[CourseRequest, CourseOutline | None]:
+    """The job's request and outline, validated. Every chord task of a job reads the same two;
+    from a claim (`hotpath.claim_and_load` keeps the JSON as the database gave it) they are
+    validated once per process and shared, read-only."""
+    texts: dict[str, str] = getattr(job, "json_texts", {})
+    request_text, outline_text = texts.get("request"), texts.get("outline")
+    request = _request_of(request_text) if request_text else job.course_request
+    if not job.outline:
+        return request, None
+    if outline_text:
+        return request, _outline_of(outline_text)
+    return request, CourseOutline.model_validate(job.outline)
+
+
+@functools.lru_cache(maxsize=256)
+def _request_of(text: str) -> CourseRequest:
+    return CourseRequest.model_validate(json.loads(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _outline_of(text: str) -> CourseOutline:
+    return CourseOutline.model_validate(json.loads(text))
+
+
 def task_lease_renew(*, task_id: int, worker: str, run: int | None = None) -> bool:
     """Extend our lease before another provider call; False if another run owns the task."""
     owned = GenerationTask.objects.filter(pk=task_id, status=TaskStatus.RUNNING, worker=worker)
@@ -274,7 +299,6 @@ def task_lease_renew(*, task_id: int, worker: str, run: int | None = None) -> bo
     return bool(owned.update(lease_expires_at=db_now_plus(settings.COURSEGEN_TASK_LEASE_S)))
 
 
-@transaction.atomic
 def _record_result(
     *, task: GenerationTask, worker: str, result: GenerationResult, wall_s: float
 ) -> str:
@@ -293,8 +317,18 @@ def _record_result(
         "error": result.error,
         "duration_ms": round(wall_s * 1000),
     }
-    if db.hand_written_sql():
-        updated, job_running = hotpath.record_and_progress(
+    if not db.hand_written_sql():
+        return _record_result_orm(
+            task=task, worker=worker, result=result, status=status, fields=fields, wall_s=wall_s
+        )
+    # One statement records the ledger rows, the task's row (closed, or its counters when our
+    # lease was lost) and the job's progress. It runs in a transaction with the rare follow-up (a
+    # job closed meanwhile takes this run's cost into its totals): while_lease_holds retries the
+    # whole write through a database error, so the statement must not have committed without
+    # its follow-up, or the retry would add the run's usage and ledger rows a second time, and a
+    # crash between the two would leave the job's totals short.
+    with transaction.atomic():
+        updated, job_running, status_now = hotpath.record_and_progress(
             task=task,
             worker=worker,
             now=timezone.now(),
@@ -303,9 +337,30 @@ def _record_result(
             usage=ledger.usage_totals(result=result),
             attempts=ledger.attempt_dicts(task=task, result=result),
         )
-    else:
-        updated = _task_close(task=task, worker=worker, status=status, fields=fields, result=result)
-        job_running = updated and job_refresh_progress(job_id=task.job_id)
+        if not updated:
+            ledger.job_totals_refresh_if_closed(job_id=task.job_id)
+        elif not job_running:
+            # The job was cancelled while this run was in flight: its totals take this run's cost.
+            ledger.job_totals_refresh_if_cancelled(job_id=task.job_id)
+    if not updated:
+        return _lease_lost(task=task, worker=worker, status_now=status_now)
+    _recorded(task=task, result=result, status=status, wall_s=wall_s)
+    return status
+
+
+@transaction.atomic
+def _record_result_orm(
+    *,
+    task: GenerationTask,
+    worker: str,
+    result: GenerationResult,
+    status: str,
+    fields: dict[str, Any],
+    wall_s: float,
+) -> str:
+    """The ORM version (databases other than PostgreSQL), in one transaction."""
+    updated = _task_close(task=task, worker=worker, status=status, fields=fields, result=result)
+    job_running = updated and job_refresh_progress(job_id=task.job_id)
     if updated and not job_running:
         # The job was cancelled while this run was in flight: its totals take this run's cost.
         ledger.job_totals_refresh_if_cancelled(job_id=task.job_id)
@@ -313,10 +368,22 @@ def _record_result(
         # Our lease expired and another run took the task over; its result stands. Our calls
         # were paid for all the same: they count in the task's and the job's totals.
         ledger.task_usage_add(task=task, result=result)
-        logger.warning(
-            "task %s: lease lost by %s run %s, result discarded", task.pk, worker, task.runs
-        )
-        return str(GenerationTask.objects.values_list("status", flat=True).get(pk=task.pk))
+        return _lease_lost(task=task, worker=worker, status_now=None)
+    _recorded(task=task, result=result, status=status, wall_s=wall_s)
+    return status
+
+
+def _lease_lost(*, task: GenerationTask, worker: str, status_now: str | None) -> str:
+    logger.warning("task %s: lease lost by %s run %s, result discarded", task.pk, worker, task.runs)
+    if status_now is not None:
+        return status_now
+    return str(GenerationTask.objects.values_list("status", flat=True).get(pk=task.pk))
+
+
+def _recorded(
+    *, task: GenerationTask, result: GenerationResult, status: str, wall_s: float
+) -> None:
+    """What follows a recorded result: the held-content alert and the task's log event."""
     if result.moderation == "held":
         task_held_alert(task=task, categories=result.moderation_categories)
     log_event(
@@ -335,7 +402,6 @@ def _record_result(
             "validation_errors": result.validation_errors[:10],
         },
     )
-    return status
 
 
 def _model_used(task: GenerationTask, result: GenerationResult) -> str:

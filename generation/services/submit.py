@@ -78,20 +78,24 @@ def job_submit(
     outline = _task_new(job=job, kind=TaskKind.OUTLINE, key="course", position=0)
     outline.attempts = 1 if moderation is not None else 0
     entry = QueueEntry(job=job, priority=priority)
-    if db.hand_written_sql():  # one round trip for the three rows
-        hotpath.insert_together(job, outline, entry)
-    else:
-        for row in (job, outline, entry):
-            row.save(force_insert=True)
+    rows: list[CourseGenerationJob | GenerationTask | QueueEntry | GenerationAttempt]
+    rows = [job, outline, entry]
     if moderation is not None:
-        GenerationAttempt.objects.create(
-            task=outline,
-            number=1,
-            kind=AttemptKind.MODERATION,
-            outcome=AttemptOutcome.OK,
-            model=moderation.model,
-            latency_ms=round(moderation.latency_s * 1000),
+        rows.append(
+            GenerationAttempt(
+                task=outline,
+                number=1,
+                kind=AttemptKind.MODERATION,
+                outcome=AttemptOutcome.OK,
+                model=moderation.model,
+                latency_ms=round(moderation.latency_s * 1000),
+            )
         )
+    if db.hand_written_sql():  # one round trip for the rows
+        hotpath.insert_together(*rows)
+    else:
+        for row in rows:  # save() takes the attempt's task key from the task saved before it
+            row.save(force_insert=True)
     _tasks_in_hand(job, [outline])
     if idempotency_key is not None:  # linked in the same transaction: a replay finds this job
         IdempotencyKey.objects.filter(pk=idempotency_key.pk).update(job=job)
