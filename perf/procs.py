@@ -138,17 +138,28 @@ class Fleet:
     logdir: Path
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, role: str, command: list[str], extra_env: dict[str, str] | None = None) -> Proc:
+    def start(
+        self,
+        role: str,
+        command: list[str],
+        extra_env: dict[str, str] | None = None,
+        *,
+        nice: int = 0,
+    ) -> Proc:
+        """Start `command` in a session of its own; `nice` lowers its CPU weight (see
+        `session_nice`)."""
         log = self.logdir / f"{role}-{len(self.procs)}.log"
         handle = log.open("wb")
         popen = subprocess.Popen(
-            command,
+            ["nice", "-n", str(nice), *command] if nice else command,
             cwd=ROOT,
             env={**self.env, **(extra_env or {})},
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C of the benchmark reaches us, not them
         )
+        if nice:
+            session_nice(popen.pid, nice)
         proc = Proc(role, popen, log)
         self.procs.append(proc)
         return proc
@@ -166,6 +177,23 @@ class Fleet:
             if proc.popen.poll() is None:
                 totals[proc.role] = totals.get(proc.role, 0.0) + proc.cpu()
         return totals
+
+
+def session_nice(pid: int, nice: int) -> bool:
+    """Give the session (autogroup) of `pid` the nice value `nice`.
+
+    With the kernel's autogroup scheduling on (/proc/sys/kernel/sched_autogroup_enabled, the
+    default on desktop and many server kernels), CPU is shared first between sessions, equally
+    whatever their processes' nice values: a process's nice only orders it within its session.
+    Every process the bench starts has a session of its own, so `nice -n 10` alone did not lower
+    a worker's share against the web or PostgreSQL at all; the autogroup's own nice value does.
+    False when the kernel has no autogroups (then `nice -n` is what counts).
+    """
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+    except OSError:
+        return False
+    return True
 
 
 def python_command(*args: str) -> list[str]:

@@ -74,6 +74,40 @@ def test_it_runs_a_full_course_chord_on_a_real_worker(
         assert section.runs == 1 and section.attempts == 2  # one call and its moderation
 
 
+def test_a_gevent_worker_holds_more_calls_in_flight_than_database_connections(
+    tmp_path: Path, teacher: Any, base_class: Any, broker_env: dict[str, str]
+) -> None:
+    """A gevent worker (docs/performance.md#worker-pool): a task gives its pooled connection back
+    while its provider call runs, so three courses' calls overlap on a worker whose pool has two
+    connections."""
+    env = {
+        **broker_env,
+        "COURSEGEN_OFFLINE_LATENCY_SCALE": "0.2",  # calls of ~1.5 s: tasks overlap
+        "DATABASE_POOL": "true",
+        "DATABASE_POOL_MIN_SIZE": "1",
+        "DATABASE_POOL_MAX_SIZE": "2",
+        "DATABASE_POOL_TIMEOUT": "60",
+    }
+    with celery_worker(tmp_path, pool="gevent", concurrency=200, extra_env=env):
+        jobs = [
+            services.job_submit(
+                user=teacher,
+                base_class=base_class,
+                request=CourseRequest(topic=topic, num_modules=4, lessons_per_module=3),
+            )
+            for topic in ("Volcanoes", "Tides", "Photosynthesis")
+        ]
+        finished = [_wait_for_terminal(job.pk, timeout=120) for job in jobs]
+
+    assert [job.status for job in finished] == [JobStatus.SUCCEEDED] * 3, [
+        job.error for job in finished
+    ]
+    spans = GenerationTask.objects.filter(job__in=jobs).values_list("started_at", "finished_at")
+    edges = sorted(e for start, end in spans for e in ((start, 1), (end, -1)))
+    running = [sum(step for _, step in edges[: i + 1]) for i in range(len(edges))]
+    assert max(running) > 10  # far more tasks in their calls at once than the 2 connections
+
+
 SLOW_WORKER = {
     "COURSEGEN_GLOBAL_MAX_RUNNING_JOBS": "1",
     "COURSEGEN_OFFLINE_LATENCY_SCALE": "1.0",  # calls take seconds: the kill lands mid-task
