@@ -143,10 +143,11 @@ def line(
     labels: Sequence[str],
     values: Sequence[float | None],
     *,
-    fmt: str = "{:.0%}",
+    fmt: str = "{:.1%}",
     colour: str = "#dc2626",
 ) -> SafeString:
-    """A line over the days that have a value (None leaves a gap in the points)."""
+    """A line over the days that have a value (None leaves a gap in the points). The default
+    format keeps a decimal: the axis starts at 1 %, whose half-way line is 0.5 %, not "0%"."""
     points = [(i, v) for i, v in enumerate(values) if v is not None]
     if not points:
         return _empty(chart_id, title, "No provider calls in this period")

@@ -163,3 +163,12 @@ def test_it_renders_the_dashboard_in_headless_chromium(
             url,
         )
         assert Path(screenshot).stat().st_size > 0
+
+
+def test_the_error_rate_chart_labels_its_half_way_line_with_what_it_is() -> None:
+    from monitoring import charts
+
+    svg = charts.line("chart-error-rate", "Provider error rate", ["12-05", "12-06"], [0.0, 0.0])
+
+    labels = re.findall(r'text-anchor="end" fill="#555">([^<]+)<', svg)
+    assert labels == ["0.5%", "1.0%"]  # the axis starts at 1 %: its half-way line is not "0%"
