@@ -149,7 +149,10 @@ def test_a_repair_of_a_batch_answer_goes_live_or_into_the_next_batch_by_setting(
     teacher: Any, base_class: Any, batch_settings: Any, repair: str
 ) -> None:
     batch_settings.COURSEGEN_BATCH_REPAIR = repair
-    batch_settings.COURSEGEN_OFFLINE_FAULTS = "invalid=0.25,malformed=0.1"
+    # Invalid answers only: a truncated (malformed) answer repaired into the same truncation
+    # stops its task by policy ("same validation errors again"), which with malformed=0.1 failed
+    # the course for about one seed in four, whatever the repair setting.
+    batch_settings.COURSEGEN_OFFLINE_FAULTS = "invalid=0.3"
     job = _submit(teacher, base_class)
 
     _poll_until_done(job, rounds=20)

@@ -223,7 +223,7 @@ def test_an_unknown_api_path_answers_a_json_404(path: str) -> None:
 
 @pytest.mark.parametrize("remote_addr", ["", "unix:/run/gunicorn.sock"])
 def test_a_client_without_a_usable_address_is_throttled_not_failed(
-    remote_addr: str, settings: Any
+    remote_addr: str, settings: Any, ratelimit_clock_still: float
 ) -> None:
     # django-ratelimit read REMOTE_ADDR itself: empty, ImproperlyConfigured; not an address,
     # ValueError; missing (the fuzzer's WSGI client), KeyError: each a 500.

@@ -397,7 +397,7 @@ def test_it_requires_authentication_for_the_usage_endpoint(api_client: Any) -> N
 
 # --- Request-level throttling ------------------------------------------------------------------
 def test_it_throttles_a_client_hammering_any_endpoint_with_a_json_429(
-    client_for: Any, teacher: Any, make_member: Any, settings: Any
+    client_for: Any, teacher: Any, make_member: Any, settings: Any, ratelimit_clock_still: float
 ) -> None:
     settings.COURSEGEN_API_RATE = "3/m"
     cache.clear()  # this test's Redis database: no counts left from an earlier run

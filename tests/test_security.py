@@ -103,7 +103,9 @@ def test_a_token_older_than_its_lifetime_is_refused(settings: Any) -> None:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", ["/admin/login/", "/accounts/login/"])
-def test_sign_in_attempts_are_throttled_per_ip_and_per_username(path: str, settings: Any) -> None:
+def test_sign_in_attempts_are_throttled_per_ip_and_per_username(
+    path: str, settings: Any, ratelimit_clock_still: float
+) -> None:
     settings.COURSEGEN_LOGIN_RATE = "3/m"
     UserFactory.create(username="victim")
     client = Client()
