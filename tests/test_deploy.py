@@ -128,6 +128,13 @@ def test_compose_workers_scale_out(compose: dict[str, Any]) -> None:
     assert worker["environment"]["DATABASE_POOL"] == "true"
 
 
+def test_compose_weights_workers_below_the_web(compose: dict[str, Any]) -> None:
+    """On a shared host the web's requests get a core before the workers' threads
+    (docs/operations.md#web-and-workers-on-one-host); Docker's default weight is 1024."""
+    services = compose["services"]
+    assert services["worker"]["cpu_shares"] < services["web"].get("cpu_shares", 1024)
+
+
 def test_compose_web_uses_the_shipped_gunicorn_settings(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
