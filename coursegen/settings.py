@@ -330,7 +330,7 @@ CELERY_RESULT_BACKEND = env_url(
 if RABBITMQ_BROKER and not CELERY_TASK_ALWAYS_EAGER and CELERY_RESULT_BACKEND == "cache+memory://":
     # Chord counters must be shared by every worker, or no course is ever assembled.
     raise ImproperlyConfigured("a RabbitMQ broker needs CELERY_RESULT_BACKEND (or REDIS_URL)")
-if not CELERY_TASK_ALWAYS_EAGER and not CELERY_RESULT_BACKEND.startswith("redis"):
+if not CELERY_TASK_ALWAYS_EAGER and not (CELERY_RESULT_BACKEND or "").startswith("redis"):
     # Chord header tasks store no result (generation/tasks.py): the Redis backend counts a chord
     # down in the chord's own keys, while the others (rpc, db+, cache+) poll the header's stored
     # results with chord_unlock, which would never see them, and the course never be assembled.
