@@ -274,25 +274,6 @@ def _data_json(data: Any) -> str:
     return json.dumps(data, cls=DjangoJSONEncoder, default=str)
 
 
-# The row's columns, in the order _copy_rows writes them.
-_COPY_COLUMNS = (
-    "level",
-    "event",
-    "message",
-    "correlation_id",
-    "job_id",
-    "task_id",
-    "user_id",
-    "organisation_id",
-    "data",
-    "duration_ms",
-    "logger",
-    "source",
-    "created_at",
-)
-_COPY_DEFAULTS: dict[str, Any] = {"message": "", "logger": "", "source": ""}
-
-
 def _copy_rows(rows: list[dict[str, Any]]) -> None:
     """PostgreSQL: the rows in one COPY. Two log rows per chord task made the ORM's bulk insert
     (a model instance per row, the data through JSON three times, every value quoted into one
@@ -301,12 +282,17 @@ def _copy_rows(rows: list[dict[str, Any]]) -> None:
 
     from monitoring.models import CourseGenerationLog
 
-    columns = ", ".join(_COPY_COLUMNS)
+    # The model's columns (not its id), each row's value or the field's default, as an ORM
+    # insert would take them.
+    fields = [f for f in CourseGenerationLog._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(str(f.column) for f in fields)
     sql = f"COPY {CourseGenerationLog._meta.db_table} ({columns}) FROM STDIN"
     with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
         for row in rows:
-            values = {**_COPY_DEFAULTS, **row, "data": _data_json(row.get("data") or {})}
-            copy.write_row(tuple(values.get(column) for column in _COPY_COLUMNS))
+            values = {**row, "data": _data_json(row.get("data") or {})}
+            copy.write_row(
+                tuple(values[f.attname] if f.attname in values else f.get_default() for f in fields)
+            )
 
 
 def _create_rows(rows: list[dict[str, Any]]) -> None:
