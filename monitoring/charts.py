@@ -57,6 +57,12 @@ def _axes(top_value: float, fmt: str) -> str:
     return "".join(parts)
 
 
+def _count_top(largest: int) -> int:
+    """A count axis's top: even, so its half-way line is a whole count too (an odd top of 3
+    labelled that line "2" for 1.5, a top of 1 labelled it "0")."""
+    return largest + largest % 2
+
+
 def _x_labels(labels: Sequence[str], slot: float) -> str:
     every = max(1, len(labels) // 7)
     return "".join(
@@ -87,7 +93,7 @@ def stacked_bars(
     totals = [sum(values[i] for values in series.values()) for i in range(len(labels))]
     if not labels or max(totals, default=0) == 0:
         return _empty(chart_id, title, "No jobs in this period")
-    top = max(totals)
+    top = _count_top(max(totals))
     plot_h, slot = HEIGHT - TOP - BOTTOM, (WIDTH - LEFT - RIGHT) / len(labels)
     bars = []
     for i, label in enumerate(labels):
@@ -122,10 +128,12 @@ def bars(
     fmt: str = "{:.2f}",
     colour: str = "#6366f1",
     empty_note: str = "No data in this period",
+    counts: bool = False,
 ) -> SafeString:
+    """One bar per label. `counts`: the values are whole numbers, and so are the axis labels."""
     if not labels or max(values, default=0) <= 0:
         return _empty(chart_id, title, empty_note)
-    top = max(values)
+    top = _count_top(round(max(values))) if counts else max(values)
     plot_h, slot = HEIGHT - TOP - BOTTOM, (WIDTH - LEFT - RIGHT) / len(labels)
     rects = "".join(
         f'<rect class="cg-bar" x="{LEFT + slot * i + 2:.1f}"'
@@ -179,4 +187,4 @@ def histogram(
     for score in scores:
         counts[min(int(max(score, 0.0) * buckets), buckets - 1)] += 1
     labels = [f"{n / buckets:.1f}" for n in range(buckets)]
-    return bars(chart_id, title, labels, counts, fmt="{:.0f}", colour="#0d9488")
+    return bars(chart_id, title, labels, counts, fmt="{:.0f}", colour="#0d9488", counts=True)

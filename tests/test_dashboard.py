@@ -172,3 +172,25 @@ def test_the_error_rate_chart_labels_its_half_way_line_with_what_it_is() -> None
 
     labels = re.findall(r'text-anchor="end" fill="#555">([^<]+)<', svg)
     assert labels == ["0.5%", "1.0%"]  # the axis starts at 1 %: its half-way line is not "0%"
+
+
+@pytest.mark.parametrize(
+    ("largest", "expected"), [(1, ["1", "2"]), (3, ["2", "4"]), (4, ["2", "4"]), (7, ["4", "8"])]
+)
+def test_count_charts_label_their_half_way_line_with_a_whole_count(
+    largest: int, expected: list[str]
+) -> None:
+    from monitoring import charts
+
+    histogram = charts.histogram("chart-quality", "Quality", [0.95] * largest + [0.15])
+    jobs = charts.stacked_bars(
+        "chart-jobs-by-status", "Jobs", ["12-05", "12-06"], {"succeeded": [largest, 1]}
+    )
+
+    for svg in (histogram, jobs):
+        labels = re.findall(r'text-anchor="end" fill="#555">([^<]+)<', svg)
+        assert labels == expected  # an odd top had labelled 1.5 as "2" and 0.5 as "0"
+        # The tallest bar reaches the top line only when the largest count is the top.
+        heights = [float(h) for h in re.findall(r'class="cg-bar"[^>]* height="([\d.]+)"', svg)]
+        plot_h = charts.HEIGHT - charts.TOP - charts.BOTTOM
+        assert max(heights) == pytest.approx(plot_h * largest / int(expected[1]), abs=0.05)
