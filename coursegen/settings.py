@@ -205,6 +205,13 @@ if IS_POSTGRES:
     else:
         _default_db["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
         _default_db["CONN_HEALTH_CHECKS"] = True
+    # Parameters bound by the server, and a statement run 5 times on a connection prepared there
+    # (psycopg's automatic preparation): PostgreSQL then skips parsing and planning the hot
+    # path's statements, about a third of its CPU per course (docs/performance.md). Django's
+    # default binds on the client with no prepared statements, for poolers that cannot keep
+    # them: set DATABASE_PREPARED_STATEMENTS=false behind a transaction-mode PgBouncer.
+    if env_bool("DATABASE_PREPARED_STATEMENTS", True):
+        _default_db.setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
 else:
     # SQLite serialises writers: WAL lets the demo's progress bar read while tasks write, and
     # IMMEDIATE transactions wait for the write lock instead of failing to upgrade to it.
