@@ -23,19 +23,28 @@ logger = logging.getLogger("coursegen.generation")
 def warm_up() -> float:
     from generation.checks import prose_grade
     from generation.pricing import warn_unpriced_models
-    from generation.providers import get_moderation_provider, get_provider
     from generation.tokens import count_tokens
 
     started = time.monotonic()
     warn_unpriced_models()  # a worker runs no system checks: the same warning, once, at start
     count_tokens("Warm the tokenizer up.")
     prose_grade("Plants turn light into sugar. The leaf holds the green pigment that does it.")
-    try:
-        get_provider()  # built once per process (cached); no network until the first call
-        get_moderation_provider()
-    except Exception:  # e.g. a setting the first task will report; the worker still starts
-        logger.exception("worker warm-up could not build the provider")
+    providers_build()
     return time.monotonic() - started
+
+
+def providers_build() -> None:
+    """Build the generation and moderation providers (cached per process; no network until the
+    first call). A web process needs this too: a submit moderates its request, and the first
+    one built the provider inside the request (about 2.5 CPU-s importing the openai SDK), which
+    under gevent held every greenlet of the process for seconds (issue 22's users1000 phase)."""
+    from generation.providers import get_moderation_provider, get_provider
+
+    try:
+        get_provider()
+        get_moderation_provider()
+    except Exception:  # e.g. a setting the first call will report; the process still starts
+        logger.exception("warm-up could not build the provider")
 
 
 @worker_init.connect

@@ -48,3 +48,32 @@ def test_freezing_can_be_turned_off(settings: Any) -> None:
     freeze_heap(sender=None)
 
     assert gc.get_freeze_count() == 0
+
+
+_WSGI_PROBE = """
+import json
+import coursegen.wsgi  # noqa: F401  (what gunicorn loads in each web process)
+from generation.providers import get_provider
+print(json.dumps({"providers_built": get_provider.cache_info().currsize}))
+"""
+
+
+def test_a_web_process_builds_the_provider_before_its_first_request() -> None:
+    """The first submit moderates its request; building the provider then (importing the openai
+    SDK, seconds of CPU) inside the request held every greenlet of a gevent web process."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    run = subprocess.run(
+        [sys.executable, "-c", _WSGI_PROBE],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "coursegen.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1])["providers_built"] > 0
