@@ -45,6 +45,23 @@ def cpu_s(pid: int, *, children: bool = True) -> float:
     return ticks / TICK
 
 
+def cpu_wait_s(pid: int) -> float:
+    """Seconds the threads of one process have spent runnable but waiting for a CPU (the
+    scheduler's run-queue delay, /proc/<pid>/task/*/schedstat's second field). A process
+    that needs more CPU than it gets waits here; one waiting on I/O does not."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended, or a kernel without schedstats
+    return total / 1e9
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -114,6 +131,9 @@ class Proc:
     def cpu(self) -> float:
         return sum(cpu_s(p) for p in tree(self.pid))
 
+    def cpu_wait(self) -> float:
+        return sum(cpu_wait_s(p) for p in tree(self.pid))
+
     def rss_peak(self) -> float:
         self.peak_rss = max([self.peak_rss, *(peak_rss_mb(p) for p in tree(self.pid))])
         return self.peak_rss
@@ -176,6 +196,14 @@ class Fleet:
         for proc in self.procs:
             if proc.popen.poll() is None:
                 totals[proc.role] = totals.get(proc.role, 0.0) + proc.cpu()
+        return totals
+
+    def cpu_wait_by_role(self) -> dict[str, float]:
+        """Run-queue wait (`cpu_wait_s`) per role, over every thread of each process tree."""
+        totals: dict[str, float] = {}
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                totals[proc.role] = totals.get(proc.role, 0.0) + proc.cpu_wait()
         return totals
 
 

@@ -30,3 +30,24 @@ def test_nice_reaches_the_session_of_the_process(tmp_path: Path) -> None:
         assert autogroup.read_text().split()[-1] == "7"
     finally:
         fleet.stop()
+
+
+def test_it_counts_the_run_queue_wait_of_a_process_that_competes_for_the_cpu(
+    tmp_path: Path,
+) -> None:
+    """`cpu_wait` is the time a process was runnable but not running: three CPU-bound
+    processes pinned to one CPU must wait for it about two thirds of the time."""
+    if not Path("/proc/self/schedstat").exists():
+        pytest.skip("this kernel keeps no schedstats")
+    fleet = procs.Fleet(dict(os.environ), tmp_path)
+    spin = ["taskset", "-c", "0", "python3", "-c", "while True: pass"]
+    spinners = [fleet.start(f"spin{n}", spin) for n in range(3)]
+    try:
+        time.sleep(1.5)
+        waited = sum(p.cpu_wait() for p in spinners)
+        ran = sum(p.cpu() for p in spinners)
+    finally:
+        fleet.stop()
+
+    assert waited > ran > 0.5  # one CPU for three: each waits while the other two run
+    assert procs.cpu_wait_s(2**22 + 1) == 0.0  # no such process

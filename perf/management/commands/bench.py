@@ -706,6 +706,11 @@ class Command(BaseCommand):
         stop = threading.Event()
         access_from = self.access_log.stat().st_size
         web_profiler = self.start_web_profiler(fleet, ".users1000")
+        # The web's CPU and its run-queue wait over the whole phase, the ramp's submits included:
+        # a web waiting for a CPU while workers run held these submits (docs/performance.md).
+        phase_start = time.monotonic()
+        web_run_start = fleet.cpu_by_role().get("web", 0.0)
+        web_wait_start = fleet.cpu_wait_by_role().get("web", 0.0)
         result, threads = load.run_users(
             port=self.web_port,
             tokens=[t for t, _ in users],
@@ -723,7 +728,11 @@ class Command(BaseCommand):
         window_end = time.monotonic()
         self.stop_profiler(web_profiler)
         window = window_end - window_start
-        web_cores = (fleet.cpu_by_role().get("web", 0.0) - web_before) / window
+        web_run_end = fleet.cpu_by_role().get("web", 0.0)
+        web_cores = (web_run_end - web_before) / window
+        phase_s = window_end - phase_start
+        web_phase_cores = (web_run_end - web_run_start) / phase_s
+        web_wait_cores = (fleet.cpu_wait_by_role().get("web", 0.0) - web_wait_start) / phase_s
         generator_cores = (procs.cpu_s(os.getpid(), children=False) - generator_before) / window
         stop.set()
         for thread in threads:
@@ -743,6 +752,7 @@ class Command(BaseCommand):
             users1000_poll_server_p99_ms=round(load.percentile(server_polls, 99), 1),
             users1000_polls_per_s=round(len(polls) / window, 1),
             users1000_web_cpu_cores=round(web_cores, 2),
+            users1000_web_cpu_wait_cores=round(web_wait_cores, 2),
             users1000_streams=len(streams),
             users1000_stream_first_event_p99_ms=round(load.percentile(streams, 99), 1),
             users1000_events_per_s=round(len(events) / window, 1),
@@ -760,6 +770,10 @@ class Command(BaseCommand):
             (f"event streams opened, first event ms p50 / p99 (n={len(streams)})", _ms(streams)),
             ("progress events per s in the window", f"{len(events) / window:.1f}"),
             ("web CPU cores busy in the window", f"{web_cores:.2f}"),
+            (
+                "web CPU cores running / waiting for a CPU, whole phase",
+                f"{web_phase_cores:.2f} / {web_wait_cores:.2f}",
+            ),
             ("(load generator) CPU cores busy in the window", f"{generator_cores:.2f}"),
             ("load errors", str(len(result.errors))),
         ]
