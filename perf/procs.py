@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,18 +192,17 @@ class Fleet:
             proc.stop()
 
     def cpu_by_role(self) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                totals[proc.role] = totals.get(proc.role, 0.0) + proc.cpu()
-        return totals
+        return self._by_role(Proc.cpu)
 
     def cpu_wait_by_role(self) -> dict[str, float]:
         """Run-queue wait (`cpu_wait_s`) per role, over every thread of each process tree."""
+        return self._by_role(Proc.cpu_wait)
+
+    def _by_role(self, measure: Callable[[Proc], float]) -> dict[str, float]:
         totals: dict[str, float] = {}
         for proc in self.procs:
             if proc.popen.poll() is None:
-                totals[proc.role] = totals.get(proc.role, 0.0) + proc.cpu_wait()
+                totals[proc.role] = totals.get(proc.role, 0.0) + measure(proc)
         return totals
 
 
