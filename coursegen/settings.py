@@ -352,6 +352,11 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_IGNORE_RESULT = True  # chords count down in their own keys (planning._send_chord)
 CELERY_RESULT_EXPIRES = 6 * 3600
+# One Redis result backend per process, not per thread: Celery keeps a backend (with its own
+# connection pool) per thread by default, so a threads-pool worker opened a result-backend
+# connection in each of its hundreds of threads, the first time each sent or closed a chord.
+# redis-py's pool is thread-safe and workers never wait on results (no pub/sub consumer).
+CELERY_RESULT_BACKEND_THREAD_SAFE = str(CELERY_RESULT_BACKEND).startswith("redis")
 # A task is acknowledged after it ran, so a killed worker's task is delivered again; the rows in
 # PostgreSQL make the repeat harmless (claims with leases, succeeded rows return at once).
 CELERY_TASK_ACKS_LATE = True

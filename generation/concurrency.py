@@ -32,6 +32,7 @@ go out).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -307,7 +308,14 @@ def limiter_for(model: str) -> ConcurrencyLimiter | None:
     """The model's limiter, or None when it is off or no shared store (REDIS_URL) is configured."""
     if not settings.COURSEGEN_CONCURRENCY_ENABLED or not settings.REDIS_URL:
         return None
-    return ConcurrencyLimiter(model, redis_client(settings.REDIS_URL))
+    return _limiter(model, redis_client(settings.REDIS_URL), LimiterConfig.from_settings())
+
+
+@functools.lru_cache(maxsize=64)
+def _limiter(model: str, client: redis.Redis, config: LimiterConfig) -> ConcurrencyLimiter:
+    # Built once per model, client and settings: registering its three scripts (a SHA-1 of each)
+    # on every provider call was ~1 % of a worker's CPU. It holds no per-call state.
+    return ConcurrencyLimiter(model, client, config)
 
 
 def runs_low(headers: Mapping[str, str], fraction: float) -> bool:

@@ -14,6 +14,8 @@ task row.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -225,9 +227,31 @@ def _request_data(request: CourseRequest) -> str:
     )
 
 
+# Every chord task of a course renders the same outline object (runs.job_models shares one per
+# process and JSON text): its text is kept by the object's identity, with the object itself so
+# the id cannot be reused while the entry lives. Outlines are never mutated after validation.
+_OUTLINE_TEXTS: OrderedDict[int, tuple[CourseOutline, str]] = OrderedDict()
+_OUTLINE_TEXTS_MAX = 256
+_outline_texts_lock = threading.Lock()
+
+
 def _outline_data(outline: CourseOutline | None) -> str:
     if outline is None:
         return quoted({"status": "not written yet: this task writes it"})
+    with _outline_texts_lock:
+        kept = _OUTLINE_TEXTS.get(id(outline))
+        if kept is not None and kept[0] is outline:
+            _OUTLINE_TEXTS.move_to_end(id(outline))
+            return kept[1]
+    text = _render_outline(outline)
+    with _outline_texts_lock:
+        _OUTLINE_TEXTS[id(outline)] = (outline, text)
+        while len(_OUTLINE_TEXTS) > _OUTLINE_TEXTS_MAX:
+            _OUTLINE_TEXTS.popitem(last=False)
+    return text
+
+
+def _render_outline(outline: CourseOutline) -> str:
     # One line per module and lesson (fewer tokens than nested JSON); every value quoted.
     lines = [f"title: {quoted(outline.title)}", f"description: {quoted(outline.description)}"]
     for m, module in enumerate(outline.modules, start=1):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from celery.concurrency import get_implementation
+from django.conf import settings
 from django.db import connections
 
-from coursegen.celery import unpool_prefork
+from coursegen.celery import app, unpool_prefork
 
 
 @pytest.mark.parametrize(("pool", "kept"), [("prefork", False), ("threads", True), ("solo", True)])
@@ -21,3 +23,34 @@ def test_a_prefork_worker_drops_the_psycopg_pool(monkeypatch: Any, pool: str, ke
     unpool_prefork(sender=worker)
 
     assert ("pool" in options) is kept
+
+
+def test_threads_share_one_redis_result_backend() -> None:
+    """A threads-pool worker's hundreds of threads use one backend and its one connection pool
+    (Celery's default is a backend, and Redis connections, per thread)."""
+    assert str(settings.CELERY_RESULT_BACKEND).startswith("redis")  # make test's configuration
+    main = app.backend  # created once (threads racing to create the first may each build one)
+    seen: list[object] = []
+    threads = [threading.Thread(target=lambda: seen.append(app.backend)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(seen) == 3 and all(backend is main for backend in seen)
+    assert len({id(backend.client.connection_pool) for backend in seen}) == 1  # type: ignore[attr-defined]
+
+
+def test_redis_replies_are_parsed_by_hiredis() -> None:
+    """The broker, the result backend, the limiter and the cache all speak through redis-py; with
+    hiredis (the `redis[hiredis]` extra) it parses replies in C."""
+    import redis
+    from redis._parsers import _HiredisParser
+
+    client = redis.Redis.from_url(str(settings.REDIS_URL))
+    connection = client.connection_pool.get_connection()
+    try:
+        assert isinstance(connection._parser, _HiredisParser)
+    finally:
+        client.connection_pool.release(connection)
+        client.close()

@@ -324,3 +324,16 @@ def test_a_tasks_calls_carry_its_jobs_rank(teacher: Any, base_class: Any) -> Non
 
     expected = _rank(job.priority, submitted_at=job.created_at.timestamp(), done=job.progress / 100)
     assert spec.rank == expected
+
+
+def test_a_model_keeps_one_limiter_until_its_settings_change(settings: Any) -> None:
+    settings.COURSEGEN_CONCURRENCY_ENABLED = True
+    first, again = concurrency.limiter_for("kept-model"), concurrency.limiter_for("kept-model")
+    other = concurrency.limiter_for("other-model")
+    settings.COURSEGEN_CONCURRENCY_MAX = settings.COURSEGEN_CONCURRENCY_MAX + 1
+    changed = concurrency.limiter_for("kept-model")
+
+    assert first is not None and first is again  # its scripts registered once, not per call
+    assert other is not None and other.model == "other-model" and other is not first
+    assert changed is not None and changed is not first
+    assert changed.config.maximum == settings.COURSEGEN_CONCURRENCY_MAX

@@ -196,3 +196,26 @@ def test_it_refuses_control_characters_in_a_regeneration_instruction(
     assert refused.status_code == 400
     assert "instruction" in json.dumps(refused.json())
     assert task.versions.count() == 0
+
+
+def test_an_outline_is_rendered_once_per_object_and_each_object_gets_its_own_text(
+    monkeypatch: Any,
+) -> None:
+    from generation import prompts
+
+    rendered: list[CourseOutline] = []
+    render = prompts._render_outline
+
+    def counting(outline: CourseOutline) -> str:
+        rendered.append(outline)
+        return render(outline)
+
+    monkeypatch.setattr(prompts, "_render_outline", counting)
+    first = _outline(CourseRequest(topic=BENIGN, audience="year 8 pupils"))
+    second = first.model_copy(update={"title": "Another course </course_outline>"})
+
+    texts = [prompts._outline_data(o) for o in (first, first, second, first, second)]
+
+    assert rendered == [first, second]  # each object once, however many tasks render it
+    assert texts[0] == texts[1] == texts[3] == render(first)
+    assert texts[2] == texts[4] == render(second) and '"Another course \\u003c/' in texts[2]
