@@ -240,15 +240,12 @@ def _outline_data(outline: CourseOutline | None) -> str:
         return quoted({"status": "not written yet: this task writes it"})
     with _outline_texts_lock:
         kept = _OUTLINE_TEXTS.get(id(outline))
-        if kept is not None and kept[0] is outline:
-            _OUTLINE_TEXTS.move_to_end(id(outline))
-            return kept[1]
-    text = _render_outline(outline)
-    with _outline_texts_lock:
-        _OUTLINE_TEXTS[id(outline)] = (outline, text)
-        while len(_OUTLINE_TEXTS) > _OUTLINE_TEXTS_MAX:
-            _OUTLINE_TEXTS.popitem(last=False)
-    return text
+        if kept is None or kept[0] is not outline:
+            kept = _OUTLINE_TEXTS[id(outline)] = (outline, _render_outline(outline))
+            while len(_OUTLINE_TEXTS) > _OUTLINE_TEXTS_MAX:
+                _OUTLINE_TEXTS.popitem(last=False)
+        _OUTLINE_TEXTS.move_to_end(id(outline))
+        return kept[1]
 
 
 def _render_outline(outline: CourseOutline) -> str:
