@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import AbstractUser
 from django.core.cache import cache
+from django.test import override_settings
 from rest_framework.test import APIClient
 
 from accounts.models import BaseClass, Organisation, Role
@@ -36,6 +37,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_sep("-", f"{len(saved)} screenshot(s) saved")
         for path in saved:
             terminalreporter.write_line(str(path))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hasher() -> Iterator[None]:
+    # Django's advice for test suites: PBKDF2's default work factor costs ~0.3 s of CPU for every
+    # user a factory makes on a 2-core machine, and the suite makes well over a thousand. No test
+    # is about the hash's strength; the settings keep PBKDF2 for everything else.
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(autouse=True)
