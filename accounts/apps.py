@@ -18,6 +18,13 @@ class AccountsConfig(AppConfig):
 
 
 def _group_sync(**kwargs: object) -> None:
+    from django.apps import apps
+    from django.contrib.auth.management import create_permissions
+
     from accounts.services import organisation_admins_group_sync
 
+    # post_migrate reaches this app before the apps after it in INSTALLED_APPS: make their
+    # permissions now, or the group would miss them on a fresh database.
+    for app_config in apps.get_app_configs():
+        create_permissions(app_config, verbosity=0)
     organisation_admins_group_sync()

@@ -77,12 +77,8 @@ ORGANISATION_ADMIN_PERMISSIONS: tuple[str, ...] = (
 
 def organisation_admins_group_sync() -> Group:
     """Create the "Organisation administrators" group with its permissions (after migrate, and
-    in tests); permissions staff added to it are kept."""
-    from django.apps import apps
-    from django.contrib.auth.management import create_permissions
-
-    for app_config in apps.get_app_configs():  # the permissions of apps migrated after this one
-        create_permissions(app_config, verbosity=0)
+    in tests); permissions staff added to it are kept. The permissions themselves must exist
+    (migrate makes them: accounts.apps)."""
     group, _ = Group.objects.get_or_create(name=ORGANISATION_ADMINS_GROUP)
     wanted = Q(pk__in=[])
     for name in ORGANISATION_ADMIN_PERMISSIONS:

@@ -25,6 +25,7 @@ from generation.providers import get_provider
 from monitoring.correlation import reset_correlation_id, set_correlation_id
 from monitoring.logs import installed_handlers
 from ratelimits.services import policies_seed
+from tests.dbflush import transactional_tests_delete_rows
 from tests.factories import BaseClassFactory, MembershipFactory, OrganisationFactory, UserFactory
 from tests.worker import publishing_to, rabbitmq_vhost
 
@@ -45,6 +46,13 @@ def fast_password_hasher() -> Iterator[None]:
     # user a factory makes on a 2-core machine, and the suite makes well over a thousand. No test
     # is about the hash's strength; the settings keep PBKDF2 for everything else.
     with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def transactional_teardown_by_delete() -> Iterator[None]:
+    # ~0.3 s less for each of ~450 transactional tests (tests/dbflush.py says how and why).
+    with transactional_tests_delete_rows():
         yield
 
 
