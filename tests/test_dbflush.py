@@ -13,7 +13,7 @@ from django.test import TransactionTestCase
 
 from accounts.models import Role
 from accounts.services import organisation_admin_make
-from monitoring.logs import installed_handlers
+from monitoring.logs import flush_all
 from ratelimits.services import policies_seed
 from tests.courses import finished_job
 from tests.dbflush import rows_delete
@@ -48,8 +48,7 @@ def _a_world(make_member: Any, base_class: Any) -> None:
     Group.objects.create(name="A group of the test's own").permissions.add(
         Permission.objects.get(codename="view_alert")
     )
-    for handler in installed_handlers():  # log rows are written in batches: all of them now
-        handler.flush()
+    flush_all()  # log rows are written in batches: all of them now
 
 
 def test_rows_delete_leaves_what_djangos_flush_leaves(make_member: Any, base_class: Any) -> None:
