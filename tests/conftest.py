@@ -23,7 +23,7 @@ from coursegen.celery import app as celery_app
 from generation import pacer
 from generation.providers import get_provider
 from monitoring.correlation import reset_correlation_id, set_correlation_id
-from monitoring.logs import installed_handlers
+from monitoring.logs import flush_all, installed_handlers
 from ratelimits.services import policies_seed
 from tests.dbflush import transactional_tests_delete_rows
 from tests.factories import BaseClassFactory, MembershipFactory, OrganisationFactory, UserFactory
@@ -102,6 +102,34 @@ def log_writers_closed_before_the_test_database_goes(
     with django_db_blocker.unblock():
         for handler in installed_handlers():
             handler.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def log_rows_written_by_each_test() -> Iterator[None]:
+    # The settings' log handler writes its buffer from a thread of its own every second (or at
+    # 500 rows). In tests that tick could land in a test without database access (the rows were
+    # dropped, with a line on stderr) or outside a test's transaction (rows committed into later
+    # tests' database). Here the thread keeps still and pytest_runtest_call below writes each
+    # test's rows into that test's own database, before its teardown.
+    handlers = installed_handlers()
+    before = [(handler.flush_interval, handler.batch_size) for handler in handlers]
+    for handler in handlers:
+        handler.flush_interval, handler.batch_size = 3600.0, 1_000_000
+    yield
+    for handler, (interval, batch) in zip(handlers, before, strict=True):
+        handler.flush_interval, handler.batch_size = interval, batch
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    yield
+    from django.db import connection
+
+    try:
+        connection.ensure_connection()
+    except RuntimeError:
+        return  # pytest-django blocks the database here: the next test that has one takes them
+    flush_all()
 
 
 @pytest.fixture(autouse=True)
