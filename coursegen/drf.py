@@ -8,7 +8,6 @@ parser raise RecursionError (500), and a body of any size was read whole into me
 
 from __future__ import annotations
 
-import codecs
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
@@ -48,7 +47,14 @@ class BoundedJSONParser(JSONParser):
             raise _too_large(limit)
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
-            text = codecs.decode(raw, encoding)
+            # bytes.decode takes text encodings only: codecs.decode would also run rot13, zlib or
+            # bz2 named as the charset, and they fail with errors other than ValueError.
+            text = raw.decode(encoding)
+        except LookupError as exc:
+            raise exceptions.ParseError(f"Unsupported charset: {encoding}") from exc
+        except ValueError as exc:
+            raise exceptions.ParseError(f"JSON parse error - {exc}") from exc
+        try:
             data = json.loads(text, parse_constant=json.strict_constant if self.strict else None)
         except RecursionError as exc:
             raise exceptions.ParseError("JSON parse error - nested too deeply") from exc

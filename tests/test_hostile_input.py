@@ -14,7 +14,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.test import APIClient
 
 from coursegen.drf import BoundedJSONParser, RequestTooLarge, client_ip
-from generation.models import CourseGenerationJob
+from generation.models import CourseEvaluation, CourseGenerationJob, RegenerationRequest
 from tests.courses import finished_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -134,6 +134,31 @@ def test_the_parser_stops_reading_a_body_without_a_length_one_byte_past_the_limi
 def test_the_parser_answers_400_to_bytes_that_are_not_utf8() -> None:
     with pytest.raises(ParseError):
         BoundedJSONParser().parse(io.BytesIO(b'{"topic": "\xff\xfe"}'), parser_context={})
+
+
+@pytest.mark.parametrize("charset", ["rot13", "zlib", "bz2", "hex", "no-such-charset"])
+def test_the_parser_answers_400_to_a_charset_that_is_not_a_text_encoding(charset: str) -> None:
+    with pytest.raises(ParseError, match="Unsupported charset"):
+        BoundedJSONParser().parse(io.BytesIO(b'{"a": 1}'), parser_context={"encoding": charset})
+
+
+@pytest.mark.parametrize("charset", ["rot13", "zlib", "bz2"])
+def test_every_body_endpoint_answers_400_to_a_charset_that_is_not_text(
+    charset: str, job: CourseGenerationJob, teacher: Any, client_for: Any
+) -> None:
+    # Django takes any codec Python knows as the request's encoding; decoding JSON with zlib
+    # raised zlib.error, a 500 (found in review).
+    counted = (CourseGenerationJob, CourseEvaluation, RegenerationRequest)
+    before = [model.objects.count() for model in counted]
+    client = client_for(teacher)
+    for url in _body_endpoints(job):
+        response = client.post(
+            url, b'{"topic": "Volcanoes"}', content_type=f"application/json; charset={charset}"
+        )
+
+        assert response.status_code == 400, (url, response.content[:300])
+        assert "Unsupported charset" in response.json()["detail"]
+    assert [model.objects.count() for model in counted] == before
 
 
 def test_a_huge_limit_is_capped_and_the_list_leaves_the_documents_out(
