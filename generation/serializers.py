@@ -16,6 +16,7 @@ from accounts.selectors import class_of_member_get
 from coursegen.drf import ClosedOutputSerializer, StrictCharField
 from generation.exports import FORMATS
 from generation.models import (
+    MODERATION_WITHHELD,
     CourseEvaluation,
     CourseGenerationJob,
     GenerationTask,
@@ -375,7 +376,10 @@ class RegenerationOutputSerializer(serializers.ModelSerializer):
 
 class TaskRegenerateOutputSerializer(TaskOutputSerializer):
     versions = TaskVersionOutputSerializer(many=True, read_only=True)
-    output = serializers.JSONField(read_only=True)
+    output = serializers.SerializerMethodField(
+        help_text="The task's current output; null while output moderation holds it (or staff "
+        "rejected it): held text is not published until staff release it (docs/safety.md)."
+    )
     regeneration = serializers.SerializerMethodField(
         help_text="The latest regeneration request of the task: pending or running until the "
         "new version is in, then succeeded (or failed, the previous version kept)."
@@ -383,6 +387,10 @@ class TaskRegenerateOutputSerializer(TaskOutputSerializer):
 
     class Meta(TaskOutputSerializer.Meta):
         fields = [*TaskOutputSerializer.Meta.fields, "output", "versions", "regeneration"]
+
+    @extend_schema_field(serializers.JSONField(allow_null=True))
+    def get_output(self, task: GenerationTask) -> Any:
+        return None if task.moderation in MODERATION_WITHHELD else task.output
 
     @extend_schema_field(RegenerationOutputSerializer(allow_null=True))
     def get_regeneration(self, task: GenerationTask) -> dict[str, Any] | None:
@@ -407,3 +415,18 @@ class EvaluationOutputSerializer(serializers.ModelSerializer):
             "details",
             "created_at",
         ]
+
+    def to_representation(self, instance: CourseEvaluation) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        task = instance.task
+        if instance.details.get("withheld") or (
+            task is not None and task.moderation in MODERATION_WITHHELD
+        ):
+            # The judge's verdict and reasons quote the lesson; text that moderation held is not
+            # published until staff release it (docs/safety.md). The scores stay.
+            data["feedback"] = []
+            data["details"] = {
+                **{k: v for k, v in instance.details.items() if k != "verdict"},
+                "withheld": True,
+            }
+        return data

@@ -4,6 +4,7 @@ then held for staff, who release or reject it in the admin."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from django.core.management import CommandError, call_command
 from accounts.models import Role
 from generation import services
 from generation.models import (
+    CourseEvaluation,
     CourseGenerationJob,
     GenerationAttempt,
     JobStatus,
@@ -26,6 +28,7 @@ from generation.providers import (
 from generation.providers.offline import OfflineProvider
 from generation.providers.offline.faults import FaultRates, make_unsafe
 from generation.providers.offline.moderation import UNSAFE_SENTENCE
+from generation.rubric import JUDGE_EVALUATOR
 from generation.schemas import CourseRequest, TaskKind
 from monitoring.logs import flush_all
 from monitoring.models import Alert, CourseGenerationLog
@@ -175,6 +178,65 @@ def test_it_refuses_exports_and_marks_the_page_while_content_is_held(
     assert [(t["key"], t["moderation_categories"]) for t in held] == [("m1.l1", ["dangerous"])]
     assert "Held for review" in page and 'id="downloads"' not in page
     assert UNSAFE_SENTENCE not in page
+
+
+def test_the_regenerate_answer_leaves_held_output_out(
+    client_for: Any,
+    teacher: Any,
+    base_class: Any,
+    unsafe: UnsafeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With a real worker the 202 comes before the new version exists: the answer describes the
+    # task as it is, held. It carried the held text (found in review).
+    job = finished_job(teacher, base_class)
+    held = job.tasks.get(moderation="held")
+    clean = job.tasks.get(kind=TaskKind.LESSON_SECTION, key="m1.l2")
+    queued: list[int] = []
+    monkeypatch.setattr(
+        "generation.regeneration.task_regenerate_enqueue",
+        lambda *, task_id, **kwargs: queued.append(task_id),
+    )
+    client = client_for(teacher)
+
+    answer = client.post(f"/api/jobs/{job.id}/tasks/{held.pk}/regenerate/", {}, format="json")
+    answered_clean = client.post(
+        f"/api/jobs/{job.id}/tasks/{clean.pk}/regenerate/", {}, format="json"
+    )
+
+    assert answer.status_code == 202 and queued == [held.pk, clean.pk]
+    assert answer.json()["moderation"] == "held" and answer.json()["output"] is None
+    assert UNSAFE_SENTENCE not in answer.content.decode()
+    assert held.output and UNSAFE_SENTENCE in str(held.output)  # the row keeps it for staff
+    assert answered_clean.json()["output"] == clean.output
+
+
+def test_the_judges_quotes_of_held_text_stay_out_of_the_api(
+    client_for: Any, teacher: Any, base_class: Any, unsafe: UnsafeProvider, settings: Any
+) -> None:
+    # The judge scores every lesson, held ones too, and its verdict quotes the lesson as
+    # evidence: the evaluations page carried held text (found in review). Here the judge then
+    # regenerates the held lesson, whose new version passes: the verdict on the held version
+    # stays without its quotes.
+    settings.COURSEGEN_JUDGE_ENABLED = True
+    job = finished_job(teacher, base_class)
+    stored = CourseEvaluation.objects.filter(job=job, evaluator=JUDGE_EVALUATOR, task__isnull=False)
+    on_held = {e.pk for e in stored if e.details["withheld"]}
+    assert on_held and all(e.details["verdict"] for e in stored)  # kept whole for staff
+    assert {e.task.key for e in stored if e.pk in on_held} == {"m1.l1"}
+
+    body = client_for(teacher).get(f"/api/jobs/{job.id}/evaluations/").json()
+
+    judged = [e for e in body if e["evaluator"] == JUDGE_EVALUATOR and e["task"] is not None]
+    assert len(judged) == stored.count() > len(on_held)
+    redacted = [e for e in judged if "verdict" not in e["details"]]
+    assert len(redacted) == len(on_held)
+    assert all(e["details"]["withheld"] and e["feedback"] == [] for e in redacted)
+    assert all(e["overall"] is not None and e["task_key"] == "m1.l1" for e in redacted)
+    assert all(e["details"]["withheld"] is False for e in judged if e not in redacted)
+    assert UNSAFE_SENTENCE not in json.dumps(body)
+    course = next(e for e in body if e["evaluator"] == JUDGE_EVALUATOR and e["task"] is None)
+    assert not any("evidence" in line for line in course["feedback"] if "m1.l1" in line)
 
 
 def test_it_lets_only_staff_with_the_review_permission_release_held_content(
