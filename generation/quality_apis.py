@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.selectors import is_organisation_admin
 from coursegen.drf import LimitOffsetPagination
 from coursegen.openapi import error
 from generation.models import CourseGenerationJob, Experiment
@@ -76,7 +77,10 @@ class JobFeedbackApi(APIView):
 def _staff_only(request: Request) -> None:
     """Experiments span every organisation: staff who may view them in the admin only."""
     user = request.user
-    if not (user.is_staff and user.has_perm("generation.view_experiment")):
+    # Organisation administrators are staff scoped to their organisations; experiments span all
+    # of them, so they are refused even when granted the permission (as in the admin).
+    allowed = user.is_staff and user.has_perm("generation.view_experiment")
+    if not allowed or is_organisation_admin(user):
         raise PermissionDenied("Experiments are for staff with permission to view them.")
 
 

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.test import Client
 
 from accounts.models import Role
+from accounts.services import organisation_admin_make
 from generation.models import (
     ExperimentStatus,
     ExperimentVariant,
@@ -232,6 +234,20 @@ def test_the_api_is_read_only_and_for_staff(
     assert client_for(teacher).get(f"/api/experiments/{experiment.pk}/").status_code == 403
     assert client_for(staff).get("/api/experiments/999999/").status_code == 404
     assert client_for(staff).post("/api/experiments/", {}).status_code == 405
+
+
+def test_the_api_refuses_organisation_administrators_even_with_the_permission(
+    teacher: Any, organisation: Any, client_for: Any
+) -> None:
+    # Experiments span every organisation; the admin refuses them these pages too.
+    experiment = make_experiment()
+    org_admin = organisation_admin_make(user=teacher, organisation=organisation)
+    org_admin.user_permissions.add(Permission.objects.get(codename="view_experiment"))
+    org_admin = get_user_model().objects.get(pk=org_admin.pk)  # permissions cached per instance
+    assert org_admin.has_perm("generation.view_experiment")
+
+    assert client_for(org_admin).get("/api/experiments/").status_code == 403
+    assert client_for(org_admin).get(f"/api/experiments/{experiment.pk}/").status_code == 403
 
 
 def test_the_admin_report_stops_and_promotes_recording_who_and_when(
