@@ -60,7 +60,10 @@ def idempotency_key_begin(
             )
         return KeyCheck(Verdict.PROCEED, record)
     except IntegrityError:
-        record = IdempotencyKey.objects.get(user=user, key=key)
+        found = IdempotencyKey.objects.filter(user=user, key=key).first()
+        if found is None:  # the request that held the key released it since: take it now
+            return idempotency_key_begin(user=user, key=key, fingerprint=fingerprint, now=now)
+        record = found
     return _judge(record, fingerprint=fingerprint, now=now)
 
 

@@ -12,7 +12,7 @@ import pytest
 from django.contrib.admin.sites import AdminSite
 from django.contrib.messages.storage.fallback import FallbackStorage
 from django.core.management import call_command
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.test import RequestFactory
 from django.utils import timezone
 
@@ -500,6 +500,28 @@ def test_it_answers_409_while_a_request_with_the_key_is_in_flight(
     assert second.status_code == 409
     assert responses["first"].status_code == 201
     assert CourseGenerationJob.objects.count() == 1
+
+
+def test_it_takes_a_key_released_between_its_insert_and_its_read(
+    client_for: Any, teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    # The request holding the key was refused and released it after this one's INSERT failed
+    # and before its read: that read found nothing, a 500 (found in review).
+    real_create = IdempotencyKey.objects.create
+    inserts: list[str] = []
+
+    def create(**kwargs: Any) -> IdempotencyKey:
+        inserts.append(kwargs["key"])
+        if len(inserts) == 1:
+            raise IntegrityError("duplicate key value violates unique constraint")
+        return real_create(**kwargs)
+
+    monkeypatch.setattr(IdempotencyKey.objects, "create", create)
+
+    response = _post(client_for(teacher), base_class, "key-race")
+
+    assert response.status_code == 201 and inserts == ["key-race", "key-race"]
+    assert IdempotencyKey.objects.get(key="key-race").job_id == CourseGenerationJob.objects.get().pk
 
 
 def test_it_forgets_keys_after_they_expire(client_for: Any, teacher: Any, base_class: Any) -> None:
