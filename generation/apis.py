@@ -359,6 +359,11 @@ class JobExportApi(APIView):
     """The course as a file: md, html, pdf, qti (QTI 2.1 package) or scorm (SCORM 1.2 package).
     Built from the current version of every task, so it follows regenerations."""
 
+    # A client that asks for the file's own type (Accept: application/pdf) gets the file, and
+    # JSON for a 401/404/409: DRF's negotiation answered 406 before the view ran.
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = _JsonErrors
+
     @extend_schema(
         parameters=[
             OpenApiParameter(

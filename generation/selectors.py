@@ -70,7 +70,10 @@ def course_job_visible(*, user: User | AnonymousUser, job_id: UUID) -> CourseGen
         jobs = CourseGenerationJob.objects.select_related("owner", "base_class", "organisation")
         if is_organisation_admin(user):  # staff scoped to their organisations (docs/admin.md)
             jobs = jobs.filter(organisation_id__in=administered_organisation_ids(user))
-        return jobs.filter(pk=job_id).first()
+        found = jobs.filter(pk=job_id).first()
+        if found is not None:
+            return found
+    # Also for an organisation administrator's jobs as a member elsewhere, which the API lists.
     return job_get_visible(user=user, job_id=job_id)
 
 

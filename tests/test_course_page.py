@@ -20,6 +20,7 @@ from django.test import Client
 from django.utils.html import escape
 
 from accounts.models import Role
+from accounts.services import organisation_admin_make
 from generation.exports import FORMATS
 from generation.exports.text import file_stem
 from generation.models import CourseGenerationJob, JobStatus
@@ -112,6 +113,46 @@ def test_it_sends_anonymous_visitors_to_the_login_page(students_job: CourseGener
     assert Client().get(f"/api/jobs/{students_job.pk}/export/md/").status_code in (401, 403)
     login = Client().get("/accounts/login/")
     assert login.status_code == 200 and b'name="password"' in login.content
+
+
+def test_an_organisation_administrator_opens_courses_of_an_organisation_they_teach_in(
+    students_job: CourseGenerationJob, teacher: Any, client_for: Any
+) -> None:
+    # Staff scoping found no job outside the organisations they administer and stopped there,
+    # while the API listed this job with its page and export links (found in review).
+    elsewhere = OrganisationFactory.create()
+    organisation_admin_make(user=teacher, organisation=elsewhere)
+    teacher = get_user_model().objects.get(pk=teacher.pk)
+    assert teacher.has_perm("generation.view_coursegenerationjob")
+    assert client_for(teacher).get(f"/api/jobs/{students_job.pk}/").status_code == 200
+
+    assert _page(teacher, students_job).status_code == 200
+    assert _export(teacher, students_job, "md").status_code == 200
+    stranger = OrganisationFactory.create()
+    outsider = organisation_admin_make(
+        user=get_user_model().objects.create_user("outsider"), organisation=stranger
+    )
+    assert _page(outsider, students_job).status_code == 404
+
+
+def test_an_export_answers_a_client_that_accepts_only_the_files_type(
+    students_job: CourseGenerationJob, teacher: Any
+) -> None:
+    for name in FORMATS:
+        content_type = _export(teacher, students_job, name)["Content-Type"]
+        client = Client()
+        client.force_login(teacher)
+
+        response = client.get(
+            f"/api/jobs/{students_job.pk}/export/{name}/", headers={"Accept": content_type}
+        )
+        anonymous = Client().get(
+            f"/api/jobs/{students_job.pk}/export/{name}/", headers={"Accept": content_type}
+        )
+
+        assert response.status_code == 200 and response["Content-Type"] == content_type, name
+        assert anonymous.status_code in (401, 403), name  # not a 406 for its Accept
+        assert anonymous["Content-Type"] == "application/json" and anonymous.json()["detail"]
 
 
 def test_it_lets_staff_who_may_view_jobs_read_any_course(
