@@ -39,3 +39,13 @@ def freeze_heap(**kwargs: Any) -> None:
     from coursegen.runtime import freeze_startup_heap
 
     freeze_startup_heap()
+
+
+@signals.worker_init.connect
+@signals.worker_ready.connect
+def threads_batch(**kwargs: Any) -> None:
+    """Before the pool starts its threads (they inherit it), then once more for any thread
+    started in between."""
+    from coursegen.runtime import worker_threads_batch
+
+    worker_threads_batch()

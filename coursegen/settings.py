@@ -512,6 +512,10 @@ WEB_GIL_SWITCH_INTERVAL_S = env_float("WEB_GIL_SWITCH_INTERVAL_S", 0.0005, minim
 # gc.freeze() once web and worker processes have started (coursegen/runtime.py): full collections
 # then skip the start-up heap, which was the submit latency's tail in make bench.
 GC_FREEZE_AFTER_STARTUP = env_bool("GC_FREEZE_AFTER_STARTUP", True)
+# Celery worker threads under SCHED_BATCH on Linux (coursegen/runtime.py): the same CPU share,
+# but a worker thread that wakes up does not preempt a running web process. Off by default: in
+# make bench it cut the submit tails and cost courses an hour (docs/performance.md).
+WORKER_SCHED_BATCH = env_bool("WORKER_SCHED_BATCH", False)
 COURSEGEN_GLOBAL_MAX_RUNNING_JOBS = env_int("COURSEGEN_GLOBAL_MAX_RUNNING_JOBS", 100, minimum=1)
 # A dispatcher run asked for but not started absorbs further asks for at most this long.
 COURSEGEN_DISPATCH_ASK_TTL_S = env_int("COURSEGEN_DISPATCH_ASK_TTL_S", 5, minimum=1)

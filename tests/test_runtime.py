@@ -1,10 +1,15 @@
-"""Process start-up tuning: the GIL switch interval and the frozen start-up heap."""
+"""Process start-up tuning: the GIL switch interval, the frozen start-up heap and the workers'
+scheduling policy."""
 
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,11 +66,6 @@ print(json.dumps({"providers_built": get_provider.cache_info().currsize}))
 def test_a_web_process_builds_the_provider_before_its_first_request() -> None:
     """The first submit moderates its request; building the provider then (importing the openai
     SDK, seconds of CPU) inside the request held every greenlet of a gevent web process."""
-    import json
-    import os
-    import subprocess
-    from pathlib import Path
-
     run = subprocess.run(
         [sys.executable, "-c", _WSGI_PROBE],
         cwd=Path(__file__).resolve().parent.parent,
@@ -77,3 +77,47 @@ def test_a_web_process_builds_the_provider_before_its_first_request() -> None:
 
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.splitlines()[-1])["providers_built"] > 0
+
+
+_SCHED_PROBE = """
+import json, os, threading, time
+import django
+django.setup()
+from coursegen.runtime import worker_threads_batch
+
+def policies():
+    return sorted(os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task"))
+
+before_start = threading.Thread(target=time.sleep, args=(5,), daemon=True)
+before_start.start()
+moved = worker_threads_batch()
+started_after = []
+threading.Thread(target=lambda: started_after.append(os.sched_getscheduler(0))).start()
+time.sleep(0.5)
+print(json.dumps({"moved": moved, "policies": policies(), "after": started_after}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_worker_puts_every_thread_under_sched_batch(enabled: bool) -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", _SCHED_PROBE],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "coursegen.settings",
+            "WORKER_SCHED_BATCH": str(enabled).lower(),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout.splitlines()[-1])
+    policy = os.SCHED_BATCH if enabled else os.SCHED_OTHER
+    # The main thread and the one already running, then a thread started afterwards inherits.
+    assert found["moved"] == (len(found["policies"]) if enabled else 0)
+    assert set(found["policies"]) == {policy} and len(found["policies"]) >= 2
+    assert found["after"] == [policy]

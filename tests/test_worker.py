@@ -4,6 +4,7 @@ RabbitMQ (each test runs on both brokers: the `broker_env` fixture)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -38,11 +39,21 @@ def _calls(log: Path) -> list[dict[str, Any]]:
     return [call for call in calls if call["kind"] != "judge" and call["variant"] is None]
 
 
+def _thread_policies(pid: int) -> list[int]:
+    policies = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            policies.append(os.sched_getscheduler(int(tid)))
+        except ProcessLookupError:
+            continue  # ended meanwhile
+    return policies
+
+
 def test_it_runs_a_full_course_chord_on_a_real_worker(
     tmp_path: Path, teacher: Any, base_class: Any, broker_env: dict[str, str]
 ) -> None:
     call_log = tmp_path / "calls.log"
-    env = {**broker_env, "COURSEGEN_OFFLINE_CALL_LOG": str(call_log)}
+    env = {**broker_env, "COURSEGEN_OFFLINE_CALL_LOG": str(call_log), "WORKER_SCHED_BATCH": "true"}
     with celery_worker(tmp_path, extra_env=env) as worker:
         job = services.job_submit(
             user=teacher,
@@ -56,6 +67,9 @@ def test_it_runs_a_full_course_chord_on_a_real_worker(
         assert tasks.count() == 43
         assert set(tasks.values_list("status", flat=True)) == {TaskStatus.SUCCEEDED}
         assert job.course is not None and len(job.course["modules"]) == 4
+        if hasattr(os, "SCHED_BATCH"):  # WORKER_SCHED_BATCH: every thread, the pool's too
+            policies = _thread_policies(worker.process.pid)
+            assert len(policies) > 8 and set(policies) == {os.SCHED_BATCH}, policies
         worker.wait_for_log("generation.tasks.finalize_job[", count=2)  # received + succeeded
         assert len(re.findall(r"finalize_job\[[^\]]+\] succeeded", worker.log())) == 1
         calls = _calls(call_log)

@@ -122,6 +122,12 @@ class Command(BaseCommand):
         parser.add_argument("--pool", default="threads", choices=["threads", "gevent", "prefork"])
         parser.add_argument("--concurrency", type=int, default=300, help="per worker process")
         parser.add_argument("--worker-nice", type=int, default=0, help="nice value of workers")
+        parser.add_argument(
+            "--worker-sched",
+            default="other",
+            choices=["other", "batch"],
+            help="the workers' Linux scheduling policy (WORKER_SCHED_BATCH, coursegen/runtime.py)",
+        )
         parser.add_argument("--web-workers", type=int, default=2)
         parser.add_argument("--web-threads", type=int, default=8)
         parser.add_argument("--web-worker-class", default="", choices=["", "gthread", "gevent"])
@@ -368,7 +374,8 @@ class Command(BaseCommand):
             "-l", "warning", "-n", self.node(name), "--without-gossip", "--without-mingle",
             *(["-Q", queues] if queues else []),
         )  # fmt: skip
-        proc = fleet.start(role, command, env, nice=nice)
+        sched = {"WORKER_SCHED_BATCH": str(self.opts["worker_sched"] == "batch").lower()}
+        proc = fleet.start(role, command, {**sched, **(env or {})}, nice=nice)
         if wait:
             self.wait_for_workers(fleet, role, [name])
         return proc
@@ -1175,6 +1182,7 @@ class Command(BaseCommand):
             "concurrency": self.opts["concurrency"],
             "web": f"gunicorn {self.web_worker_class()} {self.opts['web_workers']}x"
             + (str(self.opts["web_threads"]) if self.web_worker_class() == "gthread" else "1000"),
+            "worker_sched": self.opts["worker_sched"],
             "worker_nice": self.opts["worker_nice"],  # of the workers' sessions (perf/procs.py)
             "users": self.opts["users"],
             "poll_s": self.opts["poll"],
