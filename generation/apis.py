@@ -41,6 +41,7 @@ from generation.selectors import (
     job_progress_visible,
     job_status_visible,
     jobs_visible_to,
+    withheld_lesson_keys,
 )
 from generation.serializers import (
     ContentFlaggedOutputSerializer,
@@ -430,7 +431,8 @@ class JobEvaluationsApi(APIView):
             .exclude(evaluator=HUMAN_EVALUATOR)
             .select_related("task")
         )
-        return Response(EvaluationOutputSerializer(evaluations, many=True).data)
+        context = {"withheld_lessons": withheld_lesson_keys(job_id=job_id)}
+        return Response(EvaluationOutputSerializer(evaluations, many=True, context=context).data)
 
 
 class JobCancelApi(APIView):

@@ -31,6 +31,7 @@ from accounts.selectors import administered_organisation_ids, is_organisation_ad
 from coursegen import db
 from generation.batch_models import BATCH_REQUEST_OPEN
 from generation.models import (
+    MODERATION_WITHHELD,
     BatchRequest,
     CourseGenerationJob,
     GenerationTask,
@@ -75,6 +76,12 @@ def course_job_visible(*, user: User | AnonymousUser, job_id: UUID) -> CourseGen
             return found
     # Also for an organisation administrator's jobs as a member elsewhere, which the API lists.
     return job_get_visible(user=user, job_id=job_id)
+
+
+def withheld_lesson_keys(*, job_id: UUID) -> frozenset[str]:
+    """The keys of the job's lessons with a part that moderation holds or staff rejected."""
+    held = GenerationTask.objects.filter(job_id=job_id, moderation__in=MODERATION_WITHHELD)
+    return frozenset(held.values_list("key", flat=True))
 
 
 def latest_course_job() -> CourseGenerationJob | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -28,6 +29,7 @@ from generation.models import (
 from generation.providers import MODERATION_CATEGORIES
 from generation.schemas import CourseRequest, Level, control_characters_refused
 
+LESSON_KEY = re.compile(r"\bm\d+\.l\d+\b")  # how evaluation lines name a lesson: "lesson m1.l2"
 COST_QUANTUM = Decimal(10) ** -GenerationTask._meta.get_field("cost_usd").decimal_places
 JOB_COST_QUANTUM = Decimal(10) ** -CourseGenerationJob._meta.get_field("cost_usd").decimal_places
 
@@ -417,16 +419,26 @@ class EvaluationOutputSerializer(serializers.ModelSerializer):
         ]
 
     def to_representation(self, instance: CourseEvaluation) -> dict[str, Any]:
+        """Text that moderation holds (or staff rejected) is not published until staff release it
+        (docs/safety.md), and evaluations quote lessons: the judge's verdict its evidence, the
+        heuristic's lines a repeated question's stem (it scores held parts too). For each lesson
+        with withheld content (the view's `withheld_lessons`) its verdict and the lines naming it
+        are left out; the scores stay."""
         data: dict[str, Any] = super().to_representation(instance)
+        withheld = self.context.get("withheld_lessons", frozenset())
         task = instance.task
-        if instance.details.get("withheld") or (
-            task is not None and task.moderation in MODERATION_WITHHELD
-        ):
-            # The judge's verdict and reasons quote the lesson; text that moderation held is not
-            # published until staff release it (docs/safety.md). The scores stay.
+        if task is not None and (task.key in withheld or task.moderation in MODERATION_WITHHELD):
             data["feedback"] = []
             data["details"] = {
                 **{k: v for k, v in instance.details.items() if k != "verdict"},
                 "withheld": True,
             }
+            return data
+        named = [set(LESSON_KEY.findall(line)) & withheld for line in instance.feedback]
+        left_out = sorted(set().union(*named))
+        if left_out:
+            data["feedback"] = [
+                line for line, keys in zip(instance.feedback, named, strict=True) if not keys
+            ]
+            data["details"] = {**instance.details, "withheld_lessons": left_out}
         return data

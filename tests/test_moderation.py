@@ -211,32 +211,47 @@ def test_the_regenerate_answer_leaves_held_output_out(
     assert answered_clean.json()["output"] == clean.output
 
 
-def test_the_judges_quotes_of_held_text_stay_out_of_the_api(
-    client_for: Any, teacher: Any, base_class: Any, unsafe: UnsafeProvider, settings: Any
+def test_evaluations_leave_out_what_quotes_a_lesson_with_withheld_content(
+    client_for: Any, teacher: Any, base_class: Any, settings: Any
 ) -> None:
-    # The judge scores every lesson, held ones too, and its verdict quotes the lesson as
-    # evidence: the evaluations page carried held text (found in review). Here the judge then
-    # regenerates the held lesson, whose new version passes: the verdict on the held version
-    # stays without its quotes.
+    # Evaluations quote lessons: the judge's verdict its evidence, the heuristic's lines a
+    # repeated question's stem (found in review). Here staff rejected lesson 1's questions after
+    # the judge had scored it.
     settings.COURSEGEN_JUDGE_ENABLED = True
     job = finished_job(teacher, base_class)
-    stored = CourseEvaluation.objects.filter(job=job, evaluator=JUDGE_EVALUATOR, task__isnull=False)
-    on_held = {e.pk for e in stored if e.details["withheld"]}
-    assert on_held and all(e.details["verdict"] for e in stored)  # kept whole for staff
-    assert {e.task.key for e in stored if e.pk in on_held} == {"m1.l1"}
+    rejected = job.tasks.get(kind=TaskKind.ASSESSMENT, key="m1.l1")
+    rejected.moderation = "rejected"
+    rejected.save(update_fields=["moderation"])
+    assert rejected.output is not None
+    stem = rejected.output["questions"][0]["stem"]
+    quoting = f'lesson m1.l2 question 1 repeats lesson m1.l1: "{stem}"'
+    CourseEvaluation.objects.create(
+        job=job,
+        evaluator="heuristic-v1",
+        overall=0.9,
+        criteria={},
+        feedback=[quoting, "questions reach 2 Bloom level(s); aim for 3 or more"],
+        details={"made_by": "this test"},
+    )
 
     body = client_for(teacher).get(f"/api/jobs/{job.id}/evaluations/").json()
 
-    judged = [e for e in body if e["evaluator"] == JUDGE_EVALUATOR and e["task"] is not None]
-    assert len(judged) == stored.count() > len(on_held)
-    redacted = [e for e in judged if "verdict" not in e["details"]]
-    assert len(redacted) == len(on_held)
-    assert all(e["details"]["withheld"] and e["feedback"] == [] for e in redacted)
-    assert all(e["overall"] is not None and e["task_key"] == "m1.l1" for e in redacted)
-    assert all(e["details"]["withheld"] is False for e in judged if e not in redacted)
-    assert UNSAFE_SENTENCE not in json.dumps(body)
-    course = next(e for e in body if e["evaluator"] == JUDGE_EVALUATOR and e["task"] is None)
-    assert not any("evidence" in line for line in course["feedback"] if "m1.l1" in line)
+    lessons = [e for e in body if e["evaluator"] == JUDGE_EVALUATOR and e["task"] is not None]
+    assert {e["task_key"] for e in lessons} == {"m1.l1", "m1.l2"}
+    for evaluation in lessons:
+        withheld = evaluation["task_key"] == "m1.l1"
+        assert ("verdict" not in evaluation["details"]) is withheld
+        assert evaluation["details"].get("withheld", False) is withheld
+        assert evaluation["overall"] is not None  # the scores stay
+        if withheld:
+            assert evaluation["feedback"] == []
+    heuristic = next(e for e in body if e["details"].get("made_by") == "this test")
+    assert heuristic["feedback"] == ["questions reach 2 Bloom level(s); aim for 3 or more"]
+    assert heuristic["details"]["withheld_lessons"] == ["m1.l1"]
+    assert stem not in json.dumps(body)
+    section = job.tasks.get(kind=TaskKind.LESSON_SECTION, key="m1.l1")
+    stored = CourseEvaluation.objects.filter(task=section, evaluator=JUDGE_EVALUATOR)
+    assert stored and all(e.details["verdict"] for e in stored)  # kept whole for staff
 
 
 def test_it_lets_only_staff_with_the_review_permission_release_held_content(

@@ -31,7 +31,6 @@ from generation import messages, services
 from generation.leases import db_now, db_now_plus
 from generation.llm import BatchReplay
 from generation.models import (
-    MODERATION_WITHHELD,
     BatchRequest,
     CourseEvaluation,
     CourseGenerationJob,
@@ -263,11 +262,6 @@ def _evaluation_create(
     verdict = outcome.verdict
     assert verdict is not None
     limits = thresholds.Thresholds.from_settings()
-    # The verdict quotes the lesson: when moderation held it, the API leaves the quotes out
-    # (EvaluationOutputSerializer), for this version even once a clean one replaces it.
-    withheld = GenerationTask.objects.filter(
-        pk=run.task_id, moderation__in=MODERATION_WITHHELD
-    ).exists()
     return CourseEvaluation.objects.create(
         job_id=run.job_id,
         task_id=run.task_id,
@@ -284,7 +278,6 @@ def _evaluation_create(
             "simulated": outcome.simulated,
             "cost_usd": str(cost),
             "below_threshold": limits.below(verdict),
-            "withheld": withheld,
             "verdict": verdict.model_dump(mode="json"),
         },
     )
@@ -450,7 +443,9 @@ def _course_evaluation(job: CourseGenerationJob, runs: list[JudgeRun]) -> Course
         evaluator=JUDGE_EVALUATOR,
         overall=round(sum(e.overall for e in judged) / len(judged), 4),
         criteria=criteria,
-        feedback=[f"lesson {r.lesson_key}: {_lesson_feedback(finals[r.lesson_key])}" for r in below]
+        feedback=[
+            f"lesson {r.lesson_key}: {'; '.join(finals[r.lesson_key].feedback)}" for r in below
+        ]
         + [f"lesson {r.lesson_key}: not judged ({r.error})" for r in runs if r.score is None],
         details={
             "lessons": len(runs),
@@ -462,12 +457,6 @@ def _course_evaluation(job: CourseGenerationJob, runs: list[JudgeRun]) -> Course
             "cost_usd": str(sum((r.cost_usd for r in runs), Decimal(0))),
         },
     )
-
-
-def _lesson_feedback(evaluation: CourseEvaluation) -> str:
-    if evaluation.details.get("withheld"):  # its reasons quote text held for review
-        return "below the judge's thresholds; its text is held for content review"
-    return "; ".join(evaluation.feedback)
 
 
 # --- Recovery -------------------------------------------------------------------------------------
