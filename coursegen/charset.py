@@ -1,0 +1,47 @@
+"""A request whose Content-Type names a codec that is not a text encoding gets 400 before Django.
+
+Django takes any codec Python knows as a request's encoding (`charset=rot13`, `zlib`, `bz2`), then
+fails with LookupError decoding its query string or form: a 500 on any URL, raised while the
+request object is built, before any middleware runs. A charset Python does not know is left
+alone: Django ignores it and keeps the default."""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Iterable
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from django.utils.http import parse_header_parameters
+
+
+def non_text_charset(content_type: str) -> str | None:
+    """The charset `content_type` names when it is a codec but not a text encoding, else None."""
+    charset = parse_header_parameters(content_type)[1].get("charset")
+    if not charset:
+        return None
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        return None  # unknown: Django ignores it
+    try:
+        # bytes.decode takes text encodings only (it checks once there is something to decode).
+        b"\0\0\0\0".decode(charset)
+    except LookupError:
+        return charset
+    except UnicodeDecodeError:
+        pass  # a text encoding these bytes are not valid in
+    return None
+
+
+def charset_guard(app: WSGIApplication) -> WSGIApplication:
+    def guarded(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        charset = non_text_charset(environ.get("CONTENT_TYPE", ""))
+        if charset is None:
+            return app(environ, start_response)
+        body = json.dumps({"detail": f"Unsupported charset: {charset}"}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response("400 Bad Request", headers)
+        return [body]
+
+    return guarded
