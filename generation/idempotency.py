@@ -49,7 +49,12 @@ def request_fingerprint(data: Any) -> str:
 def idempotency_key_begin(
     *, user: User, key: str, fingerprint: str, now: datetime | None = None
 ) -> KeyCheck:
-    now = now or timezone.now()
+    return _begin(user=user, key=key, fingerprint=fingerprint, now=now or timezone.now())
+
+
+def _begin(
+    *, user: User, key: str, fingerprint: str, now: datetime, again: bool = True
+) -> KeyCheck:
     try:
         with transaction.atomic():
             record = IdempotencyKey.objects.create(
@@ -61,8 +66,10 @@ def idempotency_key_begin(
         return KeyCheck(Verdict.PROCEED, record)
     except IntegrityError:
         found = IdempotencyKey.objects.filter(user=user, key=key).first()
-        if found is None:  # the request that held the key released it since: take it now
-            return idempotency_key_begin(user=user, key=key, fingerprint=fingerprint, now=now)
+        if found is None and again:  # the request that held the key released it since: take it
+            return _begin(user=user, key=key, fingerprint=fingerprint, now=now, again=False)
+        if found is None:
+            raise  # not this key's uniqueness: another constraint refused the row
         record = found
     return _judge(record, fingerprint=fingerprint, now=now)
 
