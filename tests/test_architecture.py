@@ -13,12 +13,9 @@ import ast
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grimp
 import pytest
-
-from monitoring.logs import flush_all
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ("accounts", "coursegen", "generation", "monitoring", "perf", "ratelimits")
@@ -38,14 +35,6 @@ def _project_modules() -> dict[str, Path]:
 
 
 MODULES = _project_modules()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def earlier_log_rows_written(django_db_blocker: Any) -> None:
-    # The log handler's thread writes what earlier (database) tests buffered about once a second;
-    # during these tests, which have no database, that write would be refused and reported.
-    with django_db_blocker.unblock():
-        flush_all()
 
 
 # --- Every module in a layer ---------------------------------------------------------------------

@@ -52,6 +52,19 @@ def _submit(user: Any, base_class: Any, **overrides: Any) -> CourseGenerationJob
 
 
 @pytest.mark.django_db
+def test_discard_drops_what_is_buffered_and_writes_nothing(handler: DatabaseLogHandler) -> None:
+    logger = _logger(handler)
+    logger.info("one", extra={"event": "test.discarded"})
+    logger.info("two", extra={"event": "test.discarded"})
+
+    assert handler.discard() == 2
+    handler.flush()
+
+    assert handler.discard() == 0
+    assert not CourseGenerationLog.objects.filter(event="test.discarded").exists()
+
+
+@pytest.mark.django_db
 def test_it_buffers_records_and_writes_them_in_one_batch(
     handler: DatabaseLogHandler,
     teacher: Any,
