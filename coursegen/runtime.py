@@ -43,7 +43,8 @@ def _load_the_views() -> None:
 
 
 def worker_threads_batch() -> int:
-    """Put every thread of this worker process under SCHED_BATCH; returns how many were moved.
+    """Put this worker's threads under SCHED_BATCH (those on the default policy); returns how many
+    were moved.
 
     Linux's fair scheduler keeps a batch thread's CPU share (same weight), but a batch thread
     that wakes up does not preempt the thread running on its CPU: hundreds of worker threads
@@ -61,7 +62,7 @@ def worker_threads_batch() -> int:
     moved = 0
     for tid in tids:
         try:
-            if os.sched_getscheduler(tid) != os.SCHED_BATCH:
+            if os.sched_getscheduler(tid) == os.SCHED_OTHER:  # not one an operator chose
                 os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
                 moved += 1
         except ProcessLookupError:
