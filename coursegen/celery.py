@@ -49,3 +49,12 @@ def threads_batch(**kwargs: Any) -> None:
     from coursegen.runtime import worker_threads_batch
 
     worker_threads_batch()
+
+
+@signals.worker_init.connect
+def concurrency_cap(sender: Any = None, **kwargs: Any) -> None:
+    from coursegen.runtime import concurrency_cap_check
+
+    concurrency = getattr(sender, "concurrency", None)
+    if isinstance(concurrency, int):
+        concurrency_cap_check(concurrency)

@@ -121,3 +121,27 @@ def test_a_worker_puts_every_thread_under_sched_batch(enabled: bool) -> None:
     assert found["moved"] == (len(found["policies"]) if enabled else 0)
     assert set(found["policies"]) == {policy} and len(found["policies"]) >= 2
     assert found["after"] == [policy]
+
+
+def test_a_worker_with_more_slots_than_the_concurrency_cap_says_so(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from coursegen.celery import concurrency_cap
+
+    settings.COURSEGEN_CONCURRENCY_ENABLED = True
+    settings.COURSEGEN_CONCURRENCY_MAX = 1024.0
+
+    class Worker:
+        concurrency = 300
+
+    with caplog.at_level("WARNING", logger="coursegen"):
+        concurrency_cap(sender=Worker())
+        assert not caplog.records
+        Worker.concurrency = 1600
+        concurrency_cap(sender=Worker())
+    [record] = caplog.records
+    assert "1600 is above COURSEGEN_CONCURRENCY_MAX=1024" in record.getMessage()
+    caplog.clear()
+    settings.COURSEGEN_CONCURRENCY_ENABLED = False  # no limiter, nothing to wait for
+    concurrency_cap(sender=Worker())
+    assert not caplog.records

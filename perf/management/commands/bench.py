@@ -118,9 +118,12 @@ class Command(BaseCommand):
             help="share of the throughput and users1000 users that follow their jobs by "
             "server-sent events (the rest poll every --poll s)",
         )
-        parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
+        # Four processes of 400 threads on two cores: a process spends at most one core (the
+        # GIL), and a course holds ~340 thread-seconds of calls, so 100 users' courses need
+        # ~1,400 slots to run without waiting (docs/performance.md#worker-pool).
+        parser.add_argument("--workers", type=int, default=4, help="Celery worker processes")
         parser.add_argument("--pool", default="threads", choices=["threads", "gevent", "prefork"])
-        parser.add_argument("--concurrency", type=int, default=300, help="per worker process")
+        parser.add_argument("--concurrency", type=int, default=400, help="per worker process")
         parser.add_argument("--worker-nice", type=int, default=0, help="nice value of workers")
         parser.add_argument(
             "--worker-sched",
@@ -273,8 +276,20 @@ class Command(BaseCommand):
             "LOG_LEVEL": "warning",
             "COURSEGEN_PROVIDER": "offline",
             "COURSEGEN_API_RATE": "1000000/m",  # the request throttle would count our polls
+            "COURSEGEN_CONCURRENCY_MAX": str(self.concurrency_max()),
             "PYTHONUNBUFFERED": "1",
         }
+
+    def concurrency_max(self) -> int:
+        """The concurrency limiter's cap for the bench's workers: COURSEGEN_CONCURRENCY_MAX when
+        the environment sets it, else at least the fleet's slots (workers x concurrency). The cap
+        guards the provider; the offline one sets no concurrency limit, and a cap below the slots
+        leaves threads holding tasks that wait for permits nobody asked us to withhold (at 4 x 400
+        and a cap of 1,024 the under-load wall was 1.67 against 1.24; docs/performance.md)."""
+        if os.environ.get("COURSEGEN_CONCURRENCY_MAX"):
+            return int(float(os.environ["COURSEGEN_CONCURRENCY_MAX"]))
+        slots = self.opts["workers"] * self.opts["concurrency"]
+        return max(int(settings.COURSEGEN_CONCURRENCY_MAX), slots)
 
     def fleet(self) -> procs.Fleet:
         return procs.Fleet(self.child_env(), self.logdir)
@@ -1180,6 +1195,7 @@ class Command(BaseCommand):
             "workers": self.opts["workers"],
             "pool": self.opts["pool"],
             "concurrency": self.opts["concurrency"],
+            "concurrency_max": self.concurrency_max(),  # the limiter's cap (per model)
             "web": f"gunicorn {self.web_worker_class()} {self.opts['web_workers']}x"
             + (str(self.opts["web_threads"]) if self.web_worker_class() == "gthread" else "1000"),
             "worker_sched": self.opts["worker_sched"],
