@@ -124,10 +124,16 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=4, help="Celery worker processes")
         parser.add_argument("--pool", default="threads", choices=["threads", "gevent", "prefork"])
         parser.add_argument("--concurrency", type=int, default=400, help="per worker process")
-        parser.add_argument("--worker-nice", type=int, default=0, help="nice value of workers")
+        # Web and workers share two cores here: four worker sessions at an equal weight left the
+        # web waiting for a CPU (submit p99 4.4 s in a full run), so the workers run as a
+        # co-located deployment should run them (docs/operations.md#web-and-workers-on-one-host):
+        # their sessions at nice 19 and their threads under SCHED_BATCH. 0 / other: equal shares.
+        parser.add_argument(
+            "--worker-nice", type=int, default=19, help="nice value of the workers' sessions"
+        )
         parser.add_argument(
             "--worker-sched",
-            default="other",
+            default="batch",
             choices=["other", "batch"],
             help="the workers' Linux scheduling policy (WORKER_SCHED_BATCH, coursegen/runtime.py)",
         )
