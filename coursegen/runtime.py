@@ -73,8 +73,8 @@ def worker_threads_batch() -> int:
     return moved
 
 
-def concurrency_cap_check(concurrency: int) -> bool:
-    """Warn when one worker's slots exceed the provider concurrency limiter's cap; False then.
+def concurrency_cap_check(concurrency: int) -> None:
+    """Warn when one worker's slots exceed the provider concurrency limiter's cap.
 
     The cap (`COURSEGEN_CONCURRENCY_MAX`, per model, shared by the whole fleet) should be at
     least the slots that can call a model: below them, threads hold tasks that wait for permits
@@ -84,7 +84,7 @@ def concurrency_cap_check(concurrency: int) -> bool:
         not settings.COURSEGEN_CONCURRENCY_ENABLED
         or concurrency <= settings.COURSEGEN_CONCURRENCY_MAX
     ):
-        return True
+        return
     logger.warning(
         "worker concurrency %d is above COURSEGEN_CONCURRENCY_MAX=%g: provider calls will wait "
         "for permits while threads are free; set the cap to at least the fleet's worker slots "
@@ -92,4 +92,3 @@ def concurrency_cap_check(concurrency: int) -> bool:
         concurrency,
         settings.COURSEGEN_CONCURRENCY_MAX,
     )
-    return False

@@ -292,10 +292,10 @@ class Command(BaseCommand):
         guards the provider; the offline one sets no concurrency limit, and a cap below the slots
         leaves threads holding tasks that wait for permits nobody asked us to withhold (at 4 x 400
         and a cap of 1,024 the under-load wall was 1.67 against 1.24; docs/performance.md)."""
+        cap = int(settings.COURSEGEN_CONCURRENCY_MAX)  # the settings parsed and checked it
         if os.environ.get("COURSEGEN_CONCURRENCY_MAX"):
-            return int(float(os.environ["COURSEGEN_CONCURRENCY_MAX"]))
-        slots = self.opts["workers"] * self.opts["concurrency"]
-        return max(int(settings.COURSEGEN_CONCURRENCY_MAX), slots)
+            return cap
+        return max(cap, self.opts["workers"] * self.opts["concurrency"])
 
     def fleet(self) -> procs.Fleet:
         return procs.Fleet(self.child_env(), self.logdir)
