@@ -7,9 +7,9 @@ from decimal import Decimal
 from uuid import UUID
 
 from django.conf import settings
-from django.db.models import Q, Sum
+from django.db.models import Sum
 
-from generation.models import GenerationAttempt
+from generation.models import job_attempts
 from generation.pricing import BATCH_DISCOUNT
 
 
@@ -17,8 +17,7 @@ def job_batch_saving(*, job_id: UUID) -> Decimal:
     """What the job's Batch API answers (attempts marked `batch`: first answers, repairs,
     regenerations and judge verdicts) would have cost more as live calls: their cost at the
     batch discount, scaled back to list prices, less what they cost."""
-    ours = Q(task__job_id=job_id) | Q(judge_run__job_id=job_id)
-    paid = GenerationAttempt.objects.filter(ours, batch=True).aggregate(total=Sum("cost_usd"))[
+    paid = job_attempts(job_id).filter(batch=True).aggregate(total=Sum("cost_usd"))[
         "total"
     ] or Decimal(0)
     return paid / BATCH_DISCOUNT - paid

@@ -336,6 +336,20 @@ class GenerationAttempt(models.Model):
         return f"attempt {self.number} of {owner}: {self.outcome}"
 
 
+def job_attempts(job_id: uuid.UUID) -> models.QuerySet[GenerationAttempt]:
+    """The job's ledger: its tasks' attempts and its judge runs'. The ids are read first (two
+    index lookups) so that the attempts are found by their own indexes: filtering on the job
+    through a join, or an OR of two joins, was planned as a scan of the whole ledger, which
+    grows with every course."""
+    runs = GenerationAttempt._meta.get_field("judge_run").related_model
+    assert runs is not None and not isinstance(runs, str)
+    task_ids = list(GenerationTask.objects.filter(job_id=job_id).values_list("pk", flat=True))
+    run_ids = list(runs._default_manager.filter(job_id=job_id).values_list("pk", flat=True))
+    return GenerationAttempt.objects.filter(
+        models.Q(task_id__in=task_ids) | models.Q(judge_run_id__in=run_ids)
+    )
+
+
 class GenerationTaskVersion(models.Model):
     """One output a task has had. Written when a task is regenerated: the output it had becomes
     version 1 (if no version exists yet) and the new one the next version, so the latest version

@@ -297,9 +297,9 @@ def job_run_summary(job: CourseGenerationJob) -> dict[str, Any]:
     `first_attempt_valid_share`: of the tasks' first provider calls, the share whose reply was
     schema-valid JSON (content checks may still have asked for a repair: those errors carry the
     check's name); `first_attempt_ok_share`: the share that passed every check as well."""
-    from generation.models import GenerationAttempt
+    from generation.models import job_attempts
 
-    attempts = GenerationAttempt.objects.filter(Q(task__job=job) | Q(judge_run__job=job))
+    attempts = job_attempts(job.pk)
     rows: list[dict[str, Any]] = [
         dict(row)
         for row in attempts.order_by("created_at", "number").values(
