@@ -114,6 +114,12 @@ class CourseGenerationJob(models.Model):
             models.Index(fields=["organisation", "-created_at"]),
             models.Index(fields=["owner", "status"]),
             models.Index(fields=["status", "created_at"]),
+            # The reconciler looks for courses the judge has not finished, every few seconds.
+            models.Index(
+                fields=["judge_status", "finished_at"],
+                condition=models.Q(judge_status__in=[JudgeStatus.PENDING, JudgeStatus.RUNNING]),
+                name="job_judging_open",
+            ),
         ]
         verbose_name = "job"
 
@@ -167,18 +173,21 @@ class ModerationStatus(models.TextChoices):
 
 # Outputs kept out of the course (and its exports) until staff release them.
 MODERATION_WITHHELD = (ModerationStatus.HELD, ModerationStatus.REJECTED)
+# Outputs staff review or reviewed (the moderation queue in the admin).
+MODERATION_REVIEWED = (ModerationStatus.HELD, ModerationStatus.RELEASED, ModerationStatus.REJECTED)
 
 
 class GenerationTask(models.Model):
     """One unit of generation inside a job, e.g. the lesson section of module 2, lesson 3."""
 
-    job = models.ForeignKey(CourseGenerationJob, on_delete=models.CASCADE, related_name="tasks")
+    # No index of its own: the unique (job, kind, key) index leads with it (see Meta.indexes).
+    job = models.ForeignKey(
+        CourseGenerationJob, on_delete=models.CASCADE, related_name="tasks", db_index=False
+    )
     kind = models.CharField(max_length=32, choices=[(k.value, k.value) for k in TaskKind])
     key = models.CharField(max_length=32, help_text="course, m2 or m2.l3")
     position = models.PositiveIntegerField(default=0)
-    status = models.CharField(
-        max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING, db_index=True
-    )
+    status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING)
     tier = models.CharField(max_length=16, choices=[(t.value, t.value) for t in Tier])
     model = models.CharField(max_length=100, blank=True)
     prompt_version = models.CharField(max_length=32, blank=True)
@@ -221,15 +230,21 @@ class GenerationTask(models.Model):
         blank=True,
         related_name="tasks",
         help_text="The A/B experiment variant this task was generated with, if any.",
+        db_index=False,
     )
     moderation = models.CharField(
-        max_length=16, choices=ModerationStatus.choices, default="", blank=True, db_index=True
+        max_length=16, choices=ModerationStatus.choices, default="", blank=True
     )
     moderation_categories = models.JSONField(
         default=list, blank=True, help_text="The categories moderation flagged the output for."
     )
     moderation_reviewed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
     )
     moderation_reviewed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -243,7 +258,36 @@ class GenerationTask(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job", "kind", "key"], name="uniq_task_per_job")
         ]
-        indexes = [models.Index(fields=["status", "lease_expires_at"])]
+        # Every claim and every record rewrites a task's row with a new status, so each index
+        # gets an entry at each of them: the indexes are the unique one (which serves the job's
+        # lookups) and partial ones over the few rows something looks for across jobs: open
+        # tasks (the reconciler) and failed ones (the admin's filter), content under review,
+        # experiment variants, reviewers (a user's deletion). With the ten full indexes there were, a claim cost ~10 % and a
+        # record ~4 % more PostgreSQL CPU.
+        indexes = [
+            models.Index(
+                fields=["status", "lease_expires_at"],
+                condition=models.Q(
+                    status__in=[TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.FAILED]
+                ),
+                name="task_live_or_failed",
+            ),
+            models.Index(
+                fields=["moderation"],
+                condition=models.Q(moderation__in=MODERATION_REVIEWED),
+                name="task_under_review",
+            ),
+            models.Index(
+                fields=["variant"],
+                condition=models.Q(variant__isnull=False),
+                name="task_variant",
+            ),
+            models.Index(
+                fields=["moderation_reviewed_by"],
+                condition=models.Q(moderation_reviewed_by__isnull=False),
+                name="task_reviewed_by",
+            ),
+        ]
         verbose_name = "task"
 
     def __str__(self) -> str:
@@ -294,6 +338,7 @@ class GenerationAttempt(models.Model):
         related_name="attempt_rows",
         null=True,
         blank=True,
+        db_index=False,  # partial (Meta): most attempts are a task's
     )
     number = models.PositiveIntegerField()
     kind = models.CharField(max_length=16, choices=AttemptKind.choices)
@@ -327,6 +372,13 @@ class GenerationAttempt(models.Model):
             models.CheckConstraint(
                 condition=models.Q(task__isnull=False) | models.Q(judge_run__isnull=False),
                 name="attempt_of_a_task_or_a_judge_run",
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["judge_run"],
+                condition=models.Q(judge_run__isnull=False),
+                name="attempt_of_judge_run",
             )
         ]
         verbose_name = "attempt"

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from generation import safety, services
-from generation.models import ModerationStatus
+from generation.models import MODERATION_REVIEWED, ModerationStatus
 from generation.moderation import text_of
 from generation.moderation_models import HeldContent
 
@@ -49,8 +49,7 @@ class HeldContentAdmin(admin.ModelAdmin):
     actions = ["release", "reject"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[HeldContent]:
-        flagged = [ModerationStatus.HELD, ModerationStatus.RELEASED, ModerationStatus.REJECTED]
-        return super().get_queryset(request).filter(moderation__in=flagged)
+        return super().get_queryset(request).filter(moderation__in=MODERATION_REVIEWED)
 
     @admin.display(description="job")
     def job_link(self, task: HeldContent) -> str:

@@ -15,8 +15,16 @@ import pytest
 from django.db import connection
 from django.db.models import Q
 
+from generation import recovery
 from generation.batch_selectors import job_batch_saving
-from generation.models import AttemptOutcome, CourseGenerationJob, GenerationAttempt, job_attempts
+from generation.models import (
+    MODERATION_REVIEWED,
+    AttemptOutcome,
+    CourseGenerationJob,
+    GenerationAttempt,
+    job_attempts,
+)
+from generation.moderation_models import HeldContent
 from generation.selectors import job_run_summary
 from tests.courses import finished_job
 
@@ -114,6 +122,8 @@ def test_no_statement_of_a_course_scans_the_tasks_or_the_ledger(
     for page in ("", "progress/", "course/"):  # what its owner then reads
         assert client.get(f"/api/jobs/{job.pk}/{page}").status_code == 200
     assert client.get("/api/jobs/").status_code == 200
+    recovery.reconcile()  # what runs every few seconds: open tasks, lost messages, stuck jobs
+    list(HeldContent.objects.filter(moderation__in=MODERATION_REVIEWED))  # the review queue
     ran = list(statements)  # EXPLAIN below goes through the wrapper too
     assert len(ran) > 40  # submit, outline, every task, finalize, the reads
 
