@@ -216,6 +216,51 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=lambda v: str(v) if isinstance(v, Decimal) else repr(v))
 
 
+# The columns a planned task is given one by one; every other column takes the model's default.
+_PLANNED = {
+    "kind": "text",
+    "key": "text",
+    "position": "int",
+    "tier": "text",
+    "model": "text",
+    "prompt_version": "text",
+    "variant_id": "bigint",
+}
+
+
+def insert_planned(*, job_id: Any, tasks: list[dict[str, Any]]) -> None:
+    """INSERT a job's planned tasks in one statement: each row's own columns (`_PLANNED`) from
+    one JSON parameter, the rest the defaults a new GenerationTask has, rows that exist already
+    skipped (as bulk_create(ignore_conflicts=True), which spent ~4 % of a worker's CPU compiling
+    its ~1,300 parameters)."""
+    qn = connection.ops.quote_name
+    template = GenerationTask(job_id=job_id)
+    columns: list[str] = []
+    values: list[str] = []
+    params: dict[str, Any] = {"rows": Jsonb(tasks)}
+    for field in GenerationTask._meta.local_concrete_fields:
+        if field.primary_key:
+            continue
+        if field.attname in _PLANNED:
+            columns.append(qn(str(field.column)))
+            values.append(f"r.{field.attname}")
+            continue
+        value = field.get_db_prep_save(field.pre_save(template, True), connection)
+        if value is None:
+            continue  # nullable without a default: NULL (an untyped NULL parameter is text)
+        columns.append(qn(str(field.column)))
+        values.append(f"%(c{len(params)})s")
+        params[f"c{len(params)}"] = value
+    shape = ", ".join(f"{name} {kind}" for name, kind in _PLANNED.items())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {qn(GenerationTask._meta.db_table)} ({', '.join(columns)}) "
+            f"SELECT {', '.join(values)} FROM jsonb_to_recordset(%(rows)s) AS r({shape}) "
+            "ON CONFLICT DO NOTHING",
+            params,
+        )
+
+
 def insert_together(*objs: Model) -> None:
     """INSERT new rows of different tables in one statement (data-modifying CTEs), as save()
     would one by one: a submit's job, outline task, queue entry and moderation attempt. Foreign

@@ -8,7 +8,7 @@ import pytest
 
 from coursegen import db
 from generation import hotpath, services
-from generation.models import CourseGenerationJob, GenerationTask, QueueEntry
+from generation.models import CourseGenerationJob, GenerationTask, JobStatus, QueueEntry
 from generation.schemas import CourseRequest
 
 pytestmark = pytest.mark.django_db
@@ -60,3 +60,34 @@ def test_rows_inserted_together_are_saved_rows(teacher: Any, base_class: Any) ->
     entry.save()  # an UPDATE of the inserted row, not a second INSERT
     assert QueueEntry.objects.get(job=job).priority == 1
     assert CourseGenerationJob.objects.get(pk=job.pk).created_at == job.created_at
+
+
+def _planned(teacher: Any, base_class: Any) -> list[dict[str, Any]]:
+    from generation.providers.offline import build_content
+    from generation.schemas import TaskKind
+
+    job = services.job_submit(
+        user=teacher, base_class=base_class, request=CourseRequest(topic="Tides and the moon")
+    )
+    CourseGenerationJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING)
+    outline = build_content(TaskKind.OUTLINE, {"topic": "Tides and the moon", "num_modules": 2})
+    services.job_plan_tasks(job_id=job.pk, outline=outline)
+    services.job_plan_tasks(job_id=job.pk, outline=outline)  # a repeated message adds nothing
+    return [
+        {
+            f.attname: getattr(task, f.attname)
+            for f in task._meta.concrete_fields
+            if f.attname not in VOLATILE
+        }
+        for task in GenerationTask.objects.filter(job=job).order_by("position")
+    ]
+
+
+def test_planned_tasks_are_inserted_in_one_statement_as_the_orm_inserts_them(
+    teacher: Any, base_class: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one_statement = _planned(teacher, base_class)
+    assert len(one_statement) == 1 + 2 * 3 * 3 + 2 + 2  # outline, lessons, summaries, course
+    monkeypatch.setattr(db, "hand_written_sql", lambda: False)
+
+    assert _planned(teacher, base_class) == one_statement

@@ -11,7 +11,8 @@ from uuid import UUID
 from django.db import connection, transaction
 from django.utils import timezone
 
-from generation import messages, variants
+from coursegen import db
+from generation import hotpath, messages, variants
 from generation.models import CourseGenerationJob, GenerationTask, JobStatus, TaskStatus, Urgency
 from generation.prompts import PROMPT_VERSIONS
 from generation.providers import Provider
@@ -70,19 +71,22 @@ def job_plan_tasks(*, job_id: UUID, outline: dict[str, Any]) -> None:
     job.save(update_fields=["outline", "updated_at"])
     choices = variants.choices_for_job(job_id=job.pk, defaults=default_choices())
     rows = [
-        GenerationTask(
-            job=job,
-            kind=kind,
-            key=key,
-            position=position,
-            tier=TASK_TIERS[kind],
-            model=choices[kind].model,
-            prompt_version=choices[kind].prompt_version,
-            variant_id=choices[kind].variant_id,
-        )
+        {
+            "kind": kind.value,
+            "key": key,
+            "position": position,
+            "tier": TASK_TIERS[kind].value,
+            "model": choices[kind].model,
+            "prompt_version": choices[kind].prompt_version,
+            "variant_id": choices[kind].variant_id,
+        }
         for position, (kind, key) in enumerate(plan_units(parsed), start=1)
     ]
-    GenerationTask.objects.bulk_create(rows, ignore_conflicts=True)
+    if db.hand_written_sql():
+        hotpath.insert_planned(job_id=job.pk, tasks=rows)
+    else:
+        tasks = [GenerationTask(job=job, **row) for row in rows]
+        GenerationTask.objects.bulk_create(tasks, ignore_conflicts=True)
     runs.job_refresh_progress(job_id=job_id)
 
 
