@@ -180,7 +180,7 @@ MODERATION_REVIEWED = (ModerationStatus.HELD, ModerationStatus.RELEASED, Moderat
 class GenerationTask(models.Model):
     """One unit of generation inside a job, e.g. the lesson section of module 2, lesson 3."""
 
-    # No index of its own: the unique (job, kind, key) index leads with it (see Meta.indexes).
+    # No index of its own: the unique (job, kind, key) constraint's index leads with it.
     job = models.ForeignKey(
         CourseGenerationJob, on_delete=models.CASCADE, related_name="tasks", db_index=False
     )
@@ -262,8 +262,8 @@ class GenerationTask(models.Model):
         # gets an entry at each of them: the indexes are the unique one (which serves the job's
         # lookups) and partial ones over the few rows something looks for across jobs: open
         # tasks (the reconciler) and failed ones (the admin's filter), content under review,
-        # experiment variants, reviewers (a user's deletion). With the ten full indexes there were, a claim cost ~10 % and a
-        # record ~4 % more PostgreSQL CPU.
+        # experiment variants, reviewers (a user's deletion). With the ten full indexes there
+        # were, a claim cost ~10 % and a record ~4 % more PostgreSQL CPU.
         indexes = [
             models.Index(
                 fields=["status", "lease_expires_at"],
