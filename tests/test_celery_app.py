@@ -54,3 +54,16 @@ def test_redis_replies_are_parsed_by_hiredis() -> None:
     finally:
         client.connection_pool.release(connection)
         client.close()
+
+
+def test_celery_takes_every_celery_setting_from_django_under_its_own_name() -> None:
+    names = [name for name in dir(settings) if name.startswith("CELERY_")]
+    assert len(names) > 20
+
+    changed = set(app.conf.changes)  # what this process set since (the tests' eager switch)
+    for name in names:
+        key = name.removeprefix("CELERY_").lower()  # CELERY_TASK_ACKS_LATE: task_acks_late
+        if key not in changed:
+            assert app.conf[key] == getattr(settings, name), name
+    assert len(changed) < 3
+    assert app.conf.task_acks_late is True and app.conf.task_default_queue == "celery"
