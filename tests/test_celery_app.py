@@ -60,7 +60,7 @@ def test_celery_takes_every_celery_setting_from_django_under_its_own_name() -> N
     names = [name for name in dir(settings) if name.startswith("CELERY_")]
     assert len(names) > 20
 
-    changed = set(app.conf.changes)  # what this process set since (the tests' eager switch)
+    changed = set(app.conf.changes or {})  # what this process set since (the eager switch)
     for name in names:
         key = name.removeprefix("CELERY_").lower()  # CELERY_TASK_ACKS_LATE: task_acks_late
         if key not in changed:
