@@ -65,5 +65,5 @@ def test_celery_takes_every_celery_setting_from_django_under_its_own_name() -> N
         key = name.removeprefix("CELERY_").lower()  # CELERY_TASK_ACKS_LATE: task_acks_late
         if key not in changed:
             assert app.conf[key] == getattr(settings, name), name
-    assert len(changed) < 3
+    assert len(changed) < len(names) // 4  # most were compared
     assert app.conf.task_acks_late is True and app.conf.task_default_queue == "celery"
