@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import random
-import re
 import statistics
 import threading
 import time
@@ -18,7 +16,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from generation import checks, parts, tokens
+from generation import checks, parts
 from generation.providers import offline
 from generation.providers.base import (
     Completion,
@@ -27,7 +25,7 @@ from generation.providers.base import (
     Message,
     TransientProviderError,
 )
-from generation.providers.offline import FaultRates, OfflineProvider, TierLatency, usage
+from generation.providers.offline import FaultRates, OfflineProvider, TierLatency
 from generation.schemas import (
     OUTPUT_SCHEMAS,
     TASK_TIERS,
@@ -290,39 +288,6 @@ def test_it_serves_a_repeated_long_system_prompt_from_cache() -> None:
     assert second.usage.cached_tokens <= second.usage.input_tokens
     assert other.usage.cached_tokens == 0
     assert [c.usage.cached_tokens for c in short] == [0, 0]
-
-
-# The pieces a text is counted in: random texts of the characters that decide where o200k_base
-# cuts its pre-tokens (blank lines next to spaces, slashes, punctuation, carriage returns).
-_ATOMS = [
-    "word", "Word", " ", "  ", "\t", "\xa0", "\n", "\n\n", "\n\n\n", "\r", "\r\n", ".", "/",
-    "::", "**", "# ", "-", ")", '"', "'s", "'S", "123", "4567", "Ünï", "é", "中文", "😀",
-    "<|endoftext|>",
-]  # fmt: skip
-
-
-def test_paragraphs_cut_after_every_blank_line_as_the_lookbehind_split_does() -> None:
-    rng = random.Random(7)
-    split = re.compile(r"(?<=\n\n)").split
-    for _ in range(5_000):
-        text = "".join(rng.choice(_ATOMS) for _ in range(rng.randint(0, 30)))
-        assert usage.paragraphs(text) == split(text), repr(text)
-
-
-@pytest.mark.parametrize(
-    "text",
-    ["a\n\n\nb", "x.\n\n/y", "a\n\n  \nb", "a\n\n b", "a\r\n\r\nb", "a\n\n", "", "a\n\nb"],
-)
-def test_a_text_counts_as_many_tokens_from_its_paragraphs_as_whole(text: str) -> None:
-    assert usage.text_tokens(text) == len(tokens.encoding().encode(text, disallowed_special=()))
-
-
-def test_random_texts_count_as_many_tokens_from_their_paragraphs_as_whole() -> None:
-    rng = random.Random(11)
-    whole = tokens.encoding()
-    for _ in range(5_000):
-        text = "".join(rng.choice(_ATOMS) for _ in range(rng.randint(0, 40)))
-        assert usage.text_tokens(text) == len(whole.encode(text, disallowed_special=())), repr(text)
 
 
 # --- latency --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import threading
 from collections import OrderedDict
 
 from generation.providers.base import CompletionRequest, Usage
-from generation.tokens import count_tokens
+from generation.tokens import chat_tokens, count_tokens, paragraph_tokens
 
 
 class SeenPrefixes:
@@ -30,63 +30,37 @@ class SeenPrefixes:
 
 
 def usage_of(request: CompletionRequest, raw_text: str, prefixes: SeenPrefixes) -> Usage:
-    # As count_message_tokens counts them (3 per message and 3 to prime the reply), each
-    # message's tokens summed from its paragraphs' where that is exact (text_tokens).
-    input_tokens = sum(text_tokens(m.content) + 3 for m in request.messages) + 3
+    # Each message cut into counted paragraphs once: their sums give the prompt's tokens, their
+    # running totals the cacheable prefixes.
+    messages = [(m.role, *paragraph_tokens(m.content)) for m in request.messages]
+    input_tokens = chat_tokens(total for _, _, total in messages)
     return Usage(
         input_tokens=input_tokens,
-        cached_tokens=min(cached_tokens(request, prefixes), input_tokens),
+        cached_tokens=min(cached_tokens(request.model, messages, prefixes), input_tokens),
         output_tokens=count_tokens(raw_text),
     )
 
 
-def paragraphs(text: str) -> list[str]:
-    """`text` cut after every blank line ("\\n\\n", overlapping runs included), as
-    `re.split(r"(?<=\\n\\n)", text)` cuts it: that lookbehind tried at every character was most of
-    a simulated call's CPU."""
-    parts: list[str] = []
-    start, at = 0, text.find("\n\n")
-    while at != -1:
-        parts.append(text[start : at + 2])
-        start = at + 2
-        at = text.find("\n\n", at + 1)
-    parts.append(text[start:])
-    return parts
-
-
-def _joins_the_blank_line(part: str) -> bool:
-    """Whether a paragraph's start may join the blank line before it into one pre-token of
-    o200k_base: whitespace ("\\n\\n  \\n" is one) or a slash (".\\n\\n/" is one)."""
-    return part[:1].isspace() or part.startswith("/")
-
-
-def text_tokens(text: str) -> int:
-    """count_tokens(text), summed from the cached counts of its paragraphs when the cuts fall
-    between tiktoken's pre-tokens (a blank line ends one unless the next paragraph
-    `_joins_the_blank_line`), since BPE never merges across pre-tokens. A call's messages are
-    ~10 KB, mostly the guide and the course data that every call of a course repeats: counted
-    whole they cost ~1 ms of CPU a call, uncached because each message as a whole is new."""
-    parts = paragraphs(text)
-    if len(parts) == 1 or any(map(_joins_the_blank_line, parts[1:])):
-        return count_tokens(text)
-    return sum(count_tokens(part) for part in parts)
-
-
-def cached_tokens(request: CompletionRequest, prefixes: SeenPrefixes) -> int:
+def cached_tokens(
+    model: str,
+    messages: list[tuple[str, list[tuple[str, int]], int]],
+    prefixes: SeenPrefixes,
+) -> int:
     """Like OpenAI: the longest repeated prefix of >= 1024 tokens is served from cache, in 128s.
 
     The prefix runs across messages (the guide in the system message, then the course data that
-    opens every user message of a course); it is tried at each paragraph boundary."""
+    opens every user message of a course); it is tried at each paragraph boundary. `messages`
+    holds each message's role, counted paragraphs and total, as `paragraph_tokens` gives them."""
     # A prefix's key chains Python's hash of each part onto the key before it (cheaper than a
     # SHA-256 per boundary): the cache lives in this process only, so one hash seed keys it all.
-    key = hash(request.model)
+    key = hash(model)
     tokens = 0
     boundaries: list[tuple[int, int]] = []  # (key, tokens so far) at each paragraph's end
-    for message in request.messages:
-        key = hash((key, message.role))
-        for paragraph in paragraphs(message.content):
+    for role, counted, _ in messages:
+        key = hash((key, role))
+        for paragraph, n in counted:
             key = hash((key, paragraph))
-            tokens += count_tokens(paragraph)  # cached: guide and course data repeat
+            tokens += n
             if tokens >= 1024:
                 boundaries.append((key, tokens))
     seen = prefixes.record([k for k, _ in boundaries])
