@@ -14,22 +14,21 @@ class AddIndexOnline(AddIndexConcurrently):
     databases (SQLite, the embedded demo) add the index as AddIndex does. The migration must
     not be atomic (`atomic = False`), as PostgreSQL requires of CONCURRENTLY."""
 
+    @staticmethod
+    def _as(schema_editor: Any) -> type[migrations.AddIndex]:
+        online = schema_editor.connection.vendor == "postgresql"
+        return AddIndexConcurrently if online else migrations.AddIndex
+
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            super().database_forwards(app_label, schema_editor, from_state, to_state)
-        else:
-            migrations.AddIndex.database_forwards(
-                self, app_label, schema_editor, from_state, to_state
-            )
+        self._as(schema_editor).database_forwards(
+            self, app_label, schema_editor, from_state, to_state
+        )
 
     def database_backwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            super().database_backwards(app_label, schema_editor, from_state, to_state)
-        else:
-            migrations.AddIndex.database_backwards(
-                self, app_label, schema_editor, from_state, to_state
-            )
+        self._as(schema_editor).database_backwards(
+            self, app_label, schema_editor, from_state, to_state
+        )
