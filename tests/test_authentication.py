@@ -8,6 +8,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
+from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
 from accounts.authentication import UncompiledTokenAuthentication
@@ -24,7 +25,10 @@ def test_a_valid_token_authenticates_its_user_in_one_statement(teacher: Any) -> 
     request = APIRequestFactory().get("/api/jobs/", HTTP_AUTHORIZATION=f"Token {stored.key}")
 
     with CaptureQueriesContext(connection) as queries:
-        user, token = UncompiledTokenAuthentication().authenticate(request)  # type: ignore[misc]
+        authenticated = UncompiledTokenAuthentication().authenticate(Request(request))
+
+    assert authenticated is not None
+    user, token = authenticated
 
     assert len(queries) == 1
     assert user == teacher and user.username == teacher.username
