@@ -10,8 +10,8 @@ PostgreSQL database named by DATABASE_URL. Phases:
    task, then a chord of 42 tasks and its body) on the same broker, workers and pool; CPU-seconds
    of workers, Redis and this process (the submitter) per course.
    cpu — latency 0: `--cpu-users` users submit courses through the HTTP API until `--cpu-courses`
-   are done; CPU-seconds of web, workers, beat, Redis and this database's PostgreSQL backends per
-   course, and its ratio to the floor.
+   are done, following them as the throughput phase's users do; CPU-seconds of web, workers,
+   beat, Redis and this database's PostgreSQL backends per course, and its ratio to the floor.
 3. critical path — full latency, an idle system: one course; its slowest chain of provider calls
    (the outline, then the slowest chord task) against its wall time from submit to finish.
 4. throughput — full latency: 100 users, each submitting its next course when the last ends;
@@ -115,8 +115,8 @@ class Command(BaseCommand):
             "--event-share",
             type=float,
             default=0.9,
-            help="share of the throughput and users1000 users that follow their jobs by "
-            "server-sent events (the rest poll every --poll s)",
+            help="share of the cpu, throughput and users1000 users that follow their jobs by "
+            "server-sent events (the rest poll every --poll s; every second in the cpu phase)",
         )
         # Four processes of 400 threads on two cores: a process spends at most one core (the
         # GIL), and a course holds ~340 thread-seconds of calls, so 100 users' courses need
@@ -482,7 +482,15 @@ class Command(BaseCommand):
             backends.mark()
             started = time.monotonic()
             cpu_users = users[: self.opts["cpu_users"]]
-            result = self.drive(cpu_users, budget=count, poll=min(self.opts["poll"], 1.0))
+            # The users follow their jobs as the throughput phase's do (--event-share by events,
+            # the rest poll): polls every second made the web's CPU per course grow with the
+            # course's wall time, which grows with the load.
+            result = self.drive(
+                cpu_users,
+                budget=count,
+                poll=min(self.opts["poll"], 1.0),
+                event_share=self.opts["event_share"],
+            )
             elapsed = time.monotonic() - started
             after = self.cpu_snapshot(fleet)
             pg = backends.total()
@@ -491,6 +499,7 @@ class Command(BaseCommand):
             backends.close()
             self.stop_profiler(profiler)
         done = [c for c in result.finished() if c.status == "succeeded"]
+        streaming = round(len(cpu_users) * self.opts["event_share"])  # as load.run_users splits
         spent = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
         spent["postgres"] = pg
         total = sum(spent.values())
@@ -517,8 +526,8 @@ class Command(BaseCommand):
         self.rows.append(
             (
                 "cpu",
-                "users (poll 1 s) / mean course wall s",
-                f"{len(cpu_users)} / {mean_wall:.2f}",
+                "users (by events / polling every 1 s) / mean course wall s",
+                f"{len(cpu_users)} ({streaming} / {len(cpu_users) - streaming}) / {mean_wall:.2f}",
             )
         )
         self.rows.append(
@@ -1105,8 +1114,16 @@ class Command(BaseCommand):
             )
 
     # --- helpers ---------------------------------------------------------------------------------
-    def drive(self, users: list[tuple[str, str]], *, budget: int, poll: float) -> load.LoadResult:
-        """Users submit until `budget` courses were submitted; returns when all have ended."""
+    def drive(
+        self,
+        users: list[tuple[str, str]],
+        *,
+        budget: int,
+        poll: float,
+        event_share: float = 0.0,
+    ) -> load.LoadResult:
+        """Users submit until `budget` courses were submitted; returns when all have ended.
+        `event_share` of them follow their jobs by server-sent events, the rest poll."""
         stop = threading.Event()
         result, threads = load.run_users(
             port=self.web_port,
@@ -1115,6 +1132,7 @@ class Command(BaseCommand):
             poll_s=poll,
             stop=stop,
             budget=load.Budget(budget),
+            event_share=event_share,
         )
         for thread in threads:
             thread.join(timeout=600)
