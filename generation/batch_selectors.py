@@ -9,8 +9,8 @@ from uuid import UUID
 from django.conf import settings
 from django.db.models import Sum
 
-from generation.models import job_attempts
 from generation.pricing import BATCH_DISCOUNT
+from generation.selectors import job_attempts
 
 
 def job_batch_saving(*, job_id: UUID) -> Decimal:

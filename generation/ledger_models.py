@@ -3,7 +3,6 @@ re-exports these; a module of its own keeps that one under its size limit)."""
 
 from __future__ import annotations
 
-import uuid
 from decimal import Decimal
 
 from django.db import models
@@ -97,19 +96,3 @@ class GenerationAttempt(models.Model):
     def __str__(self) -> str:
         owner = f"task {self.task_id}" if self.task_id else f"judge run {self.judge_run_id}"
         return f"attempt {self.number} of {owner}: {self.outcome}"
-
-
-def job_attempts(job_id: uuid.UUID) -> models.QuerySet[GenerationAttempt]:
-    """The job's ledger: its tasks' attempts and its judge runs'. The ids are read first (two
-    index lookups) so that the attempts are found by their own indexes: filtering on the job
-    through a join, or an OR of two joins, was planned as a scan of the whole ledger, which
-    grows with every course."""
-    tasks = GenerationAttempt._meta.get_field("task").related_model
-    runs = GenerationAttempt._meta.get_field("judge_run").related_model
-    assert tasks is not None and not isinstance(tasks, str)
-    assert runs is not None and not isinstance(runs, str)
-    task_ids = list(tasks._default_manager.filter(job_id=job_id).values_list("pk", flat=True))
-    run_ids = list(runs._default_manager.filter(job_id=job_id).values_list("pk", flat=True))
-    return GenerationAttempt.objects.filter(
-        models.Q(task_id__in=task_ids) | models.Q(judge_run_id__in=run_ids)
-    )

@@ -20,7 +20,6 @@ from generation.ledger_models import (  # noqa: F401
     AttemptKind,
     AttemptOutcome,
     GenerationAttempt,
-    job_attempts,
 )
 from generation.schemas import CourseRequest, TaskKind, Tier
 

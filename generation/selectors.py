@@ -34,6 +34,7 @@ from generation.models import (
     MODERATION_WITHHELD,
     BatchRequest,
     CourseGenerationJob,
+    GenerationAttempt,
     GenerationTask,
     JobStatus,
     ProviderConstraint,
@@ -41,6 +42,7 @@ from generation.models import (
     QueueState,
     TaskStatus,
 )
+from generation.quality_models import JudgeRun
 from generation.queueing import PG_AGED_PRIORITY, aged_priority, queued_in_order
 
 
@@ -290,6 +292,16 @@ def provider_constraints() -> list[ProviderConstraint]:
     return list(ProviderConstraint.objects.order_by("base_url", "model")[:100])
 
 
+def job_attempts(job_id: UUID) -> QuerySet[GenerationAttempt]:
+    """The job's ledger: its tasks' attempts and its judge runs'. The ids are read first (two
+    index lookups) so that the attempts are found by their own indexes: filtering on the job
+    through a join, or an OR of two joins, was planned as a scan of the whole ledger, which
+    grows with every course."""
+    task_ids = list(GenerationTask.objects.filter(job_id=job_id).values_list("pk", flat=True))
+    run_ids = list(JudgeRun.objects.filter(job_id=job_id).values_list("pk", flat=True))
+    return GenerationAttempt.objects.filter(Q(task_id__in=task_ids) | Q(judge_run_id__in=run_ids))
+
+
 def job_run_summary(job: CourseGenerationJob) -> dict[str, Any]:
     """A finished (or stopped) job's figures for scripts and checks (generate_course --json):
     its calls and their outcomes, first-attempt validity, tokens, cost, quality and failures.
@@ -297,8 +309,6 @@ def job_run_summary(job: CourseGenerationJob) -> dict[str, Any]:
     `first_attempt_valid_share`: of the tasks' first provider calls, the share whose reply was
     schema-valid JSON (content checks may still have asked for a repair: those errors carry the
     check's name); `first_attempt_ok_share`: the share that passed every check as well."""
-    from generation.models import job_attempts
-
     attempts = job_attempts(job.pk)
     rows: list[dict[str, Any]] = [
         dict(row)

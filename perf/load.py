@@ -218,7 +218,7 @@ def run_users(
 ) -> tuple[LoadResult, list[User]]:
     """`event_share` of the users follow their jobs by server-sent events, the rest poll."""
     result = LoadResult()
-    streaming = round(len(tokens) * event_share)
+    streaming = streaming_users(len(tokens), event_share)
     users = [
         User(
             port=port,
@@ -236,6 +236,11 @@ def run_users(
     for user in users:
         user.start()
     return result, users
+
+
+def streaming_users(users: int, event_share: float) -> int:
+    """How many of `users` follow their jobs by server-sent events (the first ones started)."""
+    return round(users * event_share)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -22,10 +22,9 @@ from generation.models import (
     AttemptOutcome,
     CourseGenerationJob,
     GenerationAttempt,
-    job_attempts,
 )
 from generation.moderation_models import HeldContent
-from generation.selectors import job_run_summary
+from generation.selectors import job_attempts, job_run_summary
 from tests.courses import finished_job
 
 pytestmark = [

@@ -499,7 +499,7 @@ class Command(BaseCommand):
             backends.close()
             self.stop_profiler(profiler)
         done = [c for c in result.finished() if c.status == "succeeded"]
-        streaming = round(len(cpu_users) * self.opts["event_share"])  # as load.run_users splits
+        streaming = load.streaming_users(len(cpu_users), self.opts["event_share"])
         spent = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
         spent["postgres"] = pg
         total = sum(spent.values())
