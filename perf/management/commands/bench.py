@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import redis
 from django.conf import settings
@@ -59,7 +60,7 @@ from generation.models import (
     Priority,
 )
 from generation.schemas import CourseRequest, TaskKind
-from perf import load, procs
+from perf import breakdown, load, procs
 
 PROBE_BACKLOG, PROBE_URGENT, PROBE_CONCURRENCY, PROBE_SLEEP_S = 400, 40, 16, 0.05
 # A 4x3 course's chord: per lesson a section, an assessment and brain bytes (36), per module a
@@ -725,6 +726,7 @@ class Command(BaseCommand):
                 f"{load.percentile(all_submits, 50):.1f} / {load.percentile(all_submits, 99):.1f}",
             )
         )
+        self.wall_steps(ok, phase=[c.job_id for c in result.courses])
         for role, value in sorted(cpu_after.items()):
             busy = (value - cpu_before.get(role, 0.0)) / (window_end - window_start)  # pg: delta
             self.rows.append(("throughput", f"{role} CPU cores busy", f"{busy:.2f}"))
@@ -976,6 +978,74 @@ class Command(BaseCommand):
                 ratios[label].append((job.finished_at - job.created_at).total_seconds() / critical)
         connection.close()
         return ratios, failed
+
+    def wall_steps(self, courses: list[load.Course], *, phase: list[str]) -> None:
+        """Where the courses' wall went beyond their critical paths (perf/breakdown.py), and the
+        most tasks that ran at once against the workers' slots: whether tasks waited for a
+        thread or for a message to be taken."""
+        ids = [UUID(c.job_id) for c in courses]
+        jobs = [
+            breakdown.JobSpan(job_id=pk, created=created, finished=finished)
+            for pk, created, finished in CourseGenerationJob.objects.filter(
+                pk__in=ids, finished_at__isnull=False
+            ).values_list("pk", "created_at", "finished_at")
+            if finished is not None
+        ]
+        calls: dict[int, float] = {}
+        for task_id, ms in GenerationAttempt.objects.filter(task__job__in=ids).values_list(
+            "task_id", "latency_ms"
+        ):
+            calls[task_id] = calls.get(task_id, 0.0) + ms / 1000
+        tasks = [
+            breakdown.TaskSpan(
+                job_id=job_id,
+                outline=kind == TaskKind.OUTLINE,
+                started=started,
+                finished=finished,
+                calls_s=calls.get(pk, 0.0),
+            )
+            for pk, job_id, kind, started, finished in GenerationTask.objects.filter(
+                job__in=ids
+            ).values_list("pk", "job_id", "kind", "started_at", "finished_at")
+        ]
+        steps = breakdown.wall_breakdown(jobs, tasks)
+        # Every task of the phase's courses, warm-up included: they shared the slots.
+        every = GenerationTask.objects.filter(
+            job__in=[UUID(pk) for pk in phase], started_at__isnull=False
+        ).values_list("started_at", "finished_at")
+        slots = self.opts["workers"] * self.opts["concurrency"]
+        busy = breakdown.occupancy(
+            (
+                breakdown.TaskSpan(None, False, started, finished, 0.0)
+                for started, finished in every
+            ),
+            slots,
+        )
+        connection.close()
+        for name in breakdown.STEPS:
+            if name in steps:
+                self.results[f"under_load_{name}"] = round(steps[name], 2)
+        self.results["under_load_tasks_running_peak"] = busy.peak
+        self.results["under_load_tasks_running_mean"] = round(busy.mean, 1)
+        self.results["under_load_slots_full_share"] = round(busy.full_share, 3)
+        labels = " / ".join(name.removesuffix("_s").replace("_", " ") for name in breakdown.STEPS)
+        values = " / ".join(
+            f"{steps[name]:.2f}" if name in steps else "-" for name in breakdown.STEPS
+        )
+        self.rows.append(
+            (
+                "throughput",
+                f"wall beyond critical path s: {labels} (n={steps.get('jobs', 0):.0f})",
+                values,
+            )
+        )
+        self.rows.append(
+            (
+                "throughput",
+                "tasks running at once: peak / mean / worker slots / share of the time all taken",
+                f"{busy.peak} / {busy.mean:.0f} / {slots} / {busy.full_share:.3f}",
+            )
+        )
 
     def seed_roles(self, count: int) -> list[tuple[str, str, str]]:
         """`count` users of the bench organisation, admins, teachers and students in turn, under
