@@ -38,6 +38,13 @@ class JobSpan:
 STEPS = ("to_outline_s", "outline_over_calls_s", "to_chord_s", "chord_rest_s", "finalize_s")
 
 
+def critical_path_s(spans: list[TaskSpan]) -> float:
+    """A course's critical path from its tasks: its outline's calls, then its slowest chord
+    task's (0 for what did not call)."""
+    outline = sum(t.calls_s for t in spans if t.outline)
+    return outline + max((t.calls_s for t in spans if not t.outline), default=0.0)
+
+
 def _s(later: datetime, earlier: datetime) -> float:
     return (later - earlier).total_seconds()
 

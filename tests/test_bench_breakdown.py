@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from perf.breakdown import STEPS, JobSpan, Occupancy, TaskSpan, occupancy, wall_breakdown
+from perf.breakdown import (
+    STEPS,
+    JobSpan,
+    Occupancy,
+    TaskSpan,
+    critical_path_s,
+    occupancy,
+    wall_breakdown,
+)
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
@@ -38,7 +46,8 @@ def test_each_step_of_the_wall() -> None:
         "jobs": 1.0,
     }
     # The steps and the critical path (2 + 8 s) add up to the wall (15 s).
-    assert sum(steps[name] for name in STEPS) + 2.0 + 8.0 == pytest.approx(15.0)
+    assert critical_path_s(tasks) == 10.0
+    assert sum(steps[name] for name in STEPS) + critical_path_s(tasks) == pytest.approx(15.0)
 
 
 def test_means_over_jobs_and_jobs_that_did_not_run_are_left_out() -> None:

@@ -952,16 +952,9 @@ class Command(BaseCommand):
                 "priority", "status", "created_at", "finished_at"
             )
         }
-        per_task: dict[Any, dict[int, int]] = {}
-        outlines: dict[Any, int] = {}
-        rows = GenerationAttempt.objects.filter(task__job__in=list(jobs)).values_list(
-            "task__job_id", "task_id", "task__kind", "latency_ms"
-        )
-        for job_id, task_id, kind, ms in rows:
-            tasks = per_task.setdefault(job_id, {})
-            tasks[task_id] = tasks.get(task_id, 0) + ms
-            if kind == TaskKind.OUTLINE:
-                outlines[job_id] = task_id
+        per_job: dict[Any, list[breakdown.TaskSpan]] = {}
+        for span in self.task_spans(list(jobs)):
+            per_job.setdefault(span.job_id, []).append(span)
         labels = {Priority.HIGH: "high", Priority.NORMAL: "normal", Priority.LOW: "low"}
         ratios: dict[str, list[float]] = {label: [] for label in labels.values()}
         failed = 0
@@ -969,34 +962,21 @@ class Command(BaseCommand):
             if job.status != JobStatus.SUCCEEDED or job.finished_at is None:
                 failed += job.status == JobStatus.FAILED
                 continue
-            tasks = per_task.get(job.pk, {})
-            outline = tasks.get(outlines.get(job.pk, -1), 0)
-            rest = max((ms for t, ms in tasks.items() if t != outlines.get(job.pk)), default=0)
-            critical = (outline + rest) / 1000
+            critical = breakdown.critical_path_s(per_job.get(job.pk, []))
             label = labels.get(Priority(job.priority))
             if critical and label:
                 ratios[label].append((job.finished_at - job.created_at).total_seconds() / critical)
         connection.close()
         return ratios, failed
 
-    def wall_steps(self, courses: list[load.Course], *, phase: list[str]) -> None:
-        """Where the courses' wall went beyond their critical paths (perf/breakdown.py), and the
-        most tasks that ran at once against the workers' slots: whether tasks waited for a
-        thread or for a message to be taken."""
-        ids = [UUID(c.job_id) for c in courses]
-        jobs = [
-            breakdown.JobSpan(job_id=pk, created=created, finished=finished)
-            for pk, created, finished in CourseGenerationJob.objects.filter(
-                pk__in=ids, finished_at__isnull=False
-            ).values_list("pk", "created_at", "finished_at")
-            if finished is not None
-        ]
+    def task_spans(self, job_ids: list[UUID]) -> list[breakdown.TaskSpan]:
+        """The jobs' tasks, each with when it ran and its attempts' provider latency."""
         calls: dict[int, float] = {}
-        for task_id, ms in GenerationAttempt.objects.filter(task__job__in=ids).values_list(
+        for task_id, ms in GenerationAttempt.objects.filter(task__job__in=job_ids).values_list(
             "task_id", "latency_ms"
         ):
             calls[task_id] = calls.get(task_id, 0.0) + ms / 1000
-        tasks = [
+        return [
             breakdown.TaskSpan(
                 job_id=job_id,
                 outline=kind == TaskKind.OUTLINE,
@@ -1005,10 +985,23 @@ class Command(BaseCommand):
                 calls_s=calls.get(pk, 0.0),
             )
             for pk, job_id, kind, started, finished in GenerationTask.objects.filter(
-                job__in=ids
+                job__in=job_ids
             ).values_list("pk", "job_id", "kind", "started_at", "finished_at")
         ]
-        steps = breakdown.wall_breakdown(jobs, tasks)
+
+    def wall_steps(self, courses: list[load.Course], *, phase: list[str]) -> None:
+        """Where the courses' wall went beyond their critical paths (perf/breakdown.py), and the
+        most tasks that ran at once against the workers' slots: whether tasks waited for a
+        thread or for a message to be taken."""
+        ids = [UUID(c.job_id) for c in courses]
+        jobs = [
+            breakdown.JobSpan(job_id=pk, created=created, finished=finished)
+            for pk, created, finished in CourseGenerationJob.objects.filter(pk__in=ids).values_list(
+                "pk", "created_at", "finished_at"
+            )
+            if finished is not None
+        ]
+        steps = breakdown.wall_breakdown(jobs, self.task_spans(ids))
         # Every task of the phase's courses, warm-up included: they shared the slots.
         every = GenerationTask.objects.filter(
             job__in=[UUID(pk) for pk in phase], started_at__isnull=False
