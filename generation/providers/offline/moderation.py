@@ -16,6 +16,8 @@ import re._parser as _p  # the stdlib's own regex parser: the prefilter's litera
 import time
 from typing import Any
 
+import ahocorasick
+
 from generation.providers.base import (
     MODERATION_CATEGORIES,
     ModerationRequest,
@@ -167,8 +169,9 @@ def _implies(kept: tuple[str, ...], found: tuple[str, ...]) -> bool:
     return all(any(n in k for n in found) for k in kept)
 
 
-def _may_match(found: Needles, low: str) -> bool:
-    return all(any(n in low for n in options) for options in found)
+def _may_match(found: NeedleIds, present: frozenset[int] | set[int]) -> bool:
+    """Whether a text that holds the needles `present` holds one of each of a rule's sets."""
+    return all(not present.isdisjoint(options) for options in found)
 
 
 # Characters IGNORECASE matches with an ASCII letter that str.lower() does not turn into it.
@@ -180,10 +183,34 @@ def _lower(text: str) -> str:
     return text.lower() if text.isascii() else text.translate(_TO_ASCII).lower()
 
 
+# Every rule's needles in one Aho-Corasick automaton (pyahocorasick, C): one pass over a text
+# finds every needle it holds, where testing each needle with `in` scanned the text once per
+# needle (365 needles; most of a task's 0.7 ms of simulated moderation went there).
+_NEEDLE_IDS: dict[str, int] = {}
+NeedleIds = tuple[frozenset[int], ...]
+
+
+def _ids(found: Needles) -> NeedleIds:
+    return tuple(
+        frozenset(_NEEDLE_IDS.setdefault(n, len(_NEEDLE_IDS)) for n in options) for options in found
+    )
+
+
 _COMPILED = {
-    category: tuple((needles(rule), re.compile(rule, re.IGNORECASE)) for rule in rules)
+    category: tuple((_ids(needles(rule)), re.compile(rule, re.IGNORECASE)) for rule in rules)
     for category, rules in _RULES.items()
 }
+_AUTOMATON = ahocorasick.Automaton(ahocorasick.STORE_INTS)
+for _needle, _id in _NEEDLE_IDS.items():
+    _AUTOMATON.add_word(_needle, _id)
+_AUTOMATON.make_automaton()
+
+
+def _present(low: str) -> set[int]:
+    """The ids of the needles the lower-cased text holds (overlapping occurrences included)."""
+    return {needle for _, needle in _AUTOMATON.iter(low)}
+
+
 assert set(_COMPILED) == set(MODERATION_CATEGORIES)
 
 # What the "unsafe" fault (offline/faults.py) slips into generated content: flagged as dangerous.
@@ -194,10 +221,10 @@ UNSAFE_SENTENCE = (
 
 def classify(text: str) -> dict[str, float]:
     """Each category's score for one text: FLAG_SCORE when a rule matches, else 0."""
-    low = _lower(text)
+    present = _present(_lower(text))
     return {
         category: FLAG_SCORE
-        if any(_may_match(found, low) and rule.search(text) for found, rule in rules)
+        if any(_may_match(found, present) and rule.search(text) for found, rule in rules)
         else 0.0
         for category, rules in _COMPILED.items()
     }
