@@ -177,6 +177,20 @@ def test_the_automaton_finds_exactly_the_needles_a_text_holds():
         assert _present(low) == expected, low
 
 
+def test_worker_threads_share_the_automaton():
+    """A threads-pool worker classifies many outputs at once with the one automaton (its search
+    runs without the GIL): every thread gets the verdicts one thread gets."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from generation.providers.offline.moderation import classify
+
+    texts = [text * 20 for text, _ in LABELLED]  # long enough for searches to overlap in time
+    expected = [classify(text) for text in texts]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        rounds = list(pool.map(lambda _: [classify(text) for text in texts], range(64)))
+    assert all(verdicts == expected for verdicts in rounds)
+
+
 def test_it_derives_required_literals_from_a_rule():
     from generation.providers.offline.moderation import needles
 
