@@ -169,7 +169,7 @@ def _implies(kept: tuple[str, ...], found: tuple[str, ...]) -> bool:
     return all(any(n in k for n in found) for k in kept)
 
 
-def _may_match(found: NeedleIds, present: frozenset[int] | set[int]) -> bool:
+def _may_match(found: NeedleIds, present: set[int]) -> bool:
     """Whether a text that holds the needles `present` holds one of each of a rule's sets."""
     return all(not present.isdisjoint(options) for options in found)
 

@@ -582,14 +582,8 @@ class Command(BaseCommand):
         result = self.drive([user], budget=1, poll=0.1)
         course = result.courses[0]
         job = CourseGenerationJob.objects.get(pk=course.job_id)
-        latencies: dict[int, int] = {}
-        for task_id, ms in GenerationAttempt.objects.filter(task__job=job).values_list(
-            "task_id", "latency_ms"
-        ):
-            latencies[task_id] = latencies.get(task_id, 0) + ms
-        outline = GenerationTask.objects.get(job=job, kind=TaskKind.OUTLINE)
-        others = [ms for task_id, ms in latencies.items() if task_id != outline.pk]
-        critical = (latencies.get(outline.pk, 0) + max(others, default=0)) / 1000
+        spans = self.task_spans([job.pk])
+        critical = breakdown.critical_path_s(spans)
         assert job.finished_at is not None
         wall = (job.finished_at - job.created_at).total_seconds()
         self.results.update(
@@ -597,7 +591,7 @@ class Command(BaseCommand):
             course_wall_s=round(wall, 3),
             wall_over_critical_path=round(wall / critical, 4) if critical else None,
         )
-        self.rows.append(("critical", f"job {job.status}, {len(latencies)} tasks", ""))
+        self.rows.append(("critical", f"job {job.status}, {len(spans)} tasks", ""))
         self.rows.append(
             ("critical", "critical path s (outline + slowest task)", f"{critical:.2f}")
         )
@@ -659,7 +653,9 @@ class Command(BaseCommand):
         walls = [(c.finished_at or 0) - c.submitted_at for c in ok]
         # Each course's wall time (created to finished) over its own critical path: 1.0 when a
         # course under load is as fast as alone.
-        under_load = [r for values in self.wall_over_critical(ok)[0].values() for r in values]
+        spans = self.task_spans([UUID(c.job_id) for c in ok])
+        ratios = self.wall_over_critical(ok, spans)[0]
+        under_load = [r for values in ratios.values() for r in values]
         self.results["under_load_wall_over_critical_path"] = (
             round(statistics.fmean(under_load), 3) if under_load else None
         )
@@ -726,7 +722,7 @@ class Command(BaseCommand):
                 f"{load.percentile(all_submits, 50):.1f} / {load.percentile(all_submits, 99):.1f}",
             )
         )
-        self.wall_steps(ok, phase=[c.job_id for c in result.courses])
+        self.wall_steps(ok, spans, phase=[c.job_id for c in result.courses])
         for role, value in sorted(cpu_after.items()):
             busy = (value - cpu_before.get(role, 0.0)) / (window_end - window_start)  # pg: delta
             self.rows.append(("throughput", f"{role} CPU cores busy", f"{busy:.2f}"))
@@ -884,7 +880,9 @@ class Command(BaseCommand):
         used = admitted / could
         share_429 = refused / max(admitted + refused, 1)
         done = [c for c in result.finished() if window_start <= (c.finished_at or 0) <= window_end]
-        ratios, failed = self.wall_over_critical(done)
+        ratios, failed = self.wall_over_critical(
+            done, self.task_spans([UUID(c.job_id) for c in done])
+        )
         self.results.update(
             provider_limit_used=round(used, 3),
             provider_429_share=round(share_429, 4),
@@ -943,9 +941,12 @@ class Command(BaseCommand):
         admitted, refused, left, now = client.eval(BUCKET_NOW, 1, key, rpm)
         return int(admitted), int(refused), float(left), float(now)
 
-    def wall_over_critical(self, courses: list[load.Course]) -> tuple[dict[str, list[float]], int]:
+    def wall_over_critical(
+        self, courses: list[load.Course], spans: list[breakdown.TaskSpan]
+    ) -> tuple[dict[str, list[float]], int]:
         """Per priority class, each succeeded course's wall time (created to finished) over its
-        own critical path (the outline's calls, then its slowest task's); and how many failed."""
+        own critical path (the outline's calls, then its slowest task's; `spans`: the courses'
+        tasks, from task_spans); and how many failed."""
         jobs = {
             j.pk: j
             for j in CourseGenerationJob.objects.filter(pk__in=[c.job_id for c in courses]).only(
@@ -953,7 +954,7 @@ class Command(BaseCommand):
             )
         }
         per_job: dict[Any, list[breakdown.TaskSpan]] = {}
-        for span in self.task_spans(list(jobs)):
+        for span in spans:
             per_job.setdefault(span.job_id, []).append(span)
         labels = {Priority.HIGH: "high", Priority.NORMAL: "normal", Priority.LOW: "low"}
         ratios: dict[str, list[float]] = {label: [] for label in labels.values()}
@@ -989,7 +990,9 @@ class Command(BaseCommand):
             ).values_list("pk", "job_id", "kind", "started_at", "finished_at")
         ]
 
-    def wall_steps(self, courses: list[load.Course], *, phase: list[str]) -> None:
+    def wall_steps(
+        self, courses: list[load.Course], spans: list[breakdown.TaskSpan], *, phase: list[str]
+    ) -> None:
         """Where the courses' wall went beyond their critical paths (perf/breakdown.py), and the
         most tasks that ran at once against the workers' slots: whether tasks waited for a
         thread or for a message to be taken."""
@@ -1001,7 +1004,7 @@ class Command(BaseCommand):
             )
             if finished is not None
         ]
-        steps = breakdown.wall_breakdown(jobs, self.task_spans(ids))
+        steps = breakdown.wall_breakdown(jobs, spans)
         # Every task of the phase's courses, warm-up included: they shared the slots.
         every = GenerationTask.objects.filter(
             job__in=[UUID(pk) for pk in phase], started_at__isnull=False
