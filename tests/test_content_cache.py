@@ -114,6 +114,21 @@ def test_it_keeps_entries_within_an_organisation_unless_both_share(
     assert _cache_kinds(_submit(sharer, sharer_class)) == {"outline", *LESSON_LEVEL}
 
 
+def test_an_organisation_that_stops_sharing_takes_its_entries_back() -> None:
+    first, first_class = _member_of_new_org(share=True)
+    _submit(first, first_class, instructions="Our pupils visit the Reykjavik site in May.")
+    organisation = first_class.organisation
+    assert CacheEntry.objects.filter(organisation=organisation, shared=True).count() == 7
+
+    organisation.share_generation_cache = False
+    organisation.save(update_fields=["share_generation_cache"])
+    sharer, sharer_class = _member_of_new_org(share=True)
+    fields = {"instructions": "Our pupils visit the Reykjavik site in May."}
+    assert _cache_kinds(_submit(sharer, sharer_class, **fields)) == set()
+    # its own entries still serve it
+    assert _cache_kinds(_submit(first, first_class, **fields)) == {"outline", *LESSON_LEVEL}
+
+
 def test_it_neither_reads_nor_writes_when_switched_off(
     teacher: Any, base_class: Any, settings: Any
 ) -> None:

@@ -108,9 +108,14 @@ def outline_key(request: CourseRequest) -> CacheKey:
 
 
 def _scope(organisation: Organisation) -> Q:
-    """An organisation's own entries, and shared ones when it shares its cache."""
+    """An organisation's own entries, and, when it shares its cache, the entries other
+    organisations stored as shared and still share: an organisation that turns sharing off
+    takes its entries (and the instructions in their contexts) back at once, not when they
+    expire. One that turns it on again shares what it stored while sharing, nothing else."""
     own = Q(organisation=organisation)
-    return own | Q(shared=True) if organisation.share_generation_cache else own
+    if not organisation.share_generation_cache:
+        return own
+    return own | Q(shared=True, organisation__share_generation_cache=True)
 
 
 @dataclass
