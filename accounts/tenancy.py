@@ -102,14 +102,16 @@ class OrganisationScoped(admin.ModelAdmin):
         return super()._get_obj_does_not_exist_redirect(request, opts, object_id)  # type: ignore[misc]
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        if self._scoped(request) and "queryset" not in kwargs:
-            kwargs["queryset"] = visible_rows(db_field.remote_field.model, request)
+        kwargs = _visible_choices(db_field, request, kwargs)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        if self._scoped(request) and "queryset" not in kwargs:
-            kwargs["queryset"] = visible_rows(db_field.remote_field.model, request)
+        kwargs = _visible_choices(db_field, request, kwargs)
         return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+    def get_inlines(self, request: HttpRequest, obj: Any) -> Any:
+        # An inline's forms pick foreign keys too (a membership's user): the same choices.
+        return [_scoped_inline(inline) for inline in super().get_inlines(request, obj)]
 
     def get_list_filter(self, request: HttpRequest) -> Any:
         filters = super().get_list_filter(request)
@@ -117,6 +119,38 @@ class OrganisationScoped(admin.ModelAdmin):
             return filters
         # A relation's filter would list every organisation's rows: only those in the changelist.
         return [_related_only(self.model, f) for f in filters]
+
+
+class ScopedInline(admin.options.InlineModelAdmin):
+    """Mixed in before an inline's own class (see OrganisationScoped.get_inlines): an
+    organisation administrator picks only rows they can see, as in OrganisationScoped."""
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        kwargs = _visible_choices(db_field, request, kwargs)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        kwargs = _visible_choices(db_field, request, kwargs)
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+
+def _visible_choices(db_field: Any, request: HttpRequest, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if is_organisation_admin(request.user) and "queryset" not in kwargs:
+        kwargs["queryset"] = visible_rows(db_field.remote_field.model, request)
+    return kwargs
+
+
+_SCOPED_INLINES: dict[type, type] = {}
+
+
+def _scoped_inline(inline: type) -> type:
+    if issubclass(inline, ScopedInline):
+        return inline
+    if inline not in _SCOPED_INLINES:
+        _SCOPED_INLINES[inline] = type(
+            inline.__name__, (ScopedInline, inline), {"__module__": inline.__module__}
+        )
+    return _SCOPED_INLINES[inline]
 
 
 def _related_only(model: type[Model], list_filter: Any) -> Any:

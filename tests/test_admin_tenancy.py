@@ -194,6 +194,52 @@ def test_an_organisation_admin_sees_and_acts_on_their_own(
     assert client.get(f"/courses/{other_job.pk}/").status_code == 404
 
 
+def test_an_organisation_admin_picks_only_their_own_users_in_an_inline_form(
+    two_organisations: dict[str, Any],
+) -> None:
+    """The membership inline of the Organisation page: permissions added to the group widen
+    what they may do, never whose rows they may pick (docs/admin.md)."""
+    home, org_admin = two_organisations["home"], two_organisations["org_admin"]
+    org_admin.user_permissions.add(
+        Permission.objects.get(content_type__app_label="accounts", codename="change_organisation")
+    )
+    outsider = get_user_model().objects.get(username=f"{MARK}-teacher")
+    student = _member(home, Role.STUDENT, "home-student")
+    existing = list(home.memberships.order_by("pk"))
+    client = _login(org_admin)
+    url = _url(Organisation, "change", home.pk)
+
+    def post(rows: list[tuple[Any, Any, str]]) -> Any:
+        data: dict[str, Any] = {
+            "name": home.name,
+            "slug": home.slug,
+            "memberships-TOTAL_FORMS": str(len(rows)),
+            "memberships-INITIAL_FORMS": str(len(existing)),
+            "memberships-MIN_NUM_FORMS": "0",
+            "memberships-MAX_NUM_FORMS": "1000",
+        }
+        for n, (pk, user_id, role) in enumerate(rows):
+            data |= {
+                f"memberships-{n}-id": str(pk),
+                f"memberships-{n}-organisation": str(home.pk),
+                f"memberships-{n}-user": str(user_id),
+                f"memberships-{n}-role": role,
+            }
+        return client.post(url, data)
+
+    rows = [(m.pk, m.user_id, m.role) for m in existing]
+    refused = post([*rows, ("", outsider.pk, Role.ADMIN)])
+    assert refused.status_code == 200  # the form again, with the error
+    assert "Select a valid choice" in refused.content.decode()
+    assert not home.memberships.filter(user=outsider).exists()
+    # their own members stay valid choices: a student made a teacher
+    promoted = [
+        (pk, user_id, Role.TEACHER if user_id == student.pk else r) for pk, user_id, r in rows
+    ]
+    assert post(promoted).status_code == 302
+    assert home.memberships.get(user=student).role == Role.TEACHER
+
+
 # --- Actions and their permissions ----------------------------------------------------------------
 PAID_OR_DESTRUCTIVE = {
     "generation.CourseGenerationJob": ["cancel_jobs", "resume_jobs"],
