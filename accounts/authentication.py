@@ -35,6 +35,8 @@ def _lookup_sql() -> str:
 
 class UncompiledTokenAuthentication(TokenAuthentication):
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
+        if "\x00" in key:  # PostgreSQL text cannot hold it: the lookup would raise, a 500
+            raise exceptions.AuthenticationFailed(_("Invalid token."))
         user = next(iter(get_user_model()._default_manager.raw(_lookup_sql(), [key])), None)
         if user is None:
             raise exceptions.AuthenticationFailed(_("Invalid token."))

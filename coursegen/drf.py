@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, pagination, serializers
@@ -60,10 +60,9 @@ class BoundedJSONParser(JSONParser):
             raise exceptions.ParseError("JSON parse error - nested too deeply") from exc
         except ValueError as exc:
             raise exceptions.ParseError(f"JSON parse error - {exc}") from exc
-        if _depth_exceeds(data, settings.API_JSON_MAX_DEPTH):
-            raise exceptions.ParseError(
-                f"JSON parse error - nested more than {settings.API_JSON_MAX_DEPTH} levels deep"
-            )
+        problem = _document_problem(data, settings.API_JSON_MAX_DEPTH)
+        if problem:
+            raise exceptions.ParseError(f"JSON parse error - {problem}")
         return data
 
 
@@ -78,22 +77,40 @@ def _too_large(limit: int) -> RequestTooLarge:
     return RequestTooLarge(f"The request body is larger than {limit} bytes.")
 
 
-def _depth_exceeds(data: Any, max_depth: int) -> bool:
-    """Whether a parsed document nests containers deeper than max_depth (iteratively: the
-    document may be just under the interpreter's recursion limit)."""
+def _document_problem(data: Any, max_depth: int) -> str | None:
+    """What makes a parsed document unfit, or None: containers nested deeper than max_depth
+    (walked iteratively: the document may be just under the interpreter's recursion limit), or
+    a string or key holding a lone surrogate ("\\ud800" is valid JSON but not Unicode text:
+    an error message that echoed it back could not be encoded, a 500)."""
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
+        if isinstance(value, str):
+            if not _encodable(value):
+                return "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), not text"
+            continue
         if isinstance(value, dict):
+            if not all(_encodable(key) for key in value):
+                return "a key holds a lone UTF-16 surrogate (\\ud800-\\udfff), not text"
             children: Any = value.values()
         elif isinstance(value, list):
             children = value
         else:
             continue
         if depth > max_depth:
-            return True
+            return f"nested more than {max_depth} levels deep"
         stack.extend((child, depth + 1) for child in children)
-    return False
+    return None
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ThrottledWithBody(exceptions.Throttled):
@@ -106,10 +123,13 @@ class ThrottledWithBody(exceptions.Throttled):
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus Django's own "body too large" (form and multipart bodies over
-    DATA_UPLOAD_MAX_MEMORY_SIZE) as a JSON 413 instead of an HTML 400, and throttles' bodies."""
+    """DRF's handler, plus Django's own refusals of form and multipart bodies as JSON instead
+    of an HTML 400: too large (over DATA_UPLOAD_MAX_MEMORY_SIZE, 413), too many fields or
+    files (400); and throttles' bodies."""
     if isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge(str(exc) or RequestTooLarge.default_detail)
+    elif isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        exc = exceptions.ParseError(str(exc))
     # Imported here: rest_framework.views reads REST_FRAMEWORK, which names this module.
     from rest_framework.views import exception_handler as drf_exception_handler
 

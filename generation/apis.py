@@ -81,8 +81,9 @@ STATUS_FILTER = OpenApiParameter(
 def _idempotent(
     request: Request, key: str, submit: Callable[[IdempotencyKey], Response]
 ) -> Response:
-    if not key or len(key) > idempotency.MAX_KEY_LENGTH:
-        return Response({"Idempotency-Key": ["must be 1 to 255 characters"]}, status=400)
+    # Printable only: a NUL could not be stored (PostgreSQL text refuses it), a 500.
+    if not key or len(key) > idempotency.MAX_KEY_LENGTH or not key.isprintable():
+        return Response({"Idempotency-Key": ["must be 1 to 255 printable characters"]}, status=400)
     check = idempotency.idempotency_key_begin(
         user=request.user,  # type: ignore[arg-type]  # IsAuthenticated ran
         key=key,

@@ -167,20 +167,37 @@ def test_every_body_endpoint_answers_400_to_a_charset_that_is_not_text(
     assert [model.objects.count() for model in counted] == before
 
 
-def _wsgi_post(app: Any, *, query: str, content_type: str) -> tuple[str, bytes]:
-    body = b"topic=Volcanoes"
+def _call(
+    app: Any,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    query: str = "",
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> tuple[str, bytes]:
+    """One request through a WSGI application: its status line and body."""
     environ: dict[str, Any] = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/api/jobs/",
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
         "QUERY_STRING": query,
         "CONTENT_TYPE": content_type,
         "CONTENT_LENGTH": str(len(body)),
         "wsgi.input": io.BytesIO(body),
     }
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
     setup_testing_defaults(environ)
     answered: list[str] = []
     chunks = app(environ, lambda status, headers, exc_info=None: answered.append(status))
     return answered[0], b"".join(chunks)
+
+
+def _wsgi_post(app: Any, *, query: str, content_type: str) -> tuple[str, bytes]:
+    return _call(
+        app, "POST", "/api/jobs/", b"topic=Volcanoes", query=query, content_type=content_type
+    )
 
 
 @pytest.mark.parametrize("query", ["", "limit=5"])
@@ -220,7 +237,10 @@ def test_a_huge_limit_is_capped_and_the_list_leaves_the_documents_out(
     assert '."course"' not in listing and '."outline"' not in listing
 
 
-@pytest.mark.parametrize(("key", "status"), [("k" * 256, 400), ("k" * 10_000, 400), ("", 400)])
+@pytest.mark.parametrize(
+    ("key", "status"),
+    [("k" * 256, 400), ("k" * 10_000, 400), ("", 400), ("k\x00", 400), ("k\x1b[0m", 400)],
+)
 def test_it_answers_400_to_an_idempotency_key_out_of_bounds(
     key: str, status: int, teacher: Any, base_class: Any, client_for: Any
 ) -> None:
@@ -307,3 +327,96 @@ def test_the_throttles_count_a_request_without_an_address_as_0_0_0_0() -> None:
     assert client_ip(request) == "0.0.0.0"
     request.META["REMOTE_ADDR"] = "2001:db8::1"
     assert client_ip(request) == "2001:db8::1"
+
+
+# --- Found in review (2026-12-08): lone surrogates, too many fields, NUL characters -------------
+def _wsgi(method: str, path: str, body: bytes = b"", **options: Any) -> tuple[int, Any]:
+    """Through the application coursegen/wsgi.py serves; the status and the parsed JSON body."""
+    status, answer = _call(application, method, path, body, **options)
+    return int(status.split()[0]), json.loads(answer)
+
+
+@pytest.fixture
+def token(teacher: Any) -> dict[str, str]:
+    from rest_framework.authtoken.models import Token
+
+    return {"Authorization": f"Token {Token.objects.create(user=teacher).key}"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"base_class": "%s", "topic": "Volcanoes", "level": "\\ud800"}',  # echoed by the error
+        '{"base_class": "%s", "topic": "Volcanoes", "urgency": "\\udfff"}',
+        '{"base_class": "%s", "topic": "Volcanoes", "\\ud800": 1}',
+    ],
+)
+def test_it_answers_400_to_a_lone_surrogate_in_a_submit(
+    body: str, base_class: Any, token: dict[str, str]
+) -> None:
+    # A choice's error message echoed "\ud800" back and the response could not be encoded: 500.
+    status, answer = _wsgi("POST", "/api/jobs/", (body % base_class.pk).encode(), headers=token)
+
+    assert status == 400, answer
+    assert "surrogate" in answer["detail"]
+    assert not CourseGenerationJob.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "body", ['{"rating": 4, "\\ud800": 1}', '{"rating": 4, "flags": ["\\ud800"]}']
+)
+def test_it_answers_400_to_a_lone_surrogate_in_feedback_and_regeneration(
+    body: str, job: CourseGenerationJob, token: dict[str, str]
+) -> None:
+    task = job.tasks.get(kind="lesson_section")
+    before = (CourseEvaluation.objects.count(), RegenerationRequest.objects.count())
+    for path in (
+        f"/api/jobs/{job.pk}/feedback/",
+        f"/api/jobs/{job.pk}/tasks/{task.pk}/regenerate/",
+    ):
+        status, answer = _wsgi("POST", path, body.encode(), headers=token)
+
+        assert status == 400, (path, answer)
+    assert (CourseEvaluation.objects.count(), RegenerationRequest.objects.count()) == before
+
+
+def test_the_parser_accepts_text_beyond_the_basic_plane() -> None:
+    # A surrogate pair in JSON is one character (an emoji): text, not a lone surrogate.
+    data = BoundedJSONParser().parse(
+        io.BytesIO('{"topic": "Plants \\ud83c\\udf31 und Bl\u00fcten"}'.encode()), parser_context={}
+    )
+
+    assert data == {"topic": "Plants \U0001f331 und Bl\u00fcten"}
+
+
+def test_it_answers_json_400_to_a_form_with_too_many_fields(token: dict[str, str]) -> None:
+    body = b"&".join(b"f%d=1" % i for i in range(1100))  # DATA_UPLOAD_MAX_NUMBER_FIELDS: 1,000
+
+    status, answer = _wsgi(
+        "POST", "/api/jobs/", body, content_type="application/x-www-form-urlencoded", headers=token
+    )
+
+    assert status == 400 and "DATA_UPLOAD_MAX_NUMBER_FIELDS" in answer["detail"]
+    assert not CourseGenerationJob.objects.exists()
+
+
+def test_a_token_with_a_nul_is_a_401_not_a_500() -> None:
+    # gunicorn refuses a NUL in a header; another server might not.
+    status, answer = _wsgi("GET", "/api/jobs/", headers={"Authorization": "Token abc\x00"})
+
+    assert status == 401 and answer["detail"] == "Invalid token."
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/admin/generation/coursegenerationjob/", "status__exact=%00"),
+        ("/api/jobs/", "status=a%00b"),
+        ("/api/jobs/\x00/", ""),
+    ],
+)
+def test_a_nul_in_the_url_is_a_400_before_django(path: str, query: str) -> None:
+    # %00 passes gunicorn; the admin's list filters then raised DataError (PostgreSQL), a 500.
+    status, answer = _wsgi("GET", path, query=query)
+
+    assert status == 400 and "NUL" in answer["detail"]
