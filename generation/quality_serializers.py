@@ -16,6 +16,7 @@ from generation.models import (
 )
 from generation.quality import report
 from generation.rubric import FEEDBACK_FLAGS
+from generation.serializers import multi_line_text
 
 
 class _NoUnknownFields(serializers.Serializer):
@@ -52,6 +53,9 @@ class FeedbackInputSerializer(_NoUnknownFields):
         if task is None:
             raise serializers.ValidationError("No such task in this job.")
         return task
+
+    def validate_comment(self, value: str) -> str:
+        return multi_line_text(value)  # other teachers read it (admin, quality pages)
 
     def validate_flags(self, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):

@@ -29,6 +29,16 @@ from generation.models import (
 from generation.providers import MODERATION_CATEGORIES
 from generation.schemas import CourseRequest, Level, control_characters_refused
 
+
+def multi_line_text(value: str) -> str:
+    """A free-text field's value (newlines and tabs allowed), or its field error naming the
+    first control character: no terminal escapes or bidi overrides in what others read."""
+    try:
+        return control_characters_refused(value, allowed="\n\r\t")
+    except ValueError as exc:
+        raise serializers.ValidationError(str(exc)) from exc
+
+
 LESSON_KEY = re.compile(r"\bm\d+\.l\d+\b")  # how evaluation lines name a lesson: "lesson m1.l2"
 COST_QUANTUM = Decimal(10) ** -GenerationTask._meta.get_field("cost_usd").decimal_places
 JOB_COST_QUANTUM = Decimal(10) ** -CourseGenerationJob._meta.get_field("cost_usd").decimal_places
@@ -332,10 +342,7 @@ class TaskRegenerateInputSerializer(serializers.Serializer):
     )
 
     def validate_instruction(self, value: str) -> str:
-        try:
-            return control_characters_refused(value, allowed="\n\r\t")
-        except ValueError as exc:
-            raise serializers.ValidationError(str(exc)) from exc
+        return multi_line_text(value)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         unknown = set(self.initial_data) - set(self.fields)

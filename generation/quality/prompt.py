@@ -9,6 +9,7 @@ tags is an instruction.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -115,5 +116,10 @@ def _question_text(number: int, question: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# The lesson is data between <lesson> tags: a tag of that name inside it, in any case or
+# spacing ("</LESSON >", "< /lesson>"), must not close the block early.
+_LESSON_TAG = re.compile(r"<(\s*/?)\s*(lesson)", re.IGNORECASE)
+
+
 def _defused(text: str) -> str:
-    return text.replace("</lesson>", "</ lesson>").replace("<lesson>", "< lesson>")
+    return _LESSON_TAG.sub(lambda m: f"<{m[1]} {m[2]}", text)
