@@ -9,6 +9,7 @@ parser raise RecursionError (500), and a body of any size was read whole into me
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -186,6 +187,22 @@ class StrictCharField(serializers.CharField):
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An IntegerField that takes a JSON integer, or a string of ASCII digits (a form field).
+    DRF's passes any text through int(): "1_0" was 10, Arabic-Indic or full-width digits were
+    read as numbers, and 1.0 or "1.0" were 1."""
+
+    default_error_messages = {"invalid": "A whole number is required (digits only)."}
+    _DIGITS = re.compile(r"-?[0-9]{1,18}")
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not (
+            isinstance(data, int) or (isinstance(data, str) and self._DIGITS.fullmatch(data))
+        ):
             self.fail("invalid")
         return super().to_internal_value(data)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from coursegen.drf import StrictCharField
+from coursegen.drf import StrictCharField, StrictIntegerField
 from generation.models import (
     CourseEvaluation,
     Experiment,
@@ -28,8 +28,8 @@ class _NoUnknownFields(serializers.Serializer):
 
 
 class FeedbackInputSerializer(_NoUnknownFields):
-    rating = serializers.IntegerField(min_value=1, max_value=5, help_text="1 (poor) to 5 (great).")
-    task = serializers.IntegerField(
+    rating = StrictIntegerField(min_value=1, max_value=5, help_text="1 (poor) to 5 (great).")
+    task = StrictIntegerField(
         required=False,
         allow_null=True,
         default=None,

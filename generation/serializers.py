@@ -14,7 +14,7 @@ from rest_framework import serializers
 
 from accounts.models import BaseClass
 from accounts.selectors import class_of_member_get
-from coursegen.drf import ClosedOutputSerializer, StrictCharField
+from coursegen.drf import ClosedOutputSerializer, StrictCharField, StrictIntegerField
 from generation.exports import FORMATS
 from generation.models import (
     MODERATION_WITHHELD,
@@ -49,9 +49,9 @@ class JobSubmitInputSerializer(serializers.Serializer):
     topic = StrictCharField(min_length=3, max_length=200)
     audience = StrictCharField(min_length=3, max_length=200, required=False)
     level = serializers.ChoiceField(choices=[lv.value for lv in Level], required=False)
-    num_modules = serializers.IntegerField(min_value=1, max_value=12, required=False)
-    lessons_per_module = serializers.IntegerField(min_value=1, max_value=10, required=False)
-    questions_per_lesson = serializers.IntegerField(min_value=1, max_value=15, required=False)
+    num_modules = StrictIntegerField(min_value=1, max_value=12, required=False)
+    lessons_per_module = StrictIntegerField(min_value=1, max_value=10, required=False)
+    questions_per_lesson = StrictIntegerField(min_value=1, max_value=15, required=False)
     language = serializers.RegexField(r"^[a-z]{2}(-[A-Z]{2})?$", required=False)
     instructions = StrictCharField(max_length=2000, required=False, allow_blank=True)
     urgency = serializers.ChoiceField(

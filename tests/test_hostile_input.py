@@ -420,3 +420,38 @@ def test_a_nul_in_the_url_is_a_400_before_django(path: str, query: str) -> None:
     status, answer = _wsgi("GET", path, query=query)
 
     assert status == 400 and "NUL" in answer["detail"]
+
+
+@pytest.mark.parametrize("value", ["1_0", "\u0661", "\uff11", " 1 ", "1.0", 1.0, "+3", "0x5", True])
+def test_it_answers_400_to_a_number_that_is_not_a_plain_integer(
+    value: Any, job: CourseGenerationJob, base_class: Any, teacher: Any, client_for: Any
+) -> None:
+    # DRF's IntegerField read "1_0" as 10 and Arabic-Indic or full-width digits as numbers.
+    client = client_for(teacher)
+    body = {"base_class": str(base_class.pk), "topic": "Volcanoes", "num_modules": value}
+    submit = client.post("/api/jobs/", body, format="json")
+    rating = client.post(f"/api/jobs/{job.pk}/feedback/", {"rating": value}, format="json")
+
+    assert submit.status_code == 400 and "num_modules" in submit.json(), submit.content
+    assert rating.status_code == 400 and "rating" in rating.json(), rating.content
+    assert CourseGenerationJob.objects.count() == 1  # the fixture's
+
+
+def test_it_takes_an_integer_as_a_json_number_or_as_digits_in_a_form(
+    base_class: Any, teacher: Any, client_for: Any
+) -> None:
+    client = client_for(teacher)
+    as_json = client.post(
+        "/api/jobs/",
+        {"base_class": str(base_class.pk), "topic": "Volcanoes", "num_modules": 2},
+        format="json",
+    )
+    as_form = client.post(
+        "/api/jobs/",
+        f"base_class={base_class.pk}&topic=Rivers&num_modules=3",
+        content_type="application/x-www-form-urlencoded",
+    )
+
+    assert as_json.status_code == 201 and as_form.status_code == 201, as_form.content
+    modules = sorted(job.request["num_modules"] for job in CourseGenerationJob.objects.all())
+    assert modules == [2, 3]
