@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -39,6 +40,14 @@ def multi_line_text(value: str) -> str:
         raise serializers.ValidationError(str(exc)) from exc
 
 
+def _visible_text(value: str) -> str:
+    """A name that shows: a topic of zero-width spaces passed the length check and became a
+    course titled with nothing a reader can see."""
+    if not any(unicodedata.category(char)[0] in "LN" for char in value):
+        raise serializers.ValidationError("must contain a letter or a digit")
+    return value
+
+
 LESSON_KEY = re.compile(r"\bm\d+\.l\d+\b")  # how evaluation lines name a lesson: "lesson m1.l2"
 COST_QUANTUM = Decimal(10) ** -GenerationTask._meta.get_field("cost_usd").decimal_places
 JOB_COST_QUANTUM = Decimal(10) ** -CourseGenerationJob._meta.get_field("cost_usd").decimal_places
@@ -61,6 +70,12 @@ class JobSubmitInputSerializer(serializers.Serializer):
         "half the price, finished within a day (docs/batch.md); roles in "
         "COURSEGEN_BATCH_ROLES only (403 otherwise).",
     )
+
+    def validate_topic(self, value: str) -> str:
+        return _visible_text(value)
+
+    def validate_audience(self, value: str) -> str:
+        return _visible_text(value)
 
     def validate_base_class(self, value: Any) -> BaseClass:
         base_class = class_of_member_get(user=self.context["request"].user, class_id=value)

@@ -455,3 +455,16 @@ def test_it_takes_an_integer_as_a_json_number_or_as_digits_in_a_form(
     assert as_json.status_code == 201 and as_form.status_code == 201, as_form.content
     modules = sorted(job.request["num_modules"] for job in CourseGenerationJob.objects.all())
     assert modules == [2, 3]
+
+
+@pytest.mark.parametrize("field", ["topic", "audience"])
+@pytest.mark.parametrize("value", ["\u200b\u200b\u200b", "\ufeff\u200d\u2060", "...", "- - -"])
+def test_it_answers_400_to_a_name_with_no_letter_or_digit(
+    field: str, value: str, base_class: Any, teacher: Any, client_for: Any
+) -> None:
+    body = {"base_class": str(base_class.pk), "topic": "Volcanoes", field: value}
+
+    response = client_for(teacher).post("/api/jobs/", body, format="json")
+
+    assert response.status_code == 400 and field in response.json(), response.content
+    assert not CourseGenerationJob.objects.exists()
