@@ -99,6 +99,9 @@ def _idempotent(
         return _replay(check.record)
     try:
         response = submit(check.record)
+    except idempotency.KeyTakenOver:  # this request's job was rolled back: the retry's counts
+        detail = "A retry with this Idempotency-Key took it over; its response is the one to use."
+        return Response({"detail": detail}, status=409)
     except Exception:  # e.g. a 400 raised by the serializer: the client may retry with the key
         idempotency.idempotency_key_release(record=check.record)
         raise

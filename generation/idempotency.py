@@ -88,8 +88,25 @@ def _judge(record: IdempotencyKey, *, fingerprint: str, now: datetime) -> KeyChe
             pk=record.pk, job__isnull=True, created_at=record.created_at
         ).update(created_at=now)
         if taken:
+            record.created_at = now  # this request's hold on the key: job_submit links by it
             return KeyCheck(Verdict.PROCEED, record)
     return KeyCheck(Verdict.IN_FLIGHT, record)
+
+
+class KeyTakenOver(Exception):
+    """The key was handed to a retry while this request was still working (it looked
+    abandoned): the retry's job is the key's, this request's is rolled back."""
+
+
+def idempotency_key_link(*, record: IdempotencyKey, job_id: Any) -> None:
+    """Link the job to the key, inside the transaction that creates the job; KeyTakenOver when
+    the key is no longer this request's (taken over by a retry, whose `created_at` differs):
+    one key, one job, whichever of the two links first."""
+    linked = IdempotencyKey.objects.filter(
+        pk=record.pk, job__isnull=True, created_at=record.created_at
+    ).update(job=job_id)
+    if not linked:
+        raise KeyTakenOver(f"Idempotency-Key {record.key!r} was taken over by a retry")
 
 
 def idempotency_key_complete(*, record: IdempotencyKey, status: int, body: Any) -> None:
@@ -99,5 +116,8 @@ def idempotency_key_complete(*, record: IdempotencyKey, status: int, body: Any) 
 
 
 def idempotency_key_release(*, record: IdempotencyKey) -> None:
-    """The request failed without creating a job: the client may retry with the same key."""
-    IdempotencyKey.objects.filter(pk=record.pk, job__isnull=True).delete()
+    """The request failed without creating a job: the client may retry with the same key (unless
+    a retry has taken it over meanwhile: then it is the retry's to keep)."""
+    IdempotencyKey.objects.filter(
+        pk=record.pk, job__isnull=True, created_at=record.created_at
+    ).delete()

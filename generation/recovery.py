@@ -279,6 +279,8 @@ def job_resume(
         error="",
         validation_errors=[],
         deferrals=0,
+        deferred_since=None,  # a new run of deferrals: its budget starts at the next outage
+        redispatches=0,
         worker="",
         lease_expires_at=None,
         finished_at=None,

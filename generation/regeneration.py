@@ -479,14 +479,8 @@ def _regeneration_record(
             "output": result.data,  # written with the task's own prompt version (and variant)
             "validation_errors": [],
             "error": "",
-            # a new version is moderated anew: a rejected task regenerated clean is published
-            "moderation": result.moderation,
-            "moderation_categories": result.moderation_categories,
-            "moderation_reviewed_by": None,
-            "moderation_reviewed_at": None,
+            **services.new_version_moderation(task=task, result=result),
         }
-        if result.moderation == "held":
-            services.task_held_alert(task=task, categories=result.moderation_categories)
     else:
         changes |= {"validation_errors": result.validation_errors, "error": error}
     GenerationTask.objects.filter(pk=task.pk).update(**changes)

@@ -25,6 +25,7 @@ from generation.providers import (
     ModerationResult,
     TransientProviderError,
 )
+from generation.providers.base import Completion, CompletionRequest
 from generation.providers.offline import OfflineProvider
 from generation.providers.offline.faults import FaultRates, make_unsafe
 from generation.providers.offline.moderation import UNSAFE_SENTENCE
@@ -33,7 +34,7 @@ from generation.schemas import CourseRequest, TaskKind
 from monitoring.logs import flush_all
 from monitoring.models import Alert, CourseGenerationLog
 from ratelimits.models import Admission
-from tests.courses import UnsafeProvider, finished_job
+from tests.courses import DuplicatingProvider, UnsafeProvider, finished_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -358,3 +359,36 @@ def test_it_refuses_a_flagged_request_from_the_generate_course_command(
             "generate_course", "--user", teacher.username, "--topic", "How to make a pipe bomb"
         )
     assert not CourseGenerationJob.objects.exists()
+
+
+class _UnsafeReplacement(DuplicatingProvider):
+    """Lesson 2 repeats lesson 1's first question; its replacement question is flagged."""
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        completion = super().complete(request)
+        if request.task_kind is TaskKind.ASSESSMENT and request.context.get("part"):
+            data = make_unsafe(completion.data, UNSAFE_SENTENCE)
+            return Completion(**{**completion.__dict__, "data": data})
+        return completion
+
+
+def test_a_flagged_replacement_question_holds_its_task(
+    client_for: Any, teacher: Any, base_class: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    # The finalize's question de-duplication merged a replacement that moderation had flagged
+    # and left the task "passed": published in the course and its exports (found in review).
+    settings.COURSEGEN_JUDGE_ENABLED = False
+    provider = _UnsafeReplacement()
+    monkeypatch.setattr("generation.services.runs.get_provider", lambda: provider)
+    monkeypatch.setattr("generation.services.dedupe.get_provider", lambda: provider)
+
+    job = finished_job(teacher, base_class)
+
+    task = job.tasks.get(kind=TaskKind.ASSESSMENT, key="m1.l2")
+    assert GenerationAttempt.objects.filter(task=task, kind="moderation", outcome="flagged")
+    assert task.moderation == "held" and UNSAFE_SENTENCE in str(task.output)
+    client = client_for(teacher)
+    assert UNSAFE_SENTENCE not in client.get(f"/api/jobs/{job.id}/course/").content.decode()
+    assert client.get(f"/api/jobs/{job.id}/export/md/").status_code == 409
+    flush_all()
+    assert Alert.objects.filter(subject=f"job:{job.pk}").exists()

@@ -502,6 +502,79 @@ def test_it_answers_409_while_a_request_with_the_key_is_in_flight(
     assert CourseGenerationJob.objects.count() == 1
 
 
+def test_a_key_taken_over_by_a_retry_gives_one_job(
+    client_for: Any, teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    # The first request is slow past ABANDONED_AFTER (moderation, the usage row's lock): a retry
+    # takes the key over; when the first one then creates its job, both had a job (found in
+    # review). Now the first link fails and the first request's job and admission roll back.
+    entered, release = threading.Event(), threading.Event()
+    real_submit = services.job_submit
+    calls: list[int] = []
+
+    def slow_first(**kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            entered.set()
+            release.wait(10)
+        return real_submit(**kwargs)
+
+    monkeypatch.setattr(services, "job_submit", slow_first)
+    responses: dict[str, Any] = {}
+
+    def post_first() -> None:
+        try:
+            responses["first"] = _post(client_for(teacher), base_class, "key-slow")
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=post_first)
+    first.start()
+    assert entered.wait(10)
+    IdempotencyKey.objects.update(created_at=timezone.now() - timedelta(minutes=3))
+
+    retry = _post(client_for(teacher), base_class, "key-slow")
+    release.set()
+    first.join(20)
+
+    assert retry.status_code == 201
+    assert responses["first"].status_code == 409
+    assert "took it over" in responses["first"].json()["detail"]
+    job = CourseGenerationJob.objects.get()  # one job, the retry's
+    assert str(job.pk) == retry.json()["id"]
+    key = IdempotencyKey.objects.get(key="key-slow")
+    assert key.job_id == job.pk and key.response_status == 201
+    replay = _post(client_for(teacher), base_class, "key-slow")
+    assert replay.status_code == 201 and replay.json()["id"] == retry.json()["id"]
+
+
+def test_a_resumed_task_starts_a_new_deferral_budget(
+    teacher: Any, base_class: Any, monkeypatch: Any
+) -> None:
+    # Deferred through a long outage until its budget ran out, then resumed: the first 503 of
+    # its new run failed it at once, the budget counted from the old outage (found in review).
+    job = _submit(teacher, base_class)
+    outline = job.tasks.get(kind=TaskKind.OUTLINE)
+    GenerationTask.objects.filter(pk=outline.pk).update(
+        status=TaskStatus.FAILED,
+        deferrals=7,
+        deferred_since=timezone.now() - timedelta(hours=2),
+        redispatches=3,
+    )
+    CourseGenerationJob.objects.filter(pk=job.pk).update(status=JobStatus.FAILED)
+    monkeypatch.setattr(services, "send_dispatch", lambda: None)  # the job stays queued
+
+    recovery.job_resume(job_id=job.pk, by="staff")
+
+    outline.refresh_from_db()
+    assert (outline.status, outline.deferrals, outline.deferred_since, outline.redispatches) == (
+        TaskStatus.PENDING,
+        0,
+        None,
+        0,
+    )
+
+
 def test_it_takes_a_key_released_between_its_insert_and_its_read(
     client_for: Any, teacher: Any, base_class: Any, monkeypatch: Any
 ) -> None:

@@ -158,8 +158,8 @@ def _dedupe_record(
         logger.warning("task %s: lease lost; the replacement question is not merged", task.pk)
         return
     changes: dict[str, Any] = {}
-    if result.ok:
-        changes["output"] = result.data
+    if result.ok:  # the replacement was moderated: a flagged one holds the task (not published)
+        changes |= {"output": result.data, **runs.new_version_moderation(task=task, result=result)}
     else:
         changes |= {
             "validation_errors": result.validation_errors,

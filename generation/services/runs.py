@@ -411,6 +411,20 @@ def _model_used(task: GenerationTask, result: GenerationResult) -> str:
     return models[-1] if models else task.model
 
 
+def new_version_moderation(*, task: GenerationTask, result: GenerationResult) -> dict[str, Any]:
+    """The task's moderation fields for a new version of its output (a regeneration, a replaced
+    question): moderated anew, so a held one is held (and alerted) and a rejected task
+    regenerated clean is published; an earlier review does not carry over."""
+    if result.moderation == "held":
+        task_held_alert(task=task, categories=result.moderation_categories)
+    return {
+        "moderation": result.moderation,
+        "moderation_categories": result.moderation_categories,
+        "moderation_reviewed_by": None,
+        "moderation_reviewed_at": None,
+    }
+
+
 def task_held_alert(*, task: GenerationTask, categories: list[str]) -> None:
     flagged = ", ".join(categories)
     log_event(

@@ -8,7 +8,7 @@ from django.db import transaction
 
 from accounts.models import BaseClass, Role
 from coursegen import db
-from generation import hotpath
+from generation import hotpath, idempotency
 from generation.models import (
     AttemptKind,
     AttemptOutcome,
@@ -98,7 +98,7 @@ def job_submit(
             row.save(force_insert=True)
     _tasks_in_hand(job, [outline])
     if idempotency_key is not None:  # linked in the same transaction: a replay finds this job
-        IdempotencyKey.objects.filter(pk=idempotency_key.pk).update(job=job)
+        idempotency.idempotency_key_link(record=idempotency_key, job_id=job.pk)
     set_correlation_id(job.correlation_id)  # the rest of this request, and its tasks, is the job's
     log_event(
         "job.submitted",
