@@ -229,3 +229,31 @@ def test_cache_purge_deletes_by_kind_organisation_age_or_everything(
         call_command("cache_purge")
     with pytest.raises(CommandError):
         call_command("cache_purge", "--organisation", "no-such-school")
+
+
+def test_an_entry_stored_unmoderated_is_not_served_while_moderation_is_on(
+    client_for: Any, teacher: Any, base_class: Any, monkeypatch: Any, settings: Any
+) -> None:
+    # Stored while moderation was off (moderation ""), an entry was served as a hit, never
+    # moderated, once moderation was on: published unchecked (found in review).
+    from generation.providers.offline.moderation import UNSAFE_SENTENCE
+    from tests.courses import UnsafeProvider
+
+    settings.COURSEGEN_JUDGE_ENABLED = False
+    provider = UnsafeProvider(always={"lesson_section m1.l1"})
+    monkeypatch.setattr("generation.services.runs.get_provider", lambda: provider)
+    monkeypatch.setattr("generation.services.dedupe.get_provider", lambda: provider)
+    settings.COURSEGEN_MODERATION_PROVIDER = "off"
+    _submit(teacher, base_class)
+    assert CacheEntry.objects.filter(kind="lesson_section", moderation="").exists()
+    settings.COURSEGEN_MODERATION_PROVIDER = "offline"
+    provider.always = set()  # the model now writes clean text: only the cache has the bad one
+
+    job = _submit(teacher, base_class)
+
+    assert "lesson_section" not in _cache_kinds(job)  # generated and moderated instead
+    course = client_for(teacher).get(f"/api/jobs/{job.id}/course/").content.decode()
+    assert UNSAFE_SENTENCE not in course
+    # and with moderation off again the stored entry serves as before
+    settings.COURSEGEN_MODERATION_PROVIDER = "off"
+    assert "lesson_section" in _cache_kinds(_submit(teacher, base_class))

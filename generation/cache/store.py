@@ -108,14 +108,17 @@ def outline_key(request: CourseRequest) -> CacheKey:
 
 
 def _scope(organisation: Organisation) -> Q:
-    """An organisation's own entries, and, when it shares its cache, the entries other
-    organisations stored as shared and still share: an organisation that turns sharing off
-    takes its entries (and the instructions in their contexts) back at once, not when they
-    expire. One that turns it on again shares what it stored while sharing, nothing else."""
-    own = Q(organisation=organisation)
-    if not organisation.share_generation_cache:
-        return own
-    return own | Q(shared=True, organisation__share_generation_cache=True)
+    """The entries an organisation may be served: its own, and, when it shares its cache, those
+    other organisations stored as shared and still share (one that turns sharing off takes its
+    entries, and the instructions in their contexts, back at once, not when they expire). While
+    moderation is on, only output it passed: a hit is not moderated again, so an entry stored
+    unmoderated (moderation off at the time) would be published unchecked."""
+    scope = Q(organisation=organisation)
+    if organisation.share_generation_cache:
+        scope |= Q(shared=True, organisation__share_generation_cache=True)
+    if settings.COURSEGEN_MODERATION_PROVIDER != "off":
+        scope &= Q(moderation="passed")
+    return scope
 
 
 @dataclass

@@ -63,6 +63,7 @@ def match_pair(a: CourseRequest, b: CourseRequest, organisation: Organisation) -
         key=cache.outline_key(a),
         organisation=organisation,
         output={"scratch": True},
+        moderation="passed",  # synthetic: what a moderated generation would have stored
         quality=1.0,
         cost_usd=Decimal(0),
         duration_ms=0,

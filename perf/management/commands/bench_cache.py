@@ -239,6 +239,7 @@ class Command(BaseCommand):
                         shape_hash=outline_shape if i == 0 else shape,
                         embedded_text=context["topic"], embedding=units[i].tobytes(),
                         embedding_model=model_version, output={"filler": True},
+                        moderation="passed",
                         quality=1.0, cost_usd=_cost(kind), duration_ms=5000, expires_at=expires,
                     )
                 )  # fmt: skip
@@ -313,7 +314,7 @@ class Command(BaseCommand):
         def store(course: str, key: cache.CacheKey, kind: TaskKind, output: dict[str, Any]) -> None:
             entry = cache.cache_entry_put(
                 key=key, organisation=org, output=output, quality=1.0, cost_usd=_cost(kind),
-                duration_ms=5000,
+                duration_ms=5000, moderation="passed",
             )  # fmt: skip
             if entry is not None:
                 owner[entry.pk] = course
