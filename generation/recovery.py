@@ -240,7 +240,11 @@ def _resume_admit(
     size = job.course_request.task_count if TaskKind.OUTLINE in kinds else failed.count()
     try:
         work_admit(
-            user=user, organisation_id=job.organisation_id, kind=AdmissionKind.RESUME, units=size
+            user=user,
+            organisation_id=job.organisation_id,
+            kind=AdmissionKind.RESUME,
+            units=size,
+            slot_owner=job.owner,  # the slot is the owner's, whoever resumes
         )
     except NotAMemberError as exc:
         raise services.GenerationError("you are not a member of this job's organisation") from exc

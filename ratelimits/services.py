@@ -121,6 +121,7 @@ def admission_check_and_record(
     kind: AdmissionKind = AdmissionKind.JOB,
     units: int = 1,
     batch: bool = False,
+    slot: bool = True,
 ) -> UsageReport:
     """Admit one request of `kind` and size `units` (generation tasks) for `user` under the
     policy of the role they hold in `organisation_id` (read from the database with the usage;
@@ -129,17 +130,17 @@ def admission_check_and_record(
     row is locked after the usage row): BudgetExceeded when the work's estimate (at the Batch
     API's price when `batch`) would take it over.
 
+    `slot`: whether the work takes a concurrent-job slot of `user` (False when the job is another
+    member's: see work_admit).
+
     Must run inside the transaction that creates the work. `now` defaults to the time read after
     the lock is taken, so the admissions log is written in lock order.
     """
     postgresql = db.hand_written_sql()
-    if postgresql:
-        _usage_lock_postgresql(user=user)
-    else:
-        RateLimitUsage.objects.select_for_update().get_or_create(user=user)
+    _usage_lock(user=user)
     now = now or timezone.now()
     report = usage_report(user=user, organisation_id=organisation_id, now=now)
-    exceeded = _exceeded(report, user=user, kind=kind, units=units)
+    exceeded = _exceeded(report, user=user, kind=kind, units=units, slot=slot)
     if exceeded is not None:
         raise exceeded
     budget_admit(organisation_id=organisation_id, units=units, batch=batch, now=now)
@@ -154,22 +155,60 @@ def admission_check_and_record(
     return report
 
 
-def work_admit(*, user: User, organisation_id: UUID, kind: AdmissionKind, units: int) -> bool:
+def work_admit(
+    *,
+    user: User,
+    organisation_id: UUID,
+    kind: AdmissionKind,
+    units: int,
+    slot_owner: User | None = None,
+) -> bool:
     """Admission for paid work on an existing job (a regeneration, a resume), in the
     transaction that starts it. A staff user with no membership in the organisation is a
     platform operator: they have no role, so no role's limits apply to them (returns False,
     nothing recorded), but the organisation's budget does: it pays. Anyone else without a
-    membership: NotAMemberError."""
+    membership: NotAMemberError.
+
+    `slot_owner`: the owner of a job the work puts back among the unfinished (a resume). The
+    slot is theirs, so their concurrent-job limit applies, whoever asks; the asker's rate and
+    task limits (and the budget) pay for the work. Both usage rows are locked, in one order."""
+    other = slot_owner is not None and slot_owner.pk != user.pk
+    if other:
+        assert slot_owner is not None
+        for locked in sorted((user, slot_owner), key=lambda u: u.pk):
+            _usage_lock(user=locked)  # in pk order: two such admissions never wait in a cycle
     try:
         admission_check_and_record(
-            user=user, organisation_id=organisation_id, kind=kind, units=units
+            user=user, organisation_id=organisation_id, kind=kind, units=units, slot=not other
         )
+        admitted = True
     except NotAMemberError:
         if not user.is_staff:
             raise
         budget_admit(organisation_id=organisation_id, units=units)
-        return False
-    return True
+        admitted = False
+    if other:
+        assert slot_owner is not None
+        _slot_check(user=slot_owner, organisation_id=organisation_id)
+    return admitted
+
+
+def _slot_check(*, user: User, organisation_id: UUID) -> None:
+    """RateLimitExceeded when `user` holds every concurrent-job slot their role allows (their
+    usage row locked by the caller). An owner who left the organisation has no role: no limit."""
+    try:
+        report = usage_report(user=user, organisation_id=organisation_id, now=timezone.now())
+    except NotAMemberError:
+        return
+    if report.active_jobs >= report.max_concurrent:
+        raise _concurrent_exceeded(report)
+
+
+def _usage_lock(*, user: User) -> None:
+    if db.hand_written_sql():
+        _usage_lock_postgresql(user=user)
+    else:
+        RateLimitUsage.objects.select_for_update().get_or_create(user=user)
 
 
 # On PostgreSQL the admission is three round trips (lock, read, write) instead of seven: it runs
@@ -221,10 +260,11 @@ def _admission_write_postgresql(
 
 
 def _exceeded(
-    report: UsageReport, *, user: User, kind: AdmissionKind, units: int
+    report: UsageReport, *, user: User, kind: AdmissionKind, units: int, slot: bool = True
 ) -> RateLimitExceeded | None:
-    """The binding limit among those that count `kind`: of all this request would pass, the one
-    that frees last. RequestTooLarge when the request is larger than a whole window allows."""
+    """The binding limit among those that count `kind` (the concurrent-job one only when the
+    work takes `user`'s slot): of all this request would pass, the one that frees last.
+    RequestTooLarge when the request is larger than a whole window allows."""
     over = []
     for usage in report.windows:
         spec = LIMIT_SPECS[usage.window]
@@ -237,18 +277,20 @@ def _exceeded(
             )
         if usage.used + size > usage.limit:
             over.append(_window_exceeded(report, usage, user=user, size=size))
-    if kind in SLOT_KINDS and report.active_jobs >= report.max_concurrent:
-        over.append(
-            RateLimitExceeded(
-                role=report.role,
-                window=Window.CONCURRENT,
-                limit=report.max_concurrent,
-                used=report.active_jobs,
-                reset_at=None,
-                retry_after_s=settings.COURSEGEN_RATELIMIT_CONCURRENT_RETRY_S,
-            )
-        )
+    if slot and kind in SLOT_KINDS and report.active_jobs >= report.max_concurrent:
+        over.append(_concurrent_exceeded(report))
     return max(over, key=lambda e: e.retry_after_s, default=None)
+
+
+def _concurrent_exceeded(report: UsageReport) -> RateLimitExceeded:
+    return RateLimitExceeded(
+        role=report.role,
+        window=Window.CONCURRENT,
+        limit=report.max_concurrent,
+        used=report.active_jobs,
+        reset_at=None,
+        retry_after_s=settings.COURSEGEN_RATELIMIT_CONCURRENT_RETRY_S,
+    )
 
 
 def _window_exceeded(

@@ -249,6 +249,43 @@ def test_it_checks_the_concurrent_limit_when_resuming(
     assert failed.status == JobStatus.FAILED  # nothing changed
 
 
+def test_a_resume_by_another_member_takes_the_owners_slot_not_theirs(
+    admission_path: str,
+    client_for: Any,
+    make_member: Any,
+    base_class: BaseClass,
+    nothing_starts: None,
+) -> None:
+    # A teacher resumed a student's failed job while the student's one slot was taken: the
+    # check counted the teacher's unfinished jobs, not the owner's (found in review).
+    student, teacher = make_member(Role.STUDENT), make_member(Role.TEACHER)
+    _policy(Role.TEACHER, max_concurrent=1)
+    assert _submit(client_for(student), base_class).status_code == 201
+    failed = CourseGenerationJob.objects.get(owner=student)
+    _fail(failed, outline=True)
+    assert _submit(client_for(student), base_class).status_code == 201  # the student's one slot
+    teacher_client = client_for(teacher)
+    assert _submit(teacher_client, base_class).status_code == 201  # the teacher's one slot
+
+    refused = teacher_client.post(f"/api/jobs/{failed.pk}/resume/")
+
+    assert refused.status_code == 429, refused.json()
+    assert refused.json()["window"] == Window.CONCURRENT and refused.json()["role"] == "student"
+    failed.refresh_from_db()
+    assert failed.status == JobStatus.FAILED
+    assert not Admission.objects.filter(kind=AdmissionKind.RESUME).exists()  # rolled back
+
+    # The student's other job ends: the teacher's resume takes the student's slot, and their
+    # own full slot does not refuse it; the teacher's resume budget pays.
+    CourseGenerationJob.objects.filter(owner=student).exclude(pk=failed.pk).update(
+        status=JobStatus.CANCELLED
+    )
+    resumed = teacher_client.post(f"/api/jobs/{failed.pk}/resume/")
+
+    assert resumed.status_code == 200, resumed.json()
+    assert Admission.objects.get(kind=AdmissionKind.RESUME).user == teacher
+
+
 def test_it_limits_resumes_per_hour_and_weighs_them_by_their_tasks(
     admission_path: str,
     client_for: Any,
