@@ -48,7 +48,20 @@ def _path_of(model_admin: admin.ModelAdmin) -> str | tuple[str, ...] | None:
     return getattr(model_admin, "organisation_path", None)
 
 
-class OrganisationScoped(admin.ModelAdmin):
+class VisibleChoices(admin.options.BaseModelAdmin):
+    """Form choices (foreign keys, many-to-many) limited, for an organisation administrator, to
+    the rows they can see; mixed into every scoped admin and inline."""
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        kwargs = _visible_choices(db_field, request, kwargs)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        kwargs = _visible_choices(db_field, request, kwargs)
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+
+class OrganisationScoped(VisibleChoices, admin.ModelAdmin):
     """Mixed in before a ModelAdmin's own class (see scope_admin_site)."""
 
     def _scoped(self, request: HttpRequest) -> bool:
@@ -101,14 +114,6 @@ class OrganisationScoped(admin.ModelAdmin):
             raise Http404("No such object.")
         return super()._get_obj_does_not_exist_redirect(request, opts, object_id)  # type: ignore[misc]
 
-    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        kwargs = _visible_choices(db_field, request, kwargs)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
-
-    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        kwargs = _visible_choices(db_field, request, kwargs)
-        return super().formfield_for_manytomany(db_field, request, **kwargs)
-
     def get_inlines(self, request: HttpRequest, obj: Any) -> Any:
         # An inline's forms pick foreign keys too (a membership's user): the same choices.
         return [_scoped_inline(inline) for inline in super().get_inlines(request, obj)]
@@ -121,17 +126,8 @@ class OrganisationScoped(admin.ModelAdmin):
         return [_related_only(self.model, f) for f in filters]
 
 
-class ScopedInline(admin.options.InlineModelAdmin):
-    """Mixed in before an inline's own class (see OrganisationScoped.get_inlines): an
-    organisation administrator picks only rows they can see, as in OrganisationScoped."""
-
-    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        kwargs = _visible_choices(db_field, request, kwargs)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
-
-    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        kwargs = _visible_choices(db_field, request, kwargs)
-        return super().formfield_for_manytomany(db_field, request, **kwargs)
+class ScopedInline(VisibleChoices, admin.options.InlineModelAdmin):
+    """Mixed in before an inline's own class (see OrganisationScoped.get_inlines)."""
 
 
 def _visible_choices(db_field: Any, request: HttpRequest, kwargs: dict[str, Any]) -> dict[str, Any]:
